@@ -1,0 +1,1 @@
+fn main() { println!("{}", ferry_proto::CLIENT_VERSION); }
