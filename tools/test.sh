@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit tests, then the end-to-end suite that drives the real
+# `ferry` binary with the real pinned clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --release --workspace 2>&1 | tail -n 40
+export FERRY_BIN="$PWD/target/release/ferry"
+.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
