@@ -1,0 +1,124 @@
+//! HTTP surface: the OpenAI routes, bearer-key auth and the shared [`AppState`].
+//!
+//! Architecture invariant: only this module knows the OpenAI wire format; it turns requests into
+//! engine work (`GenRequest`) and engine events back into OpenAI objects.
+
+pub mod batches;
+pub mod chat;
+pub mod files;
+pub mod moderations;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::engine::Engine;
+use crate::error::{ApiError, ApiResult};
+use crate::moderation::Moderator;
+use crate::store::Store;
+use crate::template::ChatTemplate;
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub template: ChatTemplate,
+    pub api_key: String,
+    pub store: Arc<Store>,
+    pub moderator: Arc<Moderator>,
+    /// Wakes the batch runner when a batch is created or cancelled.
+    pub batch_wakeup: tokio::sync::Notify,
+    /// Serialises read-modify-write of batch objects between the runner and `cancel`.
+    pub batch_lock: tokio::sync::Mutex<()>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+pub fn router(state: SharedState) -> Router {
+    let v1 = Router::new()
+        .route("/models", get(list_models))
+        .route("/models/{model}", get(get_model))
+        .route("/chat/completions", post(chat::create))
+        .route("/moderations", post(moderations::create))
+        .route("/files", post(files::upload).get(files::list))
+        .route("/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/files/{id}/content", get(files::content))
+        .route("/batches", post(batches::create).get(batches::list))
+        .route("/batches/{id}", get(batches::retrieve))
+        .route("/batches/{id}/cancel", post(batches::cancel))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(DefaultBodyLimit::max(files::MAX_UPLOAD_BYTES + 1024 * 1024));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(|| async { "ok" }))
+        .fallback(not_found)
+        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn require_key(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| constant_time_eq(k.trim().as_bytes(), state.api_key.as_bytes()));
+    if !ok {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("Invalid URL ({} {})", req.method(), req.uri().path())).code("unknown_url")
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", format!("Method {} is not allowed for {}", req.method(), req.uri().path()))
+}
+
+fn model_object(state: &AppState) -> Value {
+    json!({"id": state.engine.info.id, "object": "model", "created": state.engine.info.created, "owned_by": "ferry"})
+}
+
+async fn list_models(State(state): State<SharedState>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+async fn get_model(State(state): State<SharedState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    if model != state.engine.info.id {
+        return Err(ApiError::not_found(format!("The model `{model}` does not exist or you do not have access to it.")).code("model_not_found"));
+    }
+    Ok(Json(model_object(&state)))
+}
+
+/// Parses a JSON body with OpenAI-style errors instead of axum's plain-text rejections.
+pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}"))
+    })?;
+    from_value(v)
+}
+
+pub fn from_value<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("Invalid request: {e}")))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}

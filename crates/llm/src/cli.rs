@@ -1,0 +1,50 @@
+//! Command-line surface of `ferry llm`. The `ferry` binary nests [`LlmCommand`] under `llm`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// `ferry llm <command>`.
+#[derive(Debug, Subcommand)]
+pub enum LlmCommand {
+    /// Serve a GGUF model behind an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+/// Options of `ferry llm serve`.
+///
+/// ```text
+/// ferry llm serve --model models/gemma-3-270m-q4_k_m.gguf --port 0 --data-dir /tmp/llm
+/// . /tmp/llm/llm.env   # OPENAI_BASE_URL and OPENAI_API_KEY for the openai SDK
+/// ```
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Path of the GGUF model file.
+    #[arg(long, env = "FERRY_LLM_MODEL")]
+    pub model: PathBuf,
+    /// Where files, batches, the API key and `llm.env` live.
+    #[arg(long, env = "FERRY_LLM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TCP port; 0 picks a free one (written to `DATA_DIR/llm.env`).
+    #[arg(long, default_value_t = 8089)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// API key clients must send; by default one is generated once and kept in the data dir.
+    #[arg(long, env = "FERRY_LLM_API_KEY")]
+    pub api_key: Option<String>,
+    /// Name the model is served under (`model` field); defaults to the file stem.
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Sequences decoded together (continuous batching slots).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: u32,
+    /// Context length of each slot, in tokens (prompt + completion).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx_size: u32,
+    /// Inference threads; 0 means one per available core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
+}
