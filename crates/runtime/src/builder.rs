@@ -1,0 +1,496 @@
+//! Builds image layers from Dockerfile commands.
+//!
+//! A layer is (parent, commands, context files). `RUN` steps execute in a container whose
+//! overlay upper directory is the new layer's directory; everything else edits the image
+//! config. The layer id hashes the inputs, so the same inputs are a cache hit.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::base;
+use crate::container::{host_network_files, launch_container, BindMount, LaunchRequest, Network};
+use crate::dockerfile::{parse_env, split_words, Instruction};
+use crate::error::{Error, IoContext, Result};
+use crate::logs::{LogLine, LogSink, Tail};
+use crate::store::{now_unix, remove_tree, ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
+
+/// A file the client uploads with a layer (`context_files`), addressed by its path in the
+/// build context, e.g. `/modal_requirements.txt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextFile {
+    pub path: String,
+    pub data: Vec<u8>,
+}
+
+/// Everything that defines one layer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayerSpec {
+    /// Tags the `FROM` line may name (Modal sends `base` → the parent image).
+    pub base_images: Vec<(String, LayerId)>,
+    /// Dockerfile commands, the first being `FROM`.
+    pub commands: Vec<String>,
+    pub context_files: Vec<ContextFile>,
+    /// Values for `ARG`s.
+    pub build_args: Vec<(String, String)>,
+}
+
+impl LayerSpec {
+    /// A layer on top of `parent` (the shape of every Modal layer after the base).
+    pub fn on(parent: &LayerId, commands: &[&str]) -> Self {
+        let mut all = vec!["FROM base".to_string()];
+        all.extend(commands.iter().map(|c| c.to_string()));
+        LayerSpec { base_images: vec![("base".into(), parent.clone())], commands: all, ..Default::default() }
+    }
+}
+
+/// The result of [`ImageBuilder::build`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltLayer {
+    pub id: LayerId,
+    /// True when the layer was already in the store and nothing ran.
+    pub cached: bool,
+    pub config: ImageConfig,
+}
+
+/// Options that do not change what a layer is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Rebuild even if the layer is cached (Modal's `force_build`).
+    pub force: bool,
+}
+
+/// Builds layers into an [`ImageStore`].
+///
+/// ```no_run
+/// # async fn demo(store: ferry_runtime::ImageStore) -> ferry_runtime::Result<()> {
+/// use ferry_runtime::{ImageBuilder, LayerSpec};
+/// let builder = ImageBuilder::new(store);
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ferry_runtime::LogLine>();
+/// tokio::spawn(async move { while let Some(line) = rx.recv().await { println!("{}", line.text) } });
+/// let spec = LayerSpec {
+///     commands: vec!["FROM python:3.11-slim-bookworm".into(), "RUN pip install six".into()],
+///     ..Default::default()
+/// };
+/// let built = builder.build(&spec, &tx).await?;
+/// println!("layer {} (cached: {})", built.id, built.cached);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ImageBuilder {
+    store: ImageStore,
+    in_flight: Arc<Mutex<HashMap<LayerId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Where a build's context files are visible during COPY steps.
+const CONTEXT_MOUNT: &str = "/.ferry-context";
+
+/// COPY semantics in the image's own shell: `$1` = source under the context, `$2` = dest.
+const COPY_SCRIPT: &str = r#"set -e
+src="/.ferry-context/$1"; dest="$2"
+if [ -d "$src" ]; then mkdir -p "$dest"; cp -a "$src/." "$dest/"
+else case "$dest" in
+  */) mkdir -p "$dest"; cp -a "$src" "$dest" ;;
+  *) if [ -d "$dest" ]; then cp -a "$src" "$dest/"; else mkdir -p "$(dirname "$dest")"; cp -a "$src" "$dest"; fi ;;
+esac; fi"#;
+
+enum Parent {
+    Layer(LayerId),
+    Base { python: String },
+    Scratch,
+}
+
+impl ImageBuilder {
+    pub fn new(store: ImageStore) -> Self {
+        ImageBuilder { store, in_flight: Arc::default() }
+    }
+
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    /// Builds the layer (or finds it cached). Output goes to `log` line by line as it
+    /// happens; a failing `RUN` gives [`Error::BuildStepFailed`] with its exit code and the
+    /// last lines of output.
+    pub async fn build(&self, spec: &LayerSpec, log: &LogSink) -> Result<BuiltLayer> {
+        self.build_with(spec, BuildOptions::default(), log).await
+    }
+
+    pub async fn build_with(&self, spec: &LayerSpec, options: BuildOptions, log: &LogSink) -> Result<BuiltLayer> {
+        let instructions = spec.commands.iter().map(|c| Instruction::parse(c)).collect::<Result<Vec<_>>>()?;
+        let from = match instructions.first() {
+            Some(Instruction::From(r)) => r.clone(),
+            _ => {
+                return Err(Error::BadCommand {
+                    command: spec.commands.first().cloned().unwrap_or_default(),
+                    reason: "a layer's first command must be FROM".into(),
+                })
+            }
+        };
+        let parent = self.resolve_from(&from, spec)?;
+        let parent_id = match &parent {
+            Parent::Layer(id) => Some(id.clone()),
+            Parent::Base { python } => Some(base::base_layer_id(python)?),
+            Parent::Scratch => None,
+        };
+        let id = layer_id(parent_id.as_ref(), spec);
+
+        let lock = {
+            let mut map = self.in_flight.lock().expect("lock poisoned");
+            map.entry(id.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        if self.store.contains(&id) && !options.force {
+            let record = self.store.layer(&id)?;
+            return Ok(BuiltLayer { id, cached: true, config: record.config });
+        }
+        if let Parent::Base { python } = &parent {
+            let base = base::prepare_in(&self.store, python, log).await?;
+            let series: String = python.split('.').take(2).collect::<Vec<_>>().join(".");
+            if !base.python_version.starts_with(&series) || from.rsplit('-').next() != Some(base.suite.as_str()) {
+                let _ = log.send(LogLine::system(format!(
+                    "ferry: `{from}` is provided by Ferry's Debian {} base with Python {}",
+                    base.suite, base.python_version
+                )));
+            }
+        }
+        let staging = self.store.staging_dir(&format!("build-{}", &id.as_str()[..12]))?;
+        let result = self.run_steps(&id, parent_id, &instructions, spec, &staging, log).await;
+        match result {
+            Ok(record) => {
+                if options.force && self.store.contains(&id) {
+                    let old = self.store.staging_dir("replaced")?;
+                    let _ = std::fs::rename(self.store.layer_fs(&id).parent().expect("layer dir"), old.join("layer"));
+                    remove_tree(&old);
+                }
+                let config = record.config.clone();
+                self.store.commit(&staging, &record)?;
+                let _ = log.send(LogLine::system(format!("ferry: built layer {id}")));
+                Ok(BuiltLayer { id, cached: false, config })
+            }
+            Err(e) => {
+                remove_tree(&staging);
+                Err(e)
+            }
+        }
+    }
+
+    fn resolve_from(&self, reference: &str, spec: &LayerSpec) -> Result<Parent> {
+        if let Some((_, id)) = spec.base_images.iter().find(|(tag, _)| tag == reference) {
+            if !self.store.contains(id) {
+                return Err(Error::LayerNotFound(id.to_string()));
+            }
+            return Ok(Parent::Layer(id.clone()));
+        }
+        if reference == "scratch" {
+            return Ok(Parent::Scratch);
+        }
+        if let Some(id) = LayerId::parse(reference).filter(|id| self.store.contains(id)) {
+            return Ok(Parent::Layer(id));
+        }
+        let python = base::parse_base_reference(reference)?;
+        base::suite_for_python(&python)?;
+        Ok(Parent::Base { python })
+    }
+
+    async fn run_steps(
+        &self,
+        id: &LayerId,
+        parent: Option<LayerId>,
+        instructions: &[Instruction],
+        spec: &LayerSpec,
+        staging: &Path,
+        log: &LogSink,
+    ) -> Result<LayerRecord> {
+        let upper = staging.join("fs");
+        let work = staging.join("work");
+        for d in [&upper, &work] {
+            std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+        }
+        let (mut config, lowers) = match &parent {
+            Some(p) => {
+                let chain = self.store.chain(p)?;
+                let lowers = chain.iter().map(|r| self.store.layer_fs(&r.id)).collect::<Vec<_>>();
+                (chain[0].config.clone(), lowers)
+            }
+            None => (ImageConfig::default(), Vec::new()),
+        };
+        let context = staging.join("context");
+        write_context(&context, &spec.context_files)?;
+        let provided: HashMap<&str, &str> = spec.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut args: Vec<(String, String)> = Vec::new();
+        let mut cmd_set_here = false;
+        let mut used_context = false;
+
+        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log };
+        let total = instructions.len() - 1;
+        for (n, (ins, text)) in instructions.iter().zip(&spec.commands).enumerate().skip(1) {
+            let _ = log.send(LogLine::system(format!("ferry: step {n}/{total}: {}", text.trim())));
+            let lookup = |k: &str| config.env_get(k).map(str::to_string).or_else(|| args.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone()));
+            match ins {
+                Instruction::From(_) => {
+                    return Err(Error::UnsupportedCommand { command: text.clone(), reason: "multi-stage builds are not supported; one FROM per layer".into() })
+                }
+                Instruction::Run(form) => {
+                    let mut env = args.clone();
+                    for (k, v) in &config.env {
+                        upsert(&mut env, k, v.clone());
+                    }
+                    step.run(text, form.argv(&config.shell()), env, &config, Vec::new()).await?;
+                }
+                Instruction::Env(rest) => {
+                    for (k, v) in parse_env(rest, &lookup)? {
+                        config.env_set(&k, v);
+                    }
+                }
+                Instruction::Workdir(rest) => {
+                    let dir = split_words(rest, &lookup)?.join(" ");
+                    let dir = absolute(&dir, config.workdir.as_deref());
+                    config.workdir = Some(dir.clone());
+                    step.run(text, vec!["mkdir".into(), "-p".into(), dir], config.env.clone(), &config, Vec::new()).await?;
+                }
+                Instruction::Copy { from: Some(image), sources, dest } => {
+                    let dest = absolute(&split_words(dest, &lookup)?.concat(), config.workdir.as_deref());
+                    let tool = uv_tool(image, sources).ok_or_else(|| Error::UnsupportedCommand {
+                        command: text.clone(),
+                        reason: "COPY --from another image needs a registry; Ferry only provides the uv binaries (ghcr.io/astral-sh/uv) from its bases".into(),
+                    })?;
+                    let script = r#"set -e; src="$(command -v "$1")"; mkdir -p "$(dirname "$2")"; cp "$src" "$2""#;
+                    let argv = vec!["/bin/sh".into(), "-c".into(), script.into(), "sh".into(), tool.into(), dest];
+                    step.run(text, argv, config.env.clone(), &config, Vec::new()).await?;
+                }
+                Instruction::Copy { from: None, sources, dest } => {
+                    let dest = split_words(dest, &lookup)?.concat();
+                    let mut dest = absolute(&dest, config.workdir.as_deref());
+                    if sources.len() > 1 && !dest.ends_with('/') {
+                        dest.push('/');
+                    }
+                    for src in sources {
+                        let rel = context_relative(src);
+                        check_context(&rel, src, &spec.context_files)?;
+                        let argv = vec!["/bin/sh".into(), "-c".into(), COPY_SCRIPT.into(), "sh".into(), rel, dest.clone()];
+                        let binds = vec![BindMount::read_only(&context, CONTEXT_MOUNT)];
+                        step.run(text, argv, config.env.clone(), &config, binds).await?;
+                        used_context = true;
+                    }
+                }
+                Instruction::Cmd(form) => {
+                    config.cmd = Some(form.argv(&config.shell()));
+                    cmd_set_here = true;
+                }
+                Instruction::Entrypoint(form) => {
+                    config.entrypoint = Some(form.argv(&config.shell()));
+                    if !cmd_set_here {
+                        config.cmd = None;
+                    }
+                }
+                Instruction::Arg { name, default } => {
+                    let value = provided.get(name.as_str()).map(|v| v.to_string()).or_else(|| default.clone()).unwrap_or_default();
+                    upsert(&mut args, name, value);
+                }
+                Instruction::User(rest) => config.user = Some(split_words(rest, &lookup)?.concat()),
+                Instruction::Shell(argv) => config.shell = Some(argv.clone()),
+                Instruction::Ignored(_) => {}
+            }
+        }
+        if used_context {
+            // The bind's mount point is not part of the image.
+            let _ = std::fs::remove_dir(upper.join(CONTEXT_MOUNT.trim_start_matches('/')));
+        }
+        remove_tree(&work);
+        remove_tree(&context);
+        Ok(LayerRecord {
+            id: id.clone(),
+            parent,
+            config,
+            origin: LayerOrigin::Build { commands: spec.commands.clone() },
+            created_at: now_unix(),
+        })
+    }
+}
+
+struct StepRunner<'a> {
+    store: &'a ImageStore,
+    lowers: &'a [PathBuf],
+    upper: &'a Path,
+    work: &'a Path,
+    log: &'a LogSink,
+}
+
+impl StepRunner<'_> {
+    /// Runs one build step in a container writing into the layer, streaming its output.
+    async fn run(&self, text: &str, argv: Vec<String>, env: Vec<(String, String)>, config: &ImageConfig, extra: Vec<BindMount>) -> Result<()> {
+        let mut binds = host_network_files();
+        binds.extend(extra);
+        let request = LaunchRequest {
+            lowers: self.lowers.to_vec(),
+            upper_dir: Some((self.upper.to_path_buf(), self.work.to_path_buf())),
+            argv,
+            env,
+            workdir: config.workdir.clone().unwrap_or_else(|| "/".into()),
+            user: config.user.clone(),
+            binds,
+            limits: Default::default(),
+            network: Network::Host,
+            hostname: "ferry-build".into(),
+        };
+        let mut container = launch_container(self.store, request).await.map_err(|e| match e {
+            Error::Spawn { source, .. } => Error::BuildStepFailed { command: text.trim().to_string(), code: 127, tail: source.to_string() },
+            other => other,
+        })?;
+        let mut lines = container.logs().expect("fresh container has logs");
+        let mut tail = Tail::default();
+        while let Some(line) = lines.recv().await {
+            tail.push(&line.text);
+            let _ = self.log.send(line);
+        }
+        let status = container.wait().await?;
+        if status.code != 0 {
+            return Err(Error::BuildStepFailed { command: text.trim().to_string(), code: status.code, tail: tail.text() });
+        }
+        Ok(())
+    }
+}
+
+fn upsert(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((key.to_string(), value)),
+    }
+}
+
+/// The uv tool a `COPY --from=ghcr.io/astral-sh/uv:<tag> /uv <dest>` asks for.
+fn uv_tool(image: &str, sources: &[String]) -> Option<&'static str> {
+    if !image.starts_with("ghcr.io/astral-sh/uv") || sources.len() != 1 {
+        return None;
+    }
+    match sources[0].trim_start_matches('/') {
+        "uv" => Some("uv"),
+        "uvx" => Some("uvx"),
+        _ => None,
+    }
+}
+
+fn absolute(path: &str, workdir: Option<&str>) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        let base = workdir.unwrap_or("/").trim_end_matches('/');
+        format!("{base}/{path}")
+    }
+}
+
+/// A COPY source as a path relative to the context root ("." for all of it).
+fn context_relative(src: &str) -> String {
+    let parts: Vec<String> = Path::new(src)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
+}
+
+fn check_context(rel: &str, src: &str, files: &[ContextFile]) -> Result<()> {
+    let rels: Vec<String> = files.iter().map(|f| context_relative(&f.path)).collect();
+    let present = rel == "." || rels.iter().any(|f| f == rel || f.starts_with(&format!("{rel}/")));
+    if present {
+        return Ok(());
+    }
+    Err(Error::CopySourceMissing { source_path: src.to_string(), have: if rels.is_empty() { "none".into() } else { rels.join(", ") } })
+}
+
+fn write_context(dir: &Path, files: &[ContextFile]) -> Result<()> {
+    std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    for f in files {
+        let path = dir.join(context_relative(&f.path));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, &f.data).ctx(|| format!("writing context file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The content address of a layer.
+fn layer_id(parent: Option<&LayerId>, spec: &LayerSpec) -> LayerId {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(b"ferry-layer-v1");
+    field(parent.map(|p| p.as_str()).unwrap_or("scratch").as_bytes());
+    for c in &spec.commands {
+        field(c.as_bytes());
+    }
+    let mut files: Vec<(String, [u8; 32])> =
+        spec.context_files.iter().map(|f| (context_relative(&f.path), Sha256::digest(&f.data).into())).collect();
+    files.sort();
+    for (path, digest) in &files {
+        field(path.as_bytes());
+        field(digest);
+    }
+    let mut args = spec.build_args.clone();
+    args.sort();
+    for (k, v) in &args {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    LayerId::from_hasher(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent() -> LayerId {
+        LayerId::parse(&"a".repeat(64)).unwrap()
+    }
+
+    #[test]
+    fn layer_ids_depend_on_every_input() {
+        let spec = LayerSpec::on(&parent(), &["RUN echo hi"]);
+        let same = layer_id(Some(&parent()), &spec.clone());
+        assert_eq!(layer_id(Some(&parent()), &spec), same);
+        let mut other_cmd = spec.clone();
+        other_cmd.commands[1] = "RUN echo ho".into();
+        let mut with_file = spec.clone();
+        with_file.context_files.push(ContextFile { path: "/x".into(), data: b"1".to_vec() });
+        let mut other_file = with_file.clone();
+        other_file.context_files[0].data = b"2".to_vec();
+        let ids = [
+            same,
+            layer_id(None, &spec),
+            layer_id(Some(&parent()), &other_cmd),
+            layer_id(Some(&parent()), &with_file),
+            layer_id(Some(&parent()), &other_file),
+        ];
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn copy_sources() {
+        assert_eq!(context_relative("/modal_requirements.txt"), "modal_requirements.txt");
+        assert_eq!(context_relative("."), ".");
+        assert_eq!(context_relative("/python/."), "python");
+        let files = vec![ContextFile { path: "/python/bin/python3".into(), data: vec![] }];
+        assert!(check_context("python", "/python/.", &files).is_ok());
+        let err = check_context("other.txt", "other.txt", &files).unwrap_err().to_string();
+        assert!(err.contains("other.txt") && err.contains("python/bin/python3"), "{err}");
+        assert_eq!(absolute("sub", Some("/app")), "/app/sub");
+        assert_eq!(uv_tool("ghcr.io/astral-sh/uv:0.5", &["/uv".into()]), Some("uv"));
+        assert_eq!(uv_tool("busybox", &["/bin/sh".into()]), None);
+    }
+}

@@ -1,0 +1,528 @@
+//! Task containers: an overlay root over a layer chain, fresh namespaces, a cgroup.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cgroup::{ContainerCgroup, Limits};
+use crate::error::{Error, IoContext, Result};
+use crate::gpu;
+use crate::launch::{self, BindPlan, LaunchPlan, UpperPlan};
+use crate::logs::{pump, LogLine, Stream};
+use crate::store::{remove_tree, unique_suffix, ImageStore, LayerId};
+
+/// A host path made visible inside the container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    /// Absolute path inside the container; missing directories are created in the
+    /// container's writable layer.
+    pub target: String,
+    pub readonly: bool,
+}
+
+impl BindMount {
+    pub fn read_only(source: impl Into<PathBuf>, target: impl Into<String>) -> Self {
+        BindMount { source: source.into(), target: target.into(), readonly: true }
+    }
+
+    pub fn read_write(source: impl Into<PathBuf>, target: impl Into<String>) -> Self {
+        BindMount { source: source.into(), target: target.into(), readonly: false }
+    }
+}
+
+/// The container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Share the host's network namespace: loopback plus outbound, and the host's
+    /// /etc/resolv.conf and /etc/hosts. Listening ports are visible on the host.
+    #[default]
+    Host,
+    /// A fresh network namespace with only loopback (Modal's `block_network=True`).
+    Blocked,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub image: LayerId,
+    /// argv; empty runs the image's ENTRYPOINT + CMD. The program is looked up on the
+    /// container's PATH.
+    pub command: Vec<String>,
+    /// Added to (and overriding) the image's ENV.
+    pub env: Vec<(String, String)>,
+    /// Defaults to the image's WORKDIR, then `/`. Created if missing.
+    pub workdir: Option<String>,
+    pub mounts: Vec<BindMount>,
+    pub limits: Limits,
+    pub network: Network,
+    /// Number of whole GPUs; refused with [`Error::GpuUnavailable`] when the host has fewer.
+    pub gpus: u32,
+    pub hostname: String,
+    /// Defaults to the image's USER, then root.
+    pub user: Option<String>,
+}
+
+impl ContainerSpec {
+    pub fn new(image: LayerId, command: Vec<String>) -> Self {
+        ContainerSpec {
+            image,
+            command,
+            env: Vec::new(),
+            workdir: None,
+            mounts: Vec::new(),
+            limits: Limits::default(),
+            network: Network::Host,
+            gpus: 0,
+            hostname: "ferry".into(),
+            user: None,
+        }
+    }
+}
+
+/// Signals a caller may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT: Modal's container entrypoint turns it into KeyboardInterrupt and runs `@exit`.
+    Interrupt,
+    Terminate,
+    Kill,
+}
+
+impl Signal {
+    fn number(self) -> libc::c_int {
+        match self {
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// How the container's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code, or 128 + signal number when killed (the shell's convention).
+    pub code: i32,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process in the container's memory cgroup.
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == 0 && !self.oom_killed
+    }
+}
+
+/// Starts containers from layers in an [`ImageStore`].
+///
+/// ```no_run
+/// # async fn demo(store: ferry_runtime::ImageStore, image: ferry_runtime::LayerId) -> ferry_runtime::Result<()> {
+/// use ferry_runtime::{ContainerRuntime, ContainerSpec};
+/// let runtime = ContainerRuntime::new(store);
+/// let mut spec = ContainerSpec::new(image, vec!["python".into(), "-c".into(), "print('hi')".into()]);
+/// spec.limits.memory_mib = Some(512);
+/// let mut container = runtime.spawn(spec).await?;
+/// let mut logs = container.logs().unwrap();
+/// while let Some(line) = logs.recv().await {
+///     println!("[{:?}] {}", line.stream, line.text);
+/// }
+/// let status = container.wait().await?;
+/// assert!(status.success());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ContainerRuntime {
+    store: ImageStore,
+}
+
+/// Everything a launch needs, shared by task containers and build steps.
+pub(crate) struct LaunchRequest {
+    pub lowers: Vec<PathBuf>,
+    /// `None`: tmpfs upper, discarded with the container. `Some`: a directory on disk
+    /// (upper, work) that survives, as image builds need.
+    pub upper_dir: Option<(PathBuf, PathBuf)>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+    pub user: Option<String>,
+    pub binds: Vec<BindMount>,
+    pub limits: Limits,
+    pub network: Network,
+    pub hostname: String,
+}
+
+impl ContainerRuntime {
+    pub fn new(store: ImageStore) -> Self {
+        ContainerRuntime { store }
+    }
+
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    /// Starts a container. Returns once the program has been exec'd (or failed to).
+    pub async fn spawn(&self, spec: ContainerSpec) -> Result<Container> {
+        let chain = self.store.chain(&spec.image)?;
+        let config = &chain[0].config;
+        let mut binds = Vec::new();
+        let mut env = config.env.clone();
+        if spec.gpus > 0 {
+            let plan = gpu::passthrough(spec.gpus)?;
+            binds.extend(plan.binds);
+            for (k, v) in plan.env {
+                upsert(&mut env, &k, v);
+            }
+        }
+        if spec.network == Network::Host {
+            binds.extend(host_network_files());
+        }
+        binds.extend(spec.mounts.iter().cloned());
+        for (k, v) in &spec.env {
+            upsert(&mut env, k, v.clone());
+        }
+        let argv = if spec.command.is_empty() { config.default_command() } else { spec.command.clone() };
+        if argv.is_empty() {
+            return Err(Error::Spawn {
+                program: String::new(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given and the image has no CMD/ENTRYPOINT"),
+            });
+        }
+        let request = LaunchRequest {
+            lowers: chain.iter().map(|r| self.store.layer_fs(&r.id)).collect(),
+            upper_dir: None,
+            argv,
+            env,
+            workdir: spec.workdir.clone().or_else(|| config.workdir.clone()).unwrap_or_else(|| "/".into()),
+            user: spec.user.clone().or_else(|| config.user.clone()),
+            binds,
+            limits: spec.limits.clone(),
+            network: spec.network,
+            hostname: spec.hostname.clone(),
+        };
+        launch_container(&self.store, request).await
+    }
+}
+
+/// Host files a container sharing the host network needs to resolve names.
+pub(crate) fn host_network_files() -> Vec<BindMount> {
+    ["/etc/resolv.conf", "/etc/hosts"]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| BindMount::read_only(*p, *p))
+        .collect()
+}
+
+fn upsert(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((key.to_string(), value)),
+    }
+}
+
+fn cstring(s: impl AsRef<[u8]>, what: &str) -> Result<CString> {
+    CString::new(s.as_ref().to_vec()).map_err(|_| Error::Spawn {
+        program: String::new(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")),
+    })
+}
+
+fn path_cstring(p: &Path, what: &str) -> Result<CString> {
+    cstring(p.as_os_str().as_bytes(), what)
+}
+
+pub(crate) async fn launch_container(store: &ImageStore, req: LaunchRequest) -> Result<Container> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::NotRoot);
+    }
+    let id = format!("c-{}", unique_suffix());
+    let scratch = store.run_dir().join(&id);
+    std::fs::create_dir_all(&scratch).ctx(|| format!("creating {}", scratch.display()))?;
+    let cgroup = match ContainerCgroup::create(&id, &req.limits) {
+        Ok(c) => c,
+        Err(e) => {
+            remove_tree(&scratch);
+            return Err(e);
+        }
+    };
+    match start(store, &id, &scratch, &cgroup, req).await {
+        Ok(parts) => Ok(Container::new(id, parts, cgroup, scratch)),
+        Err(e) => {
+            cgroup.remove().await;
+            remove_tree(&scratch);
+            Err(e)
+        }
+    }
+}
+
+struct Started {
+    child: tokio::process::Child,
+    status: tokio::net::unix::pipe::Receiver,
+    init_pid: i32,
+    pidfd: Option<OwnedFd>,
+    logs: mpsc::UnboundedReceiver<LogLine>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+async fn start(store: &ImageStore, id: &str, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest) -> Result<Started> {
+    let layers_dir = store.layers_dir();
+    let mut lowers = Vec::with_capacity(req.lowers.len());
+    for l in &req.lowers {
+        // Relative paths keep the mount options under the kernel's one-page limit.
+        let rel = l.strip_prefix(&layers_dir).map(Path::to_path_buf).unwrap_or_else(|_| l.clone());
+        lowers.push(rel.to_string_lossy().into_owned());
+    }
+    if lowers.is_empty() {
+        lowers.push(store.empty_dir().to_string_lossy().into_owned());
+    }
+    let root = scratch.join("root");
+    let (upper_plan, upper, work) = match &req.upper_dir {
+        Some((upper, work)) => {
+            std::fs::create_dir_all(&root).ctx(|| format!("creating {}", root.display()))?;
+            (UpperPlan::Dir, upper.clone(), work.clone())
+        }
+        None => {
+            let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+            let plan = UpperPlan::Tmpfs {
+                options: cstring(tmpfs_options(&req.limits), "tmpfs options")?,
+                upper: path_cstring(&upper, "scratch path")?,
+                work: path_cstring(&work, "scratch path")?,
+            };
+            (plan, upper, work)
+        }
+    };
+    let overlay_options = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    if overlay_options.len() >= 4000 {
+        return Err(Error::Spawn {
+            program: req.argv[0].clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("image has {} layers, more than one overlay mount can stack; squash the image", lowers.len())),
+        });
+    }
+    let mut binds = Vec::with_capacity(req.binds.len());
+    for b in &req.binds {
+        if !b.target.starts_with('/') {
+            return Err(Error::Spawn {
+                program: req.argv[0].clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("mount target `{}` must be an absolute path", b.target)),
+            });
+        }
+        let meta = std::fs::metadata(&b.source).ctx(|| format!("bind mount source {}", b.source.display()))?;
+        binds.push(BindPlan {
+            source: path_cstring(&b.source, "bind source")?,
+            target: cstring(&b.target, "bind target")?,
+            readonly: b.readonly,
+            source_is_dir: meta.is_dir(),
+        });
+    }
+    let (status_read, status_write) = pipe()?;
+    let mut plan = LaunchPlan {
+        scratch: path_cstring(scratch, "scratch path")?,
+        upper: upper_plan,
+        layers_dir: path_cstring(&layers_dir, "layers path")?,
+        root: path_cstring(&root, "root path")?,
+        overlay_options: cstring(&overlay_options, "overlay options")?,
+        cgroup_procs: cgroup.procs_files().iter().map(|p| path_cstring(p, "cgroup path")).collect::<Result<_>>()?,
+        new_net: req.network == Network::Blocked,
+        hostname: cstring(&req.hostname, "hostname")?,
+        bind_fds: Vec::with_capacity(binds.len()),
+        binds,
+        workdir: cstring(&req.workdir, "workdir")?,
+        user: req.user.clone(),
+        status_fd: status_write.as_raw_fd(),
+    };
+
+    let mut cmd = tokio::process::Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..])
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !req.env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    // SAFETY: `enter_container` only makes raw syscalls on data prepared above (see launch.rs).
+    unsafe {
+        cmd.pre_exec(move || launch::enter_container(&mut plan));
+    }
+    let spawned = cmd.spawn();
+    drop(status_write);
+    tracing::debug!(container = id, argv = ?req.argv, "spawned");
+    let mut child = spawned.map_err(|source| Error::Spawn { program: req.argv[0].clone(), source })?;
+
+    let mut status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_read).ctx(|| "status pipe".into())?;
+    let mut record = [0u8; 8];
+    status.read_exact(&mut record).await.ctx(|| "reading the container's init pid".into())?;
+    if record[..4] != launch::TAG_INIT_PID {
+        return Err(Error::Spawn {
+            program: req.argv[0].clone(),
+            source: std::io::Error::other("unexpected record on the status pipe"),
+        });
+    }
+    let init_pid = i32::from_ne_bytes(record[4..].try_into().expect("4 bytes"));
+    // SAFETY: pidfd_open takes a pid and flags; the fd it returns is ours.
+    let pidfd = unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, init_pid, 0) as RawFd;
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
+    };
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
+    }
+    Ok(Started { child, status, init_pid, pidfd, logs: rx, pumps })
+}
+
+fn tmpfs_options(limits: &Limits) -> String {
+    // The writable layer lives in memory and is charged to the container's memory cgroup;
+    // its size cap only keeps an unlimited container from filling the host's RAM.
+    match limits.memory_mib {
+        Some(mib) => format!("mode=0755,size={}m", mib.max(64)),
+        None => "mode=0755,size=50%".into(),
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array on success.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if r < 0 {
+        return Err(Error::Io { context: "creating the status pipe".into(), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A running (or finished) container.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    init_pid: i32,
+    pidfd: Option<OwnedFd>,
+    child: tokio::process::Child,
+    status: tokio::net::unix::pipe::Receiver,
+    logs: Option<mpsc::UnboundedReceiver<LogLine>>,
+    pumps: Vec<JoinHandle<()>>,
+    cgroup: ContainerCgroup,
+    scratch: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Container {
+    fn new(id: String, s: Started, cgroup: ContainerCgroup, scratch: PathBuf) -> Self {
+        Container {
+            id,
+            init_pid: s.init_pid,
+            pidfd: s.pidfd,
+            child: s.child,
+            status: s.status,
+            logs: Some(s.logs),
+            pumps: s.pumps,
+            cgroup,
+            scratch,
+            exit: None,
+        }
+    }
+
+    /// Ferry's name for this container (also its cgroup name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Host pid of the container's init (pid 1 inside).
+    pub fn pid(&self) -> u32 {
+        self.init_pid as u32
+    }
+
+    /// Takes the stream of stdout/stderr lines. It ends when the container's last process
+    /// has closed its output. Lines not taken before [`Container::wait`] are discarded.
+    pub fn logs(&mut self) -> Option<mpsc::UnboundedReceiver<LogLine>> {
+        self.logs.take()
+    }
+
+    /// Sends a signal to the container's main process (SIGKILL ends the whole container).
+    /// Signalling a container that already exited is not an error.
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        let r = match &self.pidfd {
+            // SAFETY: a valid pidfd, a signal number, no siginfo.
+            Some(fd) => unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal.number(), std::ptr::null::<u8>(), 0) as i32
+            },
+            // SAFETY: plain kill(2).
+            None => unsafe { libc::kill(self.init_pid, signal.number()) },
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(Error::Io { context: format!("signalling container {}", self.id), source: e });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the main process to exit (which ends the container), then releases its
+    /// cgroup and scratch space. Calling it again returns the same status.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let monitor = self.child.wait().await.ctx(|| format!("waiting for container {}", self.id))?;
+        let mut rest = Vec::new();
+        let _ = self.status.read_to_end(&mut rest).await;
+        let payload = rest
+            .chunks_exact(8)
+            .find(|r| r[..4] == launch::TAG_EXIT)
+            .map(|r| i32::from_ne_bytes(r[4..].try_into().expect("4 bytes")));
+        let (code, signal) = match payload {
+            Some(st) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), None),
+            Some(st) if libc::WIFSIGNALED(st) => (128 + libc::WTERMSIG(st), Some(libc::WTERMSIG(st))),
+            // Init itself died (SIGKILL from `kill`, or the OOM killer picked it).
+            _ => {
+                use std::os::unix::process::ExitStatusExt;
+                match (monitor.code(), monitor.signal()) {
+                    (Some(c), _) if c > 128 => (c, Some(c - 128)),
+                    (Some(c), _) => (c, None),
+                    (None, Some(s)) => (128 + s, Some(s)),
+                    _ => (255, None),
+                }
+            }
+        };
+        self.logs = None;
+        for pump in self.pumps.drain(..) {
+            let _ = pump.await;
+        }
+        let exit = ExitStatus { code, signal, oom_killed: self.cgroup.oom_killed() };
+        if let Some(peak) = self.cgroup.peak_memory_bytes() {
+            tracing::debug!(container = %self.id, peak_mib = peak / (1024 * 1024), ?exit, "container exited");
+        }
+        self.cgroup.remove().await;
+        remove_tree(&self.scratch);
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            // An abandoned container must not outlive its handle.
+            let _ = self.kill(Signal::Kill);
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The fork/namespace sequence that turns a `tokio::process::Command` into a container.
+//!
+//! `Command::pre_exec` runs our closure in the child that std forks (call it the *monitor*).
+//! The monitor stays in the host pid namespace, unshares the other namespaces and forks the
+//! container *init* (pid 1 of the new pid namespace). Init builds the root filesystem,
+//! forks the *payload* and then only reaps children and forwards signals. The payload returns
+//! from the closure, so std performs the `execvp` of the user's program inside the new root.
+//!
+//! ```text
+//! ferry (tokio) ── monitor (host pidns, waits for init) ── init (pid 1) ── payload (exec)
+//! ```
+//!
+//! Why three processes: a process cannot move itself into a new pid namespace, and a user
+//! program running as pid 1 would ignore SIGTERM (no default action for pid 1) and leave
+//! zombies. Init reports the payload's wait status and its own host pid over the status pipe.
+//!
+//! Everything in here runs between fork and exec of a multi-threaded program, so it sticks to
+//! raw syscalls on buffers prepared by the parent. (The payload's user lookup reads
+//! /etc/passwd with std; glibc's fork keeps malloc usable in the child.)
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::RawFd;
+
+/// A bind mount, resolved to C strings before the fork.
+pub(crate) struct BindPlan {
+    pub source: CString,
+    /// Absolute path inside the container.
+    pub target: CString,
+    pub readonly: bool,
+    pub source_is_dir: bool,
+}
+
+/// Where the overlay's writable layer lives.
+pub(crate) enum UpperPlan {
+    /// A tmpfs mounted on `scratch` inside the container's mount namespace: it disappears with
+    /// the namespace, so nothing is left to clean up and the writes count against the
+    /// container's memory cgroup.
+    Tmpfs { options: CString, upper: CString, work: CString },
+    /// A directory on disk that outlives the container (image builds keep it as the layer).
+    Dir,
+}
+
+pub(crate) struct LaunchPlan {
+    pub scratch: CString,
+    pub upper: UpperPlan,
+    /// Directory the relative lowerdir paths are resolved from.
+    pub layers_dir: CString,
+    /// Mount point of the overlay (the future root).
+    pub root: CString,
+    pub overlay_options: CString,
+    pub cgroup_procs: Vec<CString>,
+    pub new_net: bool,
+    pub hostname: CString,
+    pub binds: Vec<BindPlan>,
+    /// Filled in the child; capacity reserved by the parent so no allocation happens there.
+    pub bind_fds: Vec<RawFd>,
+    pub workdir: CString,
+    pub user: Option<String>,
+    pub status_fd: RawFd,
+}
+
+/// Records on the status pipe: 4-byte tag + 4-byte value, native endian.
+pub(crate) const TAG_INIT_PID: [u8; 4] = *b"PID1";
+pub(crate) const TAG_EXIT: [u8; 4] = *b"EXIT";
+
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Adds the failing step to an errno so the parent's spawn error says what broke.
+fn step(r: libc::c_int, what: &'static str) -> io::Result<()> {
+    check(r).map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+unsafe fn write_record(fd: RawFd, tag: [u8; 4], value: i32) {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&tag);
+    buf[4..].copy_from_slice(&value.to_ne_bytes());
+    libc::write(fd, buf.as_ptr().cast(), 8);
+}
+
+unsafe fn close_all_but(keep: RawFd) {
+    if keep > 3 {
+        libc::syscall(libc::SYS_close_range, 3u32, (keep - 1) as u32, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, (keep.max(2) + 1) as u32, u32::MAX, 0u32);
+}
+
+unsafe fn block_all_signals() -> libc::sigset_t {
+    let mut all: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut all);
+    libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    all
+}
+
+fn status_to_code(status: libc::c_int) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        255
+    }
+}
+
+/// The `pre_exec` body. Returns only in the payload (which then execs) or with an error.
+///
+/// # Safety
+/// Must only be called between fork and exec, as `Command::pre_exec` does.
+pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if plan.new_net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    step(libc::unshare(flags), "unshare namespaces")?;
+
+    let init = libc::fork();
+    if init < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if init > 0 {
+        monitor(plan.status_fd, init);
+    }
+
+    // Init: pid 1 of the new pid namespace. Die with the monitor so a crashed worker does
+    // not leak containers.
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    setup_root(plan)?;
+
+    let all = block_all_signals();
+    let payload = libc::fork();
+    if payload < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if payload == 0 {
+        let empty: libc::sigset_t = {
+            let mut s = std::mem::zeroed();
+            libc::sigemptyset(&mut s);
+            s
+        };
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        return prepare_payload(plan);
+    }
+    init_loop(plan.status_fd, payload, &all)
+}
+
+/// The monitor only waits for init and mirrors its exit.
+unsafe fn monitor(status_fd: RawFd, init: libc::pid_t) -> ! {
+    write_record(status_fd, TAG_INIT_PID, init);
+    close_all_but(-1);
+    let mut status = 0;
+    loop {
+        let r = libc::waitpid(init, &mut status, 0);
+        if r == init {
+            break;
+        }
+        if r < 0 && *libc::__errno_location() != libc::EINTR {
+            libc::_exit(255);
+        }
+    }
+    libc::_exit(status_to_code(status));
+}
+
+/// Pid 1: reap every child, forward signals to the payload, exit with the payload.
+unsafe fn init_loop(status_fd: RawFd, payload: libc::pid_t, all: &libc::sigset_t) -> ! {
+    close_all_but(status_fd);
+    loop {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let sig = libc::sigwaitinfo(all, &mut info);
+        if sig < 0 {
+            continue;
+        }
+        if sig == libc::SIGCHLD {
+            loop {
+                let mut status = 0;
+                let r = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if r <= 0 {
+                    break;
+                }
+                if r == payload {
+                    write_record(status_fd, TAG_EXIT, status);
+                    // Exiting as pid 1 kills whatever the payload left running.
+                    libc::_exit(status_to_code(status));
+                }
+            }
+        } else {
+            libc::kill(payload, sig);
+        }
+    }
+}
+
+const MS_PROC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+unsafe fn setup_root(plan: &mut LaunchPlan) -> io::Result<()> {
+    // Nothing we mount may propagate back to the host.
+    step(
+        libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
+        "make / private",
+    )?;
+    for procs in &plan.cgroup_procs {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        step(fd, "open cgroup.procs")?;
+        let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+        libc::close(fd);
+        step(r as libc::c_int, "join cgroup")?;
+    }
+    if let UpperPlan::Tmpfs { options, upper, work } = &plan.upper {
+        step(
+            libc::mount(c"tmpfs".as_ptr(), plan.scratch.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, options.as_ptr().cast()),
+            "mount scratch tmpfs",
+        )?;
+        step(libc::mkdir(upper.as_ptr(), 0o755), "mkdir upper")?;
+        step(libc::mkdir(work.as_ptr(), 0o755), "mkdir work")?;
+        step(libc::mkdir(plan.root.as_ptr(), 0o755), "mkdir root")?;
+    }
+    step(libc::chdir(plan.layers_dir.as_ptr()), "chdir to layers")?;
+    step(
+        libc::mount(c"overlay".as_ptr(), plan.root.as_ptr(), c"overlay".as_ptr(), 0, plan.overlay_options.as_ptr().cast()),
+        "mount overlay root",
+    )?;
+    step(libc::chdir(plan.root.as_ptr()), "chdir to root")?;
+    libc::mkdir(c"proc".as_ptr(), 0o555);
+    step(libc::mount(c"proc".as_ptr(), c"proc".as_ptr(), c"proc".as_ptr(), MS_PROC, std::ptr::null()), "mount /proc")?;
+    libc::mkdir(c"sys".as_ptr(), 0o555);
+    // Read-only sysfs; some images probe it (CPU topology), none need to write it.
+    libc::mount(c"sysfs".as_ptr(), c"sys".as_ptr(), c"sysfs".as_ptr(), MS_PROC | libc::MS_RDONLY, std::ptr::null());
+    setup_dev()?;
+
+    // Detach the bind sources while the host tree is still reachable; they are attached
+    // after pivot_root so that the target paths resolve inside the container's root.
+    plan.bind_fds.clear();
+    for b in &plan.binds {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            b.source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        ) as libc::c_int;
+        step(fd, "open bind source")?;
+        if b.readonly {
+            let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+            let r = libc::syscall(
+                libc::SYS_mount_setattr,
+                fd,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ) as libc::c_int;
+            step(r, "make bind read-only")?;
+        }
+        plan.bind_fds.push(fd);
+    }
+
+    step(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int, "pivot_root")?;
+    step(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), "detach old root")?;
+    step(libc::chdir(c"/".as_ptr()), "chdir /")?;
+
+    for (b, &fd) in plan.binds.iter().zip(plan.bind_fds.iter()) {
+        make_mountpoint(&b.target, b.source_is_dir)?;
+        let r = libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            b.target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) as libc::c_int;
+        step(r, "attach bind mount")?;
+        libc::close(fd);
+    }
+
+    let name = plan.hostname.as_bytes();
+    step(libc::sethostname(name.as_ptr().cast(), name.len()), "sethostname")?;
+    if plan.new_net {
+        loopback_up()?;
+    }
+    Ok(())
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A fresh /dev with the usual character devices, a private devpts and /dev/shm.
+unsafe fn setup_dev() -> io::Result<()> {
+    libc::mkdir(c"dev".as_ptr(), 0o755);
+    step(
+        libc::mount(c"tmpfs".as_ptr(), c"dev".as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NOEXEC, c"mode=0755,size=65536k".as_ptr().cast()),
+        "mount /dev",
+    )?;
+    let old_umask = libc::umask(0);
+    let nodes: [(&CStr, u32, u32); 6] = [
+        (c"dev/null", 1, 3),
+        (c"dev/zero", 1, 5),
+        (c"dev/full", 1, 7),
+        (c"dev/random", 1, 8),
+        (c"dev/urandom", 1, 9),
+        (c"dev/tty", 5, 0),
+    ];
+    for (path, major, minor) in nodes {
+        step(libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)), "mknod in /dev")?;
+    }
+    let links: [(&CStr, &CStr); 5] = [
+        (c"/proc/self/fd", c"dev/fd"),
+        (c"/proc/self/fd/0", c"dev/stdin"),
+        (c"/proc/self/fd/1", c"dev/stdout"),
+        (c"/proc/self/fd/2", c"dev/stderr"),
+        (c"pts/ptmx", c"dev/ptmx"),
+    ];
+    for (target, link) in links {
+        libc::symlink(target.as_ptr(), link.as_ptr());
+    }
+    libc::mkdir(c"dev/pts".as_ptr(), 0o755);
+    libc::mkdir(c"dev/shm".as_ptr(), 0o1777);
+    libc::umask(old_umask);
+    libc::mount(
+        c"devpts".as_ptr(),
+        c"dev/pts".as_ptr(),
+        c"devpts".as_ptr(),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+    );
+    step(
+        libc::mount(c"shm".as_ptr(), c"dev/shm".as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777".as_ptr().cast()),
+        "mount /dev/shm",
+    )?;
+    Ok(())
+}
+
+/// `mkdir -p` of the target (or its parent for files) plus an empty file to mount on.
+/// Runs after pivot_root, so symlinks in the image resolve inside the container.
+unsafe fn make_mountpoint(target: &CStr, is_dir: bool) -> io::Result<()> {
+    let bytes = target.to_bytes();
+    let mut buf = [0u8; 4096];
+    if bytes.len() >= buf.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bind target path too long"));
+    }
+    let dir_end = if is_dir { bytes.len() } else { bytes.iter().rposition(|&c| c == b'/').unwrap_or(0) };
+    for i in 1..=dir_end {
+        if i == dir_end || bytes[i] == b'/' {
+            buf[..i].copy_from_slice(&bytes[..i]);
+            buf[i] = 0;
+            libc::mkdir(buf.as_ptr().cast(), 0o755);
+        }
+    }
+    if !is_dir {
+        let fd = libc::open(target.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+unsafe fn loopback_up() -> io::Result<()> {
+    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    step(sock, "socket for loopback")?;
+    let mut req: libc::ifreq = std::mem::zeroed();
+    for (i, c) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *c as libc::c_char;
+    }
+    let r = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+    if r >= 0 {
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        let r = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+        libc::close(sock);
+        return step(r, "bring loopback up");
+    }
+    libc::close(sock);
+    step(r, "read loopback flags")
+}
+
+/// The payload: switch user and directory, then return so std execs the program.
+unsafe fn prepare_payload(plan: &LaunchPlan) -> io::Result<()> {
+    if let Some(user) = &plan.user {
+        let (uid, gid) = resolve_user(user)?;
+        step(libc::setgroups(0, std::ptr::null()), "setgroups")?;
+        step(libc::setgid(gid), "setgid")?;
+        step(libc::setuid(uid), "setuid")?;
+    }
+    make_mountpoint(&plan.workdir, true)?;
+    step(libc::chdir(plan.workdir.as_ptr()), "chdir to workdir")
+}
+
+/// `USER name`, `USER uid`, `USER name:group` or `USER uid:gid`, looked up in the image.
+fn resolve_user(spec: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let mut found: Option<(u32, u32)> = None;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && (f[0] == user || f[2] == user) {
+            if let (Ok(uid), Ok(gid)) = (f[2].parse(), f[3].parse()) {
+                found = Some((uid, gid));
+                break;
+            }
+        }
+    }
+    let (uid, mut gid) = match (found, user.parse::<u32>()) {
+        (Some(p), _) => p,
+        (None, Ok(uid)) => (uid, uid),
+        (None, Err(_)) => {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("USER {user}: no such user in the image's /etc/passwd")))
+        }
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(g) => g,
+            Err(_) => std::fs::read_to_string("/etc/group")
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == group)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("USER {spec}: no such group in the image")))?,
+        };
+    }
+    Ok((uid, gid))
+}

@@ -1,0 +1,32 @@
+//! Ferry's container runtime and image builder.
+//!
+//! This crate knows nothing of Modal's wire types. It turns Dockerfile commands into
+//! content-addressed overlay layers on top of locally made Debian bases, and runs task
+//! containers from those layers with their own namespaces and cgroup limits.
+//!
+//! * [`prepare_base`]: a `python:<X.Y>-slim` equivalent made with debootstrap.
+//! * [`ImageStore`] / [`ImageBuilder`]: layers on disk, built from [`LayerSpec`]s.
+//! * [`ContainerRuntime`]: [`Container`]s from a [`ContainerSpec`].
+//!
+//! See `crates/runtime/README.md` for the design and its trade-offs.
+
+mod base;
+mod builder;
+mod cgroup;
+mod container;
+mod dockerfile;
+mod error;
+mod gpu;
+mod launch;
+mod logs;
+mod store;
+
+pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
+pub use builder::{BuildOptions, BuiltLayer, ContextFile, ImageBuilder, LayerSpec};
+pub use cgroup::Limits;
+pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExitStatus, Network, Signal};
+pub use dockerfile::{CommandForm, Instruction};
+pub use error::{Error, Result};
+pub use gpu::{detect_gpus, Gpu};
+pub use logs::{LogLine, LogSink, Stream};
+pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};

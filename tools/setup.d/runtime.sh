@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Container runtime and image builder (crates/runtime): debootstrap makes the Debian base
+# images; everything else (namespaces, overlay, cgroups) is done by Ferry itself. Idempotent.
+set -euo pipefail
+need=()
+for p in debootstrap; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup.d/runtime: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Overlay roots need the overlay filesystem; load it if it is a module and not yet loaded.
+if ! grep -qw overlay /proc/filesystems; then
+  modprobe overlay 2>/dev/null || echo "setup.d/runtime: warning: overlayfs unavailable; containers will not start" >&2
+fi
