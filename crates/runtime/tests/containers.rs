@@ -3,7 +3,7 @@
 mod common;
 
 use common::{argv, base, run};
-use ferry_runtime::{ContainerRuntime, ContainerSpec};
+use ferry_runtime::{BindMount, ContainerRuntime, ContainerSpec, Error, Network, Signal};
 
 #[tokio::test]
 async fn python_runs_in_a_container() {
@@ -15,4 +15,204 @@ async fn python_runs_in_a_container() {
     assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
     assert_eq!(out.trim(), "2 (3, 11)", "python is pid 2 under Ferry's init");
     assert_eq!(err.trim(), "to err");
+}
+
+#[tokio::test]
+async fn host_files_are_invisible_and_binds_are_exact() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let secret_dir = tempdir("secret");
+    let secret = secret_dir.join("host-only.txt");
+    std::fs::write(&secret, "host secret").unwrap();
+    let shared = tempdir("shared");
+    std::fs::write(shared.join("in.txt"), "from host").unwrap();
+    let out_dir = tempdir("out");
+
+    let script = format!(
+        r#"
+import os
+print(os.path.exists({secret:?}), os.path.exists({secret_dir:?}))
+print(open('/data/in/in.txt').read())
+try:
+    open('/data/in/new.txt', 'w')
+    print('ro-write-allowed')
+except OSError as e:
+    print('ro', e.errno)
+open('/data/out/result.txt', 'w').write('from container')
+print(sorted(os.listdir('/')))
+"#,
+        secret = secret.to_str().unwrap(),
+        secret_dir = secret_dir.to_str().unwrap()
+    );
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", &script]));
+    spec.mounts.push(BindMount::read_only(&shared, "/data/in"));
+    spec.mounts.push(BindMount::read_write(&out_dir, "/data/out"));
+    let mut c = runtime.spawn(spec).await.expect("spawn");
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "False False", "the host's temp files must not be visible");
+    assert_eq!(lines[1], "from host");
+    assert_eq!(lines[2], "ro 30", "a read-only bind refuses writes with EROFS");
+    assert!(!lines[3].contains("tmp/ferry-rt-test"), "{}", lines[3]);
+    assert_eq!(std::fs::read_to_string(out_dir.join("result.txt")).unwrap(), "from container");
+    for d in [secret_dir, shared, out_dir] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn writable_layer_is_discarded() {
+    let Some((store, base)) = base().await else { return };
+    let layer_fs = store.layer_fs(&base);
+    let runtime = ContainerRuntime::new(store);
+    let write = "open('/etc/ferry-scratch', 'w').write('x'); open('/tmp/t', 'w').write('y'); import os; os.remove('/etc/debian_version')";
+    let mut c = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["python", "-c", write]))).await.unwrap();
+    let (_, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert!(!layer_fs.join("etc/ferry-scratch").exists(), "writes must not reach the image layer");
+    assert!(layer_fs.join("etc/debian_version").exists(), "deletes must not reach the image layer");
+
+    let check = "import os; print(os.path.exists('/etc/ferry-scratch'), os.path.exists('/tmp/t'), os.path.exists('/etc/debian_version'))";
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["python", "-c", check]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "False False True");
+}
+
+#[tokio::test]
+async fn env_workdir_hostname_and_user_apply() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let script = "import os, socket; print(os.environ['GREETING'], os.environ['LANG'], os.getcwd(), socket.gethostname(), os.getuid())";
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", script]));
+    spec.env.push(("GREETING".into(), "hello world".into()));
+    spec.workdir = Some("/root/app".into());
+    spec.hostname = "task-1".into();
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "hello world C.UTF-8 /root/app task-1 0");
+
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", "import os; print(os.getuid(), os.getgid())"]));
+    spec.user = Some("nobody".into());
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "65534 65534");
+}
+
+#[tokio::test]
+async fn memory_limit_kills_with_oom() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let hog = "import sys; chunks = []\nfor i in range(400):\n    chunks.append(bytearray(1024 * 1024))\nprint('survived', flush=True)";
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", hog]));
+    spec.limits.memory_mib = Some(64);
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (out, _, status) = run(&mut c).await;
+    assert!(status.oom_killed, "allocating 400 MiB under a 64 MiB limit must be OOM-killed: {status:?}");
+    assert_eq!(status.signal, Some(9), "{status:?}");
+    assert!(!out.contains("survived"));
+
+    // The same program fits under a larger limit.
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", hog]));
+    spec.limits.memory_mib = Some(1024);
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (out, _, status) = run(&mut c).await;
+    assert!(status.success() && !status.oom_killed, "{status:?}");
+    assert_eq!(out.trim(), "survived");
+}
+
+#[tokio::test]
+async fn cpu_limit_is_a_cfs_quota() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", "import time; time.sleep(30)"]));
+    spec.limits.cpu_cores = Some(0.5);
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let v1 = format!("/sys/fs/cgroup/cpu/ferry/{}/cpu.cfs_quota_us", c.id());
+    let v2 = format!("/sys/fs/cgroup/ferry/{}/cpu.max", c.id());
+    let quota = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2)).expect("container cpu cgroup");
+    assert!(quota.trim() == "50000" || quota.trim() == "50000 100000", "{quota}");
+    c.kill(Signal::Kill).unwrap();
+    let status = c.wait().await.unwrap();
+    assert_eq!(status.signal, Some(9));
+    assert!(!std::path::Path::new(&v1).exists() && !std::path::Path::new(&v2).exists(), "cgroup removed after wait");
+}
+
+#[tokio::test]
+async fn signals_reach_the_program() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let program = "import signal, sys, time\nprint('ready', flush=True)\ntime.sleep(60)";
+    for (signal, expect) in [(Signal::Terminate, 15), (Signal::Interrupt, 2)] {
+        let mut c = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["python", "-c", program]))).await.unwrap();
+        let mut logs = c.logs().unwrap();
+        assert_eq!(logs.recv().await.unwrap().text, "ready");
+        c.kill(signal).unwrap();
+        let status = c.wait().await.unwrap();
+        assert_eq!((status.signal, status.code), (Some(expect), 128 + expect), "{signal:?}: {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn exit_codes_and_missing_programs() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let mut c = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["sh", "-c", "exit 7"]))).await.unwrap();
+    let status = c.wait().await.unwrap();
+    assert_eq!((status.code, status.signal, status.oom_killed), (7, None, false));
+
+    let err = runtime.spawn(ContainerSpec::new(base, argv(&["no-such-program"]))).await.unwrap_err();
+    assert!(matches!(err, Error::Spawn { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-program"), "{err}");
+}
+
+#[tokio::test]
+async fn blocked_network_has_only_loopback() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let probe = r#"
+import os, socket
+print(sorted(os.listdir('/sys/class/net')))
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); print('loopback ok')
+try:
+    socket.create_connection(('pypi.org', 443), timeout=5)
+    print('outbound ok')
+except OSError as e:
+    print('outbound blocked')
+"#;
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", probe]));
+    spec.network = Network::Blocked;
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo']", "loopback ok", "outbound blocked"]);
+
+    // The default (host) network reaches the package registry.
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["python", "-c", probe]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert!(out.contains("outbound ok"), "{out}");
+}
+
+#[tokio::test]
+async fn gpu_requests_are_refused_without_gpus() {
+    let Some((store, base)) = base().await else { return };
+    if !ferry_runtime::detect_gpus().is_empty() {
+        eprintln!("skipping: this host has GPUs");
+        return;
+    }
+    let runtime = ContainerRuntime::new(store);
+    let mut spec = ContainerSpec::new(base, argv(&["true"]));
+    spec.gpus = 1;
+    let err = runtime.spawn(spec).await.unwrap_err();
+    assert!(matches!(err, Error::GpuUnavailable { requested: 1, available: 0 }), "{err}");
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-rt-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
