@@ -27,6 +27,9 @@ pub enum Error {
     #[error("layer {0} is not in the image store; build it first")]
     LayerNotFound(String),
 
+    #[error("layer {layer} cannot be removed: layer {child} is built on it; remove that first")]
+    LayerInUse { layer: String, child: String },
+
     #[error("Dockerfile command `{command}` is not supported by Ferry's builder: {reason}")]
     UnsupportedCommand { command: String, reason: String },
 

@@ -359,7 +359,9 @@ unsafe fn make_mountpoint(target: &CStr, is_dir: bool) -> io::Result<()> {
         }
     }
     if !is_dir {
-        let fd = libc::open(target.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
+        // O_EXCL: opening an existing lower-layer file for writing would copy it up into
+        // the writable layer (and into a build's layer).
+        let fd = libc::open(target.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o644);
         if fd >= 0 {
             libc::close(fd);
         }

@@ -206,6 +206,22 @@ impl ImageStore {
         Ok(ids)
     }
 
+    /// Deletes a layer that no other layer builds on. Containers already running on it keep
+    /// their view (overlayfs holds its directories open).
+    pub fn remove(&self, id: &LayerId) -> Result<()> {
+        let record = self.layer(id)?;
+        for other in self.layers()? {
+            if self.layer(&other)?.parent.as_ref() == Some(&record.id) {
+                return Err(Error::LayerInUse { layer: id.to_string(), child: other.to_string() });
+            }
+        }
+        // Rename first so a half-deleted layer is never mistaken for a complete one.
+        let trash = self.staging_dir("removed")?;
+        std::fs::rename(self.layer_dir(id), trash.join("layer")).ctx(|| format!("removing layer {id}"))?;
+        remove_tree(&trash);
+        Ok(())
+    }
+
     /// Moves a finished staging directory (holding `fs/`) into the store as `record.id`.
     /// If another build finished the same layer first, keeps theirs.
     pub(crate) fn commit(&self, staging: &Path, record: &LayerRecord) -> Result<()> {

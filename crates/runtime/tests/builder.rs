@@ -1,0 +1,153 @@
+//! Image builds on the prepared base: RUN with network, cache hits, failures, COPY, metadata.
+
+mod common;
+
+use common::{argv, base, run};
+use ferry_runtime::{ContainerRuntime, ContainerSpec, ContextFile, Error, ImageBuilder, LayerSpec, LogLine, Stream};
+
+fn sink() -> (ferry_runtime::LogSink, tokio::sync::mpsc::UnboundedReceiver<LogLine>) {
+    tokio::sync::mpsc::unbounded_channel()
+}
+
+fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<LogLine>) -> Vec<LogLine> {
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    lines
+}
+
+#[tokio::test]
+async fn run_steps_build_a_layer_and_the_second_build_is_cached() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    // A unique marker keeps this build from being a cache hit of an earlier test run.
+    let marker = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let spec = LayerSpec::on(
+        &base,
+        &["RUN python -m pip install six==1.17.0", &format!("RUN echo hi > /hi.txt && echo built {marker}")],
+    );
+    let (tx, mut rx) = sink();
+    let built = builder.build(&spec, &tx).await.expect("build");
+    assert!(!built.cached);
+    let lines = drain(&mut rx);
+    let text: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert!(text.iter().any(|l| l.contains("Successfully installed six-1.17.0")), "pip output is streamed: {text:#?}");
+    assert!(lines.iter().any(|l| l.stream == Stream::Stdout && l.text == format!("built {marker}")), "{text:#?}");
+    assert!(text.iter().any(|l| l.starts_with("ferry: step 1/2")), "{text:#?}");
+
+    let fs = store.layer_fs(&built.id);
+    assert_eq!(std::fs::read_to_string(fs.join("hi.txt")).unwrap(), "hi\n", "the layer holds only what the steps wrote");
+    assert!(!fs.join("usr/bin/python3").exists());
+    assert!(!fs.join("etc").exists(), "bind mount points of existing files are not copied up");
+
+    let again = builder.build(&spec, &tx).await.expect("cached build");
+    assert_eq!(again.id, built.id);
+    assert!(again.cached);
+    assert!(drain(&mut rx).is_empty(), "a cache hit runs nothing");
+
+    let runtime = ContainerRuntime::new(store);
+    let check = "import six; print(six.__version__, open('/hi.txt').read().strip())";
+    let mut c = runtime.spawn(ContainerSpec::new(built.id.clone(), argv(&["python", "-c", check]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "1.17.0 hi");
+
+    // This test builds a fresh layer each run; do not let them pile up in the cached store.
+    let store = runtime.store();
+    let err = store.remove(&base).unwrap_err();
+    assert!(matches!(err, Error::LayerInUse { .. }), "{err}");
+    store.remove(&built.id).unwrap();
+    assert!(!store.contains(&built.id));
+}
+
+#[tokio::test]
+async fn a_failing_run_reports_its_exit_code_and_output() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    let spec = LayerSpec::on(&base, &["RUN echo before-failure && echo oops >&2 && exit 3", "RUN echo never"]);
+    let (tx, mut rx) = sink();
+    let err = builder.build(&spec, &tx).await.unwrap_err();
+    match &err {
+        Error::BuildStepFailed { command, code, tail } => {
+            assert_eq!(*code, 3);
+            assert!(command.contains("exit 3"), "{command}");
+            assert!(tail.contains("before-failure") && tail.contains("oops"), "{tail}");
+        }
+        other => panic!("expected BuildStepFailed, got {other}"),
+    }
+    assert!(err.to_string().contains("exit code 3"), "{err}");
+    assert!(!drain(&mut rx).iter().any(|l| l.text == "never"));
+    assert!(store.layers().unwrap().iter().all(|id| store.layer(id).unwrap().origin != ferry_runtime::LayerOrigin::Build { commands: spec.commands.clone() }));
+}
+
+#[tokio::test]
+async fn env_workdir_cmd_and_copy_accumulate_across_layers() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    let (tx, _rx) = sink();
+    let first = builder
+        .build(
+            &LayerSpec::on(&base, &["ENV APP_HOME=/srv/app GREETING='hello there'", "WORKDIR /srv/app", "ENV PATH=/srv/app/bin:$PATH"]),
+            &tx,
+        )
+        .await
+        .expect("env layer");
+    let mut spec = LayerSpec::on(
+        &first.id,
+        &[
+            "COPY /config/settings.txt settings.txt",
+            "COPY /bin/ bin/",
+            "RUN chmod +x bin/hello && test \"$GREETING\" = 'hello there'",
+            r#"CMD ["hello"]"#,
+        ],
+    );
+    spec.context_files = vec![
+        ContextFile { path: "/config/settings.txt".into(), data: b"debug=1\n".to_vec() },
+        ContextFile { path: "/bin/hello".into(), data: b"#!/bin/sh\necho \"$GREETING from $(pwd): $(cat settings.txt)\"\n".to_vec() },
+    ];
+    let second = builder.build(&spec, &tx).await.expect("copy layer");
+    assert_eq!(second.config.workdir.as_deref(), Some("/srv/app"));
+    assert_eq!(second.config.env_get("APP_HOME"), Some("/srv/app"));
+    assert!(second.config.env_get("PATH").unwrap().starts_with("/srv/app/bin:/usr/local/sbin"));
+    assert_eq!(second.config.cmd.as_deref(), Some(&["hello".to_string()][..]));
+    assert!(!store.layer_fs(&second.id).join(".ferry-context").exists(), "no build scaffolding in the layer");
+
+    let runtime = ContainerRuntime::new(store);
+    let mut c = runtime.spawn(ContainerSpec::new(second.id, Vec::new())).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "hello there from /srv/app: debug=1");
+}
+
+#[tokio::test]
+async fn unsupported_inputs_fail_clearly() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store);
+    let (tx, _rx) = sink();
+    let err = builder.build(&LayerSpec { commands: vec!["FROM python:3.12-slim-bookworm".into()], ..Default::default() }, &tx).await.unwrap_err();
+    assert!(err.to_string().contains("3.11 (Debian bookworm)"), "{err}");
+    let err = builder.build(&LayerSpec { commands: vec!["FROM ubuntu:24.04".into()], ..Default::default() }, &tx).await.unwrap_err();
+    assert!(matches!(err, Error::UnsupportedBaseImage { .. }), "{err}");
+    let err = builder.build(&LayerSpec::on(&base, &["COPY /missing.txt /x"]), &tx).await.unwrap_err();
+    assert!(matches!(err, Error::CopySourceMissing { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn debian_slim_reference_resolves_to_the_prepared_base() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    let (tx, mut rx) = sink();
+    let spec = LayerSpec {
+        commands: vec!["FROM python:3.11.12-slim-bookworm".into(), "RUN python --version && pip --version && uv --version".into()],
+        ..Default::default()
+    };
+    let built = builder.build(&spec, &tx).await.expect("build on base");
+    assert_eq!(store.layer(&built.id).unwrap().parent, Some(base));
+    if !built.cached {
+        let text: Vec<String> = drain(&mut rx).into_iter().map(|l| l.text).collect();
+        assert!(text.iter().any(|l| l.starts_with("Python 3.11")), "{text:#?}");
+        assert!(text.iter().any(|l| l.starts_with("uv ")), "{text:#?}");
+    }
+    assert_eq!(built.config.python_version.as_deref().map(|v| &v[..5]), Some("3.11."));
+}
