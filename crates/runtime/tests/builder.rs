@@ -151,3 +151,40 @@ async fn debian_slim_reference_resolves_to_the_prepared_base() {
     }
     assert_eq!(built.config.python_version.as_deref().map(|v| &v[..5]), Some("3.11."));
 }
+
+/// The exact layer `Image.debian_slim()` sends with builder 2025.06. Slow (installs
+/// build-essential, about 250 MB), so it only runs on request:
+/// `cargo test -p ferry-runtime --test builder -- --ignored debian_slim_recipe`.
+#[tokio::test]
+#[ignore]
+async fn debian_slim_recipe_builds() {
+    let Some((store, _)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    let (tx, mut rx) = sink();
+    let printer = tokio::spawn(async move {
+        while let Some(l) = rx.recv().await {
+            eprintln!("build: {}", l.text);
+        }
+    });
+    let spec = LayerSpec {
+        commands: [
+            "FROM python:3.11.12-slim-bookworm",
+            "RUN apt-get update",
+            "RUN apt-get install -y gcc gfortran build-essential",
+            "RUN pip install --upgrade pip wheel uv",
+            "RUN echo 'debconf debconf/frontend select Noninteractive' | debconf-set-selections",
+            r#"CMD ["sleep", "172800"]"#,
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    let built = builder.build(&spec, &tx).await.expect("debian_slim layer");
+    drop(tx);
+    let _ = printer.await;
+    let runtime = ContainerRuntime::new(store);
+    let mut c = runtime.spawn(ContainerSpec::new(built.id, argv(&["sh", "-c", "gcc --version | head -1; python -m pip --version"]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert!(out.contains("gcc") && out.contains("pip"), "{out}");
+}
