@@ -416,7 +416,8 @@ pub struct Container {
     status: tokio::net::unix::pipe::Receiver,
     logs: Option<mpsc::UnboundedReceiver<LogLine>>,
     pumps: Vec<JoinHandle<()>>,
-    cgroup: ContainerCgroup,
+    /// `None` only after `Drop` handed it to the clean-up task.
+    cgroup: Option<ContainerCgroup>,
     scratch: PathBuf,
     exit: Option<ExitStatus>,
 }
@@ -431,7 +432,7 @@ impl Container {
             status: s.status,
             logs: Some(s.logs),
             pumps: s.pumps,
-            cgroup,
+            cgroup: Some(cgroup),
             scratch,
             exit: None,
         }
@@ -507,11 +508,12 @@ impl Container {
         for pump in self.pumps.drain(..) {
             let _ = pump.await;
         }
-        let exit = ExitStatus { code, signal, oom_killed: self.cgroup.oom_killed() };
-        if let Some(peak) = self.cgroup.peak_memory_bytes() {
+        let cgroup = self.cgroup.as_ref().expect("cgroup present until drop");
+        let exit = ExitStatus { code, signal, oom_killed: cgroup.oom_killed() };
+        if let Some(peak) = cgroup.peak_memory_bytes() {
             tracing::debug!(container = %self.id, peak_mib = peak / (1024 * 1024), ?exit, "container exited");
         }
-        self.cgroup.remove().await;
+        cgroup.remove().await;
         remove_tree(&self.scratch);
         self.exit = Some(exit);
         Ok(exit)
@@ -520,9 +522,20 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        if self.exit.is_none() {
-            // An abandoned container must not outlive its handle.
-            let _ = self.kill(Signal::Kill);
+        if self.exit.is_some() {
+            return;
+        }
+        // An abandoned container must not outlive its handle, nor leave its cgroup behind.
+        let _ = self.kill(Signal::Kill);
+        let cgroup = self.cgroup.take();
+        let scratch = std::mem::take(&mut self.scratch);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Some(cgroup) = cgroup {
+                    cgroup.remove().await;
+                }
+                remove_tree(&scratch);
+            });
         }
     }
 }

@@ -216,3 +216,18 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn dropping_a_running_container_kills_it() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let c = runtime.spawn(ContainerSpec::new(base, argv(&["sleep", "600"]))).await.unwrap();
+    let pid = c.pid() as i32;
+    drop(c);
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        // SAFETY: signal 0 only checks for existence.
+        unsafe { libc::kill(pid, 0) != 0 }
+    });
+    assert!(gone, "init {pid} still alive after the handle was dropped");
+}
