@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::cgroup::{ContainerCgroup, Limits};
 use crate::error::{Error, IoContext, Result};
 use crate::gpu;
-use crate::launch::{self, BindPlan, LaunchPlan, UpperPlan};
+use crate::launch::{self, BindPlan, JoinPlan, LaunchPlan, UpperPlan};
 use crate::logs::{pump, LogLine, Stream};
 use crate::store::{remove_tree, unique_suffix, ImageStore, LayerId};
 
@@ -67,6 +67,8 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// Defaults to the image's USER, then root.
     pub user: Option<String>,
+    /// Give the program a pipe as stdin ([`Container::stdin`]); otherwise /dev/null.
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -82,6 +84,7 @@ impl ContainerSpec {
             gpus: 0,
             hostname: "ferry".into(),
             user: None,
+            stdin: false,
         }
     }
 }
@@ -158,6 +161,7 @@ pub(crate) struct LaunchRequest {
     pub limits: Limits,
     pub network: Network,
     pub hostname: String,
+    pub stdin: bool,
 }
 
 impl ContainerRuntime {
@@ -207,6 +211,7 @@ impl ContainerRuntime {
             limits: spec.limits.clone(),
             network: spec.network,
             hostname: spec.hostname.clone(),
+            stdin: spec.stdin,
         };
         launch_container(&self.store, request).await
     }
@@ -239,11 +244,22 @@ fn path_cstring(p: &Path, what: &str) -> Result<CString> {
     cstring(p.as_os_str().as_bytes(), what)
 }
 
-pub(crate) async fn launch_container(store: &ImageStore, req: LaunchRequest) -> Result<Container> {
+/// Docker's defaults for variables every program expects.
+fn default_env(env: &mut Vec<(String, String)>, user: Option<&str>) {
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") && matches!(user, None | Some("root") | Some("0")) {
+        env.push(("HOME".into(), "/root".into()));
+    }
+}
+
+pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest) -> Result<Container> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
     }
+    default_env(&mut req.env, req.user.as_deref());
     let id = format!("c-{}", unique_suffix());
     let scratch = store.run_dir().join(&id);
     std::fs::create_dir_all(&scratch).ctx(|| format!("creating {}", scratch.display()))?;
@@ -254,8 +270,9 @@ pub(crate) async fn launch_container(store: &ImageStore, req: LaunchRequest) -> 
             return Err(e);
         }
     };
-    match start(store, &id, &scratch, &cgroup, req).await {
-        Ok(parts) => Ok(Container::new(id, parts, cgroup, scratch)),
+    let defaults = ExecDefaults { env: req.env.clone(), workdir: req.workdir.clone(), user: req.user.clone() };
+    match start(store, &scratch, &cgroup, req).await {
+        Ok(process) => Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, exit: None }),
         Err(e) => {
             cgroup.remove().await;
             remove_tree(&scratch);
@@ -264,16 +281,11 @@ pub(crate) async fn launch_container(store: &ImageStore, req: LaunchRequest) -> 
     }
 }
 
-struct Started {
-    child: tokio::process::Child,
-    status: tokio::net::unix::pipe::Receiver,
-    init_pid: i32,
-    pidfd: Option<OwnedFd>,
-    logs: mpsc::UnboundedReceiver<LogLine>,
-    pumps: Vec<JoinHandle<()>>,
+fn invalid(program: &str, message: String) -> Error {
+    Error::Spawn { program: program.to_string(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message) }
 }
 
-async fn start(store: &ImageStore, id: &str, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest) -> Result<Started> {
+async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest) -> Result<Supervised> {
     let layers_dir = store.layers_dir();
     let mut lowers = Vec::with_capacity(req.lowers.len());
     for l in &req.lowers {
@@ -302,18 +314,12 @@ async fn start(store: &ImageStore, id: &str, scratch: &Path, cgroup: &ContainerC
     };
     let overlay_options = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
     if overlay_options.len() >= 4000 {
-        return Err(Error::Spawn {
-            program: req.argv[0].clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("image has {} layers, more than one overlay mount can stack; squash the image", lowers.len())),
-        });
+        return Err(invalid(&req.argv[0], format!("image has {} layers, more than one overlay mount can stack; squash the image", lowers.len())));
     }
     let mut binds = Vec::with_capacity(req.binds.len());
     for b in &req.binds {
         if !b.target.starts_with('/') {
-            return Err(Error::Spawn {
-                program: req.argv[0].clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("mount target `{}` must be an absolute path", b.target)),
-            });
+            return Err(invalid(&req.argv[0], format!("mount target `{}` must be an absolute path", b.target)));
         }
         let meta = std::fs::metadata(&b.source).ctx(|| format!("bind mount source {}", b.source.display()))?;
         binds.push(BindPlan {
@@ -339,51 +345,23 @@ async fn start(store: &ImageStore, id: &str, scratch: &Path, cgroup: &ContainerC
         user: req.user.clone(),
         status_fd: status_write.as_raw_fd(),
     };
-
-    let mut cmd = tokio::process::Command::new(&req.argv[0]);
-    cmd.args(&req.argv[1..])
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if !req.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    }
+    let mut cmd = command(&req.argv, &req.env, req.stdin);
     // SAFETY: `enter_container` only makes raw syscalls on data prepared above (see launch.rs).
     unsafe {
         cmd.pre_exec(move || launch::enter_container(&mut plan));
     }
-    let spawned = cmd.spawn();
-    drop(status_write);
-    tracing::debug!(container = id, argv = ?req.argv, "spawned");
-    let mut child = spawned.map_err(|source| Error::Spawn { program: req.argv[0].clone(), source })?;
+    Supervised::start(cmd, &req.argv[0], status_read, status_write).await
+}
 
-    let mut status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_read).ctx(|| "status pipe".into())?;
-    let mut record = [0u8; 8];
-    status.read_exact(&mut record).await.ctx(|| "reading the container's init pid".into())?;
-    if record[..4] != launch::TAG_INIT_PID {
-        return Err(Error::Spawn {
-            program: req.argv[0].clone(),
-            source: std::io::Error::other("unexpected record on the status pipe"),
-        });
-    }
-    let init_pid = i32::from_ne_bytes(record[4..].try_into().expect("4 bytes"));
-    // SAFETY: pidfd_open takes a pid and flags; the fd it returns is ours.
-    let pidfd = unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, init_pid, 0) as RawFd;
-        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
-    };
-
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
-    }
-    Ok(Started { child, status, init_pid, pidfd, logs: rx, pumps })
+fn command(argv: &[String], env: &[(String, String)], stdin: bool) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
 }
 
 fn tmpfs_options(limits: &Limits) -> String {
@@ -406,58 +384,52 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// A running (or finished) container.
+/// A process started through launch.rs: the std child we track, the pid of the process that
+/// matters (the container's init, or an exec'd program), its status pipe and output.
 #[derive(Debug)]
-pub struct Container {
-    id: String,
-    init_pid: i32,
-    pidfd: Option<OwnedFd>,
+struct Supervised {
     child: tokio::process::Child,
     status: tokio::net::unix::pipe::Receiver,
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    stdin: Option<tokio::process::ChildStdin>,
     logs: Option<mpsc::UnboundedReceiver<LogLine>>,
     pumps: Vec<JoinHandle<()>>,
-    /// `None` only after `Drop` handed it to the clean-up task.
-    cgroup: Option<ContainerCgroup>,
-    scratch: PathBuf,
-    exit: Option<ExitStatus>,
+    /// Set once the process has been waited for.
+    done: Option<(i32, Option<i32>)>,
 }
 
-impl Container {
-    fn new(id: String, s: Started, cgroup: ContainerCgroup, scratch: PathBuf) -> Self {
-        Container {
-            id,
-            init_pid: s.init_pid,
-            pidfd: s.pidfd,
-            child: s.child,
-            status: s.status,
-            logs: Some(s.logs),
-            pumps: s.pumps,
-            cgroup: Some(cgroup),
-            scratch,
-            exit: None,
+impl Supervised {
+    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd) -> Result<Self> {
+        let spawned = cmd.spawn();
+        drop(status_write);
+        let mut child = spawned.map_err(|source| Error::Spawn { program: program.to_string(), source })?;
+        let mut status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_read).ctx(|| "status pipe".into())?;
+        let mut record = [0u8; 8];
+        status.read_exact(&mut record).await.ctx(|| "reading the container's pid".into())?;
+        if record[..4] != launch::TAG_INIT_PID {
+            return Err(Error::Spawn { program: program.to_string(), source: std::io::Error::other("unexpected record on the status pipe") });
         }
+        let pid = i32::from_ne_bytes(record[4..].try_into().expect("4 bytes"));
+        // SAFETY: pidfd_open takes a pid and flags; the fd it returns is ours.
+        let pidfd = unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
+            (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut pumps = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
+        }
+        let stdin = child.stdin.take();
+        Ok(Supervised { child, status, pid, pidfd, stdin, logs: Some(rx), pumps, done: None })
     }
 
-    /// Ferry's name for this container (also its cgroup name).
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Host pid of the container's init (pid 1 inside).
-    pub fn pid(&self) -> u32 {
-        self.init_pid as u32
-    }
-
-    /// Takes the stream of stdout/stderr lines. It ends when the container's last process
-    /// has closed its output. Lines not taken before [`Container::wait`] are discarded.
-    pub fn logs(&mut self) -> Option<mpsc::UnboundedReceiver<LogLine>> {
-        self.logs.take()
-    }
-
-    /// Sends a signal to the container's main process (SIGKILL ends the whole container).
-    /// Signalling a container that already exited is not an error.
-    pub fn kill(&self, signal: Signal) -> Result<()> {
-        if self.exit.is_some() {
+    fn signal(&self, signal: Signal, what: &str) -> Result<()> {
+        if self.done.is_some() {
             return Ok(());
         }
         let r = match &self.pidfd {
@@ -466,37 +438,37 @@ impl Container {
                 libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal.number(), std::ptr::null::<u8>(), 0) as i32
             },
             // SAFETY: plain kill(2).
-            None => unsafe { libc::kill(self.init_pid, signal.number()) },
+            None => unsafe { libc::kill(self.pid, signal.number()) },
         };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(Error::Io { context: format!("signalling container {}", self.id), source: e });
+                return Err(Error::Io { context: format!("signalling {what}"), source: e });
             }
         }
         Ok(())
     }
 
-    /// Waits for the main process to exit (which ends the container), then releases its
-    /// cgroup and scratch space. Calling it again returns the same status.
-    pub async fn wait(&mut self) -> Result<ExitStatus> {
-        if let Some(exit) = self.exit {
-            return Ok(exit);
+    /// Waits for exit and for the output to drain; returns (code, signal).
+    async fn finish(&mut self, what: &str) -> Result<(i32, Option<i32>)> {
+        if let Some(done) = self.done {
+            return Ok(done);
         }
-        let monitor = self.child.wait().await.ctx(|| format!("waiting for container {}", self.id))?;
+        self.stdin = None;
+        let supervisor = self.child.wait().await.ctx(|| format!("waiting for {what}"))?;
         let mut rest = Vec::new();
         let _ = self.status.read_to_end(&mut rest).await;
         let payload = rest
             .chunks_exact(8)
             .find(|r| r[..4] == launch::TAG_EXIT)
             .map(|r| i32::from_ne_bytes(r[4..].try_into().expect("4 bytes")));
-        let (code, signal) = match payload {
+        let done = match payload {
             Some(st) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), None),
             Some(st) if libc::WIFSIGNALED(st) => (128 + libc::WTERMSIG(st), Some(libc::WTERMSIG(st))),
-            // Init itself died (SIGKILL from `kill`, or the OOM killer picked it).
+            // The supervisor itself died (SIGKILL from `kill`, or the OOM killer picked it).
             _ => {
                 use std::os::unix::process::ExitStatusExt;
-                match (monitor.code(), monitor.signal()) {
+                match (supervisor.code(), supervisor.signal()) {
                     (Some(c), _) if c > 128 => (c, Some(c - 128)),
                     (Some(c), _) => (c, None),
                     (None, Some(s)) => (128 + s, Some(s)),
@@ -508,6 +480,110 @@ impl Container {
         for pump in self.pumps.drain(..) {
             let _ = pump.await;
         }
+        self.done = Some(done);
+        Ok(done)
+    }
+}
+
+/// What an `exec` inherits unless it says otherwise.
+#[derive(Debug, Clone)]
+struct ExecDefaults {
+    env: Vec<(String, String)>,
+    workdir: String,
+    user: Option<String>,
+}
+
+/// A running (or finished) container.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    process: Supervised,
+    /// `None` only after `Drop` handed it to the clean-up task.
+    cgroup: Option<ContainerCgroup>,
+    scratch: PathBuf,
+    defaults: ExecDefaults,
+    exit: Option<ExitStatus>,
+}
+
+impl Container {
+    /// Ferry's name for this container (also its cgroup name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Host pid of the container's init (pid 1 inside).
+    pub fn pid(&self) -> u32 {
+        self.process.pid as u32
+    }
+
+    /// Takes the stream of stdout/stderr lines. It ends when the container's last process
+    /// has closed its output. Lines not taken before [`Container::wait`] are discarded.
+    pub fn logs(&mut self) -> Option<mpsc::UnboundedReceiver<LogLine>> {
+        self.process.logs.take()
+    }
+
+    /// Takes the program's stdin, if the spec asked for one. Dropping it sends EOF.
+    pub fn stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.process.stdin.take()
+    }
+
+    /// Sends a signal to the container's main process (SIGKILL ends the whole container).
+    /// Signalling a container that already exited is not an error.
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        self.process.signal(signal, &format!("container {}", self.id))
+    }
+
+    /// Starts another process inside the running container (same namespaces, root and
+    /// cgroup), like `docker exec`. It inherits the container's env, workdir and user unless
+    /// `spec` overrides them; it is killed when the container ends.
+    pub async fn exec(&self, spec: ExecSpec) -> Result<Process> {
+        if self.exit.is_some() {
+            return Err(Error::ContainerExited(self.id.clone()));
+        }
+        let program = spec.command.first().cloned().ok_or_else(|| invalid("", "exec needs a command".into()))?;
+        let mut env = self.defaults.env.clone();
+        for (k, v) in &spec.env {
+            upsert(&mut env, k, v.clone());
+        }
+        let mut ns_fds = Vec::new();
+        for ns in ["ipc", "uts", "net", "pid", "mnt"] {
+            let path = format!("/proc/{}/ns/{ns}", self.process.pid);
+            let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::ContainerExited(self.id.clone()),
+                _ => Error::Io { context: format!("opening {path}"), source: e },
+            })?;
+            ns_fds.push(OwnedFd::from(file));
+        }
+        let cgroup = self.cgroup.as_ref().expect("cgroup present until drop");
+        let (status_read, status_write) = pipe()?;
+        let plan = JoinPlan {
+            ns_fds: ns_fds.iter().map(|f| f.as_raw_fd()).collect(),
+            cgroup_procs: cgroup.procs_files().iter().map(|p| path_cstring(p, "cgroup path")).collect::<Result<_>>()?,
+            workdir: cstring(spec.workdir.as_deref().unwrap_or(&self.defaults.workdir), "workdir")?,
+            user: spec.user.clone().or_else(|| self.defaults.user.clone()),
+            status_fd: status_write.as_raw_fd(),
+        };
+        let mut cmd = command(&spec.command, &env, spec.stdin);
+        // SAFETY: `join_container` only makes raw syscalls on data prepared above.
+        unsafe {
+            cmd.pre_exec(move || launch::join_container(&plan));
+        }
+        let process = Supervised::start(cmd, &program, status_read, status_write).await?;
+        drop(ns_fds);
+        Ok(Process { container: self.id.clone(), process })
+    }
+
+    /// Waits for the main process to exit (which ends the container), then releases its
+    /// cgroup and scratch space. Calling it again returns the same status.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let what = format!("container {}", self.id);
+        let (code, signal) = self.process.finish(&what).await?;
         let cgroup = self.cgroup.as_ref().expect("cgroup present until drop");
         let exit = ExitStatus { code, signal, oom_killed: cgroup.oom_killed() };
         if let Some(peak) = cgroup.peak_memory_bytes() {
@@ -536,6 +612,65 @@ impl Drop for Container {
                 }
                 remove_tree(&scratch);
             });
+        }
+    }
+}
+
+/// A process to start in a running container with [`Container::exec`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecSpec {
+    pub command: Vec<String>,
+    /// Added to (and overriding) the container's environment.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub stdin: bool,
+}
+
+impl ExecSpec {
+    pub fn new(command: Vec<String>) -> Self {
+        ExecSpec { command, ..Default::default() }
+    }
+}
+
+/// A process started by [`Container::exec`].
+#[derive(Debug)]
+pub struct Process {
+    container: String,
+    process: Supervised,
+}
+
+impl Process {
+    /// Host pid of the process.
+    pub fn pid(&self) -> u32 {
+        self.process.pid as u32
+    }
+
+    pub fn logs(&mut self) -> Option<mpsc::UnboundedReceiver<LogLine>> {
+        self.process.logs.take()
+    }
+
+    pub fn stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.process.stdin.take()
+    }
+
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        self.process.signal(signal, &format!("a process in container {}", self.container))
+    }
+
+    /// Waits for the process to exit. `oom_killed` is always false here: the container's
+    /// memory cgroup is shared, so read OOM kills from the container's own status.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        let what = format!("a process in container {}", self.container);
+        let (code, signal) = self.process.finish(&what).await?;
+        Ok(ExitStatus { code, signal, oom_killed: false })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.process.done.is_none() {
+            let _ = self.process.signal(Signal::Kill, "an abandoned exec");
         }
     }
 }

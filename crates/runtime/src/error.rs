@@ -51,6 +51,9 @@ pub enum Error {
     #[error("starting `{program}` in a container failed: {source}")]
     Spawn { program: String, source: std::io::Error },
 
+    #[error("container {0} has already exited; start a new one")]
+    ContainerExited(String),
+
     #[error("containers need root (namespaces, mounts, cgroups); run Ferry's worker as root")]
     NotRoot,
 

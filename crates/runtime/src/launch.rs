@@ -144,7 +144,7 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
             s
         };
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        return prepare_payload(plan);
+        return prepare_payload(&plan.workdir, plan.user.as_deref());
     }
     init_loop(plan.status_fd, payload, &all)
 }
@@ -387,16 +387,58 @@ unsafe fn loopback_up() -> io::Result<()> {
     step(r, "read loopback flags")
 }
 
+/// What `Container::exec` needs to put a new process into a running container.
+pub(crate) struct JoinPlan {
+    /// Namespace fds of the container's init, mount namespace last (after it, host paths
+    /// are gone).
+    pub ns_fds: Vec<RawFd>,
+    pub cgroup_procs: Vec<CString>,
+    pub workdir: CString,
+    pub user: Option<String>,
+    pub status_fd: RawFd,
+}
+
+/// The `pre_exec` body of `Container::exec`: join the cgroup and namespaces, fork (a pid
+/// namespace applies to children only), and supervise the child like init does.
+///
+/// # Safety
+/// Must only be called between fork and exec, as `Command::pre_exec` does.
+pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
+    for procs in &plan.cgroup_procs {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        step(fd, "open cgroup.procs")?;
+        let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+        libc::close(fd);
+        step(r as libc::c_int, "join cgroup")?;
+    }
+    for &fd in &plan.ns_fds {
+        step(libc::setns(fd, 0), "join container namespace")?;
+    }
+    let all = block_all_signals();
+    let child = libc::fork();
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        return prepare_payload(&plan.workdir, plan.user.as_deref());
+    }
+    write_record(plan.status_fd, TAG_INIT_PID, child);
+    init_loop(plan.status_fd, child, &all)
+}
+
 /// The payload: switch user and directory, then return so std execs the program.
-unsafe fn prepare_payload(plan: &LaunchPlan) -> io::Result<()> {
-    if let Some(user) = &plan.user {
+unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> {
+    if let Some(user) = user {
         let (uid, gid) = resolve_user(user)?;
         step(libc::setgroups(0, std::ptr::null()), "setgroups")?;
         step(libc::setgid(gid), "setgid")?;
         step(libc::setuid(uid), "setuid")?;
     }
-    make_mountpoint(&plan.workdir, true)?;
-    step(libc::chdir(plan.workdir.as_ptr()), "chdir to workdir")
+    make_mountpoint(workdir, true)?;
+    step(libc::chdir(workdir.as_ptr()), "chdir to workdir")
 }
 
 /// `USER name`, `USER uid`, `USER name:group` or `USER uid:gid`, looked up in the image.

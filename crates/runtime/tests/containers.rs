@@ -3,7 +3,7 @@
 mod common;
 
 use common::{argv, base, run};
-use ferry_runtime::{BindMount, ContainerRuntime, ContainerSpec, Error, Network, Signal};
+use ferry_runtime::{BindMount, ContainerRuntime, ContainerSpec, Error, ExecSpec, Network, Signal};
 
 #[tokio::test]
 async fn python_runs_in_a_container() {
@@ -230,4 +230,47 @@ async fn dropping_a_running_container_kills_it() {
         unsafe { libc::kill(pid, 0) != 0 }
     });
     assert!(gone, "init {pid} still alive after the handle was dropped");
+}
+
+#[tokio::test]
+async fn exec_joins_a_running_container_and_stdin_is_piped() {
+    use tokio::io::AsyncWriteExt;
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    // The main program echoes stdin lines until EOF, after leaving a file for the exec to find.
+    let main = "import sys\nopen('/tmp/marker', 'w').write('made by main')\nprint('ready', flush=True)\nfor line in sys.stdin:\n    print('echo', line.strip(), flush=True)";
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", main]));
+    spec.stdin = true;
+    spec.env.push(("FROM_SPAWN".into(), "inherited".into()));
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let mut logs = c.logs().unwrap();
+    assert_eq!(logs.recv().await.unwrap().text, "ready");
+
+    let probe = "import os; print(open('/tmp/marker').read(), os.environ['FROM_SPAWN'], os.environ['EXTRA'], os.getcwd(), sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:2])";
+    let mut exec = ExecSpec::new(argv(&["python", "-c", probe]));
+    exec.env.push(("EXTRA".into(), "x".into()));
+    exec.workdir = Some("/srv".into());
+    let mut p = c.exec(exec).await.expect("exec");
+    let (out, err, status) = {
+        let mut lines = p.logs().unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        while let Some(l) = lines.recv().await {
+            let buf = if l.stream == ferry_runtime::Stream::Stdout { &mut out } else { &mut err };
+            buf.push_str(&l.text);
+        }
+        (out, err, p.wait().await.unwrap())
+    };
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out, "made by main inherited x /srv [1, 2]", "exec sees the container's files, env and pid namespace");
+
+    let mut stdin = c.stdin().unwrap();
+    stdin.write_all(b"one\ntwo\n").await.unwrap();
+    drop(stdin);
+    let mut echoed = Vec::new();
+    while let Some(l) = logs.recv().await {
+        echoed.push(l.text);
+    }
+    assert_eq!(echoed, ["echo one", "echo two"]);
+    assert_eq!(c.wait().await.unwrap().code, 0);
+    assert!(matches!(c.exec(ExecSpec::new(argv(&["true"]))).await, Err(Error::ContainerExited(_))));
 }
