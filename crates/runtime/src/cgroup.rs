@@ -140,6 +140,19 @@ impl ContainerCgroup {
         std::fs::read_to_string(self.memory_dir.join(file)).ok()?.trim().parse().ok()
     }
 
+    /// Blocking variant of [`Self::remove`] for `Drop`, where there is no runtime to await on.
+    pub(crate) fn remove_now(&self) {
+        for dir in &self.dirs {
+            for _ in 0..100 {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        }
+    }
+
     /// Removes the group; retries briefly while the last processes finish exiting.
     pub(crate) async fn remove(&self) {
         for dir in &self.dirs {

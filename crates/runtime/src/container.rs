@@ -602,17 +602,18 @@ impl Drop for Container {
             return;
         }
         // An abandoned container must not outlive its handle, nor leave its cgroup behind.
+        // SIGKILL of init ends the container within milliseconds, so wait for it right here:
+        // a clean-up task could be lost with a runtime that is shutting down.
         let _ = self.kill(Signal::Kill);
-        let cgroup = self.cgroup.take();
-        let scratch = std::mem::take(&mut self.scratch);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Some(cgroup) = cgroup {
-                    cgroup.remove().await;
-                }
-                remove_tree(&scratch);
-            });
+        if let Some(fd) = &self.process.pidfd {
+            let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; a pidfd becomes readable when the process exits.
+            unsafe { libc::poll(&mut poll, 1, 2000) };
         }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.remove_now();
+        }
+        remove_tree(&self.scratch);
     }
 }
 

@@ -223,7 +223,9 @@ async fn dropping_a_running_container_kills_it() {
     let runtime = ContainerRuntime::new(store);
     let c = runtime.spawn(ContainerSpec::new(base, argv(&["sleep", "600"]))).await.unwrap();
     let pid = c.pid() as i32;
+    let cgroup = format!("/sys/fs/cgroup/memory/ferry/{}", c.id());
     drop(c);
+    assert!(!std::path::Path::new(&cgroup).exists(), "the dropped container's cgroup is removed");
     let gone = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
         // SAFETY: signal 0 only checks for existence.
@@ -273,4 +275,33 @@ async fn exec_joins_a_running_container_and_stdin_is_piped() {
     assert_eq!(echoed, ["echo one", "echo two"]);
     assert_eq!(c.wait().await.unwrap().code, 0);
     assert!(matches!(c.exec(ExecSpec::new(argv(&["true"]))).await, Err(Error::ContainerExited(_))));
+}
+
+/// Many containers started at once from several runtime threads: forks from a
+/// multi-threaded process must neither deadlock nor mix up outputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_containers_keep_their_own_output() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let runtime = runtime.clone();
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut spec = ContainerSpec::new(base, argv(&["python", "-c", &format!("print('container {i}')")]));
+            spec.limits.memory_mib = Some(128);
+            let mut c = runtime.spawn(spec).await.expect("spawn");
+            let (out, err, status) = run(&mut c).await;
+            assert_eq!(status.code, 0, "stderr: {err}");
+            assert_eq!(out.trim(), format!("container {i}"));
+        }));
+    }
+    let all = tokio::time::timeout(std::time::Duration::from_secs(60), futures_join(tasks)).await;
+    assert!(all.is_ok(), "16 concurrent containers did not finish within 60 s");
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        t.await.expect("container task panicked");
+    }
 }
