@@ -305,3 +305,29 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
         t.await.expect("container task panicked");
     }
 }
+
+/// The recipe a worker can use for builder ≥ 2025.06 images, which do not contain the modal
+/// client: install it once into a host directory with a throw-away container, then mount that
+/// directory read-only into task containers and put it on PYTHONPATH. Needs PyPI, so it only
+/// runs on request: `cargo test -p ferry-runtime --test containers -- --ignored client_dir`.
+#[tokio::test]
+#[ignore]
+async fn client_dir_installed_by_one_container_serves_another() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let deps = tempdir("client-deps");
+    let mut install = ContainerSpec::new(base.clone(), argv(&["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/out", "modal==1.6.4"]));
+    install.mounts.push(BindMount::read_write(&deps, "/out"));
+    let mut c = runtime.spawn(install).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
+
+    let mut task = ContainerSpec::new(base, argv(&["python", "-c", "import modal, grpclib; print(modal.__version__)"]));
+    task.mounts.push(BindMount::read_only(&deps, "/__modal/deps"));
+    task.env.push(("PYTHONPATH".into(), "/__modal/deps".into()));
+    let mut c = runtime.spawn(task).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "1.6.4");
+    std::fs::remove_dir_all(deps).unwrap();
+}
