@@ -3,6 +3,6 @@
 # `ferry` binary with the real pinned clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release --workspace 2>&1 | tail -n 40
+cargo test --release --workspace
 export FERRY_BIN="$PWD/target/release/ferry"
 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"

@@ -1,0 +1,116 @@
+//! The protocol adapter: serves `modal.client.ModalClient` to the unmodified Modal client.
+//!
+//! This is the only crate that knows the Modal wire types. Each RPC family lives in its own
+//! module and translates between wire messages and [`ferry_store::Store`] calls; errors are
+//! mapped to gRPC statuses in one place ([`status`]). The [`gateway`] layer in front of the
+//! service authenticates every call and replays retried calls by their idempotency key.
+
+pub mod gateway;
+mod apps;
+mod dicts;
+mod environments;
+mod objects;
+mod queues;
+mod secrets;
+mod service;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::api::modal_client_server::ModalClientServer;
+use ferry_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use service::ModalService;
+
+/// The image builder version reported to clients (see ARCHITECTURE.md for the choice).
+pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
+
+/// The largest gRPC message accepted, matching the client's own ceiling for inline payloads
+/// plus room for batched Dict updates.
+pub const MAX_MESSAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Settings of one API server.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// URL clients and containers use to reach this server.
+    pub public_url: String,
+    /// Ephemeral objects are reclaimed this long after their last heartbeat.
+    pub ephemeral_ttl: Duration,
+    /// Ephemeral apps are stopped this long after their client's last heartbeat.
+    pub app_heartbeat_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            public_url: String::new(),
+            ephemeral_ttl: Duration::from_secs(900),
+            app_heartbeat_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
+/// TLS material for serving `https://`.
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Serves the Modal API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    store: Store,
+    config: ApiConfig,
+    listener: TcpListener,
+    tls: Option<TlsFiles>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    spawn_reaper(store.clone(), config.clone());
+    let service = ModalClientServer::new(ModalService::new(store.clone(), config.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(16 * 1024 * 1024))
+        .initial_connection_window_size(Some(64 * 1024 * 1024))
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
+        .layer(gateway::GatewayLayer::new(store))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr`; port 0 picks a free port.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Reclaims expired ephemeral objects and apps, and expired queue partitions, in the background.
+fn spawn_reaper(store: Store, config: Arc<ApiConfig>) {
+    tokio::spawn(async move {
+        let period = (config.ephemeral_ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.reap_apps(config.app_heartbeat_ttl.as_secs_f64()).await {
+                tracing::warn!("reaping stale apps failed: {e}");
+            }
+            match store.reap(config.ephemeral_ttl.as_secs_f64()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("reclaimed {n} ephemeral or app-owned objects"),
+                Err(e) => tracing::warn!("reaping ephemeral objects failed: {e}"),
+            }
+        }
+    });
+}

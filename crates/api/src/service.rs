@@ -1,0 +1,124 @@
+//! The `ModalClient` service: each method delegates to the module of its RPC family. Methods
+//! not listed here fall through to the generated stub, which the gateway reports as
+//! "Ferry does not implement <RPC> yet".
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ferry_proto::api::{self, modal_client_server::ModalClient};
+use ferry_store::{Principal, Store};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::ApiConfig;
+
+pub(crate) type Rpc<T> = Result<Response<T>, Status>;
+pub(crate) type RpcStream<T> = Result<Response<Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>>, Status>;
+
+/// The service shared by all connections.
+#[derive(Clone)]
+pub struct ModalService {
+    pub(crate) store: Store,
+    pub(crate) config: Arc<ApiConfig>,
+}
+
+impl ModalService {
+    pub fn new(store: Store, config: Arc<ApiConfig>) -> Self {
+        ModalService { store, config }
+    }
+}
+
+/// The authenticated caller, put in place by the gateway.
+pub(crate) fn principal<T>(req: &Request<T>) -> Principal {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or(Principal::User { token_id: String::new() })
+}
+
+/// How the caller is recorded in `created_by`.
+pub(crate) fn creator<T>(req: &Request<T>) -> String {
+    match principal(req) {
+        Principal::User { token_id } => token_id,
+        Principal::Task { task_id, .. } => task_id,
+    }
+}
+
+/// Emits the `ModalClient` impl, each listed method delegating to its module's function. The
+/// whole impl comes from one macro so that `async_trait` sees the expanded methods.
+macro_rules! modal_client_impl {
+    (
+        unary { $( $method:ident ( $req:ty ) -> $resp:ty => $path:path ; )* }
+        streams { $( $smethod:ident ( $sreq:ty ) -> $item:ty => $spath:path ; )* }
+    ) => {
+        #[tonic::async_trait]
+        impl ModalClient for ModalService {
+            $(
+                async fn $method(&self, request: Request<$req>) -> Rpc<$resp> {
+                    $path(self, request).await
+                }
+            )*
+            $(
+                async fn $smethod(&self, request: Request<$sreq>) -> RpcStream<$item> {
+                    $spath(self, request).await
+                }
+            )*
+        }
+    };
+}
+
+modal_client_impl! {
+    unary {
+        client_hello(()) -> api::ClientHelloResponse => crate::environments::client_hello;
+        environment_get_or_create(api::EnvironmentGetOrCreateRequest) -> api::EnvironmentGetOrCreateResponse => crate::environments::get_or_create;
+        environment_list(()) -> api::EnvironmentListResponse => crate::environments::list;
+        environment_create(api::EnvironmentCreateRequest) -> () => crate::environments::create;
+        environment_delete(api::EnvironmentDeleteRequest) -> () => crate::environments::delete;
+        environment_update(api::EnvironmentUpdateRequest) -> api::EnvironmentListItem => crate::environments::update;
+
+        app_create(api::AppCreateRequest) -> api::AppCreateResponse => crate::apps::create;
+        app_get_or_create(api::AppGetOrCreateRequest) -> api::AppGetOrCreateResponse => crate::apps::get_or_create;
+        app_get_by_deployment_name(api::AppGetByDeploymentNameRequest) -> api::AppGetByDeploymentNameResponse => crate::apps::get_by_deployment_name;
+        app_heartbeat(api::AppHeartbeatRequest) -> () => crate::apps::heartbeat;
+        app_list(api::AppListRequest) -> api::AppListResponse => crate::apps::list;
+        app_stop(api::AppStopRequest) -> () => crate::apps::stop;
+        app_client_disconnect(api::AppClientDisconnectRequest) -> () => crate::apps::client_disconnect;
+        app_fetch_logs(api::AppFetchLogsRequest) -> api::AppFetchLogsResponse => crate::apps::fetch_logs;
+        app_get_lifecycle(api::AppGetLifecycleRequest) -> api::AppGetLifecycleResponse => crate::apps::get_lifecycle;
+        task_list(api::TaskListRequest) -> api::TaskListResponse => crate::apps::task_list;
+        app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
+
+        secret_get_or_create(api::SecretGetOrCreateRequest) -> api::SecretGetOrCreateResponse => crate::secrets::get_or_create;
+        secret_get_info(api::SecretGetInfoRequest) -> api::SecretGetInfoResponse => crate::secrets::get_info;
+        secret_list(api::SecretListRequest) -> api::SecretListResponse => crate::secrets::list;
+        secret_delete(api::SecretDeleteRequest) -> () => crate::secrets::delete;
+        secret_update(api::SecretUpdateRequest) -> () => crate::secrets::update;
+
+        dict_get_or_create(api::DictGetOrCreateRequest) -> api::DictGetOrCreateResponse => crate::dicts::get_or_create;
+        dict_get_by_id(api::DictGetByIdRequest) -> api::DictGetByIdResponse => crate::dicts::get_by_id;
+        dict_heartbeat(api::DictHeartbeatRequest) -> () => crate::dicts::heartbeat;
+        dict_update(api::DictUpdateRequest) -> api::DictUpdateResponse => crate::dicts::update;
+        dict_get(api::DictGetRequest) -> api::DictGetResponse => crate::dicts::get;
+        dict_contains(api::DictContainsRequest) -> api::DictContainsResponse => crate::dicts::contains;
+        dict_len(api::DictLenRequest) -> api::DictLenResponse => crate::dicts::len;
+        dict_pop(api::DictPopRequest) -> api::DictPopResponse => crate::dicts::pop;
+        dict_clear(api::DictClearRequest) -> () => crate::dicts::clear;
+        dict_delete(api::DictDeleteRequest) -> () => crate::dicts::delete;
+        dict_list(api::DictListRequest) -> api::DictListResponse => crate::dicts::list;
+
+        queue_get_or_create(api::QueueGetOrCreateRequest) -> api::QueueGetOrCreateResponse => crate::queues::get_or_create;
+        queue_get_by_id(api::QueueGetByIdRequest) -> api::QueueGetByIdResponse => crate::queues::get_by_id;
+        queue_heartbeat(api::QueueHeartbeatRequest) -> () => crate::queues::heartbeat;
+        queue_put(api::QueuePutRequest) -> () => crate::queues::put;
+        queue_get(api::QueueGetRequest) -> api::QueueGetResponse => crate::queues::get;
+        queue_next_items(api::QueueNextItemsRequest) -> api::QueueNextItemsResponse => crate::queues::next_items;
+        queue_len(api::QueueLenRequest) -> api::QueueLenResponse => crate::queues::len;
+        queue_clear(api::QueueClearRequest) -> () => crate::queues::clear;
+        queue_delete(api::QueueDeleteRequest) -> () => crate::queues::delete;
+        queue_list(api::QueueListRequest) -> api::QueueListResponse => crate::queues::list;
+    }
+    streams {
+        app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
+        dict_contents(api::DictContentsRequest) -> api::DictEntry => crate::dicts::contents;
+    }
+}

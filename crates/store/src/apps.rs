@@ -1,0 +1,249 @@
+//! Apps and their log streams.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use crate::{new_id, now, Result, Store, StoreError};
+
+/// App lifecycle states; the numbers are those of the Modal protocol's `AppState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppState {
+    Ephemeral = 1,
+    Detached = 2,
+    Deployed = 3,
+    Stopping = 4,
+    Stopped = 5,
+    Initializing = 6,
+    DetachedDisconnected = 8,
+}
+
+impl AppState {
+    pub fn from_i32(v: i32) -> Option<AppState> {
+        Some(match v {
+            1 => AppState::Ephemeral,
+            2 => AppState::Detached,
+            3 => AppState::Deployed,
+            4 => AppState::Stopping,
+            5 => AppState::Stopped,
+            6 => AppState::Initializing,
+            8 => AppState::DetachedDisconnected,
+            _ => return None,
+        })
+    }
+    pub fn is_live(self) -> bool {
+        !matches!(self, AppState::Stopping | AppState::Stopped)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct App {
+    pub id: String,
+    pub environment_id: String,
+    pub name: Option<String>,
+    pub description: String,
+    pub state: AppState,
+    pub created_by: String,
+    pub created_at: f64,
+    pub stopped_at: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogEntry {
+    pub id: i64,
+    pub task_id: String,
+    pub function_id: String,
+    pub fd: i32,
+    pub data: String,
+    pub timestamp: f64,
+}
+
+fn from_row(r: &sqlx::sqlite::SqliteRow) -> App {
+    App {
+        id: r.get("id"),
+        environment_id: r.get("environment_id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        state: AppState::from_i32(r.get::<i64, _>("state") as i32).unwrap_or(AppState::Stopped),
+        created_by: r.get("created_by"),
+        created_at: r.get("created_at"),
+        stopped_at: r.get("stopped_at"),
+    }
+}
+
+fn log_from_row(r: &sqlx::sqlite::SqliteRow) -> LogEntry {
+    LogEntry {
+        id: r.get("id"),
+        task_id: r.get("task_id"),
+        function_id: r.get("function_id"),
+        fd: r.get::<i64, _>("fd") as i32,
+        data: r.get("data"),
+        timestamp: r.get("timestamp"),
+    }
+}
+
+fn log_topic(app_id: &str) -> String {
+    format!("logs:{app_id}")
+}
+
+impl Store {
+    pub async fn create_app(
+        &self,
+        environment: &str,
+        name: Option<&str>,
+        description: &str,
+        state: AppState,
+        client_id: &str,
+        created_by: &str,
+    ) -> Result<App> {
+        let env = self.environment(environment).await?;
+        let id = new_id("ap");
+        let t = now();
+        sqlx::query(
+            "INSERT INTO apps (id, environment_id, name, description, state, client_id, created_by, created_at, last_heartbeat) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&env.id)
+        .bind(name)
+        .bind(description)
+        .bind(state as i64)
+        .bind(client_id)
+        .bind(created_by)
+        .bind(t)
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        self.app(&id).await
+    }
+
+    pub async fn app(&self, id: &str) -> Result<App> {
+        let row = sqlx::query("SELECT * FROM apps WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| from_row(&r)).ok_or_else(|| StoreError::NotFound(format!("App {id} not found")))
+    }
+
+    /// The live app deployed under `name` in an environment, if any.
+    pub async fn app_by_name(&self, environment: &str, name: &str) -> Result<Option<App>> {
+        let env = self.environment(environment).await?;
+        let row = sqlx::query(
+            "SELECT * FROM apps WHERE environment_id = ? AND name = ? AND state NOT IN (4, 5) ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(&env.id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| from_row(&r)))
+    }
+
+    /// The most recent app ever deployed under `name`, live or stopped.
+    pub async fn last_app_by_name(&self, environment: &str, name: &str) -> Result<Option<App>> {
+        let env = self.environment(environment).await?;
+        let row = sqlx::query("SELECT * FROM apps WHERE environment_id = ? AND name = ? ORDER BY created_at DESC LIMIT 1")
+            .bind(&env.id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| from_row(&r)))
+    }
+
+    pub async fn list_apps(&self, environment: &str) -> Result<Vec<App>> {
+        let env = self.environment(environment).await?;
+        let rows = sqlx::query("SELECT * FROM apps WHERE environment_id = ? ORDER BY created_at DESC LIMIT 1000")
+            .bind(&env.id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    pub async fn heartbeat_app(&self, id: &str) -> Result<App> {
+        sqlx::query("UPDATE apps SET last_heartbeat = ? WHERE id = ?").bind(now()).bind(id).execute(&self.pool).await?;
+        self.app(id).await
+    }
+
+    /// Moves an app to a new state; stopping records the time and wakes log followers.
+    pub async fn set_app_state(&self, id: &str, state: AppState) -> Result<App> {
+        let app = self.app(id).await?;
+        if app.state == AppState::Stopped {
+            return Ok(app);
+        }
+        let stopped_at = (state == AppState::Stopped).then(now);
+        sqlx::query("UPDATE apps SET state = ?, stopped_at = COALESCE(?, stopped_at) WHERE id = ?")
+            .bind(state as i64)
+            .bind(stopped_at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.notify.fire(&log_topic(id));
+        self.app(id).await
+    }
+
+    pub async fn set_app_name(&self, id: &str, name: &str) -> Result<()> {
+        sqlx::query("UPDATE apps SET name = ? WHERE id = ?").bind(name).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Stops ephemeral apps whose client stopped sending heartbeats `ttl_secs` ago.
+    pub async fn reap_apps(&self, ttl_secs: f64) -> Result<Vec<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apps WHERE state IN (1, 6) AND last_heartbeat < ?")
+            .bind(now() - ttl_secs)
+            .fetch_all(&self.pool)
+            .await?;
+        for id in &ids {
+            self.set_app_state(id, AppState::Stopped).await?;
+        }
+        Ok(ids)
+    }
+
+    /// The last `limit` log entries with `since <= timestamp < until`, oldest first.
+    pub async fn logs_in_range(&self, app_id: &str, since: f64, until: f64, limit: i64) -> Result<Vec<LogEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM app_logs WHERE app_id = ? AND timestamp >= ? AND timestamp < ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+        )
+        .bind(app_id)
+        .bind(since)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(log_from_row).collect())
+    }
+
+    pub async fn append_log(&self, app_id: &str, task_id: &str, function_id: &str, fd: i32, data: &str) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO app_logs (app_id, task_id, function_id, fd, data, timestamp) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(app_id)
+        .bind(task_id)
+        .bind(function_id)
+        .bind(fd)
+        .bind(data)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?;
+        self.notify.fire(&log_topic(app_id));
+        Ok(id)
+    }
+
+    /// Log entries after `after`; waits up to `timeout` for one when there are none and the app
+    /// is still live. Returns the entries and the app as of the read.
+    pub async fn follow_logs(&self, app_id: &str, after: i64, timeout: Duration) -> Result<(Vec<LogEntry>, App)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let topic = self.notify.topic(&log_topic(app_id));
+        loop {
+            let notified = topic.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let app = self.app(app_id).await?;
+            let rows = sqlx::query("SELECT * FROM app_logs WHERE app_id = ? AND id > ? ORDER BY id LIMIT 1000")
+                .bind(app_id)
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await?;
+            let entries: Vec<LogEntry> = rows.iter().map(log_from_row).collect();
+            if !entries.is_empty() || !app.state.is_live() || tokio::time::Instant::now() >= deadline {
+                return Ok((entries, app));
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+}
