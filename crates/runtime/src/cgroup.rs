@@ -53,6 +53,30 @@ fn mkdir(path: &Path) -> Result<()> {
     }
 }
 
+/// Removes container groups for which `is_stale(name)` holds; a group still holding
+/// processes cannot be removed and is kept. Returns how many were removed.
+pub(crate) fn sweep(is_stale: impl Fn(&str) -> bool) -> usize {
+    let parents: Vec<PathBuf> = match layout() {
+        Layout::V1 { memory, cpu, pids } => {
+            let mut v = vec![memory.join(GROUP), cpu.join(GROUP)];
+            v.extend(pids.map(|p| p.join(GROUP)));
+            v
+        }
+        Layout::V2 { root } => vec![root.join(GROUP)],
+    };
+    let mut removed = 0;
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && is_stale(&name) && std::fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// The cgroup(s) of one container: one directory per v1 controller, or one v2 directory.
 #[derive(Debug)]
 pub(crate) struct ContainerCgroup {

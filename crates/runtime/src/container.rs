@@ -169,6 +169,15 @@ impl ContainerRuntime {
         ContainerRuntime { store }
     }
 
+    /// Removes what containers of dead Ferry processes left behind: their cgroups and
+    /// scratch directories, and half-finished builds. (Their processes are already gone:
+    /// containers die with the Ferry process that started them.) Call it once at start-up.
+    /// Returns how many leftovers were removed.
+    pub fn sweep_stale(&self) -> usize {
+        let stale = |name: &str| name.starts_with("c-") && !crate::store::creator_alive(name);
+        crate::cgroup::sweep(stale) + self.store.sweep_stale()
+    }
+
     pub fn store(&self) -> &ImageStore {
         &self.store
     }
@@ -344,6 +353,7 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         workdir: cstring(&req.workdir, "workdir")?,
         user: req.user.clone(),
         status_fd: status_write.as_raw_fd(),
+        lifeline_fd: lifeline()?,
     };
     let mut cmd = command(&req.argv, &req.env, req.stdin);
     // SAFETY: `enter_container` only makes raw syscalls on data prepared above (see launch.rs).
@@ -371,6 +381,18 @@ fn tmpfs_options(limits: &Limits) -> String {
         Some(mib) => format!("mode=0755,size={}m", mib.max(64)),
         None => "mode=0755,size=50%".into(),
     }
+}
+
+/// The read end of a pipe whose write end only this process holds (both ends close on exec,
+/// and launch.rs closes them in its forked helpers): container monitors see EOF on it when
+/// the Ferry process exits, however it exits.
+fn lifeline() -> Result<RawFd> {
+    static LIFELINE: std::sync::OnceLock<(OwnedFd, OwnedFd)> = std::sync::OnceLock::new();
+    if let Some((read, _)) = LIFELINE.get() {
+        return Ok(read.as_raw_fd());
+    }
+    let fds = pipe()?;
+    Ok(LIFELINE.get_or_init(|| fds).0.as_raw_fd())
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

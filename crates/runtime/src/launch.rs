@@ -58,6 +58,8 @@ pub(crate) struct LaunchPlan {
     pub workdir: CString,
     pub user: Option<String>,
     pub status_fd: RawFd,
+    /// Read end of the worker's lifeline pipe: EOF means the Ferry process is gone.
+    pub lifeline_fd: RawFd,
 }
 
 /// Records on the status pipe: 4-byte tag + 4-byte value, native endian.
@@ -124,7 +126,7 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if init > 0 {
-        monitor(plan.status_fd, init);
+        monitor(plan.status_fd, plan.lifeline_fd, init);
     }
 
     // Init: pid 1 of the new pid namespace. Die with the monitor so a crashed worker does
@@ -149,10 +151,32 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
     init_loop(plan.status_fd, payload, &all)
 }
 
-/// The monitor only waits for init and mirrors its exit.
-unsafe fn monitor(status_fd: RawFd, init: libc::pid_t) -> ! {
+/// The monitor waits for init and mirrors its exit. If the Ferry process dies first (its
+/// lifeline pipe reaches EOF), the monitor kills init, so containers never outlive their
+/// worker. (PR_SET_PDEATHSIG would fire when the spawning *thread* exits, which a tokio
+/// blocking-pool thread does after a while.)
+unsafe fn monitor(status_fd: RawFd, lifeline: RawFd, init: libc::pid_t) -> ! {
     write_record(status_fd, TAG_INIT_PID, init);
-    close_all_but(-1);
+    libc::close(status_fd);
+    close_all_but(lifeline);
+    let pidfd = libc::syscall(libc::SYS_pidfd_open, init, 0) as libc::c_int;
+    if pidfd >= 0 {
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: lifeline, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 },
+            ];
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                continue;
+            }
+            if fds[0].revents != 0 {
+                libc::kill(init, libc::SIGKILL);
+            }
+            if fds[0].revents != 0 || fds[1].revents != 0 {
+                break;
+            }
+        }
+    }
     let mut status = 0;
     loop {
         let r = libc::waitpid(init, &mut status, 0);

@@ -247,11 +247,37 @@ impl ImageStore {
         }
     }
 
+    /// Deletes scratch and staging directories left by Ferry processes that died.
+    pub(crate) fn sweep_stale(&self) -> usize {
+        let mut removed = 0;
+        for dir in [self.run_dir(), self.tmp_dir()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if !creator_alive(&entry.file_name().to_string_lossy()) {
+                    remove_tree(&entry.path());
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// A fresh, unique directory under tmp/.
     pub(crate) fn staging_dir(&self, prefix: &str) -> Result<PathBuf> {
         let dir = self.tmp_dir().join(format!("{prefix}-{}", unique_suffix()));
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         Ok(dir)
+    }
+}
+
+/// The pid of the process that made a name with [`unique_suffix`], if it is still running
+/// (as far as a pid can tell).
+pub(crate) fn creator_alive(name: &str) -> bool {
+    let parts: Vec<&str> = name.rsplitn(4, '-').collect();
+    match parts.get(2).and_then(|p| p.parse::<i32>().ok()) {
+        // SAFETY: signal 0 only checks for existence.
+        Some(pid) => pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0,
+        None => true,
     }
 }
 

@@ -331,3 +331,58 @@ async fn client_dir_installed_by_one_container_serves_another() {
     assert_eq!(out.trim(), "1.6.4");
     std::fs::remove_dir_all(deps).unwrap();
 }
+
+/// Run by `containers_die_with_the_worker` in a child process, which it then SIGKILLs.
+#[tokio::test]
+#[ignore]
+async fn lifeline_child() {
+    if std::env::var_os("FERRY_LIFELINE_CHILD").is_none() {
+        return;
+    }
+    let Some((store, base)) = base().await else { return };
+    let c = ContainerRuntime::new(store).spawn(ContainerSpec::new(base, argv(&["sleep", "600"]))).await.unwrap();
+    println!("init-pid={}", c.pid());
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+}
+
+#[tokio::test]
+async fn containers_die_with_the_worker() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(_) = base().await else { return };
+    let mut worker = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "lifeline_child", "--ignored", "--nocapture"])
+        .env("FERRY_LIFELINE_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let worker_pid = worker.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(worker.stdout.take().unwrap()).lines();
+    let mut init = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(pid) = line.strip_prefix("init-pid=") {
+            init = Some(pid.parse::<i32>().unwrap());
+            break;
+        }
+    }
+    let init = init.expect("the child worker started a container");
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(init, 0) }, 0, "container running while its worker lives");
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    let gone = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        // SAFETY: as above.
+        unsafe { libc::kill(init, 0) != 0 }
+    });
+    assert!(gone, "container init {init} outlived its SIGKILLed worker");
+
+    let runtime = ContainerRuntime::new(ferry_runtime::ImageStore::open(common::data_dir()).unwrap());
+    assert!(runtime.sweep_stale() >= 2, "the dead worker's cgroup and scratch directory are swept");
+    let leftovers: Vec<_> = std::fs::read_dir(runtime.store().root().join("run"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&format!("-{}-", worker_pid)))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
