@@ -172,6 +172,9 @@ pub(crate) async fn prepare_in(store: &ImageStore, python_version: &str, progres
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::NotRoot);
     }
+    if let Some(base) = copy_from_seed(store, &id, suite, progress).await? {
+        return Ok(base);
+    }
     if which("debootstrap").is_none() {
         return Err(Error::ToolMissing { tool: "debootstrap".into(), package: "debootstrap".into() });
     }
@@ -182,6 +185,39 @@ pub(crate) async fn prepare_in(store: &ImageStore, python_version: &str, progres
         remove_tree(&staging);
     }
     result
+}
+
+/// Bases are identical across data directories, so a fresh data dir (a test, a second worker
+/// on the machine) can copy one from `FERRY_BASE_SEED=<another data dir>` in a second instead
+/// of debootstrapping for a minute.
+async fn copy_from_seed(store: &ImageStore, id: &LayerId, suite: &str, progress: &LogSink) -> Result<Option<BaseImage>> {
+    let Some(seed) = std::env::var_os("FERRY_BASE_SEED").filter(|s| !s.is_empty()) else { return Ok(None) };
+    let Ok(seed) = ImageStore::open(PathBuf::from(seed)) else { return Ok(None) };
+    if seed.root() == store.root() || !seed.contains(id) {
+        return Ok(None);
+    }
+    let record = seed.layer(id)?;
+    let staging = store.staging_dir(&format!("base-{suite}"))?;
+    let _ = progress.send(LogLine::system(format!("ferry: copying base {id} from {}", seed.root().display())));
+    let status = tokio::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(seed.layer_fs(id))
+        .arg(staging.join("fs"))
+        .status()
+        .await
+        .ctx(|| "starting cp".into())?;
+    if !status.success() {
+        remove_tree(&staging);
+        return Err(Error::PrepareFailed { suite: suite.into(), step: "copy from FERRY_BASE_SEED".into(), code: status.code(), tail: String::new() });
+    }
+    store.commit(&staging, &record)?;
+    Ok(Some(BaseImage {
+        layer: id.clone(),
+        suite: suite.into(),
+        python_version: record.config.python_version.unwrap_or_default(),
+        created: true,
+    }))
 }
 
 async fn build_base(
