@@ -327,6 +327,7 @@ impl StepRunner<'_> {
         let request = LaunchRequest {
             lowers: self.lowers.to_vec(),
             upper_dir: Some((self.upper.to_path_buf(), self.work.to_path_buf())),
+            disk_scratch: true,
             argv,
             env,
             workdir: config.workdir.clone().unwrap_or_else(|| "/".into()),

@@ -48,6 +48,18 @@ pub enum Network {
     Blocked,
 }
 
+/// Where a container's writable layer lives. Either way it is discarded at exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scratch {
+    /// A directory under `<data_dir>/images/run/`: as much room as the disk has (models and
+    /// datasets downloaded at run time fit), removed after exit.
+    #[default]
+    Disk,
+    /// A tmpfs inside the container's mount namespace, charged to its memory limit and capped
+    /// at that size; nothing to delete afterwards, not even after a crash.
+    Memory,
+}
+
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
@@ -69,6 +81,7 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Give the program a pipe as stdin ([`Container::stdin`]); otherwise /dev/null.
     pub stdin: bool,
+    pub scratch: Scratch,
 }
 
 impl ContainerSpec {
@@ -85,6 +98,7 @@ impl ContainerSpec {
             hostname: "ferry".into(),
             user: None,
             stdin: false,
+            scratch: Scratch::Disk,
         }
     }
 }
@@ -150,9 +164,10 @@ pub struct ContainerRuntime {
 /// Everything a launch needs, shared by task containers and build steps.
 pub(crate) struct LaunchRequest {
     pub lowers: Vec<PathBuf>,
-    /// `None`: tmpfs upper, discarded with the container. `Some`: a directory on disk
-    /// (upper, work) that survives, as image builds need.
+    /// `Some`: a directory on disk (upper, work) that survives, as image builds need.
+    /// `None`: a throw-away upper, on disk in the scratch dir or on tmpfs.
     pub upper_dir: Option<(PathBuf, PathBuf)>,
+    pub disk_scratch: bool,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: String,
@@ -212,6 +227,7 @@ impl ContainerRuntime {
         let request = LaunchRequest {
             lowers: chain.iter().map(|r| self.store.layer_fs(&r.id)).collect(),
             upper_dir: None,
+            disk_scratch: spec.scratch == Scratch::Disk,
             argv,
             env,
             workdir: spec.workdir.clone().or_else(|| config.workdir.clone()).unwrap_or_else(|| "/".into()),
@@ -306,10 +322,17 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         lowers.push(store.empty_dir().to_string_lossy().into_owned());
     }
     let root = scratch.join("root");
-    let (upper_plan, upper, work) = match &req.upper_dir {
+    let upper_dir = match (&req.upper_dir, req.disk_scratch) {
+        (Some(dirs), _) => Some(dirs.clone()),
+        (None, true) => Some((scratch.join("upper"), scratch.join("work"))),
+        (None, false) => None,
+    };
+    let (upper_plan, upper, work) = match upper_dir {
         Some((upper, work)) => {
-            std::fs::create_dir_all(&root).ctx(|| format!("creating {}", root.display()))?;
-            (UpperPlan::Dir, upper.clone(), work.clone())
+            for d in [&root, &upper, &work] {
+                std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
+            }
+            (UpperPlan::Dir, upper, work)
         }
         None => {
             let (upper, work) = (scratch.join("upper"), scratch.join("work"));

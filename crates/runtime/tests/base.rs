@@ -13,14 +13,11 @@ async fn a_fresh_data_dir_copies_its_base_from_the_seed() {
     // The only test in this binary, so no other thread reads the environment meanwhile.
     std::env::set_var("FERRY_BASE_SEED", data_dir());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let started = std::time::Instant::now();
     let copied = ferry_runtime::prepare_base(&fresh, "3.11.12", &tx).await.expect("prepare from seed");
-    let elapsed = started.elapsed();
     std::env::remove_var("FERRY_BASE_SEED");
     assert_eq!(copied.layer, layer);
     assert!(copied.created && copied.python_version.starts_with("3.11."), "{copied:?}");
     assert!(rx.try_recv().unwrap().text.contains("copying base"));
-    assert!(elapsed.as_secs() < 30, "copying took {elapsed:?}");
 
     let again = ferry_runtime::prepare_base(&fresh, "3.11", &tx).await.unwrap();
     assert!(!again.created, "the second prepare finds the base in place");

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{argv, base, run};
-use ferry_runtime::{BindMount, ContainerRuntime, ContainerSpec, Error, ExecSpec, Network, Signal};
+use ferry_runtime::{BindMount, ContainerRuntime, ContainerSpec, Error, ExecSpec, Network, Scratch, Signal};
 
 #[tokio::test]
 async fn python_runs_in_a_container() {
@@ -63,12 +63,22 @@ print(sorted(os.listdir('/')))
 
 #[tokio::test]
 async fn writable_layer_is_discarded() {
+    for scratch in [Scratch::Disk, Scratch::Memory] {
+        writable_layer_is_discarded_with(scratch).await;
+    }
+}
+
+async fn writable_layer_is_discarded_with(scratch: Scratch) {
     let Some((store, base)) = base().await else { return };
     let layer_fs = store.layer_fs(&base);
     let runtime = ContainerRuntime::new(store);
     let write = "open('/etc/ferry-scratch', 'w').write('x'); open('/tmp/t', 'w').write('y'); import os; os.remove('/etc/debian_version')";
-    let mut c = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["python", "-c", write]))).await.unwrap();
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", write]));
+    spec.scratch = scratch;
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let scratch_dir = runtime.store().root().join("run").join(c.id());
     let (_, err, status) = run(&mut c).await;
+    assert!(!scratch_dir.exists(), "{scratch:?} scratch removed after exit");
     assert_eq!(status.code, 0, "stderr: {err}");
     assert!(!layer_fs.join("etc/ferry-scratch").exists(), "writes must not reach the image layer");
     assert!(layer_fs.join("etc/debian_version").exists(), "deletes must not reach the image layer");
