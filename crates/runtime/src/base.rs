@@ -199,14 +199,16 @@ async fn copy_from_seed(store: &ImageStore, id: &LayerId, suite: &str, progress:
     let record = seed.layer(id)?;
     let staging = store.staging_dir(&format!("base-{suite}"))?;
     let _ = progress.send(LogLine::system(format!("ferry: copying base {id} from {}", seed.root().display())));
-    let status = tokio::process::Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg(seed.layer_fs(id))
-        .arg(staging.join("fs"))
-        .status()
-        .await
-        .ctx(|| "starting cp".into())?;
+    // Layers are immutable (overlayfs copies a file up before changing it), so hard links
+    // are safe and take a fraction of a second; across filesystems, copy.
+    let copy = |flags: &'static str| {
+        tokio::process::Command::new("cp").arg(flags).arg(seed.layer_fs(id)).arg(staging.join("fs")).stderr(Stdio::null()).status()
+    };
+    let mut status = copy("-al").await.ctx(|| "starting cp".into())?;
+    if !status.success() {
+        remove_tree(&staging.join("fs"));
+        status = copy("-a").await.ctx(|| "starting cp".into())?;
+    }
     if !status.success() {
         remove_tree(&staging);
         return Err(Error::PrepareFailed { suite: suite.into(), step: "copy from FERRY_BASE_SEED".into(), code: status.code(), tail: String::new() });
