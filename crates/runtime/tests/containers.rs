@@ -396,3 +396,26 @@ async fn containers_die_with_the_worker() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A `block_network` container still has to reach Ferry: a bind-mounted unix socket works
+/// (the modal client accepts `MODAL_SERVER_URL=unix:///path`).
+#[tokio::test]
+async fn blocked_network_reaches_a_bound_unix_socket() {
+    use tokio::io::AsyncReadExt;
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let dir = tempdir("sock");
+    let listener = tokio::net::UnixListener::bind(dir.join("ferry.sock")).unwrap();
+    let client = "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/ferry.sock'); s.sendall(b'hello from a sealed container')";
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", client]));
+    spec.network = Network::Blocked;
+    spec.mounts.push(BindMount::read_write(dir.join("ferry.sock"), "/run/ferry.sock"));
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (mut conn, _) = tokio::time::timeout(std::time::Duration::from_secs(20), listener.accept()).await.expect("connection").unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "hello from a sealed container");
+    let (_, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
