@@ -254,6 +254,7 @@ unsafe fn setup_root(plan: &mut LaunchPlan) -> io::Result<()> {
     // Read-only sysfs; some images probe it (CPU topology), none need to write it.
     libc::mount(c"sysfs".as_ptr(), c"sys".as_ptr(), c"sysfs".as_ptr(), MS_PROC | libc::MS_RDONLY, std::ptr::null());
     setup_dev()?;
+    protect_proc()?;
 
     // Detach the bind sources while the host tree is still reachable; they are attached
     // after pivot_root so that the target paths resolve inside the container's root.
@@ -318,6 +319,51 @@ struct MountAttr {
     attr_clr: u64,
     propagation: u64,
     userns_fd: u64,
+}
+
+/// Host-wide kernel knobs stay out of reach: /proc/sys and friends become read-only and
+/// files that leak host state are covered with /dev/null (the set Docker masks).
+unsafe fn protect_proc() -> io::Result<()> {
+    for dir in [c"proc/sys", c"proc/sysrq-trigger", c"proc/irq", c"proc/bus", c"proc/fs"] {
+        if libc::mount(dir.as_ptr(), dir.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) == 0 {
+            step(
+                libc::mount(
+                    std::ptr::null(),
+                    dir.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ),
+                "make /proc read-only parts",
+            )?;
+        }
+    }
+    for file in [c"proc/kcore", c"proc/keys", c"proc/timer_list", c"proc/sched_debug", c"proc/kallsyms"] {
+        libc::mount(c"dev/null".as_ptr(), file.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+    }
+    Ok(())
+}
+
+/// Capabilities a container's processes keep: Docker's default set without CAP_MKNOD (Ferry
+/// has no device cgroup to stop a block-device node from reaching the host's disks). Notably
+/// absent: SYS_ADMIN (mounts), NET_ADMIN (the host's network, when shared), SYS_MODULE,
+/// SYS_PTRACE, SYS_RAWIO, SYS_TIME.
+const KEPT_CAPS: u64 = 0xa004_25fb;
+
+/// Shrinks the bounding set; for root, exec then grants exactly this set.
+unsafe fn drop_capabilities() -> io::Result<()> {
+    for cap in 0..64 {
+        if KEPT_CAPS & (1 << cap) == 0 {
+            // EINVAL past the kernel's last capability ends the loop.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) < 0 {
+                if *libc::__errno_location() == libc::EINVAL {
+                    break;
+                }
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A fresh /dev with the usual character devices, a private devpts and /dev/shm.
@@ -455,6 +501,7 @@ pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
 
 /// The payload: switch user and directory, then return so std execs the program.
 unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> {
+    drop_capabilities()?;
     if let Some(user) = user {
         let (uid, gid) = resolve_user(user)?;
         step(libc::setgroups(0, std::ptr::null()), "setgroups")?;

@@ -419,3 +419,41 @@ async fn blocked_network_reaches_a_bound_unix_socket() {
     assert_eq!(status.code, 0, "stderr: {err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn containers_cannot_reach_the_host_kernel_or_disks() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let probe = r#"
+import os, stat, ctypes
+caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]
+print('caps', caps)
+for name, action in [
+    ('mknod', lambda: os.mknod('/tmp/disk', stat.S_IFBLK | 0o600, os.makedev(254, 0))),
+    ('sysctl', lambda: open('/proc/sys/kernel/core_pattern', 'w').write('|/tmp/x')),
+    ('mount', lambda: (ctypes.CDLL(None, use_errno=True).mount(b'none', b'/mnt', b'tmpfs', 0, None) == 0) or (_ for _ in ()).throw(OSError(ctypes.get_errno(), 'mount'))),
+    ('hostname', lambda: __import__('socket').sethostname('evil')),
+]:
+    try:
+        action()
+        print(name, 'allowed')
+    except OSError as e:
+        print(name, 'denied')
+print('kallsyms', repr(open('/proc/kallsyms').read(64)))
+"#;
+    let mut c = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["python", "-c", probe]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["caps 00000000a00425fb", "mknod denied", "sysctl denied", "mount denied", "hostname denied", "kallsyms ''"],
+    );
+    // Exec'd processes get the same treatment.
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["sleep", "30"]))).await.unwrap();
+    let mut p = c.exec(ExecSpec::new(argv(&["grep", "CapEff", "/proc/self/status"]))).await.unwrap();
+    let mut lines = p.logs().unwrap();
+    assert_eq!(lines.recv().await.unwrap().text, "CapEff:\t00000000a00425fb");
+    p.wait().await.unwrap();
+    c.kill(Signal::Kill).unwrap();
+    c.wait().await.unwrap();
+}
