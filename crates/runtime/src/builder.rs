@@ -60,6 +60,8 @@ pub struct BuiltLayer {
 pub struct BuildOptions {
     /// Rebuild even if the layer is cached (Modal's `force_build`).
     pub force: bool,
+    /// Kill a step that runs longer than this and fail the build.
+    pub step_timeout: Option<std::time::Duration>,
 }
 
 /// Builds layers into an [`ImageStore`].
@@ -157,7 +159,7 @@ impl ImageBuilder {
             }
         }
         let staging = self.store.staging_dir(&format!("build-{}", &id.as_str()[..12]))?;
-        let result = self.run_steps(&id, parent_id, &instructions, spec, &staging, log).await;
+        let result = self.run_steps(&id, parent_id, &instructions, spec, &staging, options, log).await;
         match result {
             Ok(record) => {
                 if options.force && self.store.contains(&id) {
@@ -202,6 +204,7 @@ impl ImageBuilder {
         instructions: &[Instruction],
         spec: &LayerSpec,
         staging: &Path,
+        options: BuildOptions,
         log: &LogSink,
     ) -> Result<LayerRecord> {
         let upper = staging.join("fs");
@@ -224,7 +227,7 @@ impl ImageBuilder {
         let mut cmd_set_here = false;
         let mut used_context = false;
 
-        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log };
+        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout };
         let total = instructions.len() - 1;
         for (n, (ins, text)) in instructions.iter().zip(&spec.commands).enumerate().skip(1) {
             let _ = log.send(LogLine::system(format!("ferry: step {n}/{total}: {}", text.trim())));
@@ -317,6 +320,7 @@ struct StepRunner<'a> {
     upper: &'a Path,
     work: &'a Path,
     log: &'a LogSink,
+    timeout: Option<std::time::Duration>,
 }
 
 impl StepRunner<'_> {
@@ -344,11 +348,30 @@ impl StepRunner<'_> {
         })?;
         let mut lines = container.logs().expect("fresh container has logs");
         let mut tail = Tail::default();
-        while let Some(line) = lines.recv().await {
-            tail.push(&line.text);
-            let _ = self.log.send(line);
-        }
-        let status = container.wait().await?;
+        let forward = async {
+            while let Some(line) = lines.recv().await {
+                tail.push(&line.text);
+                let _ = self.log.send(line);
+            }
+        };
+        // One deadline for the output and the exit: a step may close its output and go on.
+        let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+        let status = match deadline {
+            None => {
+                forward.await;
+                Some(container.wait().await?)
+            }
+            Some(at) => match tokio::time::timeout_at(at, forward).await {
+                Ok(()) => tokio::time::timeout_at(at, container.wait()).await.ok().transpose()?,
+                Err(_) => None,
+            },
+        };
+        let Some(status) = status else {
+            container.kill(crate::Signal::Kill)?;
+            container.wait().await?;
+            let limit = self.timeout.expect("timed out only with a timeout");
+            return Err(Error::BuildStepTimedOut { command: text.trim().to_string(), seconds: limit.as_secs_f64(), tail: tail.text() });
+        };
         if status.code != 0 {
             return Err(Error::BuildStepFailed { command: text.trim().to_string(), code: status.code, tail: tail.text() });
         }

@@ -39,6 +39,9 @@ pub enum Error {
     #[error("`{command}` failed with exit code {code}; last output:\n{tail}")]
     BuildStepFailed { command: String, code: i32, tail: String },
 
+    #[error("`{command}` ran longer than the build step limit of {seconds} s and was killed; last output:\n{tail}")]
+    BuildStepTimedOut { command: String, seconds: f64, tail: String },
+
     #[error("COPY source `{source_path}` is not among the layer's context files (have: {have})")]
     CopySourceMissing { source_path: String, have: String },
 

@@ -82,6 +82,20 @@ async fn a_failing_run_reports_its_exit_code_and_output() {
 }
 
 #[tokio::test]
+async fn a_step_over_the_time_limit_is_killed() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store);
+    let (tx, _rx) = sink();
+    let options = BuildOptions { step_timeout: Some(std::time::Duration::from_millis(500)), ..Default::default() };
+    // The step closes its output before it hangs: the limit covers the exit, not only output.
+    let spec = LayerSpec::on(&base, &["RUN echo started && exec >/dev/null 2>&1 && sleep 30"]);
+    let started = std::time::Instant::now();
+    let err = builder.build_with(&spec, options, &tx).await.unwrap_err();
+    assert!(matches!(&err, Error::BuildStepTimedOut { tail, .. } if tail.contains("started")), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(25), "the step was killed, not waited for");
+}
+
+#[tokio::test]
 async fn env_workdir_cmd_and_copy_accumulate_across_layers() {
     let Some((store, base)) = base().await else { return };
     let builder = ImageBuilder::new(store.clone());
@@ -180,7 +194,7 @@ async fn debian_slim_recipe_builds() {
         ..Default::default()
     };
     // Forced, so that the recipe really runs each time this test is asked for.
-    let built = builder.build_with(&spec, BuildOptions { force: true }, &tx).await.expect("debian_slim layer");
+    let built = builder.build_with(&spec, BuildOptions { force: true, ..Default::default() }, &tx).await.expect("debian_slim layer");
     drop(tx);
     let _ = printer.await;
     let runtime = ContainerRuntime::new(store);
