@@ -159,7 +159,8 @@ impl ImageBuilder {
             }
         }
         let staging = self.store.staging_dir(&format!("build-{}", &id.as_str()[..12]))?;
-        let result = self.run_steps(&id, parent_id, &instructions, spec, &staging, options, log).await;
+        let job = BuildJob { id: &id, parent: parent_id, instructions: &instructions, spec, staging: &staging, options };
+        let result = self.run_steps(job, log).await;
         match result {
             Ok(record) => {
                 if options.force && self.store.contains(&id) {
@@ -197,16 +198,8 @@ impl ImageBuilder {
         Ok(Parent::Base { python })
     }
 
-    async fn run_steps(
-        &self,
-        id: &LayerId,
-        parent: Option<LayerId>,
-        instructions: &[Instruction],
-        spec: &LayerSpec,
-        staging: &Path,
-        options: BuildOptions,
-        log: &LogSink,
-    ) -> Result<LayerRecord> {
+    async fn run_steps(&self, job: BuildJob<'_>, log: &LogSink) -> Result<LayerRecord> {
+        let BuildJob { id, parent, instructions, spec, staging, options } = job;
         let upper = staging.join("fs");
         let work = staging.join("work");
         for d in [&upper, &work] {
@@ -312,6 +305,16 @@ impl ImageBuilder {
             created_at: now_unix(),
         })
     }
+}
+
+/// One build's inputs, resolved.
+struct BuildJob<'a> {
+    id: &'a LayerId,
+    parent: Option<LayerId>,
+    instructions: &'a [Instruction],
+    spec: &'a LayerSpec,
+    staging: &'a Path,
+    options: BuildOptions,
 }
 
 struct StepRunner<'a> {
