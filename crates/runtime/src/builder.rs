@@ -344,6 +344,7 @@ impl StepRunner<'_> {
             network: Network::Host,
             hostname: "ferry-build".into(),
             stdin: false,
+            image: None,
         };
         let mut container = launch_container(self.store, request).await.map_err(|e| match e {
             Error::Spawn { source, .. } => Error::BuildStepFailed { command: text.trim().to_string(), code: 127, tail: source.to_string() },

@@ -15,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::gpu;
 use crate::launch::{self, BindPlan, JoinPlan, LaunchPlan, UpperPlan};
 use crate::logs::{pump, LogLine, Stream};
-use crate::store::{remove_tree, unique_suffix, ImageStore, LayerId};
+use crate::store::{remove_tree, unique_suffix, ImageStore, LayerId, LayerOrigin, LayerRecord};
 
 /// A host path made visible inside the container.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +177,8 @@ pub(crate) struct LaunchRequest {
     pub network: Network,
     pub hostname: String,
     pub stdin: bool,
+    /// The layer a task container runs (`None` for build steps); snapshots build on it.
+    pub image: Option<LayerId>,
 }
 
 impl ContainerRuntime {
@@ -237,6 +239,7 @@ impl ContainerRuntime {
             network: spec.network,
             hostname: spec.hostname.clone(),
             stdin: spec.stdin,
+            image: Some(spec.image.clone()),
         };
         launch_container(&self.store, request).await
     }
@@ -296,8 +299,13 @@ pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest)
         }
     };
     let defaults = ExecDefaults { env: req.env.clone(), workdir: req.workdir.clone(), user: req.user.clone() };
+    // Only a task container's own disk scratch can be snapshotted.
+    let snapshot = match (&req.image, req.upper_dir.is_none() && req.disk_scratch) {
+        (Some(image), true) => Some(SnapshotSource { store: store.clone(), image: image.clone(), upper: scratch.join("upper") }),
+        _ => None,
+    };
     match start(store, &scratch, &cgroup, req).await {
-        Ok(process) => Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, exit: None }),
+        Ok(process) => Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, snapshot, exit: None }),
         Err(e) => {
             cgroup.remove().await;
             remove_tree(&scratch);
@@ -547,7 +555,59 @@ pub struct Container {
     cgroup: Option<ContainerCgroup>,
     scratch: PathBuf,
     defaults: ExecDefaults,
+    snapshot: Option<SnapshotSource>,
     exit: Option<ExitStatus>,
+}
+
+/// What a snapshot of a container's writable layer needs.
+#[derive(Debug)]
+struct SnapshotSource {
+    store: ImageStore,
+    image: LayerId,
+    upper: PathBuf,
+}
+
+impl SnapshotSource {
+    /// Makes a layer on top of the image from `fs` (moved if `take`, else copied).
+    async fn commit(&self, container: &str, take: bool) -> Result<LayerId> {
+        let staging = self.store.staging_dir("snapshot")?;
+        let fs = staging.join("fs");
+        if take {
+            std::fs::rename(&self.upper, &fs).ctx(|| format!("moving {}", self.upper.display()))?;
+        } else {
+            // cp -a keeps overlayfs whiteouts (0/0 device nodes) and opaque-directory xattrs.
+            let status = tokio::process::Command::new("cp")
+                .arg("-a")
+                .arg(&self.upper)
+                .arg(&fs)
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .ctx(|| "starting cp for a snapshot".into())?;
+            if !status.status.success() {
+                remove_tree(&staging);
+                return Err(Error::Io {
+                    context: format!("copying the writable layer of container {container}"),
+                    source: std::io::Error::other(String::from_utf8_lossy(&status.stderr).trim().to_string()),
+                });
+            }
+        }
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, format!("ferry-snapshot-v1\0{}\0{container}\0{}", self.image, unique_suffix()));
+        let id = LayerId::from_hasher(h);
+        let record = LayerRecord {
+            id: id.clone(),
+            parent: Some(self.image.clone()),
+            config: self.store.layer(&self.image)?.config,
+            origin: LayerOrigin::Snapshot { container: container.to_string() },
+            created_at: crate::store::now_unix(),
+        };
+        if let Err(e) = self.store.commit(&staging, &record) {
+            remove_tree(&staging);
+            return Err(e);
+        }
+        Ok(id)
+    }
 }
 
 impl Container {
@@ -624,6 +684,12 @@ impl Container {
     /// Waits for the main process to exit (which ends the container), then releases its
     /// cgroup and scratch space. Calling it again returns the same status.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
+        let exit = self.wait_process().await?;
+        remove_tree(&self.scratch);
+        Ok(exit)
+    }
+
+    async fn wait_process(&mut self) -> Result<ExitStatus> {
         if let Some(exit) = self.exit {
             return Ok(exit);
         }
@@ -635,9 +701,30 @@ impl Container {
             tracing::debug!(container = %self.id, peak_mib = peak / (1024 * 1024), ?exit, "container exited");
         }
         cgroup.remove().await;
-        remove_tree(&self.scratch);
         self.exit = Some(exit);
         Ok(exit)
+    }
+
+    /// Copies what the container has written so far into a new layer on top of its image
+    /// (Modal's `Sandbox.snapshot_filesystem`); the container keeps running. The layer also
+    /// holds the (empty) mount points of the container's binds. Needs [`Scratch::Disk`].
+    pub async fn snapshot(&self) -> Result<LayerId> {
+        if self.exit.is_some() {
+            return Err(Error::ContainerExited(self.id.clone()));
+        }
+        let source = self.snapshot.as_ref().ok_or_else(|| Error::NoSnapshot(self.id.clone()))?;
+        source.commit(&self.id, false).await
+    }
+
+    /// Waits for the container, then turns everything it wrote into a new layer on top of
+    /// its image, whatever the exit status (check it, and [`ImageStore::remove`] the layer if
+    /// the run failed). This is how a build function (`Image.run_function`) becomes a layer.
+    pub async fn wait_into_layer(&mut self) -> Result<(ExitStatus, LayerId)> {
+        let source = self.snapshot.take().ok_or_else(|| Error::NoSnapshot(self.id.clone()))?;
+        let exit = self.wait_process().await?;
+        let layer = source.commit(&self.id, true).await;
+        remove_tree(&self.scratch);
+        Ok((exit, layer?))
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Error {
     #[error("starting `{program}` in a container failed: {source}")]
     Spawn { program: String, source: std::io::Error },
 
+    #[error("container {0} cannot be snapshotted: only task containers with `Scratch::Disk` keep their writes on disk")]
+    NoSnapshot(String),
+
     #[error("container {0} has already exited; start a new one")]
     ContainerExited(String),
 

@@ -245,7 +245,7 @@ unsafe fn setup_root(plan: &mut LaunchPlan) -> io::Result<()> {
     step(libc::chdir(plan.layers_dir.as_ptr()), "chdir to layers")?;
     step(
         libc::mount(c"overlay".as_ptr(), plan.root.as_ptr(), c"overlay".as_ptr(), 0, plan.overlay_options.as_ptr().cast()),
-        "mount overlay root",
+        "mount overlay root (the data dir must be on ext4, xfs or btrfs, not on overlayfs or NFS)",
     )?;
     step(libc::chdir(plan.root.as_ptr()), "chdir to root")?;
     libc::mkdir(c"proc".as_ptr(), 0o555);

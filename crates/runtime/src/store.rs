@@ -94,6 +94,8 @@ pub enum LayerOrigin {
     Base { suite: String, python_series: String },
     /// A build of Dockerfile commands on top of the parent.
     Build { commands: Vec<String> },
+    /// What a container wrote on top of its image.
+    Snapshot { container: String },
 }
 
 /// The metadata stored next to a layer's files.

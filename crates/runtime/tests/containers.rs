@@ -457,3 +457,42 @@ print('kallsyms', repr(open('/proc/kallsyms').read(64)))
     c.kill(Signal::Kill).unwrap();
     c.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn snapshots_turn_a_containers_writes_into_layers() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store.clone());
+    // A running container: snapshot what it has written so far, while it keeps running.
+    let program = "import os, sys\nopen('/etc/snap-marker', 'w').write('one')\nos.remove('/etc/debian_version')\nprint('written', flush=True)\nsys.stdin.read()";
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", program]));
+    spec.stdin = true;
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let mut logs = c.logs().unwrap();
+    assert_eq!(logs.recv().await.unwrap().text, "written");
+    let snap = c.snapshot().await.expect("snapshot");
+    drop(c.stdin());
+    assert_eq!(c.wait().await.unwrap().code, 0);
+    assert_eq!(store.layer(&snap).unwrap().parent, Some(base.clone()));
+
+    let check = "import os; print(open('/etc/snap-marker').read(), os.path.exists('/etc/debian_version'))";
+    let mut c = runtime.spawn(ContainerSpec::new(snap.clone(), argv(&["python", "-c", check]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(out.trim(), "one False", "the snapshot keeps files and deletions");
+
+    // A build function: run to completion, then everything it wrote is the new layer.
+    let mut c = runtime.spawn(ContainerSpec::new(snap.clone(), argv(&["sh", "-c", "echo two > /etc/snap-marker"]))).await.unwrap();
+    let (status, layer) = c.wait_into_layer().await.unwrap();
+    assert_eq!(status.code, 0);
+    assert_eq!(std::fs::read_to_string(store.layer_fs(&layer).join("etc/snap-marker")).unwrap(), "two\n");
+    assert!(!store.root().join("run").join(c.id()).exists(), "scratch removed");
+
+    let mut memory = ContainerSpec::new(base, argv(&["true"]));
+    memory.scratch = Scratch::Memory;
+    let mut c = runtime.spawn(memory).await.unwrap();
+    assert!(matches!(c.wait_into_layer().await, Err(Error::NoSnapshot(_))));
+    c.wait().await.unwrap();
+    for id in [layer, snap] {
+        store.remove(&id).unwrap();
+    }
+}
