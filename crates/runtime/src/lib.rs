@@ -30,3 +30,21 @@ pub use error::{Error, Result};
 pub use gpu::{detect_gpus, Gpu};
 pub use logs::{LogLine, LogSink, Stream};
 pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
+
+/// The scheduler moves these between tasks: they must stay `Send` (and the handles `Sync`).
+/// Never called; it only has to compile.
+#[allow(dead_code)]
+fn _handles_and_futures_are_send(builder: ImageBuilder, runtime: ContainerRuntime, spec: ContainerSpec, layer: LayerSpec, mut container: Container, tx: LogSink) {
+    fn send<T: Send>(_: T) {}
+    fn shared<T: Send + Sync>() {}
+    shared::<ImageStore>();
+    shared::<ImageBuilder>();
+    shared::<ContainerRuntime>();
+    shared::<Container>();
+    shared::<Process>();
+    send(builder.build(&layer, &tx));
+    send(runtime.spawn(spec));
+    send(prepare_base(std::path::Path::new("/"), "3.11", &tx));
+    send(container.exec(ExecSpec::default()));
+    send(container.wait_into_layer());
+}
