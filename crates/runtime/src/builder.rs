@@ -35,6 +35,13 @@ pub struct LayerSpec {
     pub context_files: Vec<ContextFile>,
     /// Values for `ARG`s.
     pub build_args: Vec<(String, String)>,
+    /// Extra environment for `RUN` steps only, e.g. secrets. Not stored in the image; only the
+    /// names count towards the layer id, so a changed secret value does not force a rebuild.
+    pub build_env: Vec<(String, String)>,
+    /// Host paths visible to `RUN` steps (volumes, mounts); their contents are not hashed.
+    pub build_mounts: Vec<BindMount>,
+    /// GPUs for `RUN` steps (e.g. to compile CUDA kernels); not part of the layer id.
+    pub gpus: u32,
 }
 
 impl LayerSpec {
@@ -218,6 +225,13 @@ impl ImageBuilder {
         let provided: HashMap<&str, &str> = spec.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut args: Vec<(String, String)> = Vec::new();
         let mut cmd_set_here = false;
+        let (gpu_binds, gpu_env) = match spec.gpus {
+            0 => (Vec::new(), Vec::new()),
+            n => {
+                let plan = crate::gpu::passthrough(n)?;
+                (plan.binds, plan.env)
+            }
+        };
         let mut used_context = false;
 
         let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout };
@@ -231,10 +245,11 @@ impl ImageBuilder {
                 }
                 Instruction::Run(form) => {
                     let mut env = args.clone();
-                    for (k, v) in &config.env {
+                    for (k, v) in config.env.iter().chain(&gpu_env).chain(&spec.build_env) {
                         upsert(&mut env, k, v.clone());
                     }
-                    step.run(text, form.argv(&config.shell()), env, &config, Vec::new()).await?;
+                    let binds = gpu_binds.iter().chain(&spec.build_mounts).cloned().collect();
+                    step.run(text, form.argv(&config.shell()), env, &config, binds).await?;
                 }
                 Instruction::Env(rest) => {
                     for (k, v) in parse_env(rest, &lookup)? {
@@ -472,6 +487,16 @@ fn layer_id(parent: Option<&LayerId>, spec: &LayerSpec) -> LayerId {
     for (k, v) in &args {
         field(k.as_bytes());
         field(v.as_bytes());
+    }
+    let mut secret_names: Vec<&str> = spec.build_env.iter().map(|(k, _)| k.as_str()).collect();
+    secret_names.sort();
+    for name in secret_names {
+        field(b"env");
+        field(name.as_bytes());
+    }
+    for m in &spec.build_mounts {
+        field(b"mount");
+        field(m.target.as_bytes());
     }
     LayerId::from_hasher(h)
 }

@@ -82,6 +82,28 @@ async fn a_failing_run_reports_its_exit_code_and_output() {
 }
 
 #[tokio::test]
+async fn build_env_and_mounts_reach_run_steps_but_not_the_image() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    let (tx, _rx) = sink();
+    let dir = std::env::temp_dir().join(format!("ferry-build-mount-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("weights.bin"), "w").unwrap();
+    let mut spec = LayerSpec::on(&base, &["RUN test \"$API_TOKEN\" = s3cret && cp /mnt/data/weights.bin /weights.bin"]);
+    spec.build_env = vec![("API_TOKEN".into(), "s3cret".into())];
+    spec.build_mounts = vec![ferry_runtime::BindMount::read_only(&dir, "/mnt/data")];
+    let built = builder.build(&spec, &tx).await.expect("build with secret and mount");
+    assert_eq!(built.config.env_get("API_TOKEN"), None, "build env is not image env");
+    assert_eq!(std::fs::read_to_string(store.layer_fs(&built.id).join("weights.bin")).unwrap(), "w");
+
+    let mut rotated = spec.clone();
+    rotated.build_env = vec![("API_TOKEN".into(), "rotated".into())];
+    assert!(builder.build(&rotated, &tx).await.unwrap().cached, "a new secret value is not a new layer");
+    store.remove(&built.id).unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
 async fn a_step_over_the_time_limit_is_killed() {
     let Some((store, base)) = base().await else { return };
     let builder = ImageBuilder::new(store);
