@@ -10,20 +10,62 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "ferry", version, about = "Ferry: run Modal apps on your own machines")]
 struct Cli {
-    /// Where Ferry keeps its database, keys and caches.
-    #[arg(long, global = true, env = "FERRY_DATA_DIR")]
-    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The data dir option every subcommand that touches state takes.
+#[derive(clap::Args, Clone)]
+struct DataDir {
+    /// Where Ferry keeps its database, keys and caches [default: ~/.local/share/ferry].
+    #[arg(long = "data-dir", env = "FERRY_DATA_DIR", global = true)]
+    path: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn resolve(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(config::default_data_dir)
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Modal API (gRPC) until interrupted.
-    Serve(serve::ServeArgs),
+    Serve {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(flatten)]
+        args: serve::ServeArgs,
+    },
     /// Manage the tokens clients authenticate with.
-    #[command(subcommand)]
-    Token(TokenCommand),
+    Token {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(subcommand)]
+        cmd: TokenCommand,
+    },
+    /// Prepare the base images containers run on.
+    Images {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(subcommand)]
+        cmd: ImagesCommand,
+    },
+    /// Serve open-weights models behind an OpenAI-compatible API.
+    Llm {
+        #[command(subcommand)]
+        cmd: ferry_llm::LlmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build the Debian base with Python (what `Image.debian_slim()` starts from) ahead of time.
+    Prepare {
+        /// Python series to prepare.
+        #[arg(long, default_value = "3.11")]
+        python: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -48,14 +90,38 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let data_dir = cli.data_dir.unwrap_or_else(config::default_data_dir);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(&data_dir, args).await,
-            Command::Token(cmd) => token(&data_dir, cmd).await,
+            Command::Serve { data_dir, args } => serve::run(&data_dir.resolve(), args).await,
+            Command::Token { data_dir, cmd } => token(&data_dir.resolve(), cmd).await,
+            Command::Images { data_dir, cmd: ImagesCommand::Prepare { python } } => {
+                images_prepare(&data_dir.resolve(), &python).await
+            }
+            Command::Llm { cmd } => ferry_llm::run(cmd).await,
         }
     })
+}
+
+async fn images_prepare(data_dir: &std::path::Path, python: &str) -> anyhow::Result<()> {
+    let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<ferry_runtime::LogLine>();
+    let printer = tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            eprintln!("{}", line.text);
+        }
+    });
+    let started = std::time::Instant::now();
+    let base = ferry_runtime::prepare_base(data_dir, python, &sink).await;
+    drop(sink);
+    let _ = printer.await;
+    let base = base?;
+    println!(
+        "base image for Python {} ready (layer {}) in {:.0?}",
+        base.python_version,
+        base.layer,
+        started.elapsed()
+    );
+    Ok(())
 }
 
 async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<()> {

@@ -10,6 +10,8 @@ mod auth;
 mod dicts;
 mod environments;
 mod error;
+mod files;
+mod functions;
 mod objects;
 mod queues;
 mod secrets;
@@ -28,6 +30,7 @@ use sqlx::SqlitePool;
 pub use apps::{App, AppState, LogEntry};
 pub use auth::{Principal, TokenInfo};
 pub use environments::Environment;
+pub use functions::{FunctionRecord, ImageRecord, Mount, MountEntry};
 pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
@@ -49,6 +52,7 @@ pub enum Durability {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    data_dir: std::path::PathBuf,
     notify: Arc<Notifier>,
     seal: Arc<seal::SecretSeal>,
     /// Serialises multi-statement write transactions: SQLite has one writer, and taking turns
@@ -83,11 +87,17 @@ impl Store {
         let seal = seal::SecretSeal::load_or_create(&data_dir.join("secret.key"))?;
         let store = Store {
             pool,
+            data_dir: data_dir.to_path_buf(),
             notify: Arc::new(Notifier::default()),
             seal: Arc::new(seal),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         store.default_environment().await?;
         Ok(store)
+    }
+
+    /// The data dir this store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 }

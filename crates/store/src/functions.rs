@@ -1,0 +1,200 @@
+//! Mounts, images, functions and classes. Definitions are kept as the opaque bytes the protocol
+//! adapter hands over; the store only indexes them.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::{new_id, now, Result, Store, StoreError};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Absolute path in the container, e.g. `/root/app.py`.
+    pub path: String,
+    pub sha256: String,
+    pub mode: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mount {
+    pub id: String,
+    pub name: Option<String>,
+    pub files: Vec<MountEntry>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImageRecord {
+    pub id: String,
+    pub definition: Vec<u8>,
+    pub layer_id: Option<String>,
+    /// 0 pending, 1 built, 2 failed.
+    pub status: i32,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FunctionRecord {
+    pub id: String,
+    pub app_id: String,
+    pub tag: String,
+    pub definition: Option<Vec<u8>>,
+}
+
+fn mount_row(r: &sqlx::sqlite::SqliteRow) -> Result<Mount> {
+    let files: Vec<MountEntry> =
+        serde_json::from_str(&r.get::<String, _>("files")).map_err(|e| StoreError::Io(format!("corrupt mount record: {e}")))?;
+    Ok(Mount { id: r.get("id"), name: r.get("name"), files })
+}
+
+fn image_row(r: &sqlx::sqlite::SqliteRow) -> ImageRecord {
+    ImageRecord {
+        id: r.get("id"),
+        definition: r.get("definition"),
+        layer_id: r.get("layer_id"),
+        status: r.get::<i64, _>("status") as i32,
+        error: r.get("error"),
+    }
+}
+
+fn function_row(r: &sqlx::sqlite::SqliteRow) -> FunctionRecord {
+    FunctionRecord { id: r.get("id"), app_id: r.get("app_id"), tag: r.get("tag"), definition: r.get("definition") }
+}
+
+impl Store {
+    pub async fn create_mount(&self, name: Option<&str>, namespace: i32, environment_id: Option<&str>, app_id: Option<&str>, files: &[MountEntry]) -> Result<Mount> {
+        let id = new_id("mo");
+        let json = serde_json::to_string(files).expect("mount entries serialise");
+        let res = sqlx::query("INSERT INTO mounts (id, name, namespace, environment_id, app_id, files, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&id)
+            .bind(name)
+            .bind(namespace)
+            .bind(environment_id)
+            .bind(app_id)
+            .bind(json)
+            .bind(now())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::AlreadyExists(format!("Mount '{}' already exists", name.unwrap_or_default())))
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => self.mount(&id).await,
+        }
+    }
+
+    pub async fn mount(&self, id: &str) -> Result<Mount> {
+        let r = sqlx::query("SELECT * FROM mounts WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        match r {
+            Some(r) => mount_row(&r),
+            None => Err(StoreError::NotFound(format!("Mount {id} not found"))),
+        }
+    }
+
+    pub async fn mount_by_name(&self, name: &str, namespace: i32, environment_id: Option<&str>) -> Result<Option<Mount>> {
+        let r = sqlx::query("SELECT * FROM mounts WHERE name = ? AND namespace = ? AND environment_id IS ?")
+            .bind(name)
+            .bind(namespace)
+            .bind(environment_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| mount_row(&r)).transpose()
+    }
+
+    /// Records an image definition under its id, or returns the existing record.
+    pub async fn get_or_create_image(&self, id: &str, definition: &[u8]) -> Result<(ImageRecord, bool)> {
+        let done = sqlx::query("INSERT OR IGNORE INTO images (id, definition, status, created_at) VALUES (?, ?, 0, ?)")
+            .bind(id)
+            .bind(definition)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok((self.image(id).await?, done.rows_affected() > 0))
+    }
+
+    pub async fn image(&self, id: &str) -> Result<ImageRecord> {
+        let r = sqlx::query("SELECT * FROM images WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        r.map(|r| image_row(&r)).ok_or_else(|| StoreError::NotFound(format!("Image {id} not found")))
+    }
+
+    /// Records a build's outcome: a layer on success, an error message on failure.
+    pub async fn finish_image(&self, id: &str, layer_id: Option<&str>, error: Option<&str>) -> Result<()> {
+        let status = if error.is_some() { 2 } else { 1 };
+        sqlx::query("UPDATE images SET layer_id = ?, status = ?, error = ? WHERE id = ?")
+            .bind(layer_id)
+            .bind(status)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a failed build so the next request for the same definition builds again.
+    pub async fn reset_image(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE images SET status = 0, error = NULL, layer_id = NULL WHERE id = ?").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn create_function(&self, app_id: &str, tag: &str) -> Result<FunctionRecord> {
+        let id = new_id("fu");
+        sqlx::query("INSERT INTO functions (id, app_id, tag, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&id)
+            .bind(app_id)
+            .bind(tag)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        self.function(&id).await
+    }
+
+    pub async fn set_function_definition(&self, id: &str, definition: &[u8]) -> Result<()> {
+        let done = sqlx::query("UPDATE functions SET definition = ? WHERE id = ?").bind(definition).bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("Function {id} not found")));
+        }
+        Ok(())
+    }
+
+    pub async fn function(&self, id: &str) -> Result<FunctionRecord> {
+        let r = sqlx::query("SELECT * FROM functions WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        r.map(|r| function_row(&r)).ok_or_else(|| StoreError::NotFound(format!("Function {id} not found")))
+    }
+
+    /// The defined function with `tag` in an app, newest first.
+    pub async fn function_by_tag(&self, app_id: &str, tag: &str) -> Result<Option<FunctionRecord>> {
+        let r = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND tag = ? AND definition IS NOT NULL ORDER BY created_at DESC LIMIT 1")
+            .bind(app_id)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| function_row(&r)))
+    }
+
+    pub async fn functions_of_app(&self, app_id: &str) -> Result<Vec<FunctionRecord>> {
+        let rows = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND definition IS NOT NULL ORDER BY created_at")
+            .bind(app_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(function_row).collect())
+    }
+
+    pub async fn create_class(&self, app_id: &str, tag: &str) -> Result<String> {
+        let id = new_id("cs");
+        sqlx::query("INSERT INTO classes (id, app_id, tag, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&id)
+            .bind(app_id)
+            .bind(tag)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn class_by_tag(&self, app_id: &str, tag: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM classes WHERE app_id = ? AND tag = ? ORDER BY created_at DESC LIMIT 1")
+            .bind(app_id)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
