@@ -129,7 +129,7 @@ def test_moderations_batch(client, model):
 
 def test_batches_and_files_survive_a_restart(fresh_server):
     client, model = fresh_server.client, fresh_server.model
-    lines = [chat_line(model, f"r-{i}", max_tokens=24) for i in range(8)]
+    lines = [chat_line(model, f"r-{i}", max_tokens=12) for i in range(6)]
     f = client.files.create(file=("r.jsonl", jsonl(lines), "application/jsonl"), purpose="batch")
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     wait(client, b.id, states=("in_progress", "completed"))

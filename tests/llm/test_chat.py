@@ -138,7 +138,7 @@ def test_logit_bias_forces_a_token(client, model):
 
 def test_penalties_reduce_repetition(client, model):
     def distinct_ratio(**kw):
-        r = chat(client, model, temperature=0, max_tokens=40, logprobs=True, **kw)
+        r = chat(client, model, temperature=0, max_tokens=30, logprobs=True, **kw)
         toks = [t.token for t in r.choices[0].logprobs.content]
         return len(set(toks)) / len(toks)
 

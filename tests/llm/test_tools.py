@@ -54,10 +54,9 @@ def check_calls(choice, allowed=None):
 
 
 def test_required_always_produces_valid_calls(client, model):
-    for temperature in (0.0, 1.2):
-        r = call(client, model, tool_choice="required", n=2, temperature=temperature, seed=9)
-        for ch in r.choices:
-            check_calls(ch)
+    check_calls(call(client, model, tool_choice="required").choices[0])
+    for ch in call(client, model, tool_choice="required", n=2, temperature=1.2, seed=9).choices:
+        check_calls(ch)
 
 
 def test_named_tool_choice(client, model):
@@ -68,10 +67,10 @@ def test_named_tool_choice(client, model):
 
 def test_parallel_calls_and_the_switch_off(client, model):
     # The question asks for two things; with parallel calls allowed (up to four) the model makes several.
-    r = call(client, model, tool_choice="required", temperature=0.7, seed=1, n=3)
+    r = call(client, model, tool_choice="required", temperature=0.7, seed=1, n=2)
     counts = [len(check_calls(ch)) for ch in r.choices]
     assert max(counts) >= 2
-    r = call(client, model, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=1, n=3)
+    r = call(client, model, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=1, n=2)
     assert all(len(check_calls(ch)) == 1 for ch in r.choices)
 
 
@@ -93,7 +92,7 @@ def test_auto_gives_text_or_valid_calls(client, model):
 
 
 def test_tool_results_continue_the_conversation(client, model):
-    first = call(client, model, tool_choice="required")
+    first = call(client, model, tool_choice="required", parallel_tool_calls=False)
     calls = first.choices[0].message.tool_calls
     messages = ASK + [first.choices[0].message.model_dump(exclude_none=True)] + [
         {"role": "tool", "tool_call_id": c.id, "content": json.dumps({"result": "sunny, 21 C"})} for c in calls

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,12 +97,27 @@ pub struct Engine {
     pub token_bytes: Vec<Vec<u8>>,
     pub parser_factory: Arc<ParserFactory>,
     tx: std_mpsc::Sender<Job>,
+    /// Generations submitted and not yet finished; bounds memory under overload.
+    in_flight: Arc<AtomicUsize>,
 }
+
+/// Most generations queued or running at once; beyond it `submit` refuses (HTTP 429).
+pub const MAX_IN_FLIGHT: usize = 512;
 
 struct Job {
     req: GenRequest,
     events: UnboundedSender<GenEvent>,
     enqueued: Instant,
+    _ticket: Ticket,
+}
+
+/// Counts a job in `Engine::in_flight` until the job is dropped (finished, failed or cancelled).
+struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Engine {
@@ -169,7 +185,7 @@ impl Engine {
                 }
             })?;
         ready_rx.recv().map_err(|_| anyhow!("engine thread died"))??;
-        Ok(Arc::new(Engine { model, info, token_bytes, parser_factory: Arc::new(factory), tx }))
+        Ok(Arc::new(Engine { model, info, token_bytes, parser_factory: Arc::new(factory), tx, in_flight: Arc::new(AtomicUsize::new(0)) }))
     }
 
     /// Tokenizes already-templated text: special tokens written as text (`<start_of_turn>`) are
@@ -188,13 +204,18 @@ impl Engine {
     }
 
     /// Queues a generation; events arrive on the returned channel. Dropping the receiver cancels it.
-    pub fn submit(&self, req: GenRequest) -> UnboundedReceiver<GenEvent> {
+    /// `None` when the engine already has [`MAX_IN_FLIGHT`] generations.
+    pub fn submit(&self, req: GenRequest) -> Option<UnboundedReceiver<GenEvent>> {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
         let (events, rx) = unbounded_channel();
-        let job = Job { req, events, enqueued: Instant::now() };
+        let job = Job { req, events, enqueued: Instant::now(), _ticket: Ticket(self.in_flight.clone()) };
         if let Err(e) = self.tx.send(job) {
             let _ = e.0.events.send(GenEvent::Error("inference engine stopped".into()));
         }
-        rx
+        Some(rx)
     }
 }
 

@@ -406,7 +406,7 @@ struct ChoiceResult {
 }
 
 async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, want_logprobs: bool) -> ApiResult<ChoiceResult> {
-    let mut rx = state.engine.submit(req);
+    let mut rx = state.engine.submit(req).ok_or_else(overloaded)?;
     let mut text = TextStream::new(stops);
     let mut logprobs = Vec::new();
     let mut completion_tokens = 0;
@@ -439,6 +439,10 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
         }
     }
     Err(ApiError::internal("inference engine stopped"))
+}
+
+fn overloaded() -> ApiError {
+    ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "The server is at capacity; retry shortly.").code("server_overloaded")
 }
 
 fn usage(prompt: usize, completion: usize) -> Value {
@@ -602,7 +606,10 @@ async fn stream_choice(
     chunk: impl Fn(Value, Option<Value>) -> Value,
 ) {
     let _ = tx.send(chunk(json!([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]), None)).await;
-    let mut rx = state.engine.submit(req);
+    let Some(mut rx) = state.engine.submit(req) else {
+        let _ = tx.send(overloaded().body()).await;
+        return;
+    };
     let mut text = TextStream::new(stops);
     // With tools, text that starts like a tool call is held until the call is complete.
     let mut holding = tools_mode.is_some();
