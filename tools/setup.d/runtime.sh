@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Container runtime and image builder (crates/runtime): debootstrap makes the Debian base
-# images; everything else (namespaces, overlay, cgroups) is done by Ferry itself. Idempotent.
+# images, slirp4netns gives containers a private network with outbound access; namespaces,
+# overlay mounts and cgroups are done by Ferry itself. Idempotent.
 set -euo pipefail
 need=()
-for p in debootstrap; do
+for p in debootstrap slirp4netns; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,12 +6,13 @@
 //! ```
 //!
 //! Prints median/p90/min wall times for `python -c pass` and `python -c "import json, asyncio"`
-//! in a container (with memory and cpu limits, as a task gets them), and the same programs run
-//! directly on the host for comparison.
+//! in a container (with memory and cpu limits, as a task gets them) with disk or memory
+//! scratch, with a private network (slirp4netns), and the same programs run directly on the
+//! host for comparison.
 
 use std::time::{Duration, Instant};
 
-use ferry_runtime::{ContainerRuntime, ContainerSpec, ImageStore, Scratch};
+use ferry_runtime::{ContainerRuntime, ContainerSpec, ImageStore, Network, Scratch};
 
 fn stats(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
@@ -44,13 +45,19 @@ async fn main() -> ferry_runtime::Result<()> {
         // Interleaved, so background load hits every variant alike.
         let mut disk = Vec::new();
         let mut memory = Vec::new();
+        let mut private = Vec::new();
         let mut host = Vec::new();
         for i in 0..runs + 2 {
-            for (scratch, samples) in [(Scratch::Disk, &mut disk), (Scratch::Memory, &mut memory)] {
+            for (scratch, network, samples) in [
+                (Scratch::Disk, Network::Host, &mut disk),
+                (Scratch::Memory, Network::Host, &mut memory),
+                (Scratch::Disk, Network::Private, &mut private),
+            ] {
                 let mut spec = ContainerSpec::new(base.layer.clone(), vec!["python3".into(), "-c".into(), code.into()]);
                 spec.limits.memory_mib = Some(512);
                 spec.limits.cpu_cores = Some(1.0);
                 spec.scratch = scratch;
+                spec.network = network;
                 let t = Instant::now();
                 let mut c = runtime.spawn(spec).await?;
                 let status = c.wait().await?;
@@ -69,6 +76,7 @@ async fn main() -> ferry_runtime::Result<()> {
         }
         stats(&format!("container, disk scratch:   \"{label}\""), disk);
         stats(&format!("container, memory scratch: \"{label}\""), memory);
+        stats(&format!("container, private network: \"{label}\""), private);
         stats(&format!("host /usr/bin/python3:     \"{label}\""), host);
     }
     Ok(())

@@ -60,6 +60,9 @@ pub(crate) struct LaunchPlan {
     pub status_fd: RawFd,
     /// Read end of the worker's lifeline pipe: EOF means the Ferry process is gone.
     pub lifeline_fd: RawFd,
+    /// For a private network: the monitor writes init's pid to `.0`, and init waits for one
+    /// byte on `.1` (sent once the network is up) before starting the program.
+    pub net_gate: Option<(RawFd, RawFd)>,
 }
 
 /// Records on the status pipe: 4-byte tag + 4-byte value, native endian.
@@ -126,6 +129,9 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if init > 0 {
+        if let Some((pid_fd, _)) = plan.net_gate {
+            libc::write(pid_fd, init.to_ne_bytes().as_ptr().cast(), 4);
+        }
         monitor(plan.status_fd, plan.lifeline_fd, init);
     }
 
@@ -133,6 +139,19 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
     // not leak containers.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
     setup_root(plan)?;
+    if let Some((_, go_fd)) = plan.net_gate {
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(go_fd, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            return Err(io::Error::other("the container's network could not be set up"));
+        }
+    }
 
     let all = block_all_signals();
     let payload = libc::fork();

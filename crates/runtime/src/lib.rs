@@ -19,9 +19,15 @@ mod error;
 mod gpu;
 mod launch;
 mod logs;
+mod net;
 mod store;
 
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
+/// Whether an external tool Ferry can use is on PATH (e.g. `slirp4netns` for
+/// [`Network::Private`]); returns its path.
+pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    base::which(tool)
+}
 pub use builder::{BuildOptions, BuiltLayer, ContextFile, ImageBuilder, LayerSpec};
 pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, Scratch, Signal};

@@ -496,3 +496,36 @@ async fn snapshots_turn_a_containers_writes_into_layers() {
         store.remove(&id).unwrap();
     }
 }
+
+#[tokio::test]
+async fn private_network_has_outbound_but_not_the_hosts_loopback() {
+    let Some((store, base)) = base().await else { return };
+    if ferry_runtime::find_tool("slirp4netns").is_none() {
+        eprintln!("skipping: slirp4netns is not installed (tools/setup.d/runtime.sh installs it)");
+        return;
+    }
+    let runtime = ContainerRuntime::new(store);
+    // A service on the host's loopback that a private container must not reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!(
+        r#"
+import os, socket
+print(sorted(os.listdir('/sys/class/net')))
+socket.create_connection(('pypi.org', 443), timeout=10)
+print('outbound ok')
+for host in ('127.0.0.1', '10.0.2.2'):
+    try:
+        socket.create_connection((host, {port}), timeout=3)
+        print(host, 'reached')
+    except OSError:
+        print(host, 'unreachable')
+"#
+    );
+    let mut spec = ContainerSpec::new(base, argv(&["python", "-c", &probe]));
+    spec.network = Network::Private;
+    let mut c = runtime.spawn(spec).await.expect("spawn with a private network");
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo', 'tap0']", "outbound ok", "127.0.0.1 unreachable", "10.0.2.2 unreachable"]);
+}
