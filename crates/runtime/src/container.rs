@@ -136,6 +136,8 @@ pub struct ExitStatus {
     pub signal: Option<i32>,
     /// The kernel's OOM killer killed a process in the container's memory cgroup.
     pub oom_killed: bool,
+    /// The container's peak memory use (page cache included), where the kernel reports it.
+    pub peak_memory_bytes: Option<u64>,
 }
 
 impl ExitStatus {
@@ -470,6 +472,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 struct Supervised {
     child: tokio::process::Child,
     status: tokio::net::unix::pipe::Receiver,
+    /// Status records read so far; kept across a cancelled `finish`.
+    status_buf: Vec<u8>,
     pid: i32,
     pidfd: Option<OwnedFd>,
     stdin: Option<tokio::process::ChildStdin>,
@@ -505,7 +509,7 @@ impl Supervised {
             pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
         }
         let stdin = child.stdin.take();
-        Ok(Supervised { child, status, pid, pidfd, stdin, logs: Some(rx), pumps, done: None })
+        Ok(Supervised { child, status, status_buf: Vec::new(), pid, pidfd, stdin, logs: Some(rx), pumps, done: None })
     }
 
     fn signal(&self, signal: Signal, what: &str) -> Result<()> {
@@ -536,9 +540,9 @@ impl Supervised {
         }
         self.stdin = None;
         let supervisor = self.child.wait().await.ctx(|| format!("waiting for {what}"))?;
-        let mut rest = Vec::new();
-        let _ = self.status.read_to_end(&mut rest).await;
-        let payload = rest
+        let _ = self.status.read_to_end(&mut self.status_buf).await;
+        let payload = self
+            .status_buf
             .chunks_exact(8)
             .find(|r| r[..4] == launch::TAG_EXIT)
             .map(|r| i32::from_ne_bytes(r[4..].try_into().expect("4 bytes")));
@@ -725,10 +729,9 @@ impl Container {
         let what = format!("container {}", self.id);
         let (code, signal) = self.process.finish(&what).await?;
         let cgroup = self.cgroup.as_ref().expect("cgroup present until drop");
-        let exit = ExitStatus { code, signal, oom_killed: cgroup.oom_killed() };
-        if let Some(peak) = cgroup.peak_memory_bytes() {
-            tracing::debug!(container = %self.id, peak_mib = peak / (1024 * 1024), ?exit, "container exited");
-        }
+        let peak_memory_bytes = cgroup.peak_memory_bytes();
+        let exit = ExitStatus { code, signal, oom_killed: cgroup.oom_killed(), peak_memory_bytes };
+        tracing::debug!(container = %self.id, ?exit, "container exited");
         cgroup.remove().await;
         self.network = None;
         self.exit = Some(exit);
@@ -826,7 +829,7 @@ impl Process {
     pub async fn wait(&mut self) -> Result<ExitStatus> {
         let what = format!("a process in container {}", self.container);
         let (code, signal) = self.process.finish(&what).await?;
-        Ok(ExitStatus { code, signal, oom_killed: false })
+        Ok(ExitStatus { code, signal, oom_killed: false, peak_memory_bytes: None })
     }
 }
 

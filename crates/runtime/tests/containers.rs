@@ -132,6 +132,7 @@ async fn memory_limit_kills_with_oom() {
     let (out, _, status) = run(&mut c).await;
     assert!(status.success() && !status.oom_killed, "{status:?}");
     assert_eq!(out.trim(), "survived");
+    assert!(status.peak_memory_bytes.unwrap() > 400 << 20, "peak memory covers the 400 MiB: {status:?}");
 }
 
 #[tokio::test]
