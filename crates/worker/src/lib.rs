@@ -1,0 +1,439 @@
+//! Ferry's task launcher: starts the containers that run Modal functions.
+//!
+//! A task container runs `python -m modal._container_entrypoint` from the function's image,
+//! with the pinned `modal` client mounted in (see [`Worker::prepare_client_runtime`]), the
+//! serialized `ContainerArguments` in a read-only file, and the variables the client reads to
+//! find and authenticate to Ferry's server.
+//!
+//! **Architecture invariant:** this crate knows nothing of Modal's wire types. The
+//! `ContainerArguments` protobuf arrives as opaque bytes, and the worker never talks to the
+//! database or the scheduler: it starts containers and reports how they ended.
+//!
+//! ```no_run
+//! # async fn demo(layer: ferry_runtime::LayerId, args: Vec<u8>) -> ferry_worker::Result<()> {
+//! use ferry_worker::{TaskSpec, Worker};
+//! let data_dir = std::path::Path::new("/var/lib/ferry");
+//! let worker = Worker::new(data_dir, ferry_runtime::ImageStore::open(data_dir)?);
+//! worker.sweep_stale();
+//! let mut spec = TaskSpec::new("ta-1", layer, args, "http://127.0.0.1:8889", "secret-1");
+//! spec.files.push(("/var/lib/ferry/mounts/app.py".into(), "/root/app.py".into()));
+//! spec.memory_mib = Some(1024);
+//! let mut task = worker.start(spec).await?;
+//! let mut logs = task.logs().unwrap();
+//! tokio::spawn(async move {
+//!     while let Some(line) = logs.recv().await {
+//!         println!("fd {}: {}", line.stream.fd(), line.text);
+//!     }
+//! });
+//! let exit = task.wait().await?;
+//! println!("exit {} (signal {:?}, oom {})", exit.code, exit.signal, exit.oom_killed);
+//! # Ok(()) }
+//! ```
+
+mod client_runtime;
+mod error;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_runtime::{BindMount, Container, ContainerRuntime, ContainerSpec, ImageStore, LayerId, LogSink, Network};
+
+pub use client_runtime::{ClientRuntime, DEPS_MOUNT, PKG_MOUNT};
+pub use error::{Error, Result};
+/// How a task ended: exit code (128 + signal when killed), signal, OOM kill.
+pub use ferry_runtime::ExitStatus as TaskExit;
+/// One line of task output; `line.stream.fd()` is Modal's fd number (1 stdout, 2 stderr).
+pub use ferry_runtime::{LogLine, Signal, Stream};
+
+/// The client version Ferry's protocol adapter is written against.
+pub const DEFAULT_CLIENT_VERSION: &str = "1.6.4";
+
+/// Where the serialized `ContainerArguments` appear in a task container.
+pub const CONTAINER_ARGUMENTS_PATH: &str = "/__modal/container_arguments.pb";
+
+/// The command Modal's workers run in a task container.
+pub const ENTRYPOINT: &[&str] = &["python", "-m", "modal._container_entrypoint"];
+
+/// Prepares what task containers need on this machine: the Debian base for `python` and
+/// the pinned client for it. `ferry images prepare` calls this; [`Worker::start`] would
+/// otherwise do it on the first task (a minute or two).
+///
+/// ```no_run
+/// # async fn demo() -> ferry_worker::Result<()> {
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ferry_worker::LogLine>();
+/// tokio::spawn(async move { while let Some(l) = rx.recv().await { eprintln!("{}", l.text) } });
+/// let client = ferry_worker::prepare("/var/lib/ferry".as_ref(), "3.11", "1.6.4", &tx).await?;
+/// println!("modal client in {}", client.dir.display());
+/// # Ok(()) }
+/// ```
+pub async fn prepare(data_dir: &Path, python: &str, client_version: &str, progress: &LogSink) -> Result<ClientRuntime> {
+    let store = ImageStore::open(data_dir)?;
+    Worker::new(data_dir, store).prepare_client_runtime(client_version, python, progress).await
+}
+
+/// Starts task containers. Cheap to clone; clones share the image store.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    data_dir: PathBuf,
+    store: ImageStore,
+    runtime: ContainerRuntime,
+}
+
+/// One task container to start.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// Modal's task id (`ta-...`); the container's `MODAL_TASK_ID`.
+    pub task_id: String,
+    /// The function's image.
+    pub layer: LayerId,
+    /// A serialized `api_pb2.ContainerArguments`, passed through untouched.
+    pub container_arguments: Vec<u8>,
+    /// `MODAL_SERVER_URL` for the container's client: `http://127.0.0.1:PORT` with the host
+    /// network, or `unix:///<socket bound in via files>` with `block_network`.
+    pub server_url: String,
+    /// The task's credential, sent with `task_id` as the `x-modal-task-id` and
+    /// `x-modal-task-secret` headers on every call the container makes.
+    pub task_secret: String,
+    /// The `modal` client mounted into the container; see [`DEFAULT_CLIENT_VERSION`].
+    pub client_version: String,
+    /// The Modal environment (`MODAL_ENVIRONMENT`) that `from_name` lookups inside the
+    /// container use; empty leaves it unset (the workspace default).
+    pub environment_name: String,
+    /// Host file (or directory) → absolute container path, bound read-only.
+    pub files: Vec<(PathBuf, String)>,
+    /// Extra variables (secrets, `Image.env` overrides). Ferry's own `MODAL_*` variables win
+    /// over these; a `PYTHONPATH` here is kept, after the client's.
+    pub env: Vec<(String, String)>,
+    pub memory_mib: Option<u64>,
+    pub cpu_cores: Option<f64>,
+    pub gpus: u32,
+    pub block_network: bool,
+    /// Runs this instead of the entrypoint, in the same environment (tests, debugging).
+    pub command: Option<Vec<String>>,
+}
+
+impl TaskSpec {
+    /// A spec with the default client version and no files, env, limits or GPUs.
+    pub fn new(task_id: impl Into<String>, layer: LayerId, container_arguments: Vec<u8>, server_url: impl Into<String>, task_secret: impl Into<String>) -> Self {
+        TaskSpec {
+            task_id: task_id.into(),
+            layer,
+            container_arguments,
+            server_url: server_url.into(),
+            task_secret: task_secret.into(),
+            client_version: DEFAULT_CLIENT_VERSION.into(),
+            environment_name: String::new(),
+            files: Vec::new(),
+            env: Vec::new(),
+            memory_mib: None,
+            cpu_cores: None,
+            gpus: 0,
+            block_network: false,
+            command: None,
+        }
+    }
+}
+
+/// A running task container.
+#[derive(Debug)]
+pub struct Task {
+    task_id: String,
+    container: Container,
+    killer: TaskKiller,
+    /// Holds the arguments file; removed when the task is dropped.
+    _files: TaskDir,
+}
+
+impl Task {
+    /// Modal's task id.
+    pub fn id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// The runtime's container id (its cgroup name), for logs.
+    pub fn container_id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// Takes the stream of output lines; it ends when the container has closed its output.
+    pub fn logs(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<LogLine>> {
+        self.container.logs()
+    }
+
+    /// Signals the task. Modal's entrypoint runs `@modal.exit` only on [`Signal::Interrupt`]
+    /// (or after a `kill_switch` input); SIGTERM ends it without. Signalling a task that has
+    /// exited is not an error.
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        Ok(self.container.kill(signal)?)
+    }
+
+    /// A handle that can signal the task from elsewhere while another task awaits [`Task::wait`].
+    pub fn killer(&self) -> TaskKiller {
+        self.killer.clone()
+    }
+
+    /// Waits for the task to end and releases its container. Calling it again returns the
+    /// same status.
+    pub async fn wait(&mut self) -> Result<TaskExit> {
+        Ok(self.container.wait().await?)
+    }
+}
+
+/// Signals one task's container; cheap to clone, usable after the task ended (a no-op then).
+#[derive(Debug, Clone)]
+pub struct TaskKiller {
+    /// A pidfd of the container's init, so a recycled pid can never be hit. Init forwards
+    /// SIGINT and SIGTERM to the program; SIGKILL ends the whole container.
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl TaskKiller {
+    fn for_pid(pid: u32) -> Self {
+        // SAFETY: pidfd_open takes a pid and flags; the fd it returns is ours.
+        let pidfd = unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
+            (fd >= 0).then(|| Arc::new(OwnedFd::from_raw_fd(fd)))
+        };
+        TaskKiller { pidfd }
+    }
+
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        let Some(fd) = &self.pidfd else { return Ok(()) };
+        let number = match signal {
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        // SAFETY: a valid pidfd, a signal number, no siginfo.
+        let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), number, std::ptr::null::<u8>(), 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(Error::Io { context: "signalling the task".into(), path: PathBuf::new(), source: e });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A per-task host directory (the arguments file), removed on drop.
+#[derive(Debug)]
+struct TaskDir(PathBuf);
+
+impl Drop for TaskDir {
+    fn drop(&mut self) {
+        client_runtime::remove_tree(&self.0);
+    }
+}
+
+impl Worker {
+    /// A worker over `data_dir` (the same directory the image store lives in). Does no I/O;
+    /// call [`Worker::sweep_stale`] once at start-up.
+    pub fn new(data_dir: &Path, images: ImageStore) -> Worker {
+        let runtime = ContainerRuntime::new(images.clone());
+        Worker { inner: Arc::new(Inner { data_dir: data_dir.to_path_buf(), store: images, runtime }) }
+    }
+
+    /// Removes what tasks of dead Ferry processes left behind (cgroups, scratch space,
+    /// arguments files, half-installed client runtimes). Returns how many things it removed.
+    pub fn sweep_stale(&self) -> usize {
+        let mut removed = self.inner.runtime.sweep_stale();
+        if let Ok(entries) = std::fs::read_dir(self.tasks_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pid = name.split('-').next().and_then(|p| p.parse::<i32>().ok());
+                if pid.is_some_and(|pid| !process_alive(pid)) {
+                    client_runtime::remove_tree(&entry.path());
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Ensures `DATA_DIR/runtime/modal-<client_version>-py<X.Y>/` holds the pinned client and
+    /// its dependencies, installed by the base image's own Python (`pip install --target` in a
+    /// container with the host network) and checked by importing it the way tasks do. Prepares
+    /// the base too if needed. Idempotent and serialised; a crash never leaves a half runtime
+    /// (it is built in a staging directory and renamed into place). Progress goes to `progress`.
+    pub async fn prepare_client_runtime(&self, client_version: &str, python: &str, progress: &LogSink) -> Result<ClientRuntime> {
+        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, progress).await
+    }
+
+    /// Starts one task container. Installs the client runtime first if this is the first task
+    /// for its client version and Python series (logged through `tracing`).
+    pub async fn start(&self, spec: TaskSpec) -> Result<Task> {
+        check_header_value(&spec.task_id, "task id", &spec.task_id)?;
+        check_header_value(&spec.task_id, "task secret", &spec.task_secret)?;
+        for (_, target) in &spec.files {
+            if !target.starts_with('/') {
+                return Err(Error::BadMountTarget { task_id: spec.task_id.clone(), target: target.clone() });
+            }
+        }
+        let record = self.inner.store.layer(&spec.layer)?;
+        let python = record
+            .config
+            .python_version
+            .clone()
+            .ok_or_else(|| Error::NoPython { task_id: spec.task_id.clone(), layer: spec.layer.to_string() })?;
+        let client = self.client_runtime(&spec.client_version, &python).await?;
+
+        let dir = self.tasks_dir().join(format!("{}-{}-{}", std::process::id(), next_seq(), path_safe(&spec.task_id)));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { context: "creating the task directory".into(), path: dir.clone(), source })?;
+        let dir = TaskDir(dir);
+        let args_file = dir.0.join("container_arguments.pb");
+        std::fs::write(&args_file, &spec.container_arguments)
+            .map_err(|source| Error::Io { context: "writing the container arguments".into(), path: args_file.clone(), source })?;
+
+        let command = spec.command.clone().unwrap_or_else(|| ENTRYPOINT.iter().map(|s| s.to_string()).collect());
+        let mut container = ContainerSpec::new(spec.layer.clone(), command);
+        container.env = task_env(&spec, record.config.env_get("PYTHONPATH"));
+        container.workdir = Some("/root".into());
+        container.mounts = client.mounts();
+        container.mounts.push(BindMount::read_only(&args_file, CONTAINER_ARGUMENTS_PATH));
+        container.mounts.extend(spec.files.iter().map(|(host, target)| BindMount::read_only(host, target.as_str())));
+        container.limits.memory_mib = spec.memory_mib;
+        container.limits.cpu_cores = spec.cpu_cores;
+        container.gpus = spec.gpus;
+        container.network = if spec.block_network { Network::Blocked } else { Network::Host };
+        let container = self.inner.runtime.spawn(container).await?;
+        tracing::debug!(task = %spec.task_id, container = container.id(), "task container started");
+        let killer = TaskKiller::for_pid(container.pid());
+        Ok(Task { task_id: spec.task_id, container, killer, _files: dir })
+    }
+
+    async fn client_runtime(&self, client_version: &str, python: &str) -> Result<ClientRuntime> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+        let logger = tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                tracing::info!(target: "ferry_worker::client_runtime", "{}", line.text);
+            }
+        });
+        let result = self.prepare_client_runtime(client_version, python, &tx).await;
+        drop(tx);
+        let _ = logger.await;
+        result
+    }
+
+    fn tasks_dir(&self) -> PathBuf {
+        self.inner.data_dir.join("tasks")
+    }
+}
+
+/// The container's environment on top of the image's own (which the runtime applies).
+fn task_env(spec: &TaskSpec, image_pythonpath: Option<&str>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| k != "PYTHONPATH").cloned().collect();
+    let user_pythonpath = spec.env.iter().rev().find(|(k, _)| k == "PYTHONPATH").map(|(_, v)| v.as_str()).or(image_pythonpath);
+    let pythonpath = match user_pythonpath {
+        Some(p) if !p.is_empty() => format!("{PKG_MOUNT}:{p}"),
+        _ => PKG_MOUNT.to_string(),
+    };
+    let mut set = |k: &str, v: String| match env.iter_mut().find(|(key, _)| key == k) {
+        Some(slot) => slot.1 = v,
+        None => env.push((k.to_string(), v)),
+    };
+    set("MODAL_CONTAINER_ARGUMENTS_PATH", CONTAINER_ARGUMENTS_PATH.into());
+    set("MODAL_SERVER_URL", spec.server_url.clone());
+    set("MODAL_IS_REMOTE", "1".into());
+    set("MODAL_TASK_ID", spec.task_id.clone());
+    set("MODAL_OVERRIDE_HEADERS", format!("x-modal-task-id:{},x-modal-task-secret:{}", spec.task_id, spec.task_secret));
+    if !spec.environment_name.is_empty() {
+        set("MODAL_ENVIRONMENT", spec.environment_name.clone());
+    }
+    set("PYTHONPATH", pythonpath);
+    set("PYTHONUNBUFFERED", "1".into());
+    env
+}
+
+/// The client splits `MODAL_OVERRIDE_HEADERS` on commas, trims whitespace around each value
+/// (`modal/config.py: _transform_headers`), and gRPC refuses non-printable metadata.
+fn check_header_value(task_id: &str, what: &'static str, value: &str) -> Result<()> {
+    let ok = !value.is_empty() && value.trim() == value && value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b',');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadCredential { task_id: task_id.to_string(), what, value: value.to_string() })
+    }
+}
+
+fn path_safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' }).take(64).collect()
+}
+
+fn next_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(crate) fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// The scheduler moves these between tasks: they must stay `Send`.
+#[allow(dead_code)]
+fn _handles_and_futures_are_send(worker: Worker, spec: TaskSpec, mut task: Task, tx: LogSink) {
+    fn send<T: Send>(_: T) {}
+    fn shared<T: Send + Sync>() {}
+    shared::<Worker>();
+    shared::<Task>();
+    shared::<TaskKiller>();
+    send(worker.start(spec));
+    send(worker.prepare_client_runtime("1.6.4", "3.11", &tx));
+    send(prepare(Path::new("/"), "3.11", "1.6.4", &tx));
+    send(task.wait());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TaskSpec {
+        TaskSpec::new("ta-1", LayerId::parse(&"a".repeat(64)).unwrap(), vec![], "http://127.0.0.1:9", "s3cr3t")
+    }
+
+    fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn task_env_carries_the_protocol_variables() {
+        let env = task_env(&spec(), None);
+        assert_eq!(get(&env, "MODAL_OVERRIDE_HEADERS"), Some("x-modal-task-id:ta-1,x-modal-task-secret:s3cr3t"));
+        assert_eq!(get(&env, "MODAL_IS_REMOTE"), Some("1"));
+        assert_eq!(get(&env, "MODAL_TASK_ID"), Some("ta-1"));
+        assert_eq!(get(&env, "MODAL_SERVER_URL"), Some("http://127.0.0.1:9"));
+        assert_eq!(get(&env, "MODAL_CONTAINER_ARGUMENTS_PATH"), Some(CONTAINER_ARGUMENTS_PATH));
+        assert_eq!(get(&env, "PYTHONPATH"), Some("/pkg"));
+        assert_eq!(get(&env, "PYTHONUNBUFFERED"), Some("1"));
+        assert_eq!(get(&env, "MODAL_ENVIRONMENT"), None);
+    }
+
+    #[test]
+    fn user_env_cannot_override_the_protocol_but_keeps_its_pythonpath() {
+        let mut s = spec();
+        s.environment_name = "dev".into();
+        s.env = vec![("MODAL_SERVER_URL".into(), "http://elsewhere".into()), ("PYTHONPATH".into(), "/app".into()), ("A".into(), "1".into())];
+        let env = task_env(&s, Some("/image"));
+        assert_eq!(get(&env, "MODAL_SERVER_URL"), Some("http://127.0.0.1:9"));
+        assert_eq!(get(&env, "PYTHONPATH"), Some("/pkg:/app"));
+        assert_eq!(get(&env, "A"), Some("1"));
+        assert_eq!(get(&env, "MODAL_ENVIRONMENT"), Some("dev"));
+        assert_eq!(get(&task_env(&spec(), Some("/image")), "PYTHONPATH"), Some("/pkg:/image"));
+    }
+
+    #[test]
+    fn credentials_must_survive_the_clients_header_parsing() {
+        check_header_value("t", "task secret", "abc-DEF_123:=/+").unwrap();
+        for bad in ["", "a,b", " a", "a ", "tab\there", "ü", "new\nline"] {
+            assert!(check_header_value("t", "task secret", bad).is_err(), "{bad:?}");
+        }
+    }
+}

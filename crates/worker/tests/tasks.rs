@@ -1,0 +1,173 @@
+//! Task containers for real: the prepared base and client runtime, root, the kernel's
+//! namespaces and cgroups. The first run installs modal from PyPI (about a minute); later
+//! runs reuse `$FERRY_TEST_DATA_DIR` (default /var/tmp/ferry-test) and take seconds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_runtime::{ImageStore, LayerId, LogLine};
+use ferry_worker::{Signal, Stream, Task, TaskSpec, Worker, CONTAINER_ARGUMENTS_PATH, DEFAULT_CLIENT_VERSION};
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("FERRY_TEST_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/ferry-test"))
+}
+
+/// A worker with the 3.11 base and the pinned client prepared, or `None` (with the reason
+/// printed) where containers cannot run.
+async fn worker() -> Option<(Worker, LayerId)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: task containers need root (namespaces, mounts, cgroups)");
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+    let printer = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            eprintln!("prepare: {}", line.text);
+        }
+    });
+    let started = std::time::Instant::now();
+    let client = ferry_worker::prepare(&data_dir(), "3.11", DEFAULT_CLIENT_VERSION, &tx).await.expect("preparing base and client");
+    drop(tx);
+    let _ = printer.await;
+    eprintln!("client runtime {} ready after {:.1}s", client.dir.display(), started.elapsed().as_secs_f64());
+    let store = ImageStore::open(data_dir()).unwrap();
+    let base = ferry_runtime::base_layer_id("3.11").unwrap();
+    Some((Worker::new(&data_dir(), store), base))
+}
+
+fn spec(base: &LayerId, command: &[&str]) -> TaskSpec {
+    let mut spec = TaskSpec::new("ta-test", base.clone(), b"\x0a\x02ta\xff\x00args".to_vec(), "http://127.0.0.1:9", "s3cret-42");
+    spec.command = Some(command.iter().map(|s| s.to_string()).collect());
+    spec
+}
+
+/// (stdout, stderr) and the exit, within 60 s.
+async fn output(task: &mut Task) -> (String, String, ferry_worker::TaskExit) {
+    let mut logs = task.logs().expect("logs");
+    let (mut out, mut err) = (String::new(), String::new());
+    let collect = async {
+        while let Some(line) = logs.recv().await {
+            let buf = match line.stream {
+                Stream::Stdout => &mut out,
+                _ => &mut err,
+            };
+            buf.push_str(&line.text);
+            buf.push('\n');
+        }
+        task.wait().await.expect("wait")
+    };
+    let exit = tokio::time::timeout(Duration::from_secs(60), collect).await.expect("task finished within 60 s");
+    (out, err, exit)
+}
+
+#[tokio::test]
+async fn client_runtime_serves_the_entrypoints_imports() {
+    let Some((worker, base)) = worker().await else { return };
+    let script = "import modal, grpclib, synchronicity, google.protobuf, sys\n\
+                  import modal._container_entrypoint\n\
+                  print(modal.__version__)\n\
+                  print(modal.__file__)\n\
+                  print(grpclib.__file__)\n\
+                  print('/__modal/deps' in sys.path and sys.path.index('/__modal/deps') > max(i for i, p in enumerate(sys.path) if 'packages' in p and p != '/__modal/deps'))\n";
+    let mut task = worker.start(spec(&base, &["python", "-c", script])).await.unwrap();
+    let (out, err, exit) = output(&mut task).await;
+    assert!(exit.success(), "exit {exit:?}\nstderr:\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, [DEFAULT_CLIENT_VERSION, "/pkg/modal/__init__.py", "/__modal/deps/grpclib/__init__.py", "True"], "stderr:\n{err}");
+}
+
+#[tokio::test]
+async fn task_sees_its_environment_arguments_and_files() {
+    let Some((worker, base)) = worker().await else { return };
+    let host = std::env::temp_dir().join(format!("ferry-worker-app-{}.py", std::process::id()));
+    std::fs::write(&host, "VALUE = 'from the app file'\n").unwrap();
+    let script = r#"
+import os, sys
+from modal.config import config
+print("cwd", os.getcwd())
+for k in ["MODAL_SERVER_URL", "MODAL_IS_REMOTE", "MODAL_TASK_ID", "MODAL_ENVIRONMENT", "PYTHONUNBUFFERED", "SECRET_VAR", "LANG"]:
+    print(k, os.environ.get(k))
+print("headers", sorted(config.get("override_headers").items()))
+print("server", config.get("server_url"))
+path = os.environ["MODAL_CONTAINER_ARGUMENTS_PATH"]
+print("args", path, open(path, "rb").read().hex())
+try:
+    open(path, "ab")
+    print("args writable")
+except OSError:
+    print("args read-only")
+import app
+print("app", app.VALUE)
+print("stderr line", file=sys.stderr)
+"#;
+    let mut s = spec(&base, &["python", "-c", script]);
+    s.files.push((host.clone(), "/root/app.py".into()));
+    s.env.push(("SECRET_VAR".into(), "hunter2".into()));
+    s.environment_name = "dev".into();
+    let mut task = worker.start(s).await.unwrap();
+    assert_eq!(task.id(), "ta-test");
+    let (out, err, exit) = output(&mut task).await;
+    std::fs::remove_file(&host).unwrap();
+    assert!(exit.success(), "exit {exit:?}\nstderr:\n{err}");
+    let expected = format!(
+        "cwd /root\n\
+         MODAL_SERVER_URL http://127.0.0.1:9\n\
+         MODAL_IS_REMOTE 1\n\
+         MODAL_TASK_ID ta-test\n\
+         MODAL_ENVIRONMENT dev\n\
+         PYTHONUNBUFFERED 1\n\
+         SECRET_VAR hunter2\n\
+         LANG C.UTF-8\n\
+         headers [('x-modal-task-id', 'ta-test'), ('x-modal-task-secret', 's3cret-42')]\n\
+         server http://127.0.0.1:9\n\
+         args {CONTAINER_ARGUMENTS_PATH} 0a027461ff0061726773\n\
+         args read-only\n\
+         app from the app file\n"
+    );
+    assert_eq!(out, expected, "stderr:\n{err}");
+    assert_eq!(err, "stderr line\n");
+}
+
+#[tokio::test]
+async fn memory_limit_ends_in_an_oom_kill() {
+    let Some((worker, base)) = worker().await else { return };
+    let mut s = spec(&base, &["python", "-c", "b = b'x' * (512 << 20); print(len(b))"]);
+    s.memory_mib = Some(64);
+    let mut task = worker.start(s).await.unwrap();
+    let (out, err, exit) = output(&mut task).await;
+    assert!(exit.oom_killed, "exit {exit:?}\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(!exit.success());
+}
+
+#[tokio::test]
+async fn kill_ends_a_task_from_another_task() {
+    let Some((worker, base)) = worker().await else { return };
+    // The entrypoint's own way out: SIGINT becomes KeyboardInterrupt in the program.
+    let mut task = worker.start(spec(&base, &["python", "-c", "import time\ntry:\n    print('up', flush=True); time.sleep(600)\nexcept KeyboardInterrupt:\n    print('interrupted')"])).await.unwrap();
+    let mut logs = task.logs().unwrap();
+    assert_eq!(logs.recv().await.unwrap().text, "up");
+    task.kill(Signal::Interrupt).unwrap();
+    assert_eq!(logs.recv().await.unwrap().text, "interrupted");
+    let exit = tokio::time::timeout(Duration::from_secs(20), task.wait()).await.expect("exited").unwrap();
+    assert_eq!((exit.code, exit.signal), (0, None));
+
+    // SIGKILL through a killer handle while another task awaits `wait`.
+    let mut task = worker.start(spec(&base, &["sleep", "600"])).await.unwrap();
+    let killer = task.killer();
+    let waiter = tokio::spawn(async move { task.wait().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    killer.kill(Signal::Kill).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), waiter).await.expect("exited").unwrap();
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    killer.kill(Signal::Terminate).expect("signalling an ended task is not an error");
+}
+
+#[tokio::test]
+async fn credentials_the_client_cannot_send_are_refused() {
+    let Some((worker, base)) = worker().await else { return };
+    let mut s = spec(&base, &["true"]);
+    s.task_secret = "a,b".into();
+    let err = worker.start(s).await.unwrap_err();
+    assert!(matches!(err, ferry_worker::Error::BadCredential { .. }), "{err}");
+}
