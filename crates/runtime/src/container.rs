@@ -487,8 +487,21 @@ impl Supervised {
     async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd) -> Result<Self> {
         let spawned = cmd.spawn();
         drop(status_write);
-        let mut child = spawned.map_err(|source| Error::Spawn { program: program.to_string(), source })?;
         let mut status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_read).ctx(|| "status pipe".into())?;
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(source) => {
+                // std has reaped the failed child, so every writer is gone and the pipe ends.
+                let mut buf = Vec::new();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), status.read_to_end(&mut buf)).await;
+                let detail = launch::parse_records(&buf).into_iter().find_map(|(_, _, message)| message);
+                let source = match detail {
+                    Some(message) => std::io::Error::new(source.kind(), message),
+                    None => source,
+                };
+                return Err(Error::Spawn { program: program.to_string(), source });
+            }
+        };
         let mut record = [0u8; 8];
         status.read_exact(&mut record).await.ctx(|| "reading the container's pid".into())?;
         if record[..4] != launch::TAG_INIT_PID {
@@ -541,11 +554,8 @@ impl Supervised {
         self.stdin = None;
         let supervisor = self.child.wait().await.ctx(|| format!("waiting for {what}"))?;
         let _ = self.status.read_to_end(&mut self.status_buf).await;
-        let payload = self
-            .status_buf
-            .chunks_exact(8)
-            .find(|r| r[..4] == launch::TAG_EXIT)
-            .map(|r| i32::from_ne_bytes(r[4..].try_into().expect("4 bytes")));
+        let payload =
+            launch::parse_records(&self.status_buf).into_iter().find(|(tag, _, _)| *tag == launch::TAG_EXIT).map(|(_, status, _)| status);
         let done = match payload {
             Some(st) if libc::WIFEXITED(st) => (libc::WEXITSTATUS(st), None),
             Some(st) if libc::WIFSIGNALED(st) => (128 + libc::WTERMSIG(st), Some(libc::WTERMSIG(st))),

@@ -68,6 +68,38 @@ pub(crate) struct LaunchPlan {
 /// Records on the status pipe: 4-byte tag + 4-byte value, native endian.
 pub(crate) const TAG_INIT_PID: [u8; 4] = *b"PID1";
 pub(crate) const TAG_EXIT: [u8; 4] = *b"EXIT";
+/// Followed by that many bytes of message: std only passes an errno back from a failed
+/// `pre_exec`, which would lose which step failed.
+pub(crate) const TAG_FAIL: [u8; 4] = *b"FAIL";
+
+/// Splits the status pipe's bytes into (tag, value, message) records.
+pub(crate) fn parse_records(mut buf: &[u8]) -> Vec<([u8; 4], i32, Option<String>)> {
+    let mut out = Vec::new();
+    while buf.len() >= 8 {
+        let tag: [u8; 4] = buf[..4].try_into().expect("4 bytes");
+        let value = i32::from_ne_bytes(buf[4..8].try_into().expect("4 bytes"));
+        buf = &buf[8..];
+        let mut message = None;
+        if tag == TAG_FAIL {
+            let len = (value.max(0) as usize).min(buf.len());
+            message = Some(String::from_utf8_lossy(&buf[..len]).into_owned());
+            buf = &buf[len..];
+        }
+        out.push((tag, value, message));
+    }
+    out
+}
+
+/// Sends a failure's full text to the parent, in one write (atomic below PIPE_BUF).
+unsafe fn report_failure(fd: RawFd, err: &io::Error) {
+    let text = err.to_string();
+    let text = &text.as_bytes()[..text.len().min(2048)];
+    let mut buf = Vec::with_capacity(8 + text.len());
+    buf.extend_from_slice(&TAG_FAIL);
+    buf.extend_from_slice(&(text.len() as i32).to_ne_bytes());
+    buf.extend_from_slice(text);
+    libc::write(fd, buf.as_ptr().cast(), buf.len());
+}
 
 fn check(r: libc::c_int) -> io::Result<()> {
     if r < 0 {
@@ -138,6 +170,27 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
     // Init: pid 1 of the new pid namespace. Die with the monitor so a crashed worker does
     // not leak containers.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    init_setup(plan).inspect_err(|e| report_failure(plan.status_fd, e))?;
+
+    let all = block_all_signals();
+    let payload = libc::fork();
+    if payload < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if payload == 0 {
+        let empty: libc::sigset_t = {
+            let mut s = std::mem::zeroed();
+            libc::sigemptyset(&mut s);
+            s
+        };
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        return prepare_payload(&plan.workdir, plan.user.as_deref()).inspect_err(|e| report_failure(plan.status_fd, e));
+    }
+    init_loop(plan.status_fd, payload, &all)
+}
+
+/// Init's part before the program starts: the root filesystem, then the network gate.
+unsafe fn init_setup(plan: &mut LaunchPlan) -> io::Result<()> {
     setup_root(plan)?;
     if let Some((_, go_fd)) = plan.net_gate {
         let mut byte = 0u8;
@@ -152,22 +205,7 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
             return Err(io::Error::other("the container's network could not be set up"));
         }
     }
-
-    let all = block_all_signals();
-    let payload = libc::fork();
-    if payload < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if payload == 0 {
-        let empty: libc::sigset_t = {
-            let mut s = std::mem::zeroed();
-            libc::sigemptyset(&mut s);
-            s
-        };
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        return prepare_payload(&plan.workdir, plan.user.as_deref());
-    }
-    init_loop(plan.status_fd, payload, &all)
+    Ok(())
 }
 
 /// The monitor waits for init and mirrors its exit. If the Ferry process dies first (its
@@ -493,6 +531,23 @@ pub(crate) struct JoinPlan {
 /// # Safety
 /// Must only be called between fork and exec, as `Command::pre_exec` does.
 pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
+    join_setup(plan).inspect_err(|e| report_failure(plan.status_fd, e))?;
+    let all = block_all_signals();
+    let child = libc::fork();
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        return prepare_payload(&plan.workdir, plan.user.as_deref()).inspect_err(|e| report_failure(plan.status_fd, e));
+    }
+    write_record(plan.status_fd, TAG_INIT_PID, child);
+    init_loop(plan.status_fd, child, &all)
+}
+
+unsafe fn join_setup(plan: &JoinPlan) -> io::Result<()> {
     for procs in &plan.cgroup_procs {
         let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         step(fd, "open cgroup.procs")?;
@@ -503,19 +558,7 @@ pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
     for &fd in &plan.ns_fds {
         step(libc::setns(fd, 0), "join container namespace")?;
     }
-    let all = block_all_signals();
-    let child = libc::fork();
-    if child < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if child == 0 {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        return prepare_payload(&plan.workdir, plan.user.as_deref());
-    }
-    write_record(plan.status_fd, TAG_INIT_PID, child);
-    init_loop(plan.status_fd, child, &all)
+    Ok(())
 }
 
 /// The payload: switch user and directory, then return so std execs the program.

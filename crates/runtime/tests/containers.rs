@@ -175,9 +175,19 @@ async fn exit_codes_and_missing_programs() {
     let status = c.wait().await.unwrap();
     assert_eq!((status.code, status.signal, status.oom_killed), (7, None, false));
 
-    let err = runtime.spawn(ContainerSpec::new(base, argv(&["no-such-program"]))).await.unwrap_err();
+    let err = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["no-such-program"]))).await.unwrap_err();
     assert!(matches!(err, Error::Spawn { .. }), "{err}");
     assert!(err.to_string().contains("no-such-program"), "{err}");
+
+    // Set-up failures say which step failed, not just an errno.
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["true"]));
+    spec.workdir = Some("/etc/hostname/sub".into());
+    let err = runtime.spawn(spec).await.unwrap_err().to_string();
+    assert!(err.contains("chdir to workdir") && err.contains("Not a directory"), "{err}");
+    let mut spec = ContainerSpec::new(base, argv(&["true"]));
+    spec.user = Some("no-such-user".into());
+    let err = runtime.spawn(spec).await.unwrap_err().to_string();
+    assert!(err.contains("no-such-user") && err.contains("/etc/passwd"), "{err}");
 }
 
 #[tokio::test]
