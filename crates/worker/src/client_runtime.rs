@@ -223,17 +223,20 @@ async fn relay(container: &mut Container, progress: &LogSink) -> Result<(ferry_r
     Ok((status, tail.into_iter().collect::<Vec<_>>().join("\n"), stdout))
 }
 
-/// Removes half-finished installs left by Ferry processes that died.
-fn sweep_staging(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+/// Removes half-finished installs left by Ferry processes that died; returns how many.
+pub(crate) fn sweep_staging(root: &Path) -> usize {
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(root) else { return 0 };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(".staging-") else { continue };
         let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
         if pid.is_some_and(|pid| !crate::process_alive(pid)) {
             remove_tree(&entry.path());
+            removed += 1;
         }
     }
+    removed
 }
 
 fn say(progress: &LogSink, text: String) {

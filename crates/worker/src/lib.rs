@@ -254,7 +254,7 @@ impl Worker {
                 }
             }
         }
-        removed
+        removed + client_runtime::sweep_staging(&client_runtime::runtime_root(&self.inner.data_dir))
     }
 
     /// Ensures `DATA_DIR/runtime/modal-<client_version>-py<X.Y>/` holds the pinned client and
@@ -294,7 +294,8 @@ impl Worker {
         let command = spec.command.clone().unwrap_or_else(|| ENTRYPOINT.iter().map(|s| s.to_string()).collect());
         let mut container = ContainerSpec::new(spec.layer.clone(), command);
         container.env = task_env(&spec, record.config.env_get("PYTHONPATH"));
-        container.workdir = Some("/root".into());
+        // Modal runs functions in the image's WORKDIR (`Image.workdir`), else /root.
+        container.workdir = Some(record.config.workdir.clone().unwrap_or_else(|| "/root".into()));
         container.mounts = client.mounts();
         container.mounts.push(BindMount::read_only(&args_file, CONTAINER_ARGUMENTS_PATH));
         container.mounts.extend(spec.files.iter().map(|(host, target)| BindMount::read_only(host, target.as_str())));
@@ -330,9 +331,12 @@ impl Worker {
 fn task_env(spec: &TaskSpec, image_pythonpath: Option<&str>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| k != "PYTHONPATH").cloned().collect();
     let user_pythonpath = spec.env.iter().rev().find(|(k, _)| k == "PYTHONPATH").map(|(_, v)| v.as_str()).or(image_pythonpath);
+    // The client first; then /root, where the app's file and `add_local_python_source`
+    // packages are mounted (on Modal it is on PYTHONPATH, which matters when the image's
+    // WORKDIR is elsewhere); then whatever the image or the user asked for.
     let pythonpath = match user_pythonpath {
-        Some(p) if !p.is_empty() => format!("{PKG_MOUNT}:{p}"),
-        _ => PKG_MOUNT.to_string(),
+        Some(p) if !p.is_empty() => format!("{PKG_MOUNT}:/root:{p}"),
+        _ => format!("{PKG_MOUNT}:/root"),
     };
     let mut set = |k: &str, v: String| match env.iter_mut().find(|(key, _)| key == k) {
         Some(slot) => slot.1 = v,
@@ -411,7 +415,7 @@ mod tests {
         assert_eq!(get(&env, "MODAL_TASK_ID"), Some("ta-1"));
         assert_eq!(get(&env, "MODAL_SERVER_URL"), Some("http://127.0.0.1:9"));
         assert_eq!(get(&env, "MODAL_CONTAINER_ARGUMENTS_PATH"), Some(CONTAINER_ARGUMENTS_PATH));
-        assert_eq!(get(&env, "PYTHONPATH"), Some("/pkg"));
+        assert_eq!(get(&env, "PYTHONPATH"), Some("/pkg:/root"));
         assert_eq!(get(&env, "PYTHONUNBUFFERED"), Some("1"));
         assert_eq!(get(&env, "MODAL_ENVIRONMENT"), None);
     }
@@ -423,10 +427,10 @@ mod tests {
         s.env = vec![("MODAL_SERVER_URL".into(), "http://elsewhere".into()), ("PYTHONPATH".into(), "/app".into()), ("A".into(), "1".into())];
         let env = task_env(&s, Some("/image"));
         assert_eq!(get(&env, "MODAL_SERVER_URL"), Some("http://127.0.0.1:9"));
-        assert_eq!(get(&env, "PYTHONPATH"), Some("/pkg:/app"));
+        assert_eq!(get(&env, "PYTHONPATH"), Some("/pkg:/root:/app"));
         assert_eq!(get(&env, "A"), Some("1"));
         assert_eq!(get(&env, "MODAL_ENVIRONMENT"), Some("dev"));
-        assert_eq!(get(&task_env(&spec(), Some("/image")), "PYTHONPATH"), Some("/pkg:/image"));
+        assert_eq!(get(&task_env(&spec(), Some("/image")), "PYTHONPATH"), Some("/pkg:/root:/image"));
     }
 
     #[test]

@@ -171,3 +171,77 @@ async fn credentials_the_client_cannot_send_are_refused() {
     let err = worker.start(s).await.unwrap_err();
     assert!(matches!(err, ferry_worker::Error::BadCredential { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn image_workdir_is_the_cwd_and_root_stays_importable() {
+    let Some((worker, base)) = worker().await else { return };
+    let store = ImageStore::open(data_dir()).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let layer = ferry_runtime::ImageBuilder::new(store)
+        .build(&ferry_runtime::LayerSpec::on(&base, &["WORKDIR /app", "ENV PYTHONPATH=/opt/lib"]), &tx)
+        .await
+        .unwrap()
+        .id;
+    let host = std::env::temp_dir().join(format!("ferry-worker-mod-{}.py", std::process::id()));
+    std::fs::write(&host, "VALUE = 42\n").unwrap();
+    let mut s = spec(&layer, &["python", "-c", "import os, mod; print(os.getcwd(), mod.VALUE, os.environ['PYTHONPATH'])"]);
+    s.files.push((host.clone(), "/root/mod.py".into()));
+    let mut task = worker.start(s).await.unwrap();
+    let (out, err, exit) = output(&mut task).await;
+    std::fs::remove_file(&host).unwrap();
+    assert!(exit.success(), "exit {exit:?}\nstderr:\n{err}");
+    assert_eq!(out, "/app 42 /pkg:/root:/opt/lib\n");
+}
+
+/// `block_network` tasks reach Ferry through a unix socket passed in `files`, read-only
+/// like every file: connecting needs no write access to the mount.
+#[tokio::test]
+async fn blocked_network_task_reaches_a_socket_from_files() {
+    use tokio::io::AsyncReadExt;
+    let Some((worker, base)) = worker().await else { return };
+    let sock = std::env::temp_dir().join(format!("ferry-worker-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let client = "import socket\n\
+                  s = socket.socket(socket.AF_UNIX); s.connect('/run/ferry/api.sock'); s.sendall(b'hello')\n\
+                  print([name for _, name in socket.if_nameindex()])\n";
+    let mut s = spec(&base, &["python", "-c", client]);
+    s.server_url = "unix:///run/ferry/api.sock".into();
+    s.block_network = true;
+    s.files.push((sock.clone(), "/run/ferry/api.sock".into()));
+    let mut task = worker.start(s).await.unwrap();
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept()).await.expect("connection").unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "hello");
+    let (out, err, exit) = output(&mut task).await;
+    std::fs::remove_file(&sock).unwrap();
+    assert!(exit.success(), "exit {exit:?}\nstderr:\n{err}");
+    assert_eq!(out, "['lo']\n", "only loopback in a blocked network");
+}
+
+#[tokio::test]
+async fn sweep_removes_what_dead_workers_left() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: sweeping cgroups needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ferry-worker-sweep-{}", std::process::id()));
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let _ = { dead }.wait();
+    let left = [
+        dir.join(format!("tasks/{dead_pid}-0-ta_1")),
+        dir.join(format!("runtime/.staging-{dead_pid}-modal-1.6.4-py3.11/pkg")),
+    ];
+    let kept = dir.join(format!("tasks/{}-0-ta_2", std::process::id()));
+    for d in left.iter().chain([&kept]) {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let worker = Worker::new(&dir, ImageStore::open(&dir).unwrap());
+    assert!(worker.sweep_stale() >= 2);
+    assert!(!left[0].exists() && !left[1].parent().unwrap().exists());
+    assert!(kept.exists(), "a live worker's task directory is kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
