@@ -25,6 +25,18 @@ pub struct ContextFile {
     pub data: Vec<u8>,
 }
 
+/// A context file that already exists on the host (e.g. an uploaded mount's blob): copied
+/// into the build instead of held in memory. `sha256` (hex) stands for its content in the
+/// layer id, so it must be the file's real digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostContextFile {
+    pub path: String,
+    pub source: PathBuf,
+    pub sha256: String,
+    /// Permission bits to give the copy (e.g. 0o755); `None` keeps the source's.
+    pub mode: Option<u32>,
+}
+
 /// Everything that defines one layer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LayerSpec {
@@ -33,6 +45,8 @@ pub struct LayerSpec {
     /// Dockerfile commands, the first being `FROM`.
     pub commands: Vec<String>,
     pub context_files: Vec<ContextFile>,
+    /// More context files, from host paths (what `COPY . /dest` of an uploaded mount needs).
+    pub context_host_files: Vec<HostContextFile>,
     /// Values for `ARG`s.
     pub build_args: Vec<(String, String)>,
     /// Extra environment for `RUN` steps only, e.g. secrets. Not stored in the image; only the
@@ -221,7 +235,7 @@ impl ImageBuilder {
             None => (ImageConfig::default(), Vec::new()),
         };
         let context = staging.join("context");
-        write_context(&context, &spec.context_files)?;
+        write_context(&context, &spec.context_files, &spec.context_host_files)?;
         let provided: HashMap<&str, &str> = spec.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut args: Vec<(String, String)> = Vec::new();
         let mut cmd_set_here = false;
@@ -280,7 +294,7 @@ impl ImageBuilder {
                     }
                     for src in sources {
                         let rel = context_relative(src);
-                        check_context(&rel, src, &spec.context_files)?;
+                        check_context(&rel, src, spec)?;
                         let argv = vec!["/bin/sh".into(), "-c".into(), COPY_SCRIPT.into(), "sh".into(), rel, dest.clone()];
                         let binds = vec![BindMount::read_only(&context, CONTEXT_MOUNT)];
                         step.run(text, argv, config.env.clone(), &config, binds).await?;
@@ -442,8 +456,9 @@ fn context_relative(src: &str) -> String {
     }
 }
 
-fn check_context(rel: &str, src: &str, files: &[ContextFile]) -> Result<()> {
-    let rels: Vec<String> = files.iter().map(|f| context_relative(&f.path)).collect();
+fn check_context(rel: &str, src: &str, spec: &LayerSpec) -> Result<()> {
+    let paths = spec.context_files.iter().map(|f| &f.path).chain(spec.context_host_files.iter().map(|f| &f.path));
+    let rels: Vec<String> = paths.map(|p| context_relative(p)).collect();
     let present = rel == "." || rels.iter().any(|f| f == rel || f.starts_with(&format!("{rel}/")));
     if present {
         return Ok(());
@@ -451,14 +466,27 @@ fn check_context(rel: &str, src: &str, files: &[ContextFile]) -> Result<()> {
     Err(Error::CopySourceMissing { source_path: src.to_string(), have: if rels.is_empty() { "none".into() } else { rels.join(", ") } })
 }
 
-fn write_context(dir: &Path, files: &[ContextFile]) -> Result<()> {
+fn write_context(dir: &Path, files: &[ContextFile], host_files: &[HostContextFile]) -> Result<()> {
     std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-    for f in files {
-        let path = dir.join(context_relative(&f.path));
+    let place = |context_path: &str| -> Result<PathBuf> {
+        let path = dir.join(context_relative(context_path));
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
         }
+        Ok(path)
+    };
+    for f in files {
+        let path = place(&f.path)?;
         std::fs::write(&path, &f.data).ctx(|| format!("writing context file {}", path.display()))?;
+    }
+    for f in host_files {
+        let path = place(&f.path)?;
+        std::fs::copy(&f.source, &path).ctx(|| format!("copying context file {}", f.source.display()))?;
+        if let Some(mode) = f.mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                .ctx(|| format!("setting the mode of {}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -475,12 +503,23 @@ fn layer_id(parent: Option<&LayerId>, spec: &LayerSpec) -> LayerId {
     for c in &spec.commands {
         field(c.as_bytes());
     }
-    let mut files: Vec<(String, [u8; 32])> =
-        spec.context_files.iter().map(|f| (context_relative(&f.path), Sha256::digest(&f.data).into())).collect();
+    // In-memory and host files hash alike: path, hex digest (and mode where one is set).
+    let mut files: Vec<(String, String)> = spec
+        .context_files
+        .iter()
+        .map(|f| (context_relative(&f.path), hex::encode(Sha256::digest(&f.data))))
+        .chain(spec.context_host_files.iter().map(|f| {
+            let digest = match f.mode {
+                Some(mode) => format!("{}:{:o}", f.sha256.to_ascii_lowercase(), mode & 0o7777),
+                None => f.sha256.to_ascii_lowercase(),
+            };
+            (context_relative(&f.path), digest)
+        }))
+        .collect();
     files.sort();
     for (path, digest) in &files {
         field(path.as_bytes());
-        field(digest);
+        field(digest.as_bytes());
     }
     let mut args = spec.build_args.clone();
     args.sort();
@@ -539,9 +578,14 @@ mod tests {
         assert_eq!(context_relative("/modal_requirements.txt"), "modal_requirements.txt");
         assert_eq!(context_relative("."), ".");
         assert_eq!(context_relative("/python/."), "python");
-        let files = vec![ContextFile { path: "/python/bin/python3".into(), data: vec![] }];
-        assert!(check_context("python", "/python/.", &files).is_ok());
-        let err = check_context("other.txt", "other.txt", &files).unwrap_err().to_string();
+        let spec = LayerSpec {
+            context_files: vec![ContextFile { path: "/python/bin/python3".into(), data: vec![] }],
+            context_host_files: vec![HostContextFile { path: "app/main.py".into(), source: "/x".into(), sha256: "ab".into(), mode: None }],
+            ..Default::default()
+        };
+        assert!(check_context("python", "/python/.", &spec).is_ok());
+        assert!(check_context("app", "./app", &spec).is_ok());
+        let err = check_context("other.txt", "other.txt", &spec).unwrap_err().to_string();
         assert!(err.contains("other.txt") && err.contains("python/bin/python3"), "{err}");
         assert_eq!(absolute("sub", Some("/app")), "/app/sub");
         assert_eq!(uv_tool("ghcr.io/astral-sh/uv:0.5", &["/uv".into()]), Some("uv"));

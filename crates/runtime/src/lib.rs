@@ -28,7 +28,7 @@ pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_refer
 pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
     base::which(tool)
 }
-pub use builder::{BuildOptions, BuiltLayer, ContextFile, ImageBuilder, LayerSpec};
+pub use builder::{BuildOptions, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};
 pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, Scratch, Signal};
 pub use dockerfile::{CommandForm, Instruction};

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{argv, base, run};
-use ferry_runtime::{BuildOptions, ContainerRuntime, ContainerSpec, ContextFile, Error, ImageBuilder, LayerSpec, LogLine, Stream};
+use ferry_runtime::{BuildOptions, ContainerRuntime, ContainerSpec, ContextFile, Error, HostContextFile, ImageBuilder, LayerSpec, LogLine, Stream};
 
 fn sink() -> (ferry_runtime::LogSink, tokio::sync::mpsc::UnboundedReceiver<LogLine>) {
     tokio::sync::mpsc::unbounded_channel()
@@ -142,7 +142,23 @@ async fn env_workdir_cmd_and_copy_accumulate_across_layers() {
         ContextFile { path: "/config/settings.txt".into(), data: b"debug=1\n".to_vec() },
         ContextFile { path: "/bin/hello".into(), data: b"#!/bin/sh\necho \"$GREETING from $(pwd): $(cat settings.txt)\"\n".to_vec() },
     ];
+    let host_dir = std::env::temp_dir().join(format!("ferry-host-context-{}", std::process::id()));
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("blob"), "print('from a mount')\n").unwrap();
+    spec.context_host_files = vec![HostContextFile {
+        path: "src/tool.py".into(),
+        source: host_dir.join("blob"),
+        sha256: "5bd3c0b3e8c3a1b9d5d3b35a4e9d5fb1d1b0c2e4a3f6e7d8c9b0a1f2e3d4c5b6".into(),
+        mode: Some(0o755),
+    }];
+    spec.commands.insert(3, "COPY . /opt/ctx".into());
     let second = builder.build(&spec, &tx).await.expect("copy layer");
+    std::fs::remove_dir_all(&host_dir).unwrap();
+    let tool = store.layer_fs(&second.id).join("opt/ctx/src/tool.py");
+    assert_eq!(std::fs::read_to_string(&tool).unwrap(), "print('from a mount')\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&tool).unwrap().permissions().mode() & 0o777, 0o755);
+    assert!(store.layer_fs(&second.id).join("opt/ctx/config/settings.txt").exists(), "`COPY .` takes every context file");
     assert_eq!(second.config.workdir.as_deref(), Some("/srv/app"));
     assert_eq!(second.config.env_get("APP_HOME"), Some("/srv/app"));
     assert!(second.config.env_get("PATH").unwrap().starts_with("/srv/app/bin:/usr/local/sbin"));
