@@ -132,7 +132,9 @@ pub(crate) async fn list(s: &ModalService, r: Request<api::AppListRequest>) -> R
 }
 
 pub(crate) async fn stop(s: &ModalService, r: Request<api::AppStopRequest>) -> Rpc<()> {
-    s.store.set_app_state(id(&r.get_ref().app_id)?, AppState::Stopped).await.or_status()?;
+    let app_id = id(&r.get_ref().app_id)?.to_string();
+    s.store.set_app_state(&app_id, AppState::Stopped).await.or_status()?;
+    crate::launch::stop_app(s, &app_id);
     Ok(Response::new(()))
 }
 
@@ -146,6 +148,9 @@ pub(crate) async fn client_disconnect(s: &ModalService, r: Request<api::AppClien
     };
     if let Some(state) = next {
         s.store.set_app_state(&app.id, state).await.or_status()?;
+        if state == AppState::Stopped {
+            crate::launch::stop_app(s, &app.id);
+        }
     }
     Ok(Response::new(()))
 }
@@ -253,6 +258,7 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         if let Some(previous) = s.store.app_by_name(&env.name, &req.name).await.or_status()? {
             if previous.id != app.id {
                 s.store.set_app_state(&previous.id, AppState::Stopped).await.or_status()?;
+                crate::launch::stop_app(s, &previous.id);
             }
         }
         s.store.set_app_name(&app.id, &req.name).await.or_status()?;

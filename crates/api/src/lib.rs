@@ -7,6 +7,12 @@
 
 pub mod gateway;
 mod apps;
+mod container;
+mod functions;
+mod images;
+mod launch;
+mod mounts;
+mod scheduler;
 mod dicts;
 mod environments;
 mod objects;
@@ -69,8 +75,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    spawn_reaper(store.clone(), config.clone());
-    let service = ModalClientServer::new(ModalService::new(store.clone(), config.clone()))
+    let modal = ModalService::new(store.clone(), config.clone())?;
+    spawn_reaper(modal.clone());
+    let service = ModalClientServer::new(modal)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder()
@@ -97,14 +104,21 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Reclaims expired ephemeral objects and apps, and expired queue partitions, in the background.
-fn spawn_reaper(store: Store, config: Arc<ApiConfig>) {
+fn spawn_reaper(modal: ModalService) {
+    let (store, config) = (modal.store.clone(), modal.config.clone());
     tokio::spawn(async move {
         let period = (config.ephemeral_ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(30));
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;
-            if let Err(e) = store.reap_apps(config.app_heartbeat_ttl.as_secs_f64()).await {
-                tracing::warn!("reaping stale apps failed: {e}");
+            match store.reap_apps(config.app_heartbeat_ttl.as_secs_f64()).await {
+                Ok(stopped) => {
+                    for app_id in stopped {
+                        tracing::info!(app_id, "stopping app whose client stopped sending heartbeats");
+                        launch::stop_app(&modal, &app_id);
+                    }
+                }
+                Err(e) => tracing::warn!("reaping stale apps failed: {e}"),
             }
             match store.reap(config.ephemeral_ttl.as_secs_f64()).await {
                 Ok(0) => {}

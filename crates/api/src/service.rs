@@ -20,11 +20,22 @@ pub(crate) type RpcStream<T> = Result<Response<Pin<Box<dyn Stream<Item = Result<
 pub struct ModalService {
     pub(crate) store: Store,
     pub(crate) config: Arc<ApiConfig>,
+    pub(crate) images: Arc<crate::images::ImageService>,
+    pub(crate) scheduler: crate::scheduler::Scheduler,
+    pub(crate) launcher: Arc<crate::launch::Launcher>,
 }
 
 impl ModalService {
-    pub fn new(store: Store, config: Arc<ApiConfig>) -> Self {
-        ModalService { store, config }
+    pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
+        let images = crate::images::ImageService::open(store.data_dir())?;
+        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
+        Ok(ModalService {
+            store,
+            config,
+            images: Arc::new(images),
+            scheduler: Default::default(),
+            launcher: Arc::new(launcher),
+        })
     }
 }
 
@@ -86,6 +97,21 @@ modal_client_impl! {
         app_fetch_logs(api::AppFetchLogsRequest) -> api::AppFetchLogsResponse => crate::apps::fetch_logs;
         app_get_lifecycle(api::AppGetLifecycleRequest) -> api::AppGetLifecycleResponse => crate::apps::get_lifecycle;
         task_list(api::TaskListRequest) -> api::TaskListResponse => crate::apps::task_list;
+        mount_get_or_create(api::MountGetOrCreateRequest) -> api::MountGetOrCreateResponse => crate::mounts::get_or_create;
+        mount_batched_check_existence(api::MountBatchedCheckExistenceRequest) -> api::MountBatchedCheckExistenceResponse => crate::mounts::check_existence;
+        mount_put_file(api::MountPutFileRequest) -> api::MountPutFileResponse => crate::mounts::put_file;
+        image_get_or_create(api::ImageGetOrCreateRequest) -> api::ImageGetOrCreateResponse => crate::images::get_or_create;
+        function_precreate(api::FunctionPrecreateRequest) -> api::FunctionPrecreateResponse => crate::functions::precreate;
+        function_create(api::FunctionCreateRequest) -> api::FunctionCreateResponse => crate::functions::create;
+        function_get(api::FunctionGetRequest) -> api::FunctionGetResponse => crate::functions::get;
+        function_map(api::FunctionMapRequest) -> api::FunctionMapResponse => crate::functions::map;
+        function_put_inputs(api::FunctionPutInputsRequest) -> api::FunctionPutInputsResponse => crate::functions::put_inputs;
+        function_get_outputs(api::FunctionGetOutputsRequest) -> api::FunctionGetOutputsResponse => crate::functions::get_outputs;
+        container_hello(()) -> () => crate::container::hello;
+        container_heartbeat(api::ContainerHeartbeatRequest) -> api::ContainerHeartbeatResponse => crate::container::heartbeat;
+        function_get_inputs(api::FunctionGetInputsRequest) -> api::FunctionGetInputsResponse => crate::container::get_inputs;
+        function_put_outputs(api::FunctionPutOutputsRequest) -> () => crate::container::put_outputs;
+        task_result(api::TaskResultRequest) -> () => crate::container::task_result;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
 
         secret_get_or_create(api::SecretGetOrCreateRequest) -> api::SecretGetOrCreateResponse => crate::secrets::get_or_create;
@@ -120,5 +146,6 @@ modal_client_impl! {
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
         dict_contents(api::DictContentsRequest) -> api::DictEntry => crate::dicts::contents;
+        image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
     }
 }

@@ -1,0 +1,88 @@
+//! RPCs a task's container makes (client type 3): hello, heartbeats, taking inputs, returning
+//! outputs, reporting a failed start. Each is allowed only with that task's own credential.
+
+use std::time::Duration;
+
+use ferry_proto::api;
+use ferry_store::Principal;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::scheduler::Work;
+use crate::service::{principal, ModalService, Rpc};
+
+/// How long `FunctionGetInputs` holds a poll when no input is queued.
+const INPUT_POLL: Duration = Duration::from_secs(10);
+
+fn task_of<T>(r: &Request<T>) -> Result<String, Status> {
+    match principal(r) {
+        Principal::Task { task_id, .. } => Ok(task_id),
+        Principal::User { .. } => Err(Status::permission_denied("only a task's container may call this")),
+    }
+}
+
+pub(crate) async fn hello(_s: &ModalService, r: Request<()>) -> Rpc<()> {
+    task_of(&r)?;
+    Ok(Response::new(()))
+}
+
+pub(crate) async fn heartbeat(_s: &ModalService, r: Request<api::ContainerHeartbeatRequest>) -> Rpc<api::ContainerHeartbeatResponse> {
+    task_of(&r)?;
+    Ok(Response::new(api::ContainerHeartbeatResponse::default()))
+}
+
+pub(crate) async fn get_inputs(s: &ModalService, r: Request<api::FunctionGetInputsRequest>) -> Rpc<api::FunctionGetInputsResponse> {
+    let task_id = task_of(&r)?;
+    let req = r.into_inner();
+    let task = s.scheduler.task(&task_id).ok_or_else(|| Status::not_found(format!("task {task_id} is not running")))?;
+    if req.function_id != task.function_id {
+        return Err(Status::permission_denied(format!("task {task_id} serves {}, not {}", task.function_id, req.function_id)));
+    }
+    let max = if req.batch_max_size > 0 { req.batch_max_size as usize } else { req.input_concurrency.max(1) as usize };
+    let idle_limit = crate::launch::idle_limit(s, &task.function_id).await;
+    let inputs = match s.scheduler.take_inputs(&task_id, max, INPUT_POLL, idle_limit).await {
+        Work::Nothing => Vec::new(),
+        Work::Stop => vec![api::FunctionGetInputsItem { kill_switch: true, ..Default::default() }],
+        Work::Inputs(taken) => taken
+            .into_iter()
+            .map(|i| {
+                let input = api::FunctionInput::decode(i.payload.as_slice()).ok();
+                api::FunctionGetInputsItem {
+                    input_id: i.input_id,
+                    input,
+                    function_call_id: i.call_id,
+                    function_call_invocation_type: i.invocation_type,
+                    retry_count: i.retry_count,
+                    ..Default::default()
+                }
+            })
+            .collect(),
+    };
+    Ok(Response::new(api::FunctionGetInputsResponse { inputs, rate_limit_sleep_duration: 0.0 }))
+}
+
+pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOutputsRequest>) -> Rpc<()> {
+    let task_id = task_of(&r)?;
+    for out in r.into_inner().outputs {
+        let result = out.result.unwrap_or_default().encode_to_vec();
+        if !s.scheduler.complete(&task_id, &out.input_id, result, out.data_format) {
+            tracing::debug!(task_id, input_id = out.input_id, "output for an input the task does not hold; dropped");
+        }
+    }
+    Ok(Response::new(()))
+}
+
+/// The container could not start serving (import error, failing `@enter`): remember why, so
+/// the inputs waiting for this function fail with the real error instead of waiting forever.
+pub(crate) async fn task_result(s: &ModalService, r: Request<api::TaskResultRequest>) -> Rpc<()> {
+    let task_id = task_of(&r)?;
+    let result = r.into_inner().result.unwrap_or_default();
+    if result.status != api::generic_result::GenericStatus::Success as i32 {
+        let mut message = result.exception.clone();
+        if !result.traceback.is_empty() {
+            message = format!("{}\n{}", result.traceback.trim_end(), message);
+        }
+        s.scheduler.set_failure(&task_id, message);
+    }
+    Ok(Response::new(()))
+}

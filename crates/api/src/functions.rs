@@ -1,0 +1,253 @@
+//! Function RPCs on the caller's side: definition (`FunctionPrecreate`/`FunctionCreate`,
+//! `FunctionGet`), calls (`FunctionMap`, `FunctionPutInputs`) and results (`FunctionGetOutputs`).
+
+use std::time::Duration;
+
+use ferry_proto::api;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::scheduler::{Input, Output};
+use crate::service::{ModalService, Rpc};
+use crate::status::{check_id, invalid, OrStatus};
+
+/// How many inputs a map may have outstanding before the client waits for outputs.
+const MAX_INPUTS_OUTSTANDING: u32 = 1000;
+const MAX_OUTPUT_POLL: f32 = 55.0;
+
+/// The handle metadata the client hydrates a function with, derived from its definition.
+pub(crate) fn handle_metadata(f: &api::Function, function_id: &str, app_id: &str) -> api::FunctionHandleMetadata {
+    let method_handle_metadata = f
+        .method_definitions
+        .iter()
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                api::FunctionHandleMetadata {
+                    function_name: m.function_name.clone(),
+                    function_type: m.function_type,
+                    web_url: m.web_url.clone(),
+                    is_method: true,
+                    use_method_name: name.clone(),
+                    function_schema: m.function_schema.clone(),
+                    supported_input_formats: m.supported_input_formats.clone(),
+                    supported_output_formats: m.supported_output_formats.clone(),
+                    app_id: app_id.to_string(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    api::FunctionHandleMetadata {
+        function_name: f.function_name.clone(),
+        function_type: f.function_type,
+        web_url: f.web_url.clone(),
+        is_method: false,
+        use_method_name: String::new(),
+        definition_id: function_id.to_string(),
+        class_parameter_info: f.class_parameter_info.clone(),
+        method_handle_metadata,
+        function_schema: f.function_schema.clone(),
+        supported_input_formats: f.supported_input_formats.clone(),
+        supported_output_formats: f.supported_output_formats.clone(),
+        app_id: app_id.to_string(),
+        ..Default::default()
+    }
+}
+
+pub(crate) async fn precreate(s: &ModalService, r: Request<api::FunctionPrecreateRequest>) -> Rpc<api::FunctionPrecreateResponse> {
+    let req = r.into_inner();
+    check_id(&req.app_id, "ap", "App")?;
+    if req.function_name.is_empty() {
+        return Err(invalid("function_name is required"));
+    }
+    let app = s.store.app(&req.app_id).await.or_status()?;
+    let id = if req.existing_function_id.is_empty() {
+        s.store.create_function(&app.id, &req.function_name).await.or_status()?.id
+    } else {
+        req.existing_function_id.clone()
+    };
+    let partial = api::Function {
+        function_name: req.function_name.clone(),
+        function_type: req.function_type,
+        method_definitions: req.method_definitions.clone(),
+        function_schema: req.function_schema.clone(),
+        supported_input_formats: req.supported_input_formats.clone(),
+        supported_output_formats: req.supported_output_formats.clone(),
+        ..Default::default()
+    };
+    Ok(Response::new(api::FunctionPrecreateResponse { handle_metadata: Some(handle_metadata(&partial, &id, &app.id)), function_id: id }))
+}
+
+pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateRequest>) -> Rpc<api::FunctionCreateResponse> {
+    let req = r.into_inner();
+    check_id(&req.app_id, "ap", "App")?;
+    let app = s.store.app(&req.app_id).await.or_status()?;
+    let function = match (req.function, req.function_data) {
+        (Some(f), _) => f,
+        (None, Some(_)) => {
+            return Err(Status::unimplemented("Ferry does not implement functions with GPU fallback lists (function_data) yet"))
+        }
+        (None, None) => return Err(invalid("FunctionCreate needs a function definition")),
+    };
+    if function.resources.as_ref().is_some_and(|r| r.gpu_config.as_ref().is_some_and(|g| g.count > 0)) {
+        let gpus = ferry_runtime::detect_gpus();
+        if gpus.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "function '{}' asks for a GPU, but this Ferry host has none; remove gpu= or run it on a worker with GPUs",
+                function.function_name
+            )));
+        }
+    }
+    if function.webhook_config.as_ref().is_some_and(|w| w.r#type != 0) {
+        return Err(Status::unimplemented("Ferry does not implement web endpoints yet"));
+    }
+    let id = if req.existing_function_id.is_empty() {
+        s.store.create_function(&app.id, &function.function_name).await.or_status()?.id
+    } else {
+        check_id(&req.existing_function_id, "fu", "Function")?;
+        req.existing_function_id.clone()
+    };
+    s.store.set_function_definition(&id, &function.encode_to_vec()).await.or_status()?;
+    let metadata = handle_metadata(&function, &id, &app.id);
+    let data = api::FunctionData {
+        module_name: function.module_name.clone(),
+        function_name: function.function_name.clone(),
+        function_type: function.function_type,
+        ranked_functions: vec![api::function_data::RankedFunction { rank: 0, function: Some(function.clone()) }],
+        ..Default::default()
+    };
+    Ok(Response::new(api::FunctionCreateResponse {
+        function_id: id,
+        function: Some(function),
+        handle_metadata: Some(metadata),
+        function_data: Some(data),
+        ..Default::default()
+    }))
+}
+
+/// `Function.from_name`: the function of a deployed app by tag.
+pub(crate) async fn get(s: &ModalService, r: Request<api::FunctionGetRequest>) -> Rpc<api::FunctionGetResponse> {
+    let req = r.into_inner();
+    let env = s.store.environment(&req.environment_name).await.or_status()?;
+    let app = s.store.app_by_name(&env.name, &req.app_name).await.or_status()?.ok_or_else(|| {
+        Status::not_found(format!("App '{}' not found in environment '{}'; deploy it with `modal deploy`", req.app_name, env.name))
+    })?;
+    let record = s.store.function_by_tag(&app.id, &req.object_tag).await.or_status()?.ok_or_else(|| {
+        Status::not_found(format!("Function '{}' not found in app '{}'", req.object_tag, req.app_name))
+    })?;
+    let function = api::Function::decode(record.definition.unwrap_or_default().as_slice())
+        .map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", record.id)))?;
+    let data = api::FunctionData {
+        module_name: function.module_name.clone(),
+        function_name: function.function_name.clone(),
+        function_type: function.function_type,
+        ranked_functions: vec![api::function_data::RankedFunction { rank: 0, function: Some(function.clone()) }],
+        ..Default::default()
+    };
+    Ok(Response::new(api::FunctionGetResponse {
+        handle_metadata: Some(handle_metadata(&function, &record.id, &app.id)),
+        function_id: record.id,
+        function: Some(data),
+        ..Default::default()
+    }))
+}
+
+fn to_inputs(call_id: &str, invocation_type: i32, items: Vec<api::FunctionPutInputsItem>) -> Result<Vec<Input>, Status> {
+    items
+        .into_iter()
+        .map(|item| {
+            let input = item.input.ok_or_else(|| invalid(format!("input {} has no payload", item.idx)))?;
+            Ok(Input {
+                input_id: ferry_store::new_id("in"),
+                call_id: call_id.to_string(),
+                idx: item.idx,
+                payload: input.encode_to_vec(),
+                retry_count: 0,
+                invocation_type,
+            })
+        })
+        .collect()
+}
+
+fn accepted(inputs: &[Input]) -> Vec<api::FunctionPutInputsResponseItem> {
+    inputs
+        .iter()
+        .map(|i| api::FunctionPutInputsResponseItem { idx: i.idx, input_id: i.input_id.clone(), input_jwt: String::new() })
+        .collect()
+}
+
+pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -> Rpc<api::FunctionMapResponse> {
+    let req = r.into_inner();
+    check_id(&req.function_id, "fu", "Function")?;
+    let record = s.store.function(&req.function_id).await.or_status()?;
+    if record.definition.is_none() {
+        return Err(Status::failed_precondition(format!("function {} was never created", record.id)));
+    }
+    let call_id = ferry_store::new_id("fc");
+    s.scheduler.new_call(&call_id, &record.id);
+    let inputs = to_inputs(&call_id, req.function_call_invocation_type, req.pipelined_inputs)?;
+    let pipelined = accepted(&inputs);
+    if !inputs.is_empty() {
+        crate::launch::submit(s, &record.id, inputs).await?;
+    }
+    Ok(Response::new(api::FunctionMapResponse {
+        function_call_id: call_id,
+        pipelined_inputs: pipelined,
+        max_inputs_outstanding: MAX_INPUTS_OUTSTANDING,
+        sync_client_retries_enabled: false,
+        ..Default::default()
+    }))
+}
+
+pub(crate) async fn put_inputs(s: &ModalService, r: Request<api::FunctionPutInputsRequest>) -> Rpc<api::FunctionPutInputsResponse> {
+    let req = r.into_inner();
+    check_id(&req.function_call_id, "fc", "FunctionCall")?;
+    let function_id = s
+        .scheduler
+        .call_function(&req.function_call_id)
+        .ok_or_else(|| Status::not_found(format!("function call {} not found", req.function_call_id)))?;
+    let inputs = to_inputs(&req.function_call_id, api::FunctionCallInvocationType::Sync as i32, req.inputs)?;
+    let response = accepted(&inputs);
+    crate::launch::submit(s, &function_id, inputs).await?;
+    Ok(Response::new(api::FunctionPutInputsResponse { inputs: response }))
+}
+
+fn to_item(o: Output) -> Result<api::FunctionGetOutputsItem, Status> {
+    let result = api::GenericResult::decode(o.result.as_slice()).map_err(|e| Status::internal(format!("stored output is unreadable: {e}")))?;
+    Ok(api::FunctionGetOutputsItem {
+        result: Some(result),
+        idx: o.idx,
+        input_id: o.input_id,
+        data_format: o.data_format,
+        task_id: o.task_id,
+        retry_count: o.retry_count,
+        ..Default::default()
+    })
+}
+
+pub(crate) async fn get_outputs(s: &ModalService, r: Request<api::FunctionGetOutputsRequest>) -> Rpc<api::FunctionGetOutputsResponse> {
+    let req = r.into_inner();
+    check_id(&req.function_call_id, "fc", "FunctionCall")?;
+    if !req.timeout.is_finite() || req.timeout < 0.0 {
+        return Err(invalid("timeout must be a non-negative number of seconds"));
+    }
+    let cursor: usize = req.last_entry_id.split('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let range = match (req.start_idx, req.end_idx) {
+        (Some(lo), Some(hi)) => Some((lo, hi)),
+        _ => None,
+    };
+    let timeout = Duration::from_secs_f32(req.timeout.min(MAX_OUTPUT_POLL));
+    let (outputs, next, unfinished) = s
+        .scheduler
+        .outputs(&req.function_call_id, cursor, range, timeout)
+        .await
+        .ok_or_else(|| Status::not_found(format!("function call {} not found (calls do not survive a server restart yet)", req.function_call_id)))?;
+    let outputs = outputs.into_iter().map(to_item).collect::<Result<Vec<_>, _>>()?;
+    Ok(Response::new(api::FunctionGetOutputsResponse {
+        outputs,
+        last_entry_id: format!("{next}-0"),
+        num_unfinished_inputs: unfinished as i32,
+        ..Default::default()
+    }))
+}

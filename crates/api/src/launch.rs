@@ -1,0 +1,251 @@
+//! Starting and watching task containers for queued inputs.
+//!
+//! A function gets a new container when inputs queue up and none of its containers is free,
+//! up to its `max_containers`. Containers leave by themselves once idle for the function's
+//! `scaledown_window` (they are told with `kill_switch`, so `@modal.exit` runs); when a
+//! container dies, the inputs it held are answered with a failure so no caller waits forever.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ferry_proto::api;
+use prost::Message;
+use tokio::sync::OnceCell;
+use tonic::Status;
+
+use crate::scheduler::{Input, TaskInfo};
+use crate::service::ModalService;
+
+const DEFAULT_MAX_CONTAINERS: usize = 8;
+const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
+/// After `kill_switch`, how long a container gets to run `@modal.exit` before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// The worker and the modal client runtime it mounts, prepared on first use.
+pub(crate) struct Launcher {
+    pub(crate) worker: ferry_worker::Worker,
+    client: OnceCell<ferry_worker::ClientRuntime>,
+}
+
+impl Launcher {
+    pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore) -> Self {
+        Launcher { worker: ferry_worker::Worker::new(data_dir, images), client: OnceCell::new() }
+    }
+}
+
+fn failure(message: impl Into<String>) -> Vec<u8> {
+    api::GenericResult { status: api::generic_result::GenericStatus::Failure as i32, exception: message.into(), ..Default::default() }.encode_to_vec()
+}
+
+async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store::FunctionRecord, api::Function), String> {
+    let record = s.store.function(function_id).await.map_err(|e| e.to_string())?;
+    let def = api::Function::decode(record.definition.clone().unwrap_or_default().as_slice())
+        .map_err(|e| format!("stored definition of {function_id} is unreadable: {e}"))?;
+    Ok((record, def))
+}
+
+pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration {
+    match definition(s, function_id).await {
+        Ok((_, def)) if def.task_idle_timeout_secs > 0 => Duration::from_secs(def.task_idle_timeout_secs as u64),
+        _ => DEFAULT_SCALEDOWN,
+    }
+}
+
+/// Queues inputs and starts a container if none is free to take them.
+pub(crate) async fn submit(s: &ModalService, function_id: &str, inputs: Vec<Input>) -> Result<(), Status> {
+    let (pending, idle, total) = s.scheduler.enqueue(function_id, inputs);
+    let (_, def) = definition(s, function_id).await.map_err(Status::internal)?;
+    let max = match def.concurrency_limit {
+        0 => DEFAULT_MAX_CONTAINERS,
+        n => n as usize,
+    };
+    let per_container = def.max_concurrent_inputs.max(1) as usize;
+    let wanted = pending.div_ceil(per_container).saturating_sub(idle);
+    for _ in 0..wanted.min(max.saturating_sub(total)) {
+        start_task(s.clone(), function_id.to_string());
+    }
+    Ok(())
+}
+
+/// Asks every container of an app to exit; kills those still running after the grace period.
+pub(crate) fn stop_app(s: &ModalService, app_id: &str) {
+    for t in s.scheduler.tasks_of_app(app_id) {
+        s.scheduler.stop_task(&t.task_id);
+    }
+}
+
+fn start_task(s: ModalService, function_id: String) {
+    let task_id = ferry_store::new_id("ta");
+    tokio::spawn(async move {
+        if let Err(message) = run_task(&s, &function_id, &task_id).await {
+            tracing::warn!(task_id, function_id, "task failed to start: {message}");
+            let (_, held) = s.scheduler.remove_task(&task_id);
+            let mut inputs = held;
+            // With no other container left, the queued inputs can never run: fail them too.
+            if s.scheduler.tasks_of_function(&function_id) == 0 {
+                inputs.extend(s.scheduler.drain_pending(&function_id));
+            }
+            s.scheduler.fail(inputs, &task_id, failure(message));
+        }
+    });
+}
+
+async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<(), String> {
+    let (record, def) = definition(s, function_id).await?;
+    let app = s.store.app(&record.app_id).await.map_err(|e| e.to_string())?;
+    let env = s.store.environment_by_id(&app.environment_id).await.map_err(|e| e.to_string())?;
+    s.scheduler.register_task(TaskInfo {
+        task_id: task_id.to_string(),
+        app_id: app.id.clone(),
+        function_id: function_id.to_string(),
+        last_active: Instant::now(),
+        stopping: false,
+        failure: None,
+    });
+
+    let layer = crate::images::wait_for_layer(s, &def.image_id).await?;
+
+    let mut files = Vec::new();
+    for mount_id in &def.mount_ids {
+        let mount = s.store.mount(mount_id).await.map_err(|e| e.to_string())?;
+        if mount.name.as_deref().is_some_and(crate::mounts::is_client_mount) {
+            continue;
+        }
+        for f in mount.files {
+            let host = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
+            files.push((host, f.path));
+        }
+    }
+    let mut env_vars = Vec::new();
+    for secret_id in &def.secret_ids {
+        env_vars.extend(s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?);
+    }
+
+    let layout = app_layout(s, &app.id, &def).await?;
+    let args = api::ContainerArguments {
+        task_id: task_id.to_string(),
+        function_id: function_id.to_string(),
+        app_id: app.id.clone(),
+        function_def: Some(def.clone()),
+        environment_name: env.name.clone(),
+        app_layout: Some(layout),
+        ..Default::default()
+    };
+    let secret = s.store.create_task_credential(task_id, &app.id).await.map_err(|e| e.to_string())?;
+    let launcher = &s.launcher;
+    let client = launcher
+        .client
+        .get_or_try_init(|| async {
+            let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<ferry_runtime::LogLine>();
+            let app_id = app.id.clone();
+            let store = s.store.clone();
+            let pump = tokio::spawn(async move {
+                while let Some(l) = lines.recv().await {
+                    let _ = store.append_log(&app_id, "", "", 3, &format!("{}\n", l.text)).await;
+                }
+            });
+            let r = launcher.worker.prepare_client_runtime(ferry_proto::CLIENT_VERSION, "3.11", &sink).await;
+            drop(sink);
+            let _ = pump.await;
+            r
+        })
+        .await
+        .map_err(|e| format!("cannot prepare the modal client runtime: {e}"))?;
+    let _ = client;
+
+    let mut spec = ferry_worker::TaskSpec::new(task_id, layer, args.encode_to_vec(), s.config.public_url.clone(), secret);
+    spec.environment_name = env.name.clone();
+    spec.files = files;
+    spec.env = env_vars.into_iter().collect();
+    if let Some(r) = &def.resources {
+        if r.memory_mb > 0 {
+            spec.memory_mib = Some(r.memory_mb_max.max(r.memory_mb) as u64);
+        }
+        if r.milli_cpu > 0 {
+            spec.cpu_cores = Some(r.milli_cpu_max.max(r.milli_cpu) as f64 / 1000.0);
+        }
+    }
+    spec.block_network = def.block_network;
+    let mut task = launcher.worker.start(spec).await.map_err(|e| e.to_string())?;
+
+    // Container output goes to the app's log stream, tagged with the task and function.
+    if let Some(mut logs) = task.logs() {
+        let store = s.store.clone();
+        let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
+        tokio::spawn(async move {
+            while let Some(line) = logs.recv().await {
+                let fd = line.stream.fd() as i32;
+                let _ = store.append_log(&app_id, &task_id, &fid, fd, &format!("{}\n", line.text)).await;
+            }
+        });
+    }
+
+    // Enforce the stop request: after kill_switch, give @exit its grace period.
+    let killer = task.killer();
+    let watcher = {
+        let sched = s.scheduler.clone();
+        let task_id = task_id.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match sched.task(&task_id) {
+                    Some(t) if t.stopping => {
+                        tokio::time::sleep(EXIT_GRACE).await;
+                        let _ = killer.kill(ferry_worker::Signal::Interrupt);
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let _ = killer.kill(ferry_worker::Signal::Kill);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        })
+    };
+    let exit = task.wait().await;
+    watcher.abort();
+    let _ = s.store.revoke_task_credential(task_id).await;
+    let (info, held) = s.scheduler.remove_task(task_id);
+    let reported = info.and_then(|i| i.failure);
+    let message = match (&exit, &reported) {
+        (_, Some(failure)) => failure.clone(),
+        (Ok(e), None) if e.oom_killed => format!(
+            "the container ran out of memory (limit {} MiB) and was killed; raise memory= on the function",
+            def.resources.as_ref().map(|r| r.memory_mb).unwrap_or(0)
+        ),
+        (Ok(e), None) => format!("the container exited unexpectedly ({e:?}) while running this input"),
+        (Err(e), None) => format!("the container failed: {e}"),
+    };
+    let mut lost = held;
+    if reported.is_some() && s.scheduler.tasks_of_function(function_id) == 0 {
+        lost.extend(s.scheduler.drain_pending(function_id));
+    }
+    if !lost.is_empty() {
+        s.scheduler.fail(lost, task_id, failure(message));
+    }
+    Ok(())
+}
+
+/// Every function and class of the app with its handle metadata, plus the ids the function
+/// depends on: the container's entrypoint looks each of them up.
+async fn app_layout(s: &ModalService, app_id: &str, def: &api::Function) -> Result<api::AppLayout, String> {
+    let mut layout = api::AppLayout::default();
+    let mut seen = HashSet::new();
+    for f in s.store.functions_of_app(app_id).await.map_err(|e| e.to_string())? {
+        let Ok(fdef) = api::Function::decode(f.definition.unwrap_or_default().as_slice()) else { continue };
+        layout.function_ids.insert(f.tag.clone(), f.id.clone());
+        seen.insert(f.id.clone());
+        layout.objects.push(api::Object {
+            object_id: f.id.clone(),
+            handle_metadata_oneof: Some(api::object::HandleMetadataOneof::FunctionHandleMetadata(
+                crate::functions::handle_metadata(&fdef, &f.id, app_id),
+            )),
+        });
+    }
+    for dep in &def.object_dependencies {
+        if seen.insert(dep.object_id.clone()) {
+            layout.objects.push(api::Object { object_id: dep.object_id.clone(), handle_metadata_oneof: None });
+        }
+    }
+    Ok(layout)
+}

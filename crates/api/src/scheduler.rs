@@ -1,0 +1,285 @@
+//! Function calls, input queues and task bookkeeping.
+//!
+//! The scheduler moves opaque payloads: an input is the encoded `FunctionInput` as the caller
+//! sent it, an output the encoded result the container sent. Only the RPC modules encode and
+//! decode them, so this module could move into a crate of its own unchanged.
+//!
+//! State is in memory: calls in flight do not survive a server restart yet.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// One input waiting for, or running in, a container.
+#[derive(Clone, Debug)]
+pub(crate) struct Input {
+    pub input_id: String,
+    pub call_id: String,
+    pub idx: i32,
+    pub payload: Vec<u8>,
+    pub retry_count: u32,
+    pub invocation_type: i32,
+}
+
+/// What a container reported for an input (or what the server concluded for it).
+#[derive(Clone, Debug)]
+pub(crate) struct Output {
+    pub input_id: String,
+    pub idx: i32,
+    pub retry_count: u32,
+    pub task_id: String,
+    /// The encoded result (`GenericResult`) and its data format.
+    pub result: Vec<u8>,
+    pub data_format: i32,
+}
+
+#[derive(Default)]
+struct Call {
+    function_id: String,
+    num_inputs: usize,
+    outputs: Vec<Output>,
+    done_inputs: HashSet<String>,
+    changed: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct FunctionQueue {
+    pending: VecDeque<Input>,
+    changed: Arc<Notify>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct TaskInfo {
+    pub task_id: String,
+    pub app_id: String,
+    pub function_id: String,
+    /// When the task last took or answered an input; scale-down counts idleness from here.
+    pub last_active: Instant,
+    pub stopping: bool,
+    /// A failure the container reported before serving (import or `@enter` error).
+    pub failure: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<String, Call>,
+    queues: HashMap<String, FunctionQueue>,
+    tasks: HashMap<String, TaskInfo>,
+    /// Inputs a task has taken and not yet answered.
+    running: HashMap<String, Vec<Input>>,
+}
+
+#[derive(Default, Clone)]
+pub(crate) struct Scheduler {
+    state: Arc<Mutex<State>>,
+}
+
+/// What `take_inputs` hands a container.
+pub(crate) enum Work {
+    Inputs(Vec<Input>),
+    /// Nothing arrived within the poll: ask again.
+    Nothing,
+    /// The container should exit (scale-down or its app stopped).
+    Stop,
+}
+
+impl Scheduler {
+    pub(crate) fn new_call(&self, call_id: &str, function_id: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.calls.entry(call_id.to_string()).or_insert_with(|| Call { function_id: function_id.to_string(), ..Default::default() });
+    }
+
+    pub(crate) fn call_function(&self, call_id: &str) -> Option<String> {
+        self.state.lock().unwrap().calls.get(call_id).map(|c| c.function_id.clone())
+    }
+
+    /// Queues inputs of a call; returns the function's queue length, its containers that have
+    /// no input in hand, and all its containers, so the caller can decide whether to start one.
+    pub(crate) fn enqueue(&self, function_id: &str, inputs: Vec<Input>) -> (usize, usize, usize) {
+        let mut st = self.state.lock().unwrap();
+        for i in &inputs {
+            if let Some(c) = st.calls.get_mut(&i.call_id) {
+                c.num_inputs += 1;
+            }
+        }
+        let q = st.queues.entry(function_id.to_string()).or_default();
+        q.pending.extend(inputs);
+        q.changed.notify_waiters();
+        let pending = q.pending.len();
+        let (mut idle, mut total) = (0, 0);
+        for t in st.tasks.values().filter(|t| t.function_id == function_id && !t.stopping) {
+            total += 1;
+            if st.running.get(&t.task_id).is_none_or(|r| r.is_empty()) {
+                idle += 1;
+            }
+        }
+        (pending, idle, total)
+    }
+
+    pub(crate) fn register_task(&self, info: TaskInfo) {
+        self.state.lock().unwrap().tasks.insert(info.task_id.clone(), info);
+    }
+
+    pub(crate) fn set_failure(&self, task_id: &str, failure: String) {
+        if let Some(t) = self.state.lock().unwrap().tasks.get_mut(task_id) {
+            t.failure = Some(failure);
+        }
+    }
+
+    pub(crate) fn task(&self, task_id: &str) -> Option<TaskInfo> {
+        self.state.lock().unwrap().tasks.get(task_id).cloned()
+    }
+
+    pub(crate) fn tasks_of_app(&self, app_id: &str) -> Vec<TaskInfo> {
+        self.state.lock().unwrap().tasks.values().filter(|t| t.app_id == app_id).cloned().collect()
+    }
+
+    pub(crate) fn tasks_of_function(&self, function_id: &str) -> usize {
+        self.state.lock().unwrap().tasks.values().filter(|t| t.function_id == function_id).count()
+    }
+
+    /// Asks a task's container to exit at its next poll.
+    pub(crate) fn stop_task(&self, task_id: &str) {
+        let mut st = self.state.lock().unwrap();
+        let function_id = match st.tasks.get_mut(task_id) {
+            Some(t) => {
+                t.stopping = true;
+                t.function_id.clone()
+            }
+            None => return,
+        };
+        if let Some(q) = st.queues.get(&function_id) {
+            q.changed.notify_waiters();
+        }
+    }
+
+    /// Hands a polling container up to `max` inputs, waiting up to `poll` for one. A container
+    /// idle for longer than `idle_limit` is told to stop.
+    pub(crate) async fn take_inputs(&self, task_id: &str, max: usize, poll: Duration, idle_limit: Duration) -> Work {
+        let deadline = tokio::time::Instant::now() + poll;
+        let changed = {
+            let mut st = self.state.lock().unwrap();
+            let Some(task) = st.tasks.get(task_id).cloned() else { return Work::Stop };
+            st.queues.entry(task.function_id).or_default().changed.clone()
+        };
+        loop {
+            // Register for wake-ups before looking, so a put in between is not missed.
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock().unwrap();
+                let Some(task) = st.tasks.get(task_id).cloned() else { return Work::Stop };
+                if task.stopping {
+                    return Work::Stop;
+                }
+                let q = st.queues.entry(task.function_id.clone()).or_default();
+                if !q.pending.is_empty() {
+                    let n = max.max(1).min(q.pending.len());
+                    let taken: Vec<Input> = q.pending.drain(..n).collect();
+                    st.running.entry(task_id.to_string()).or_default().extend(taken.iter().cloned());
+                    if let Some(t) = st.tasks.get_mut(task_id) {
+                        t.last_active = Instant::now();
+                    }
+                    return Work::Inputs(taken);
+                }
+                let busy = st.running.get(task_id).is_some_and(|r| !r.is_empty());
+                if !busy && task.last_active.elapsed() >= idle_limit {
+                    return Work::Stop;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Work::Nothing;
+            }
+        }
+    }
+
+    /// Records a task's output for an input it holds; each input is answered once. Returns
+    /// false when the task does not hold that input.
+    pub(crate) fn complete(&self, task_id: &str, input_id: &str, result: Vec<u8>, data_format: i32) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let Some(running) = st.running.get_mut(task_id) else { return false };
+        let Some(pos) = running.iter().position(|i| i.input_id == input_id) else { return false };
+        let input = running.remove(pos);
+        if let Some(t) = st.tasks.get_mut(task_id) {
+            t.last_active = Instant::now();
+        }
+        let output = Output {
+            input_id: input.input_id.clone(),
+            idx: input.idx,
+            retry_count: input.retry_count,
+            task_id: task_id.to_string(),
+            result,
+            data_format,
+        };
+        Self::record(&mut st, &input.call_id, output);
+        true
+    }
+
+    /// Answers inputs the server gave up on (their container died) with a failure result.
+    pub(crate) fn fail(&self, inputs: Vec<Input>, task_id: &str, result: Vec<u8>) {
+        let mut st = self.state.lock().unwrap();
+        for input in inputs {
+            let output = Output {
+                input_id: input.input_id.clone(),
+                idx: input.idx,
+                retry_count: input.retry_count,
+                task_id: task_id.to_string(),
+                result: result.clone(),
+                data_format: 0,
+            };
+            Self::record(&mut st, &input.call_id, output);
+        }
+    }
+
+    fn record(st: &mut State, call_id: &str, output: Output) {
+        if let Some(c) = st.calls.get_mut(call_id) {
+            if c.done_inputs.insert(output.input_id.clone()) {
+                c.outputs.push(output);
+                c.changed.notify_waiters();
+            }
+        }
+    }
+
+    /// Forgets a task; returns the inputs it had taken and not answered.
+    pub(crate) fn remove_task(&self, task_id: &str) -> (Option<TaskInfo>, Vec<Input>) {
+        let mut st = self.state.lock().unwrap();
+        let info = st.tasks.remove(task_id);
+        (info, st.running.remove(task_id).unwrap_or_default())
+    }
+
+    /// Inputs still queued for a function, removed (to fail them when no container can run).
+    pub(crate) fn drain_pending(&self, function_id: &str) -> Vec<Input> {
+        let mut st = self.state.lock().unwrap();
+        st.queues.get_mut(function_id).map(|q| q.pending.drain(..).collect()).unwrap_or_default()
+    }
+
+    /// Outputs of a call after `cursor` (a count of outputs already returned), or within an
+    /// index range; waits up to `timeout` for one. Returns the outputs, the new cursor and the
+    /// number of inputs still unanswered.
+    pub(crate) async fn outputs(&self, call_id: &str, cursor: usize, range: Option<(i32, i32)>, timeout: Duration) -> Option<(Vec<Output>, usize, usize)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let changed = self.state.lock().unwrap().calls.get(call_id)?.changed.clone();
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state.lock().unwrap();
+                let c = st.calls.get(call_id)?;
+                let unfinished = c.num_inputs.saturating_sub(c.outputs.len());
+                let found: Vec<Output> = match range {
+                    Some((lo, hi)) => c.outputs.iter().filter(|o| o.idx >= lo && o.idx <= hi).cloned().collect(),
+                    None => c.outputs.get(cursor.min(c.outputs.len())..).map(|s| s.to_vec()).unwrap_or_default(),
+                };
+                if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+                    let next = if range.is_some() { cursor } else { c.outputs.len() };
+                    return Some((found, next, unfinished));
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+"""`modal run` of real app files: functions run in containers built from the app's images."""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import Ferry
+
+APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """A server whose data dir keeps built images between runs (FERRY_TEST_DATA_DIR, shared with
+    the runtime's tests), so the Debian base and debian_slim layers are built once per machine."""
+    data = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
+    server = Ferry(data, "--no-modal-profile").start()
+    yield server
+    server.stop()
+
+
+def modal_run(server, app_file, *args, timeout=900):
+    return server.modal("run", str(app_file), *args, timeout=timeout)
+
+
+def test_modal_run_functions(runner):
+    out = modal_run(runner, APPS / "basic.py", "--n", "12")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "remote 49" in text
+    assert f"map {[i * i for i in range(12)]}" in text
+    assert f"unordered {[i * i for i in range(12)]}" in text
+    assert "starmap [4, 9]" in text
+    assert "exceptions ['ValueError', 'ValueError']" in text
+    assert "caught remote failure" in text
+    # The remote traceback comes back with the exception.
+    assert 'raise ValueError(message)' in text
+    env = re.search(r"env (\{.*\})", text).group(1)
+    assert "'cwd': '/root'" in env and "'remote': '1'" in env and "'python': '3.11" in env
+    assert "secret s3cr3t" in text
+    # Container output is streamed to `modal run`, stdout and stderr alike.
+    assert "squaring 7" in text and "to stderr" in text
+
+
+def test_host_files_are_invisible(runner, tmp_path):
+    secret = tmp_path / "host-only.txt"
+    secret.write_text("host data")
+    code = f"""
+import modal
+from isolation import app, exists
+with app.run():
+    print("visible", exists.remote({str(secret)!r}))
+    print("etc", exists.remote("/etc/debian_version"))
+"""
+    out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "visible False" in out.stdout and "etc True" in out.stdout
+
+
+def test_memory_limit_is_enforced(runner):
+    code = """
+import modal
+from isolation import app, hog
+with app.run():
+    print("small", hog.remote(16))
+    try:
+        hog.remote(512)
+        print("no error")
+    except Exception as e:
+        print("error", type(e).__name__, e)
+"""
+    out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "small 16" in out.stdout
+    assert "error" in out.stdout and "out of memory" in out.stdout, out.stdout
