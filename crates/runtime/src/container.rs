@@ -485,7 +485,12 @@ struct Supervised {
 
 impl Supervised {
     async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd) -> Result<Self> {
-        let spawned = cmd.spawn();
+        // `spawn` blocks until the program is exec'd (and, for a private network, until
+        // slirp4netns is up): keep that off the async worker threads.
+        let spawned = match tokio::task::spawn_blocking(move || cmd.spawn()).await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(format!("the spawning thread failed: {e}"))),
+        };
         drop(status_write);
         let mut status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_read).ctx(|| "status pipe".into())?;
         let mut child = match spawned {
