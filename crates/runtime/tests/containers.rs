@@ -540,3 +540,20 @@ for host in ('127.0.0.1', '10.0.2.2'):
     assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo', 'tap0']", "outbound ok", "127.0.0.1 unreachable", "10.0.2.2 unreachable"]);
 }
+
+/// Runs only on hosts with NVIDIA GPUs (none here; the device machines have them).
+#[tokio::test]
+async fn gpu_containers_get_the_device_nodes() {
+    let Some((store, base)) = base().await else { return };
+    if ferry_runtime::detect_gpus().is_empty() {
+        eprintln!("skipping: no NVIDIA GPUs on this host");
+        return;
+    }
+    let runtime = ContainerRuntime::new(store);
+    let mut spec = ContainerSpec::new(base, argv(&["sh", "-c", "ls /dev/nvidiactl /dev/nvidia0 && echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"]));
+    spec.gpus = 1;
+    let mut c = runtime.spawn(spec).await.expect("GPU container");
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert!(out.contains("/dev/nvidia0") && out.contains("CUDA_VISIBLE_DEVICES=0"), "{out}");
+}
