@@ -423,6 +423,102 @@ unsafe fn drop_capabilities() -> io::Result<()> {
     Ok(())
 }
 
+/// Syscalls a container's processes get EPERM for: kernel interfaces that are not namespaced
+/// (keyrings, BPF, perf, kexec, modules, swap, accounting), io_uring (a rich source of kernel
+/// bugs, which Docker blocks too), file handles (the "shocker" escape) and mount APIs.
+/// Most already need capabilities the container lacks; the filter keeps them shut even where
+/// a kernel bug would not check. Creating user namespaces is refused as well, since inside
+/// one a process regains every capability over the namespaces it then creates.
+#[cfg(target_arch = "x86_64")]
+const DENIED_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_quotactl,
+    libc::SYS_syslog,
+];
+
+/// Installs the seccomp filter (a plain classic-BPF program: deny-list, default allow).
+/// Runs while the payload still has CAP_SYS_ADMIN in its effective set, so it needs no
+/// `no_new_privs` (which would break setuid tools such as `su` inside images).
+#[cfg(target_arch = "x86_64")]
+unsafe fn install_seccomp() -> io::Result<()> {
+    // Classic BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_{JEQ,JGE,JSET}|BPF_K, BPF_RET|BPF_K.
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const JSET_K: u16 = 0x45;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const OFFSET_NR: u32 = 0;
+    const OFFSET_ARCH: u32 = 4;
+    const OFFSET_ARG0_LOW: u32 = 16;
+    let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let jump = |code: u16, k: u32, jt: u8, jf: u8| libc::sock_filter { code, jt, jf, k };
+    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+
+    let mut prog = vec![
+        stmt(LD_W_ABS, OFFSET_ARCH),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(RET_K, enosys), // 32-bit (int 0x80) calls: another numbering, refuse them all
+        stmt(LD_W_ABS, OFFSET_NR),
+        jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(RET_K, enosys), // the x32 ABI, likewise
+        // clone3 hides its flags behind a pointer: ENOSYS makes libc fall back to clone.
+        jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1),
+        stmt(RET_K, enosys),
+    ];
+    for nr in [libc::SYS_clone, libc::SYS_unshare] {
+        prog.extend([
+            jump(JEQ_K, nr as u32, 0, 4),
+            stmt(LD_W_ABS, OFFSET_ARG0_LOW),
+            jump(JSET_K, libc::CLONE_NEWUSER as u32, 0, 1),
+            stmt(RET_K, eperm),
+            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        ]);
+    }
+    for &nr in DENIED_SYSCALLS {
+        prog.extend([jump(JEQ_K, nr as u32, 0, 1), stmt(RET_K, eperm)]);
+    }
+    prog.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    let r = libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog);
+    step(r as libc::c_int, "install seccomp filter")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn install_seccomp() -> io::Result<()> {
+    // Syscall numbers differ per architecture; only x86_64 has a filter so far.
+    Ok(())
+}
+
 /// A fresh /dev with the usual character devices, a private devpts and /dev/shm.
 unsafe fn setup_dev() -> io::Result<()> {
     libc::mkdir(c"dev".as_ptr(), 0o755);
@@ -564,6 +660,7 @@ unsafe fn join_setup(plan: &JoinPlan) -> io::Result<()> {
 /// The payload: switch user and directory, then return so std execs the program.
 unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> {
     drop_capabilities()?;
+    install_seccomp()?;
     if let Some(user) = user {
         let (uid, gid) = resolve_user(user)?;
         step(libc::setgroups(0, std::ptr::null()), "setgroups")?;

@@ -557,3 +557,38 @@ async fn gpu_containers_get_the_device_nodes() {
     assert_eq!(status.code, 0, "stderr: {err}");
     assert!(out.contains("/dev/nvidia0") && out.contains("CUDA_VISIBLE_DEVICES=0"), "{out}");
 }
+
+#[tokio::test]
+async fn seccomp_refuses_unnamespaced_kernel_interfaces() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let probe = r#"
+import ctypes, os, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+print([l.strip() for l in open('/proc/self/status') if l.startswith('Seccomp:')][0])
+def errno_of(nr, *args):
+    r = libc.syscall(nr, *args)
+    return 'ok' if r >= 0 else os.strerror(ctypes.get_errno())
+print('io_uring_setup', errno_of(425, 1, ctypes.create_string_buffer(120)))
+print('keyctl', errno_of(250, 0, 0))
+print('unshare_user', errno_of(272, 0x10000000))
+print('unshare_uts', errno_of(272, 0x04000000))
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+print('threads ok', subprocess.run(['true']).returncode)
+"#;
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["python", "-c", probe]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "Seccomp:\t2",
+            "io_uring_setup Operation not permitted",
+            "keyctl Operation not permitted",
+            "unshare_user Operation not permitted",
+            // Refused by the missing capability rather than the filter: the same answer.
+            "unshare_uts Operation not permitted",
+            "threads ok 0",
+        ]
+    );
+}
