@@ -733,8 +733,14 @@ impl Container {
     /// cgroup and scratch space. Calling it again returns the same status.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
         let exit = self.wait_process().await?;
-        remove_tree(&self.scratch);
+        self.remove_scratch().await;
         Ok(exit)
+    }
+
+    /// A container may have written gigabytes: delete off the async threads.
+    async fn remove_scratch(&self) {
+        let scratch = self.scratch.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_tree(&scratch)).await;
     }
 
     async fn wait_process(&mut self) -> Result<ExitStatus> {
@@ -771,7 +777,7 @@ impl Container {
         let source = self.snapshot.take().ok_or_else(|| Error::NoSnapshot(self.id.clone()))?;
         let exit = self.wait_process().await?;
         let layer = source.commit(&self.id, true).await;
-        remove_tree(&self.scratch);
+        self.remove_scratch().await;
         Ok((exit, layer?))
     }
 }
