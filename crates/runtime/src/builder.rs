@@ -164,7 +164,22 @@ impl ImageBuilder {
             let mut map = self.in_flight.lock().expect("lock poisoned");
             map.entry(id.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
+        let result = {
+            let _guard = lock.lock().await;
+            let target = Target { id: id.clone(), parent, parent_id, from: &from, instructions: &instructions };
+            self.build_locked(target, spec, options, log).await
+        };
+        // Forget the lock unless another build of this layer holds it (clones happen under
+        // the map's mutex, so the count is exact here).
+        let mut map = self.in_flight.lock().expect("lock poisoned");
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(&id);
+        }
+        result
+    }
+
+    async fn build_locked(&self, target: Target<'_>, spec: &LayerSpec, options: BuildOptions, log: &LogSink) -> Result<BuiltLayer> {
+        let Target { id, parent, parent_id, from, instructions } = target;
         if self.store.contains(&id) && !options.force {
             let record = self.store.layer(&id)?;
             return Ok(BuiltLayer { id, cached: true, config: record.config });
@@ -180,7 +195,7 @@ impl ImageBuilder {
             }
         }
         let staging = self.store.staging_dir(&format!("build-{}", &id.as_str()[..12]))?;
-        let job = BuildJob { id: &id, parent: parent_id, instructions: &instructions, spec, staging: &staging, options };
+        let job = BuildJob { id: &id, parent: parent_id, instructions, spec, staging: &staging, options };
         let result = self.run_steps(job, log).await;
         match result {
             Ok(record) => {
@@ -334,6 +349,15 @@ impl ImageBuilder {
             created_at: now_unix(),
         })
     }
+}
+
+/// What a build resolved before taking the layer's lock.
+struct Target<'a> {
+    id: LayerId,
+    parent: Parent,
+    parent_id: Option<LayerId>,
+    from: &'a str,
+    instructions: &'a [Instruction],
 }
 
 /// One build's inputs, resolved.

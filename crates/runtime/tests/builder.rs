@@ -241,3 +241,18 @@ async fn debian_slim_recipe_builds() {
     assert_eq!(status.code, 0, "stderr: {err}");
     assert!(out.contains("gcc") && out.contains("pip"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_builds_of_one_layer_run_it_once() {
+    let Some((store, base)) = base().await else { return };
+    let builder = ImageBuilder::new(store.clone());
+    let marker = format!("once-{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let spec = LayerSpec::on(&base, &[&format!("RUN echo {marker}")]);
+    let (tx, mut rx) = sink();
+    let (a, b) = tokio::join!(builder.build(&spec, &tx), builder.build(&spec, &tx));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id);
+    assert_eq!([a.cached, b.cached].iter().filter(|c| !**c).count(), 1, "exactly one build ran");
+    assert_eq!(drain(&mut rx).iter().filter(|l| l.text == marker).count(), 1);
+    store.remove(&a.id).unwrap();
+}
