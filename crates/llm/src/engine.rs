@@ -66,6 +66,8 @@ pub struct Timings {
     pub queued_ms: f64,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// Of `generation_ms`, time spent computing grammar masks (constrained decoding overhead).
+    pub grammar_ms: f64,
 }
 
 #[derive(Debug)]
@@ -262,6 +264,7 @@ struct Slot {
     started: Option<Instant>,
     first_token: Option<Instant>,
     queued_ms: f64,
+    grammar: std::time::Duration,
 }
 
 impl Slot {
@@ -277,6 +280,7 @@ impl Slot {
                 queued_ms: self.queued_ms,
                 prompt_ms: (first - started).as_secs_f64() * 1e3,
                 generation_ms: (now - first).as_secs_f64() * 1e3,
+                grammar_ms: self.grammar.as_secs_f64() * 1e3,
             },
         });
     }
@@ -399,9 +403,13 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
             let Some(slot) = s.as_mut() else { continue };
             let Some(idx) = slot.logits_at else { continue };
             logits_buf.copy_from_slice(&ctx.get_logits_ith(idx)[..n_vocab]);
+            let t_mask = Instant::now();
             let mask = match slot.job.req.constraint.as_mut() {
                 Some(m) => match m.compute_mask_or_eos() {
-                    Ok(mask) => Some(mask),
+                    Ok(mask) => {
+                        slot.grammar += t_mask.elapsed();
+                        Some(mask)
+                    }
                     Err(e) => {
                         let _ = slot.job.events.send(GenEvent::Error(format!("grammar error: {e}")));
                         let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
@@ -423,9 +431,11 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
                 slot.generated += 1;
                 let _ = slot.job.events.send(GenEvent::Token { id: tok, logprob: lp });
                 if let Some(m) = slot.job.req.constraint.as_mut() {
+                    let t_consume = Instant::now();
                     if m.consume_token(tok).is_err() || m.is_stopped() {
                         done = Some(Finish::Stop);
                     }
+                    slot.grammar += t_consume.elapsed();
                 }
                 if done.is_none() && slot.generated >= slot.job.req.max_tokens {
                     done = Some(Finish::Length);
@@ -472,5 +482,6 @@ fn new_slot(seq: i32, job: Job) -> Slot {
         started: None,
         first_token: None,
         queued_ms,
+        grammar: std::time::Duration::ZERO,
     }
 }

@@ -400,7 +400,6 @@ struct ChoiceResult {
     finish: Finish,
     stopped_by_sequence: bool,
     logprobs: Vec<Value>,
-    prompt_tokens: usize,
     completion_tokens: usize,
     timings: Timings,
 }
@@ -425,15 +424,14 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
                         finish: Finish::Stop,
                         stopped_by_sequence: true,
                         logprobs,
-                        prompt_tokens: 0,
                         completion_tokens,
                         timings: Timings::default(),
                     });
                 }
             }
-            GenEvent::Done { finish, prompt_tokens, completion_tokens, timings } => {
+            GenEvent::Done { finish, completion_tokens, timings, .. } => {
                 text.finish();
-                return Ok(ChoiceResult { text: text.text().to_string(), finish, stopped_by_sequence: false, logprobs, prompt_tokens, completion_tokens, timings });
+                return Ok(ChoiceResult { text: text.text().to_string(), finish, stopped_by_sequence: false, logprobs, completion_tokens, timings });
             }
             GenEvent::Error(e) => return Err(ApiError::internal(e)),
         }
@@ -482,7 +480,6 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
         if i == 0 {
             timings = r.timings.clone();
         }
-        let _ = r.prompt_tokens;
         let calls = p.tools.as_ref().and_then(|_| grammar::parse_tool_calls(&r.text));
         let (message, finish) = match calls {
             Some(calls) if r.finish == Finish::Stop || r.stopped_by_sequence => (
@@ -507,7 +504,7 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
         "service_tier": "default",
         "choices": choices,
         "usage": usage(p.prompt.len(), completion_tokens),
-        "timings": {"queued_ms": timings.queued_ms, "prompt_ms": timings.prompt_ms, "generation_ms": timings.generation_ms},
+        "timings": {"queued_ms": timings.queued_ms, "prompt_ms": timings.prompt_ms, "generation_ms": timings.generation_ms, "grammar_ms": timings.grammar_ms},
     }))
 }
 
@@ -554,21 +551,12 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
     let prompt_tokens = p.prompt.len();
     let want_lp = p.sampling.logprobs.is_some();
     let tools_mode = p.tools.clone();
-    let tasks: Vec<_> = ms
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let req = gen_request(&p, i, m, Priority::Interactive);
-            let stops = p.stops.clone();
-            let tx = tx.clone();
-            let chunk = chunk.clone();
-            let state = state.clone();
-            let tools_mode = tools_mode.clone();
-            tokio::spawn(async move { stream_choice(state, i, req, stops, want_lp, tools_mode, tx, chunk).await })
-        })
-        .collect();
+    for (i, m) in ms.into_iter().enumerate() {
+        let req = gen_request(&p, i, m, Priority::Interactive);
+        let (stops, tx, chunk, state, tools_mode) = (p.stops.clone(), tx.clone(), chunk.clone(), state.clone(), tools_mode.clone());
+        tokio::spawn(async move { stream_choice(state, i, req, stops, want_lp, tools_mode, tx, chunk).await });
+    }
     drop(tx);
-    drop(tasks);
     // Forwarder: counts completion tokens, then sends usage (when asked) and [DONE]. If the client
     // goes away, dropping `rx` makes every choice task stop, which cancels its engine sequence.
     let (out_tx, out_rx) = mpsc::channel::<String>(64);
