@@ -7,6 +7,7 @@
 
 pub mod gateway;
 mod apps;
+mod blobs;
 mod container;
 mod functions;
 mod images;
@@ -77,6 +78,8 @@ pub async fn serve(
     let config = Arc::new(config);
     let modal = ModalService::new(store.clone(), config.clone())?;
     spawn_reaper(modal.clone());
+    // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
+    let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
     let service = ModalClientServer::new(modal)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -101,8 +101,10 @@ pub(crate) async fn put_file(s: &ModalService, r: Request<api::MountPutFileReque
             }
             s.store.put_file(&req.sha256_hex, &data).await.or_status()?;
         }
-        Some(DataOneof::DataBlobId(_)) => {
-            return Err(Status::unimplemented("Ferry does not implement mount files larger than 4 MiB (blob uploads) yet"))
+        Some(DataOneof::DataBlobId(blob_id)) => {
+            // Files of 4 MiB or more were uploaded as a blob first; the store checks the hash.
+            let data = crate::blobs::read(s, &blob_id).await?;
+            s.store.put_file(&req.sha256_hex, &data).await.or_status()?;
         }
         None => {
             // A bare existence check: answer whether the content is already here.

@@ -100,6 +100,8 @@ modal_client_impl! {
         mount_get_or_create(api::MountGetOrCreateRequest) -> api::MountGetOrCreateResponse => crate::mounts::get_or_create;
         mount_batched_check_existence(api::MountBatchedCheckExistenceRequest) -> api::MountBatchedCheckExistenceResponse => crate::mounts::check_existence;
         mount_put_file(api::MountPutFileRequest) -> api::MountPutFileResponse => crate::mounts::put_file;
+        blob_create(api::BlobCreateRequest) -> api::BlobCreateResponse => crate::blobs::create;
+        blob_get(api::BlobGetRequest) -> api::BlobGetResponse => crate::blobs::get;
         image_get_or_create(api::ImageGetOrCreateRequest) -> api::ImageGetOrCreateResponse => crate::images::get_or_create;
         function_precreate(api::FunctionPrecreateRequest) -> api::FunctionPrecreateResponse => crate::functions::precreate;
         function_create(api::FunctionCreateRequest) -> api::FunctionCreateResponse => crate::functions::create;

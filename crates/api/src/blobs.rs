@@ -1,0 +1,501 @@
+//! Blobs: payloads too large for a gRPC message (function arguments and results over 2 MiB,
+//! 8 KiB for `.spawn`; mount files of 4 MiB or more) travel over plain HTTP instead.
+//!
+//! The client asks `BlobCreate` for an upload URL, `PUT`s the bytes there and then names the
+//! blob id in the message that needed it; a reader asks `BlobGet` for a download URL and `GET`s
+//! it. These are S3 presigned-URL semantics, which Ferry serves itself from a second listener on
+//! the gRPC server's host: URLs carry an HMAC token over (blob id, verb, expiry) under a key
+//! made at start-up, so they cannot be guessed or reused after they expire.
+//!
+//! On disk, `DATA_DIR/blobs/<id>.meta` records the length and hashes `BlobCreate` declared, and
+//! `DATA_DIR/blobs/<id>` holds the bytes once an upload matched them (written to a temporary
+//! file, then renamed, so a reader never sees half a blob).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use axum::Router;
+use base64::Engine;
+use ferry_proto::api;
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Request, Response as GrpcResponse, Status};
+
+use crate::service::{ModalService, Rpc};
+use crate::status::invalid;
+
+/// Blobs above this size must be uploaded in parts (`MULTIPART_UPLOAD_THRESHOLD` in the client's
+/// `blob_utils.py`); Ferry does not serve multipart uploads yet.
+const MULTIPART_UPLOAD_THRESHOLD: i64 = 1024 * 1024 * 1024;
+
+/// How long an upload or download URL stays valid.
+const URL_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Uploaded blobs are deleted this long after their upload: long enough to fetch the result of
+/// a spawned call days later. Blobs never uploaded go once their upload URL has expired.
+const BLOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The blob endpoint of one running server.
+pub(crate) struct BlobStore {
+    dir: PathBuf,
+    key: [u8; 32],
+    /// `http://host:port` of the blob listener, as clients and containers reach it.
+    base_url: String,
+}
+
+/// What `BlobCreate` declared; an upload must match it exactly.
+#[derive(Debug, PartialEq)]
+struct BlobMeta {
+    length: u64,
+    md5: [u8; 16],
+    /// Absent when the client did not send one.
+    sha256: Option<[u8; 32]>,
+}
+
+/// The blob endpoints of the servers in this process, by data dir. The service handlers find
+/// theirs here because the blob listener is started next to, not inside, the `ModalService`.
+static STORES: LazyLock<Mutex<HashMap<PathBuf, Arc<BlobStore>>>> = LazyLock::new(Default::default);
+
+/// The running blob listener; dropping it stops the listener and forgets the endpoint.
+pub(crate) struct BlobServer {
+    data_dir: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BlobServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        STORES.lock().unwrap().remove(&self.data_dir);
+    }
+}
+
+/// Binds a free port on `ip` (the gRPC listener's address) and serves blob uploads and
+/// downloads there. URLs name the host of `public_url`, so they reach this machine the way the
+/// gRPC server is reached.
+///
+/// The client refuses to upload to a host that is neither `localhost` nor a private or
+/// loopback IP address (`use_md5` in `blob_utils.py` raises "Unknown S3 host"), so a
+/// `public_url` with a DNS name other than `localhost` cannot carry blobs.
+pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &str) -> anyhow::Result<BlobServer> {
+    let dir = data_dir.join("blobs");
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    remove_partial_uploads(&dir);
+    let listener = crate::bind(SocketAddr::new(ip, 0)).await?;
+    let port = listener.local_addr()?.port();
+    let mut key = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
+    let store = Arc::new(BlobStore { dir, key, base_url: base_url(public_url, ip, port) });
+    tracing::info!(url = %store.base_url, "serving blobs");
+    STORES.lock().unwrap().insert(data_dir.to_path_buf(), store.clone());
+    let sweep_dir = store.dir.clone();
+    let router = Router::new().route("/blobs/{id}", put(put_blob).get(get_blob)).with_state(store);
+    let task = tokio::spawn(async move {
+        let serve = async {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!("blob server stopped: {e}");
+            }
+        };
+        tokio::join!(serve, sweep_expired(sweep_dir));
+    });
+    Ok(BlobServer { data_dir: data_dir.to_path_buf(), task })
+}
+
+/// `http://<host of public_url>:<port>`; the listener's own address when there is no public URL.
+fn base_url(public_url: &str, ip: IpAddr, port: u16) -> String {
+    let authority = public_url.split_once("://").map_or(public_url, |(_, rest)| rest);
+    let authority = authority.split(['/', '?']).next().unwrap_or("");
+    let host = if let Some(end) = authority.strip_prefix('[').and_then(|a| a.find(']')) {
+        &authority[..end + 2]
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    if host.is_empty() {
+        let ip = match ip {
+            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+            IpAddr::V4(a) => a.to_string(),
+        };
+        format!("http://{ip}:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// Deletes expired blobs now and every hour.
+async fn sweep_expired(dir: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || remove_expired(&dir, SystemTime::now())).await {
+            Ok(0) | Err(_) => {}
+            Ok(n) => tracing::info!("deleted {n} expired blobs"),
+        }
+    }
+}
+
+/// Removes blobs uploaded more than [`BLOB_RETENTION`] before `now`, and records of blobs whose
+/// upload URL expired unused; returns how many blobs went.
+fn remove_expired(dir: &Path, now: SystemTime) -> usize {
+    let age = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".meta").filter(|id| valid_id(id)) else { continue };
+        let (meta, bytes) = (entry.path(), dir.join(id));
+        let expired = match age(&bytes) {
+            Some(uploaded) => uploaded > BLOB_RETENTION,
+            None => !bytes.exists() && age(&meta).is_some_and(|created| created > URL_LIFETIME),
+        };
+        if expired {
+            let _ = std::fs::remove_file(&bytes);
+            let _ = std::fs::remove_file(&meta);
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Uploads cut short by a previous run leave temporary files behind.
+fn remove_partial_uploads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn store_of(s: &ModalService) -> Result<Arc<BlobStore>, Status> {
+    STORES
+        .lock()
+        .unwrap()
+        .get(s.store.data_dir())
+        .cloned()
+        .ok_or_else(|| Status::unavailable("Ferry's blob endpoint is not running"))
+}
+
+/// Blob ids are ours (`bl-` and letters or digits), so they are safe as file names.
+fn valid_id(id: &str) -> bool {
+    id.len() > 3 && id.len() < 64 && id.starts_with("bl-") && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl BlobStore {
+    fn bytes_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn meta_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.meta"))
+    }
+
+    fn mac(&self, id: &str, verb: &str, expires: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(format!("{id}\n{verb}\n{expires}").as_bytes());
+        mac
+    }
+
+    /// A URL that allows `verb` on blob `id` until it expires.
+    fn url(&self, id: &str, verb: &str) -> String {
+        let expires = unix_now() + URL_LIFETIME.as_secs();
+        let sig = hex::encode(self.mac(id, verb, expires).finalize().into_bytes());
+        format!("{}/blobs/{id}?token={expires}.{sig}", self.base_url)
+    }
+
+    /// Checks a URL's `token=<expiry>.<hex HMAC>` query parameter for `verb` on `id`.
+    fn check_token(&self, id: &str, verb: &str, uri: &Uri) -> Result<(), HttpError> {
+        let denied = |why: &str| HttpError(StatusCode::FORBIDDEN, format!("blob URL refused: {why}"));
+        let token = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .ok_or_else(|| denied("it has no token"))?;
+        let (expires, sig) = token.split_once('.').ok_or_else(|| denied("malformed token"))?;
+        let expires: u64 = expires.parse().map_err(|_| denied("malformed token"))?;
+        let sig = hex::decode(sig).map_err(|_| denied("malformed token"))?;
+        self.mac(id, verb, expires).verify_slice(&sig).map_err(|_| denied("invalid token"))?;
+        if expires < unix_now() {
+            return Err(denied("the URL has expired; ask for a new one"));
+        }
+        Ok(())
+    }
+
+    async fn read_meta(&self, id: &str) -> Result<Option<BlobMeta>, std::io::Error> {
+        match tokio::fs::read_to_string(self.meta_path(id)).await {
+            Ok(text) => Ok(BlobMeta::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_meta(&self, id: &str, meta: &BlobMeta) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!(".{id}.meta.tmp"));
+        tokio::fs::write(&tmp, meta.to_text()).await?;
+        tokio::fs::rename(&tmp, self.meta_path(id)).await
+    }
+}
+
+impl BlobMeta {
+    /// One line: `<length> <md5 hex> <sha256 hex or ->`.
+    fn to_text(&self) -> String {
+        let sha = self.sha256.map_or("-".to_string(), hex::encode);
+        format!("{} {} {sha}\n", self.length, hex::encode(self.md5))
+    }
+
+    fn parse(text: &str) -> Option<BlobMeta> {
+        let mut parts = text.split_whitespace();
+        let length = parts.next()?.parse().ok()?;
+        let md5 = hex::decode(parts.next()?).ok()?.try_into().ok()?;
+        let sha256 = match parts.next()? {
+            "-" => None,
+            h => Some(hex::decode(h).ok()?.try_into().ok()?),
+        };
+        Some(BlobMeta { length, md5, sha256 })
+    }
+}
+
+pub(crate) async fn create(s: &ModalService, r: Request<api::BlobCreateRequest>) -> Rpc<api::BlobCreateResponse> {
+    let req = r.into_inner();
+    let blobs = store_of(s)?;
+    if req.content_length < 0 {
+        return Err(invalid("content_length may not be negative"));
+    }
+    if req.content_length > MULTIPART_UPLOAD_THRESHOLD {
+        return Err(Status::unimplemented("Ferry does not implement blobs over 1 GiB yet"));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let md5: [u8; 16] = b64
+        .decode(&req.content_md5)
+        .ok()
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| invalid("content_md5 must be the base64 MD5 of the content"))?;
+    let sha256 = if req.content_sha256_base64.is_empty() {
+        None
+    } else {
+        Some(
+            b64.decode(&req.content_sha256_base64)
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| invalid("content_sha256_base64 must be the base64 SHA-256 of the content"))?,
+        )
+    };
+    let id = ferry_store::new_id("bl");
+    let meta = BlobMeta { length: req.content_length as u64, md5, sha256 };
+    blobs.write_meta(&id, &meta).await.map_err(|e| Status::internal(format!("cannot record blob {id}: {e}")))?;
+    let url = blobs.url(&id, "PUT");
+    Ok(GrpcResponse::new(api::BlobCreateResponse {
+        blob_ids: vec![id],
+        upload_types_oneof: Some(api::blob_create_response::UploadTypesOneof::UploadUrls(api::UploadUrlList {
+            items: vec![url],
+        })),
+        ..Default::default()
+    }))
+}
+
+pub(crate) async fn get(s: &ModalService, r: Request<api::BlobGetRequest>) -> Rpc<api::BlobGetResponse> {
+    let req = r.into_inner();
+    let blobs = store_of(s)?;
+    if !valid_id(&req.blob_id) {
+        return Err(invalid(format!("'{}' is not a blob id", req.blob_id)));
+    }
+    match blobs.read_meta(&req.blob_id).await {
+        Ok(Some(_)) => Ok(GrpcResponse::new(api::BlobGetResponse { download_url: blobs.url(&req.blob_id, "GET") })),
+        Ok(None) => Err(Status::not_found(format!("blob {} not found", req.blob_id))),
+        Err(e) => Err(Status::internal(format!("cannot read blob {}: {e}", req.blob_id))),
+    }
+}
+
+/// The uploaded bytes of blob `id`, for RPCs that name a blob in place of inline data.
+pub(crate) async fn read(s: &ModalService, id: &str) -> Result<Vec<u8>, Status> {
+    let blobs = store_of(s)?;
+    if !valid_id(id) {
+        return Err(invalid(format!("'{id}' is not a blob id")));
+    }
+    match tokio::fs::read(blobs.bytes_path(id)).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Status::not_found(format!("blob {id} not found or not uploaded yet")))
+        }
+        Err(e) => Err(Status::internal(format!("cannot read blob {id}: {e}"))),
+    }
+}
+
+/// An HTTP error with a message the client shows ("Put to url ... failed with status 400: ...").
+struct HttpError(StatusCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+fn io_error(what: &str, e: std::io::Error) -> HttpError {
+    tracing::error!("{what}: {e}");
+    HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
+}
+
+/// `PUT /blobs/<id>?token=…`: stores the body if it is exactly what `BlobCreate` declared, and
+/// answers its MD5 as the `ETag`, which the client compares with its own.
+async fn put_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<String>, uri: Uri, body: Body) -> Result<Response, HttpError> {
+    if !valid_id(&id) {
+        return Err(HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")));
+    }
+    blobs.check_token(&id, "PUT", &uri)?;
+    let meta = blobs
+        .read_meta(&id)
+        .await
+        .map_err(|e| io_error("cannot read blob metadata", e))?
+        .ok_or_else(|| HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")))?;
+    let tmp = blobs.dir.join(format!(".{id}.{}.tmp", ferry_store::new_id("up")));
+    let result = receive(&blobs, &id, &meta, &tmp, body).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    let md5 = result?;
+    Ok(([(header::ETAG, format!("\"{}\"", hex::encode(md5)))], "").into_response())
+}
+
+/// Streams `body` into `tmp` while hashing it, checks it against `meta` and renames it into place.
+async fn receive(blobs: &BlobStore, id: &str, meta: &BlobMeta, tmp: &Path, body: Body) -> Result<[u8; 16], HttpError> {
+    let mismatch = |m: String| HttpError(StatusCode::BAD_REQUEST, m);
+    let mut file = tokio::fs::File::create(tmp).await.map_err(|e| io_error("cannot create blob file", e))?;
+    let (mut md5, mut sha256, mut received) = (Md5::new(), Sha256::new(), 0u64);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}")))?;
+        received += chunk.len() as u64;
+        if received > meta.length {
+            return Err(mismatch(format!("blob {id} was declared as {} bytes; the upload is longer", meta.length)));
+        }
+        md5.update(&chunk);
+        sha256.update(&chunk);
+        file.write_all(&chunk).await.map_err(|e| io_error("cannot write blob", e))?;
+    }
+    if received != meta.length {
+        return Err(mismatch(format!("blob {id} was declared as {} bytes; received {received}", meta.length)));
+    }
+    let md5: [u8; 16] = md5.finalize().into();
+    if md5 != meta.md5 {
+        return Err(mismatch(format!(
+            "The MD5 of the upload ({}) does not match the content_md5 declared for blob {id} ({})",
+            hex::encode(md5),
+            hex::encode(meta.md5)
+        )));
+    }
+    if let Some(declared) = meta.sha256 {
+        let actual: [u8; 32] = sha256.finalize().into();
+        if actual != declared {
+            return Err(mismatch(format!("The SHA-256 of the upload does not match the one declared for blob {id}")));
+        }
+    }
+    file.sync_all().await.map_err(|e| io_error("cannot write blob", e))?;
+    drop(file);
+    tokio::fs::rename(tmp, blobs.bytes_path(id)).await.map_err(|e| io_error("cannot store blob", e))?;
+    Ok(md5)
+}
+
+/// `GET /blobs/<id>?token=…`: streams the uploaded bytes.
+async fn get_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<String>, uri: Uri) -> Result<Response, HttpError> {
+    if !valid_id(&id) {
+        return Err(HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")));
+    }
+    blobs.check_token(&id, "GET", &uri)?;
+    let file = match tokio::fs::File::open(blobs.bytes_path(&id)).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} not found or not uploaded yet")))
+        }
+        Err(e) => return Err(io_error("cannot open blob", e)),
+    };
+    let length = file.metadata().await.map_err(|e| io_error("cannot open blob", e))?.len();
+    let chunks = futures::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [(header::CONTENT_LENGTH, length.to_string()), (header::CONTENT_TYPE, "application/octet-stream".to_string())],
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_keeps_the_public_host() {
+        let v4: IpAddr = "0.0.0.0".parse().unwrap();
+        let check = |public: &str, want: &str| assert_eq!(base_url(public, v4, 7000), want, "{public}");
+        check("http://127.0.0.1:50051", "http://127.0.0.1:7000");
+        check("https://10.1.2.3:443/", "http://10.1.2.3:7000");
+        check("http://localhost", "http://localhost:7000");
+        check("http://[::1]:50051", "http://[::1]:7000");
+        check("", "http://127.0.0.1:7000");
+    }
+
+    #[test]
+    fn meta_round_trips() {
+        for sha256 in [None, Some([7u8; 32])] {
+            let meta = BlobMeta { length: 5 << 20, md5: [1; 16], sha256 };
+            assert_eq!(BlobMeta::parse(&meta.to_text()), Some(meta));
+        }
+        assert_eq!(BlobMeta::parse("12 zz -"), None);
+    }
+
+    #[test]
+    fn expired_blobs_are_removed() {
+        let dir = std::env::temp_dir().join(ferry_store::new_id("ferry-blobs-test"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for id in ["bl-uploaded", "bl-pending"] {
+            std::fs::write(dir.join(format!("{id}.meta")), "1 00000000000000000000000000000000 -\n").unwrap();
+        }
+        std::fs::write(dir.join("bl-uploaded"), "x").unwrap();
+        let now = SystemTime::now();
+        assert_eq!(remove_expired(&dir, now), 0);
+        assert_eq!(remove_expired(&dir, now + URL_LIFETIME + Duration::from_secs(60)), 1);
+        assert!(dir.join("bl-uploaded.meta").exists() && !dir.join("bl-pending.meta").exists());
+        assert_eq!(remove_expired(&dir, now + BLOB_RETENTION + Duration::from_secs(60)), 1);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_bind_id_verb_and_expiry() {
+        let blobs = BlobStore { dir: PathBuf::new(), key: [3; 32], base_url: "http://h:1".into() };
+        let url: Uri = blobs.url("bl-a", "PUT").parse().unwrap();
+        assert!(blobs.check_token("bl-a", "PUT", &url).is_ok());
+        assert!(blobs.check_token("bl-a", "GET", &url).is_err());
+        assert!(blobs.check_token("bl-b", "PUT", &url).is_err());
+        let later = url.to_string().replacen("?token=1", "?token=2", 1).parse().unwrap();
+        assert!(blobs.check_token("bl-a", "PUT", &later).is_err());
+        let expired = format!("/blobs/bl-a?token=5.{}", hex::encode(blobs.mac("bl-a", "PUT", 5).finalize().into_bytes()));
+        let err = blobs.check_token("bl-a", "PUT", &expired.parse().unwrap()).unwrap_err();
+        assert!(err.0 == StatusCode::FORBIDDEN && err.1.contains("expired"));
+    }
+}
