@@ -23,11 +23,6 @@ mod net;
 mod store;
 
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
-/// Whether an external tool Ferry can use is on PATH (e.g. `slirp4netns` for
-/// [`Network::Private`]); returns its path.
-pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
-    base::which(tool)
-}
 pub use builder::{BuildOptions, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};
 pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, Scratch, Signal};
@@ -36,6 +31,12 @@ pub use error::{Error, Result};
 pub use gpu::{detect_gpus, Gpu};
 pub use logs::{LogLine, LogSink, Stream};
 pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
+
+/// Whether an external tool Ferry can use is on PATH (e.g. `slirp4netns` for
+/// [`Network::Private`]); returns its path.
+pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    base::which(tool)
+}
 
 /// The scheduler moves these between tasks: they must stay `Send` (and the handles `Sync`).
 /// Never called; it only has to compile.
