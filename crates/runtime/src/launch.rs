@@ -659,6 +659,11 @@ unsafe fn join_setup(plan: &JoinPlan) -> io::Result<()> {
 
 /// The payload: switch user and directory, then return so std execs the program.
 unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> {
+    // Descriptors the worker opened without O_CLOEXEC (C libraries do) must not reach the
+    // program: mark everything past stdio close-on-exec (std's error pipe keeps working
+    // until the exec itself).
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    step(libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) as libc::c_int, "mark descriptors close-on-exec")?;
     drop_capabilities()?;
     install_seccomp()?;
     if let Some(user) = user {

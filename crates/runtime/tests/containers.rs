@@ -592,3 +592,35 @@ print('threads ok', subprocess.run(['true']).returncode)
         ]
     );
 }
+
+#[tokio::test]
+async fn the_workers_open_files_do_not_leak_into_containers() {
+    let Some((store, base)) = base().await else { return };
+    // A descriptor without O_CLOEXEC, as C libraries in the worker may open them.
+    // SAFETY: plain open(2) of a path we own; closed below.
+    let leaked = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+    assert!(leaked > 2);
+    let runtime = ContainerRuntime::new(store);
+    let probe = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))";
+    let mut c = runtime.spawn(ContainerSpec::new(base.clone(), argv(&["python", "-c", probe]))).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stderr: {err}");
+    // 0-2 are stdio; 3 is the directory listdir itself opened.
+    assert_eq!(out.trim(), "[0, 1, 2, 3]", "descriptor {leaked} must not be inherited");
+
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["sleep", "30"]))).await.unwrap();
+    let mut p = c.exec(ExecSpec::new(argv(&["ls", "/proc/self/fd"]))).await.unwrap();
+    let (out, _, _) = {
+        let mut lines = p.logs().unwrap();
+        let mut out = Vec::new();
+        while let Some(l) = lines.recv().await {
+            out.push(l.text);
+        }
+        (out, (), p.wait().await.unwrap())
+    };
+    assert_eq!(out, ["0", "1", "2", "3"], "exec'd processes inherit nothing either");
+    c.kill(Signal::Kill).unwrap();
+    c.wait().await.unwrap();
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(leaked) };
+}
