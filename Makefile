@@ -16,6 +16,7 @@ build: setup
 	$(CARGO) build --release --workspace
 
 run: build
+	./target/release/ferry images prepare --data-dir $(DATA_DIR)
 	./target/release/ferry serve --data-dir $(DATA_DIR)
 
 test: build

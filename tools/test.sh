@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release --workspace
 export FERRY_BIN="$PWD/target/release/ferry"
+# Built images are kept between runs here (shared with the runtime's own tests).
+export FERRY_TEST_DATA_DIR="${FERRY_TEST_DATA_DIR:-/var/tmp/ferry-test}"
+"$FERRY_BIN" images prepare --data-dir "$FERRY_TEST_DATA_DIR"
 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"

@@ -77,6 +77,8 @@ class Ferry:
             if k.startswith("MODAL_"):
                 del env[k]
         env.update(self.client_env())
+        # Another server may share this data dir and rewrite client.env: keep our own URL.
+        env["MODAL_SERVER_URL"] = self.url
         env["MODAL_CONFIG_PATH"] = str(self.data_dir / "modal.toml")
         env["COLUMNS"] = "250"  # rich truncates table cells to the terminal width
         env.update(overrides)

@@ -78,3 +78,48 @@ with app.run():
     assert out.returncode == 0, out.stderr
     assert "small 16" in out.stdout
     assert "error" in out.stdout and "out of memory" in out.stdout, out.stdout
+
+
+def test_classes_spawn_retries_timeouts(runner):
+    out = modal_run(runner, APPS / "features.py")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    for expected in [
+        "add 5",
+        "entered True",
+        "param 301",
+        "map [101, 102, 103]",
+        "spawned 42",
+        "gather [0, 2, 4]",
+        "flaky 3",
+        "gave up never works",
+        "quick 0.1",
+        "timeout Function timed out after 2 seconds",
+    ]:
+        assert expected in text, f"missing {expected!r} in:\n{text}"
+    # @modal.exit runs when the app stops (the container is sent kill_switch first).
+    assert "EXIT ran for 0" in text
+
+
+def test_deploy_then_call_from_other_processes(runner):
+    out = runner.modal("deploy", str(APPS / "deployed.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = """
+import modal
+print("double", modal.Function.from_name("ferry-deployed", "double").remote(21))
+print("marker", modal.Function.from_name("ferry-deployed", "marker").remote())
+Model = modal.Cls.from_name("ferry-deployed", "Model")
+print("predict", Model().predict.remote(4))
+"""
+    out = runner.python(code, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "double 42" in out.stdout and "marker deployed" in out.stdout and "predict 40" in out.stdout
+    # Redeploying keeps the app and its functions reachable.
+    out = runner.modal("deploy", str(APPS / "deployed.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = runner.python(code, timeout=600)
+    assert out.returncode == 0 and "double 42" in out.stdout, out.stderr
+    stop = runner.modal("app", "stop", "ferry-deployed", "--yes")
+    assert stop.returncode == 0, stop.stderr
+    out = runner.python(code, timeout=120)
+    assert out.returncode != 0 and "not found" in out.stderr

@@ -200,6 +200,7 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f32(req.timeout.min(MAX_LOG_POLL));
     let (filter_fn, filter_task) = (req.function_id, req.task_id);
     let store = s.store.clone();
+    let scheduler = s.scheduler.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -223,6 +224,16 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
                 if tx.send(Ok(b)).await.is_err() {
                     return;
                 }
+            }
+            // Done once the app stopped, its containers are gone (their `@exit` output
+            // included) and every log line was sent.
+            let containers_left = !scheduler.tasks_of_app(&app_id).is_empty();
+            if !app.state.is_live() && containers_left {
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             let drained = !app.state.is_live() && store.follow_logs(&app_id, after, Duration::ZERO).await.map(|(e, _)| e.is_empty()).unwrap_or(true);
             if drained {
@@ -262,6 +273,10 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
             }
         }
         s.store.set_app_name(&app.id, &req.name).await.or_status()?;
+    }
+    for (tag, class_id) in &req.class_ids {
+        check_id(class_id, "cs", "Class")?;
+        s.store.set_class_tag(class_id, &app.id, tag).await.or_status()?;
     }
     s.store.set_app_state(&app.id, state).await.or_status()?;
     Ok(Response::new(api::AppPublishResponse {

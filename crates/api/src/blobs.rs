@@ -9,7 +9,8 @@
 //!
 //! On disk, `DATA_DIR/blobs/<id>.meta` records the length and hashes `BlobCreate` declared, and
 //! `DATA_DIR/blobs/<id>` holds the bytes once an upload matched them (written to a temporary
-//! file, then renamed, so a reader never sees half a blob).
+//! file, then renamed, so a reader never sees half a blob). Blobs over 1 GiB arrive in parts
+//! (`.<id>.part<n>`), which the completion request joins, as in S3's multipart uploads.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +22,7 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
+use axum::routing::{post, put};
 use axum::Router;
 use base64::Engine;
 use ferry_proto::api;
@@ -35,9 +36,16 @@ use tonic::{Request, Response as GrpcResponse, Status};
 use crate::service::{ModalService, Rpc};
 use crate::status::invalid;
 
-/// Blobs above this size must be uploaded in parts (`MULTIPART_UPLOAD_THRESHOLD` in the client's
-/// `blob_utils.py`); Ferry does not serve multipart uploads yet.
-const MULTIPART_UPLOAD_THRESHOLD: i64 = 1024 * 1024 * 1024;
+/// Blobs above this size are uploaded in parts: the client never sends more in one PUT
+/// (`MULTIPART_UPLOAD_THRESHOLD` in its `blob_utils.py`), and it declares a placeholder MD5 for
+/// larger mount files, so their SHA-256 is what Ferry checks.
+const MULTIPART_UPLOAD_THRESHOLD: u64 = 1024 * 1024 * 1024;
+
+/// The length of each part of a multipart upload but the last.
+const PART_LENGTH: u64 = 128 * 1024 * 1024;
+
+/// The largest blob accepted: 8192 parts, whose URLs still fit in one `BlobCreate` answer.
+const MAX_BLOB_LENGTH: u64 = 1024 * 1024 * 1024 * 1024;
 
 /// How long an upload or download URL stays valid.
 const URL_LIFETIME: Duration = Duration::from_secs(3600);
@@ -99,7 +107,11 @@ pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &
     tracing::info!(url = %store.base_url, "serving blobs");
     STORES.lock().unwrap().insert(data_dir.to_path_buf(), store.clone());
     let sweep_dir = store.dir.clone();
-    let router = Router::new().route("/blobs/{id}", put(put_blob).get(get_blob)).with_state(store);
+    let router = Router::new()
+        .route("/blobs/{id}", put(put_blob).get(get_blob))
+        .route("/blobs/{id}/parts/{n}", put(put_part))
+        .route("/blobs/{id}/complete", post(complete_multipart))
+        .with_state(store);
     let task = tokio::spawn(async move {
         let serve = async {
             if let Err(e) = axum::serve(listener, router).await {
@@ -151,16 +163,20 @@ async fn sweep_expired(dir: PathBuf) {
 fn remove_expired(dir: &Path, now: SystemTime) -> usize {
     let age = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in &names {
         let Some(id) = name.strip_suffix(".meta").filter(|id| valid_id(id)) else { continue };
-        let (meta, bytes) = (entry.path(), dir.join(id));
+        let (meta, bytes) = (dir.join(name), dir.join(id));
         let expired = match age(&bytes) {
             Some(uploaded) => uploaded > BLOB_RETENTION,
             None => !bytes.exists() && age(&meta).is_some_and(|created| created > URL_LIFETIME),
         };
         if expired {
+            let parts = format!(".{id}.part");
+            for part in names.iter().filter(|n| n.starts_with(&parts)) {
+                let _ = std::fs::remove_file(dir.join(part));
+            }
             let _ = std::fs::remove_file(&bytes);
             let _ = std::fs::remove_file(&meta);
             removed += 1;
@@ -212,11 +228,34 @@ impl BlobStore {
         mac
     }
 
-    /// A URL that allows `verb` on blob `id` until it expires.
+    /// A URL that allows `verb` (`GET`, `PUT`) on blob `id` until it expires.
     fn url(&self, id: &str, verb: &str) -> String {
+        self.signed(id, verb, "")
+    }
+
+    /// The URL for uploading part `n` (from 1) of a multipart upload.
+    fn part_url(&self, id: &str, n: u64) -> String {
+        self.signed(id, &format!("PUT part {n}"), &format!("/parts/{n}"))
+    }
+
+    /// The URL that joins the parts of a multipart upload.
+    fn completion_url(&self, id: &str) -> String {
+        self.signed(id, "POST complete", "/complete")
+    }
+
+    fn signed(&self, id: &str, verb: &str, subpath: &str) -> String {
         let expires = unix_now() + URL_LIFETIME.as_secs();
         let sig = hex::encode(self.mac(id, verb, expires).finalize().into_bytes());
-        format!("{}/blobs/{id}?token={expires}.{sig}", self.base_url)
+        format!("{}/blobs/{id}{subpath}?token={expires}.{sig}", self.base_url)
+    }
+
+    fn part_path(&self, id: &str, n: u64) -> PathBuf {
+        self.dir.join(format!(".{id}.part{n}"))
+    }
+
+    /// A fresh temporary file name for an upload into blob `id`.
+    fn temp_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(".{id}.{}.tmp", ferry_store::new_id("up")))
     }
 
     /// Checks a URL's `token=<expiry>.<hex HMAC>` query parameter for `verb` on `id`.
@@ -270,6 +309,19 @@ impl BlobMeta {
         };
         Some(BlobMeta { length, md5, sha256 })
     }
+
+    fn is_multipart(&self) -> bool {
+        self.length > MULTIPART_UPLOAD_THRESHOLD
+    }
+
+    fn parts(&self) -> u64 {
+        self.length.div_ceil(PART_LENGTH)
+    }
+
+    /// The length of part `n` (from 1): all are [`PART_LENGTH`] but the last.
+    fn part_length(&self, n: u64) -> u64 {
+        PART_LENGTH.min(self.length - (n - 1) * PART_LENGTH)
+    }
 }
 
 pub(crate) async fn create(s: &ModalService, r: Request<api::BlobCreateRequest>) -> Rpc<api::BlobCreateResponse> {
@@ -278,8 +330,8 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::BlobCreateRequest>)
     if req.content_length < 0 {
         return Err(invalid("content_length may not be negative"));
     }
-    if req.content_length > MULTIPART_UPLOAD_THRESHOLD {
-        return Err(Status::unimplemented("Ferry does not implement blobs over 1 GiB yet"));
+    if req.content_length as u64 > MAX_BLOB_LENGTH {
+        return Err(invalid("Ferry stores blobs of at most 1 TiB"));
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     let md5: [u8; 16] = b64
@@ -300,12 +352,21 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::BlobCreateRequest>)
     let id = ferry_store::new_id("bl");
     let meta = BlobMeta { length: req.content_length as u64, md5, sha256 };
     blobs.write_meta(&id, &meta).await.map_err(|e| Status::internal(format!("cannot record blob {id}: {e}")))?;
-    let url = blobs.url(&id, "PUT");
+    use api::blob_create_response::UploadTypesOneof;
+    let upload = if meta.is_multipart() {
+        UploadTypesOneof::Multiparts(api::MultiPartUploadList {
+            items: vec![api::MultiPartUpload {
+                part_length: PART_LENGTH as i64,
+                upload_urls: (1..=meta.parts()).map(|n| blobs.part_url(&id, n)).collect(),
+                completion_url: blobs.completion_url(&id),
+            }],
+        })
+    } else {
+        UploadTypesOneof::UploadUrls(api::UploadUrlList { items: vec![blobs.url(&id, "PUT")] })
+    };
     Ok(GrpcResponse::new(api::BlobCreateResponse {
         blob_ids: vec![id],
-        upload_types_oneof: Some(api::blob_create_response::UploadTypesOneof::UploadUrls(api::UploadUrlList {
-            items: vec![url],
-        })),
+        upload_types_oneof: Some(upload),
         ..Default::default()
     }))
 }
@@ -352,64 +413,204 @@ fn io_error(what: &str, e: std::io::Error) -> HttpError {
     HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
 }
 
+/// The declared length and hashes of blob `id`, for a request bearing a valid token for `verb`.
+async fn authorize(blobs: &BlobStore, id: &str, verb: &str, uri: &Uri) -> Result<BlobMeta, HttpError> {
+    if !valid_id(id) {
+        return Err(HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")));
+    }
+    blobs.check_token(id, verb, uri)?;
+    blobs
+        .read_meta(id)
+        .await
+        .map_err(|e| io_error("cannot read blob metadata", e))?
+        .ok_or_else(|| HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")))
+}
+
+fn bad_request(message: String) -> HttpError {
+    HttpError(StatusCode::BAD_REQUEST, message)
+}
+
+fn etag_response(etag: &str, body: String) -> Response {
+    ([(header::ETAG, format!("\"{etag}\""))], body).into_response()
+}
+
 /// `PUT /blobs/<id>?token=…`: stores the body if it is exactly what `BlobCreate` declared, and
 /// answers its MD5 as the `ETag`, which the client compares with its own.
 async fn put_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<String>, uri: Uri, body: Body) -> Result<Response, HttpError> {
-    if !valid_id(&id) {
-        return Err(HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")));
+    let meta = authorize(&blobs, &id, "PUT", &uri).await?;
+    if meta.is_multipart() {
+        return Err(bad_request(format!("blob {id} is over 1 GiB and must be uploaded in parts")));
     }
-    blobs.check_token(&id, "PUT", &uri)?;
-    let meta = blobs
-        .read_meta(&id)
-        .await
-        .map_err(|e| io_error("cannot read blob metadata", e))?
-        .ok_or_else(|| HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")))?;
-    let tmp = blobs.dir.join(format!(".{id}.{}.tmp", ferry_store::new_id("up")));
-    let result = receive(&blobs, &id, &meta, &tmp, body).await;
+    let (md5, _) = receive_into_place(&blobs, body, meta.length, &blobs.bytes_path(&id), |md5, sha256| {
+        if md5 != meta.md5 {
+            return Err(bad_request(format!(
+                "The MD5 of the upload ({}) does not match the content_md5 declared for blob {id} ({})",
+                hex::encode(md5),
+                hex::encode(meta.md5)
+            )));
+        }
+        check_sha256(&id, &meta, sha256)
+    })
+    .await?;
+    Ok(etag_response(&hex::encode(md5), String::new()))
+}
+
+fn check_sha256(id: &str, meta: &BlobMeta, actual: [u8; 32]) -> Result<(), HttpError> {
+    match meta.sha256 {
+        Some(declared) if declared != actual => {
+            Err(bad_request(format!("The SHA-256 of the upload does not match the one declared for blob {id}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `PUT /blobs/<id>/parts/<n>?token=…`: stores part `n` of a multipart upload; its `ETag` is
+/// the part's MD5, which the completion request lists back.
+async fn put_part(
+    State(blobs): State<Arc<BlobStore>>,
+    UrlPath((id, n)): UrlPath<(String, u64)>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let meta = authorize(&blobs, &id, &format!("PUT part {n}"), &uri).await?;
+    if !meta.is_multipart() || n == 0 || n > meta.parts() {
+        return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} has no part {n}")));
+    }
+    let (md5, _) = receive_into_place(&blobs, body, meta.part_length(n), &blobs.part_path(&id, n), |_, _| Ok(())).await?;
+    Ok(etag_response(&hex::encode(md5), String::new()))
+}
+
+/// Streams `body` into a temporary file while hashing it; if it is `length` bytes and `accept`
+/// agrees with its MD5 and SHA-256, renames it to `dest`.
+async fn receive_into_place(
+    blobs: &BlobStore,
+    body: Body,
+    length: u64,
+    dest: &Path,
+    accept: impl FnOnce([u8; 16], [u8; 32]) -> Result<(), HttpError>,
+) -> Result<([u8; 16], [u8; 32]), HttpError> {
+    let tmp = blobs.temp_path("upload");
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_error("cannot create blob file", e))?;
+        let (mut md5, mut sha256, mut received) = (Md5::new(), Sha256::new(), 0u64);
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| bad_request(format!("upload interrupted: {e}")))?;
+            received += chunk.len() as u64;
+            if received > length {
+                return Err(bad_request(format!("the upload was declared as {length} bytes; it is longer")));
+            }
+            md5.update(&chunk);
+            sha256.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| io_error("cannot write blob", e))?;
+        }
+        if received != length {
+            return Err(bad_request(format!("the upload was declared as {length} bytes; received {received}")));
+        }
+        let hashes: ([u8; 16], [u8; 32]) = (md5.finalize().into(), sha256.finalize().into());
+        accept(hashes.0, hashes.1)?;
+        file.sync_all().await.map_err(|e| io_error("cannot write blob", e))?;
+        drop(file);
+        tokio::fs::rename(&tmp, dest).await.map_err(|e| io_error("cannot store blob", e))?;
+        Ok(hashes)
+    }
+    .await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(&tmp).await;
     }
-    let md5 = result?;
-    Ok(([(header::ETAG, format!("\"{}\"", hex::encode(md5)))], "").into_response())
+    result
 }
 
-/// Streams `body` into `tmp` while hashing it, checks it against `meta` and renames it into place.
-async fn receive(blobs: &BlobStore, id: &str, meta: &BlobMeta, tmp: &Path, body: Body) -> Result<[u8; 16], HttpError> {
-    let mismatch = |m: String| HttpError(StatusCode::BAD_REQUEST, m);
-    let mut file = tokio::fs::File::create(tmp).await.map_err(|e| io_error("cannot create blob file", e))?;
-    let (mut md5, mut sha256, mut received) = (Md5::new(), Sha256::new(), 0u64);
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| HttpError(StatusCode::BAD_REQUEST, format!("upload interrupted: {e}")))?;
-        received += chunk.len() as u64;
-        if received > meta.length {
-            return Err(mismatch(format!("blob {id} was declared as {} bytes; the upload is longer", meta.length)));
+/// `POST /blobs/<id>/complete?token=…`: joins the uploaded parts in order. The body is S3's
+/// `<CompleteMultipartUpload>` listing each part's number and `ETag`; the answer must contain
+/// the multipart `ETag`, the MD5 of the parts' MD5s followed by `-<number of parts>`.
+async fn complete_multipart(
+    State(blobs): State<Arc<BlobStore>>,
+    UrlPath(id): UrlPath<String>,
+    uri: Uri,
+    body: String,
+) -> Result<Response, HttpError> {
+    let meta = authorize(&blobs, &id, "POST complete", &uri).await?;
+    if !meta.is_multipart() {
+        return Err(bad_request(format!("blob {id} is not a multipart upload")));
+    }
+    let etags = parse_completion(&body)
+        .ok_or_else(|| bad_request("the body is not a <CompleteMultipartUpload> document".to_string()))?;
+    let listed: Vec<u64> = etags.iter().map(|(n, _)| *n).collect();
+    if listed != (1..=meta.parts()).collect::<Vec<_>>() {
+        return Err(bad_request(format!("blob {id} has {} parts; the completion must list each once, in order", meta.parts())));
+    }
+    let etags: Vec<String> = etags.into_iter().map(|(_, etag)| etag).collect();
+    let etag = tokio::task::spawn_blocking(move || join_parts(&blobs, &id, &meta, &etags))
+        .await
+        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("joining parts failed: {e}")))??;
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUploadResult><ETag>&quot;{etag}&quot;</ETag></CompleteMultipartUploadResult>"
+    );
+    Ok(etag_response(&etag, body))
+}
+
+/// `(part number, ETag without quotes)` for each `<Part>` of a completion request.
+fn parse_completion(xml: &str) -> Option<Vec<(u64, String)>> {
+    let inner = |text: &str, tag: &str| -> Option<String> {
+        let start = text.find(&format!("<{tag}>"))? + tag.len() + 2;
+        let end = start + text[start..].find(&format!("</{tag}>"))?;
+        Some(text[start..end].trim().replace("&quot;", "\"").trim_matches('"').to_string())
+    };
+    if !xml.contains("<CompleteMultipartUpload") {
+        return None;
+    }
+    xml.split("<Part>")
+        .skip(1)
+        .map(|part| Some((inner(part, "PartNumber")?.parse().ok()?, inner(part, "ETag")?)))
+        .collect()
+}
+
+/// Concatenates the parts of blob `id` into its bytes file, checking each part against the
+/// `ETag` the client listed and the whole against the declared SHA-256; returns the multipart ETag.
+fn join_parts(blobs: &BlobStore, id: &str, meta: &BlobMeta, etags: &[String]) -> Result<String, HttpError> {
+    use std::io::{Read, Write};
+    let tmp = blobs.temp_path(id);
+    let result = (|| {
+        let mut out = std::fs::File::create(&tmp).map_err(|e| io_error("cannot create blob file", e))?;
+        let (mut sha256, mut part_md5s) = (Sha256::new(), Vec::new());
+        let mut buf = vec![0u8; 1 << 20];
+        for (n, etag) in (1..).zip(etags) {
+            let mut part = match std::fs::File::open(blobs.part_path(id, n)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(bad_request(format!("part {n} of blob {id} was not uploaded")))
+                }
+                Err(e) => return Err(io_error("cannot open part", e)),
+            };
+            let mut md5 = Md5::new();
+            loop {
+                let k = part.read(&mut buf).map_err(|e| io_error("cannot read part", e))?;
+                if k == 0 {
+                    break;
+                }
+                md5.update(&buf[..k]);
+                sha256.update(&buf[..k]);
+                out.write_all(&buf[..k]).map_err(|e| io_error("cannot write blob", e))?;
+            }
+            let md5 = md5.finalize();
+            if hex::encode(md5) != etag.to_ascii_lowercase() {
+                return Err(bad_request(format!("part {n} of blob {id} has MD5 {}, not the listed {etag}", hex::encode(md5))));
+            }
+            part_md5s.extend_from_slice(&md5);
         }
-        md5.update(&chunk);
-        sha256.update(&chunk);
-        file.write_all(&chunk).await.map_err(|e| io_error("cannot write blob", e))?;
-    }
-    if received != meta.length {
-        return Err(mismatch(format!("blob {id} was declared as {} bytes; received {received}", meta.length)));
-    }
-    let md5: [u8; 16] = md5.finalize().into();
-    if md5 != meta.md5 {
-        return Err(mismatch(format!(
-            "The MD5 of the upload ({}) does not match the content_md5 declared for blob {id} ({})",
-            hex::encode(md5),
-            hex::encode(meta.md5)
-        )));
-    }
-    if let Some(declared) = meta.sha256 {
-        let actual: [u8; 32] = sha256.finalize().into();
-        if actual != declared {
-            return Err(mismatch(format!("The SHA-256 of the upload does not match the one declared for blob {id}")));
+        check_sha256(id, meta, sha256.finalize().into())?;
+        out.sync_all().map_err(|e| io_error("cannot write blob", e))?;
+        std::fs::rename(&tmp, blobs.bytes_path(id)).map_err(|e| io_error("cannot store blob", e))?;
+        for n in 1..=meta.parts() {
+            let _ = std::fs::remove_file(blobs.part_path(id, n));
         }
+        Ok(format!("{}-{}", hex::encode(Md5::digest(&part_md5s)), etags.len()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    file.sync_all().await.map_err(|e| io_error("cannot write blob", e))?;
-    drop(file);
-    tokio::fs::rename(tmp, blobs.bytes_path(id)).await.map_err(|e| io_error("cannot store blob", e))?;
-    Ok(md5)
+    result
 }
 
 /// `GET /blobs/<id>?token=…`: streams the uploaded bytes.

@@ -63,9 +63,19 @@ pub(crate) async fn get_inputs(s: &ModalService, r: Request<api::FunctionGetInpu
 
 pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOutputsRequest>) -> Rpc<()> {
     let task_id = task_of(&r)?;
+    let function_id = s.scheduler.task(&task_id).map(|t| t.function_id).unwrap_or_default();
     for out in r.into_inner().outputs {
-        let result = out.result.unwrap_or_default().encode_to_vec();
-        if !s.scheduler.complete(&task_id, &out.input_id, result, out.data_format) {
+        let result = out.result.unwrap_or_default();
+        let failed = result.status == api::generic_result::GenericStatus::Failure as i32
+            || result.status == api::generic_result::GenericStatus::Timeout as i32;
+        if failed {
+            // A failed attempt is retried while the function's retry policy allows.
+            if let Some(input) = s.scheduler.take_back(&task_id, &out.input_id) {
+                crate::launch::fail_or_retry_output(s, &function_id, &task_id, input, result.encode_to_vec(), out.data_format).await;
+            }
+            continue;
+        }
+        if !s.scheduler.complete(&task_id, &out.input_id, result.encode_to_vec(), out.data_format) {
             tracing::debug!(task_id, input_id = out.input_id, "output for an input the task does not hold; dropped");
         }
     }

@@ -165,6 +165,7 @@ fn to_inputs(call_id: &str, invocation_type: i32, items: Vec<api::FunctionPutInp
                 payload: input.encode_to_vec(),
                 retry_count: 0,
                 invocation_type,
+                taken_at: None,
             })
         })
         .collect()
@@ -249,5 +250,20 @@ pub(crate) async fn get_outputs(s: &ModalService, r: Request<api::FunctionGetOut
         last_entry_id: format!("{next}-0"),
         num_unfinished_inputs: unfinished as i32,
         ..Default::default()
+    }))
+}
+
+/// `FunctionCall.from_id`: the call must still be known to this server.
+pub(crate) async fn call_from_id(s: &ModalService, r: Request<api::FunctionCallFromIdRequest>) -> Rpc<api::FunctionCallFromIdResponse> {
+    let req = r.into_inner();
+    check_id(&req.function_call_id, "fc", "FunctionCall")?;
+    let (function_id, num_inputs) = s.scheduler.call_info(&req.function_call_id).ok_or_else(|| {
+        Status::not_found(format!("function call {} not found (calls do not survive a server restart yet)", req.function_call_id))
+    })?;
+    let record = s.store.function(&function_id).await.or_status()?;
+    Ok(Response::new(api::FunctionCallFromIdResponse {
+        function_call_id: req.function_call_id,
+        num_inputs: num_inputs as i32,
+        metadata: Some(api::FunctionCallHandleMetadata { app_id: record.app_id, function_id, ..Default::default() }),
     }))
 }

@@ -20,6 +20,8 @@ const DEFAULT_MAX_CONTAINERS: usize = 8;
 const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
 /// After `kill_switch`, how long a container gets to run `@modal.exit` before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// Prefix of the failure recorded when an input overran the function's timeout.
+const TIMED_OUT: &str = "Function timed out after ";
 
 /// The worker and the modal client runtime it mounts, prepared on first use.
 pub(crate) struct Launcher {
@@ -34,7 +36,59 @@ impl Launcher {
 }
 
 fn failure(message: impl Into<String>) -> Vec<u8> {
-    api::GenericResult { status: api::generic_result::GenericStatus::Failure as i32, exception: message.into(), ..Default::default() }.encode_to_vec()
+    failure_with(api::generic_result::GenericStatus::Failure, message)
+}
+
+fn failure_with(status: api::generic_result::GenericStatus, message: impl Into<String>) -> Vec<u8> {
+    api::GenericResult { status: status as i32, exception: message.into(), ..Default::default() }.encode_to_vec()
+}
+
+/// The delay before attempt `retry_count + 1`, or None when the policy allows no more.
+fn retry_delay(def: &api::Function, retry_count: u32) -> Option<Duration> {
+    let p = def.retry_policy.as_ref()?;
+    if retry_count >= p.retries {
+        return None;
+    }
+    let initial = if p.initial_delay_ms == 0 { 1000.0 } else { p.initial_delay_ms as f64 };
+    let coefficient = if p.backoff_coefficient <= 0.0 { 2.0 } else { p.backoff_coefficient as f64 };
+    let max = if p.max_delay_ms == 0 { 60_000.0 } else { p.max_delay_ms as f64 };
+    Some(Duration::from_millis((initial * coefficient.powi(retry_count as i32)).min(max) as u64))
+}
+
+/// A failed attempt the container reported: retried while the policy allows, else answered
+/// with the container's own result (which carries the user's exception).
+pub(crate) async fn fail_or_retry_output(s: &ModalService, function_id: &str, task_id: &str, input: crate::scheduler::Input, result: Vec<u8>, data_format: i32) {
+    let def = definition(s, function_id).await.ok().map(|(_, d)| d);
+    match def.as_ref().and_then(|d| retry_delay(d, input.retry_count)) {
+        Some(delay) => schedule_retry(s, function_id, input, delay),
+        None => s.scheduler.finish(input, task_id, result, data_format),
+    }
+}
+
+fn schedule_retry(s: &ModalService, function_id: &str, input: crate::scheduler::Input, delay: Duration) {
+    let svc = s.clone();
+    let fid = function_id.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        svc.scheduler.requeue(&fid, input);
+        if let Err(e) = ensure_capacity(&svc, &fid).await {
+            tracing::warn!("cannot start a container for a retry: {e}");
+        }
+    });
+}
+
+/// Retries each failed input its function's policy still allows (after the backoff), and
+/// answers the rest with `result`.
+pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: &str, inputs: Vec<crate::scheduler::Input>, result: Vec<u8>) {
+    let def = definition(s, function_id).await.ok().map(|(_, d)| d);
+    let mut final_failures = Vec::new();
+    for input in inputs {
+        match def.as_ref().and_then(|d| retry_delay(d, input.retry_count)) {
+            Some(delay) => schedule_retry(s, function_id, input, delay),
+            None => final_failures.push(input),
+        }
+    }
+    s.scheduler.fail(final_failures, task_id, result);
 }
 
 async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store::FunctionRecord, api::Function), String> {
@@ -53,7 +107,13 @@ pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration 
 
 /// Queues inputs and starts a container if none is free to take them.
 pub(crate) async fn submit(s: &ModalService, function_id: &str, inputs: Vec<Input>) -> Result<(), Status> {
-    let (pending, idle, total) = s.scheduler.enqueue(function_id, inputs);
+    s.scheduler.enqueue(function_id, inputs);
+    ensure_capacity(s, function_id).await
+}
+
+/// Starts containers while inputs wait and the function may have more.
+pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Result<(), Status> {
+    let (pending, idle, total) = s.scheduler.enqueue(function_id, Vec::new());
     let (_, def) = definition(s, function_id).await.map_err(Status::internal)?;
     let max = match def.concurrency_limit {
         0 => DEFAULT_MAX_CONTAINERS,
@@ -121,7 +181,8 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         env_vars.extend(s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?);
     }
 
-    let layout = app_layout(s, &app.id, &def).await?;
+    let deps: Vec<String> = def.object_dependencies.iter().map(|d| d.object_id.clone()).collect();
+    let layout = app_layout(s, &app.id, &deps).await?;
     let args = api::ContainerArguments {
         task_id: task_id.to_string(),
         function_id: function_id.to_string(),
@@ -129,6 +190,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         function_def: Some(def.clone()),
         environment_name: env.name.clone(),
         app_layout: Some(layout),
+        serialized_params: record.params.clone().unwrap_or_default(),
         ..Default::default()
     };
     let secret = s.store.create_task_credential(task_id, &app.id).await.map_err(|e| e.to_string())?;
@@ -180,14 +242,21 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         });
     }
 
-    // Enforce the stop request: after kill_switch, give @exit its grace period.
+    // Enforce the per-attempt timeout, and the stop request: after kill_switch, give @exit
+    // its grace period.
     let killer = task.killer();
+    let timeout = Duration::from_secs(if def.timeout_secs == 0 { 300 } else { def.timeout_secs as u64 });
     let watcher = {
         let sched = s.scheduler.clone();
         let task_id = task_id.to_string();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if sched.longest_running(&task_id).is_some_and(|d| d > timeout) {
+                    sched.set_failure(&task_id, format!("{TIMED_OUT}{} seconds", timeout.as_secs()));
+                    let _ = killer.kill(ferry_worker::Signal::Kill);
+                    return;
+                }
                 match sched.task(&task_id) {
                     Some(t) if t.stopping => {
                         tokio::time::sleep(EXIT_GRACE).await;
@@ -216,19 +285,25 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         (Ok(e), None) => format!("the container exited unexpectedly ({e:?}) while running this input"),
         (Err(e), None) => format!("the container failed: {e}"),
     };
+    if message.starts_with(TIMED_OUT) {
+        let result = failure_with(api::generic_result::GenericStatus::Timeout, message);
+        fail_or_retry(s, function_id, task_id, held, result).await;
+        return Ok(());
+    }
     let mut lost = held;
     if reported.is_some() && s.scheduler.tasks_of_function(function_id) == 0 {
+        // The function cannot start: the queued inputs would wait forever.
         lost.extend(s.scheduler.drain_pending(function_id));
-    }
-    if !lost.is_empty() {
         s.scheduler.fail(lost, task_id, failure(message));
+    } else {
+        fail_or_retry(s, function_id, task_id, lost, failure(message)).await;
     }
     Ok(())
 }
 
 /// Every function and class of the app with its handle metadata, plus the ids the function
 /// depends on: the container's entrypoint looks each of them up.
-async fn app_layout(s: &ModalService, app_id: &str, def: &api::Function) -> Result<api::AppLayout, String> {
+pub(crate) async fn app_layout(s: &ModalService, app_id: &str, dependencies: &[String]) -> Result<api::AppLayout, String> {
     let mut layout = api::AppLayout::default();
     let mut seen = HashSet::new();
     for f in s.store.functions_of_app(app_id).await.map_err(|e| e.to_string())? {
@@ -242,9 +317,18 @@ async fn app_layout(s: &ModalService, app_id: &str, def: &api::Function) -> Resu
             )),
         });
     }
-    for dep in &def.object_dependencies {
-        if seen.insert(dep.object_id.clone()) {
-            layout.objects.push(api::Object { object_id: dep.object_id.clone(), handle_metadata_oneof: None });
+    for (class_id, tag) in s.store.classes_of_app(app_id).await.map_err(|e| e.to_string())? {
+        layout.class_ids.insert(tag, class_id.clone());
+        if seen.insert(class_id.clone()) {
+            layout.objects.push(api::Object {
+                object_id: class_id,
+                handle_metadata_oneof: Some(api::object::HandleMetadataOneof::ClassHandleMetadata(Default::default())),
+            });
+        }
+    }
+    for dep in dependencies {
+        if seen.insert(dep.clone()) {
+            layout.objects.push(api::Object { object_id: dep.clone(), handle_metadata_oneof: None });
         }
     }
     Ok(layout)

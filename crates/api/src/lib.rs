@@ -8,6 +8,7 @@
 pub mod gateway;
 mod apps;
 mod blobs;
+mod classes;
 mod container;
 mod functions;
 mod images;

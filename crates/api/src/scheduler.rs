@@ -21,6 +21,8 @@ pub(crate) struct Input {
     pub payload: Vec<u8>,
     pub retry_count: u32,
     pub invocation_type: i32,
+    /// When a container took it (for the per-attempt timeout).
+    pub taken_at: Option<Instant>,
 }
 
 /// What a container reported for an input (or what the server concluded for it).
@@ -89,6 +91,10 @@ impl Scheduler {
     pub(crate) fn new_call(&self, call_id: &str, function_id: &str) {
         let mut st = self.state.lock().unwrap();
         st.calls.entry(call_id.to_string()).or_insert_with(|| Call { function_id: function_id.to_string(), ..Default::default() });
+    }
+
+    pub(crate) fn call_info(&self, call_id: &str) -> Option<(String, usize)> {
+        self.state.lock().unwrap().calls.get(call_id).map(|c| (c.function_id.clone(), c.num_inputs))
     }
 
     pub(crate) fn call_function(&self, call_id: &str) -> Option<String> {
@@ -178,7 +184,11 @@ impl Scheduler {
                 let q = st.queues.entry(task.function_id.clone()).or_default();
                 if !q.pending.is_empty() {
                     let n = max.max(1).min(q.pending.len());
-                    let taken: Vec<Input> = q.pending.drain(..n).collect();
+                    let now = Instant::now();
+                    let taken: Vec<Input> = q.pending.drain(..n).map(|mut i| {
+                        i.taken_at = Some(now);
+                        i
+                    }).collect();
                     st.running.entry(task_id.to_string()).or_default().extend(taken.iter().cloned());
                     if let Some(t) = st.tasks.get_mut(task_id) {
                         t.last_active = Instant::now();
@@ -218,8 +228,35 @@ impl Scheduler {
         true
     }
 
+    /// Takes back an input a task holds (to retry it), without answering it.
+    pub(crate) fn take_back(&self, task_id: &str, input_id: &str) -> Option<Input> {
+        let mut st = self.state.lock().unwrap();
+        let running = st.running.get_mut(task_id)?;
+        let pos = running.iter().position(|i| i.input_id == input_id)?;
+        Some(running.remove(pos))
+    }
+
+    /// Queues an input again for another attempt (it already counts towards its call).
+    pub(crate) fn requeue(&self, function_id: &str, mut input: Input) {
+        input.retry_count += 1;
+        input.taken_at = None;
+        let mut st = self.state.lock().unwrap();
+        let q = st.queues.entry(function_id.to_string()).or_default();
+        q.pending.push_back(input);
+        q.changed.notify_waiters();
+    }
+
+    /// How long the task's longest-running input has been running.
+    pub(crate) fn longest_running(&self, task_id: &str) -> Option<Duration> {
+        let st = self.state.lock().unwrap();
+        st.running.get(task_id)?.iter().filter_map(|i| i.taken_at).map(|t| t.elapsed()).max()
+    }
+
     /// Answers inputs the server gave up on (their container died) with a failure result.
     pub(crate) fn fail(&self, inputs: Vec<Input>, task_id: &str, result: Vec<u8>) {
+        if inputs.is_empty() {
+            return;
+        }
         let mut st = self.state.lock().unwrap();
         for input in inputs {
             let output = Output {
@@ -232,6 +269,20 @@ impl Scheduler {
             };
             Self::record(&mut st, &input.call_id, output);
         }
+    }
+
+    /// Answers an input that is no longer held by any task (after its last attempt).
+    pub(crate) fn finish(&self, input: Input, task_id: &str, result: Vec<u8>, data_format: i32) {
+        let mut st = self.state.lock().unwrap();
+        let output = Output {
+            input_id: input.input_id.clone(),
+            idx: input.idx,
+            retry_count: input.retry_count,
+            task_id: task_id.to_string(),
+            result,
+            data_format,
+        };
+        Self::record(&mut st, &input.call_id, output);
     }
 
     fn record(st: &mut State, call_id: &str, output: Output) {

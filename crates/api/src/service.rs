@@ -114,6 +114,11 @@ modal_client_impl! {
         function_get_inputs(api::FunctionGetInputsRequest) -> api::FunctionGetInputsResponse => crate::container::get_inputs;
         function_put_outputs(api::FunctionPutOutputsRequest) -> () => crate::container::put_outputs;
         task_result(api::TaskResultRequest) -> () => crate::container::task_result;
+        class_create(api::ClassCreateRequest) -> api::ClassCreateResponse => crate::classes::create;
+        class_get(api::ClassGetRequest) -> api::ClassGetResponse => crate::classes::get;
+        function_bind_params(api::FunctionBindParamsRequest) -> api::FunctionBindParamsResponse => crate::classes::bind_params;
+        app_get_layout(api::AppGetLayoutRequest) -> api::AppGetLayoutResponse => crate::classes::app_get_layout;
+        function_call_from_id(api::FunctionCallFromIdRequest) -> api::FunctionCallFromIdResponse => crate::functions::call_from_id;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
 
         secret_get_or_create(api::SecretGetOrCreateRequest) -> api::SecretGetOrCreateResponse => crate::secrets::get_or_create;

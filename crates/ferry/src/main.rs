@@ -60,7 +60,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImagesCommand {
-    /// Build the Debian base with Python (what `Image.debian_slim()` starts from) ahead of time.
+    /// Build the Debian base with Python (what `Image.debian_slim()` starts from) and install
+    /// the pinned modal client that containers run with, ahead of the first `modal run`.
     Prepare {
         /// Python series to prepare.
         #[arg(long, default_value = "3.11")]
@@ -112,13 +113,20 @@ async fn images_prepare(data_dir: &std::path::Path, python: &str) -> anyhow::Res
     });
     let started = std::time::Instant::now();
     let base = ferry_runtime::prepare_base(data_dir, python, &sink).await;
+    let client = match &base {
+        Ok(_) => Some(ferry_worker::prepare(data_dir, python, ferry_proto::CLIENT_VERSION, &sink).await),
+        Err(_) => None,
+    };
     drop(sink);
     let _ = printer.await;
     let base = base?;
+    let client = client.expect("prepared after the base")?;
     println!(
-        "base image for Python {} ready (layer {}) in {:.0?}",
+        "base image for Python {} ready (layer {}), modal {} client in {}; took {:.0?}",
         base.python_version,
         base.layer,
+        ferry_proto::CLIENT_VERSION,
+        client.dir.display(),
         started.elapsed()
     );
     Ok(())

@@ -37,6 +37,9 @@ pub struct FunctionRecord {
     pub app_id: String,
     pub tag: String,
     pub definition: Option<Vec<u8>>,
+    /// For a function bound to class parameters: the class service function it varies.
+    pub base_id: Option<String>,
+    pub params: Option<Vec<u8>>,
 }
 
 fn mount_row(r: &sqlx::sqlite::SqliteRow) -> Result<Mount> {
@@ -56,7 +59,14 @@ fn image_row(r: &sqlx::sqlite::SqliteRow) -> ImageRecord {
 }
 
 fn function_row(r: &sqlx::sqlite::SqliteRow) -> FunctionRecord {
-    FunctionRecord { id: r.get("id"), app_id: r.get("app_id"), tag: r.get("tag"), definition: r.get("definition") }
+    FunctionRecord {
+        id: r.get("id"),
+        app_id: r.get("app_id"),
+        tag: r.get("tag"),
+        definition: r.get("definition"),
+        base_id: r.get("base_id"),
+        params: r.get("params"),
+    }
 }
 
 impl Store {
@@ -162,7 +172,7 @@ impl Store {
 
     /// The defined function with `tag` in an app, newest first.
     pub async fn function_by_tag(&self, app_id: &str, tag: &str) -> Result<Option<FunctionRecord>> {
-        let r = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND tag = ? AND definition IS NOT NULL ORDER BY created_at DESC LIMIT 1")
+        let r = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND tag = ? AND definition IS NOT NULL AND base_id IS NULL ORDER BY created_at DESC LIMIT 1")
             .bind(app_id)
             .bind(tag)
             .fetch_optional(&self.pool)
@@ -171,11 +181,39 @@ impl Store {
     }
 
     pub async fn functions_of_app(&self, app_id: &str) -> Result<Vec<FunctionRecord>> {
-        let rows = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND definition IS NOT NULL ORDER BY created_at")
+        let rows = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND definition IS NOT NULL AND base_id IS NULL ORDER BY created_at")
             .bind(app_id)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(function_row).collect())
+    }
+
+    /// A variant of `base` bound to serialized class parameters, with its own definition
+    /// (the base's, with any options the caller overrides).
+    pub async fn create_bound_function(&self, base: &FunctionRecord, definition: &[u8], params: &[u8]) -> Result<FunctionRecord> {
+        let id = new_id("fu");
+        sqlx::query("INSERT INTO functions (id, app_id, tag, definition, created_at, base_id, params) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&id)
+            .bind(&base.app_id)
+            .bind(&base.tag)
+            .bind(definition)
+            .bind(now())
+            .bind(&base.id)
+            .bind(params)
+            .execute(&self.pool)
+            .await?;
+        self.function(&id).await
+    }
+
+    /// Names a class when its app is published.
+    pub async fn set_class_tag(&self, id: &str, app_id: &str, tag: &str) -> Result<()> {
+        sqlx::query("UPDATE classes SET tag = ?, app_id = ? WHERE id = ?").bind(tag).bind(app_id).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn classes_of_app(&self, app_id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT id, tag FROM classes WHERE app_id = ? AND tag != '' ORDER BY created_at").bind(app_id).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn create_class(&self, app_id: &str, tag: &str) -> Result<String> {

@@ -1,0 +1,81 @@
+"""Classes, spawn, retries and timeouts."""
+
+import time
+
+import modal
+
+app = modal.App("ferry-features")
+image = modal.Image.debian_slim()
+attempts = modal.Dict.from_name("ferry-features-attempts", create_if_missing=True)
+
+
+@app.cls(image=image)
+class Counter:
+    start: int = modal.parameter(default=0)
+
+    @modal.enter()
+    def setup(self):
+        self.entered = True
+        self.base = self.start * 100
+
+    @modal.method()
+    def add(self, x):
+        return self.base + x
+
+    @modal.method()
+    def was_entered(self):
+        return self.entered
+
+    @modal.exit()
+    def teardown(self):
+        print("EXIT ran for", self.start)
+
+
+@app.function(image=image)
+def slow_double(x):
+    time.sleep(0.5)
+    return 2 * x
+
+
+@app.function(image=image, retries=modal.Retries(max_retries=2, initial_delay=0.1, backoff_coefficient=1.0))
+def flaky(key):
+    n = attempts.get(key, 0) + 1
+    attempts[key] = n
+    if n < 3:
+        raise RuntimeError(f"attempt {n} fails")
+    return n
+
+
+@app.function(image=image, retries=1)
+def always_fails():
+    raise RuntimeError("never works")
+
+
+@app.function(image=image, timeout=2)
+def sleeper(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.local_entrypoint()
+def main():
+    c = Counter()
+    print("add", c.add.remote(5))
+    print("entered", c.was_entered.remote())
+    print("param", Counter(start=3).add.remote(1))
+    print("map", list(Counter(start=1).add.map([1, 2, 3])))
+    call = slow_double.spawn(21)
+    print("spawned", modal.FunctionCall.from_id(call.object_id).get())
+    calls = [slow_double.spawn(i) for i in range(3)]
+    print("gather", modal.FunctionCall.gather(*calls))
+    key = f"k{time.time_ns()}"
+    print("flaky", flaky.remote(key))
+    try:
+        always_fails.remote()
+    except RuntimeError as e:
+        print("gave up", e)
+    print("quick", sleeper.remote(0.1))
+    try:
+        sleeper.remote(30)
+    except modal.exception.FunctionTimeoutError as e:
+        print("timeout", e)
