@@ -89,6 +89,7 @@ def test_classes_spawn_retries_timeouts(runner):
         "entered True",
         "param 301",
         "map [101, 102, 103]",
+        "options 201",
         "spawned 42",
         "gather [0, 2, 4]",
         "flaky 3",

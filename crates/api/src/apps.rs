@@ -98,14 +98,62 @@ pub(crate) async fn get_lifecycle(s: &ModalService, r: Request<api::AppGetLifecy
     Ok(Response::new(api::AppGetLifecycleResponse { lifecycle: Some(lifecycle(&app)) }))
 }
 
-/// Running containers of an app. Ferry runs no containers for an app until it has functions
-/// scheduled, so the list is empty.
+/// Running containers, of one app or of an environment.
 pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>) -> Rpc<api::TaskListResponse> {
     let req = r.into_inner();
     if !req.app_id.is_empty() {
         s.store.app(id(&req.app_id)?).await.or_status()?;
     }
-    Ok(Response::new(api::TaskListResponse::default()))
+    let env = s.store.environment(&req.environment_name).await.or_status()?;
+    let mut tasks = Vec::new();
+    for t in s.scheduler.all_tasks() {
+        if !req.app_id.is_empty() && t.app_id != req.app_id {
+            continue;
+        }
+        let Ok(app) = s.store.app(&t.app_id).await else { continue };
+        if app.environment_id != env.id {
+            continue;
+        }
+        tasks.push(api::TaskStats {
+            task_id: t.task_id,
+            app_id: t.app_id,
+            app_description: app.description,
+            started_at: t.started_at,
+            ..Default::default()
+        });
+    }
+    Ok(Response::new(api::TaskListResponse { tasks }))
+}
+
+pub(crate) async fn task_get_info(s: &ModalService, r: Request<api::TaskGetInfoRequest>) -> Rpc<api::TaskGetInfoResponse> {
+    let req = r.into_inner();
+    check_id(&req.task_id, "ta", "Container")?;
+    let t = s.scheduler.task(&req.task_id).ok_or_else(|| {
+        Status::not_found(format!("container {} is not running on this server (see `modal container list`)", req.task_id))
+    })?;
+    Ok(Response::new(api::TaskGetInfoResponse {
+        app_id: t.app_id.clone(),
+        info: Some(api::TaskInfo { id: t.task_id, started_at: t.started_at, ..Default::default() }),
+        ..Default::default()
+    }))
+}
+
+/// `modal container stop`: graceful lets the current inputs finish; otherwise the container is
+/// killed at once and its inputs run again on another container.
+pub(crate) async fn container_stop(s: &ModalService, r: Request<api::ContainerStopRequest>) -> Rpc<api::ContainerStopResponse> {
+    let req = r.into_inner();
+    check_id(&req.task_id, "ta", "Container")?;
+    if s.scheduler.task(&req.task_id).is_none() {
+        return Err(Status::not_found(format!("container {} is not running", req.task_id)));
+    }
+    if req.graceful {
+        s.scheduler.stop_task(&req.task_id);
+    } else {
+        s.scheduler.preempt(&req.task_id);
+        s.scheduler.stop_task(&req.task_id);
+        s.launcher.kill(&req.task_id);
+    }
+    Ok(Response::new(api::ContainerStopResponse::default()))
 }
 
 pub(crate) async fn heartbeat(s: &ModalService, r: Request<api::AppHeartbeatRequest>) -> Rpc<()> {

@@ -10,7 +10,7 @@
 //! On disk, `DATA_DIR/blobs/<id>.meta` records the length and hashes `BlobCreate` declared, and
 //! `DATA_DIR/blobs/<id>` holds the bytes once an upload matched them (written to a temporary
 //! file, then renamed, so a reader never sees half a blob). Blobs over 1 GiB arrive in parts
-//! (`.<id>.part<n>`), which the completion request joins, as in S3's multipart uploads.
+//! (`.<id>.part<n>.<md5>`), which the completion request joins, as in S3's multipart uploads.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,8 +37,9 @@ use crate::service::{ModalService, Rpc};
 use crate::status::invalid;
 
 /// Blobs above this size are uploaded in parts: the client never sends more in one PUT
-/// (`MULTIPART_UPLOAD_THRESHOLD` in its `blob_utils.py`), and it declares a placeholder MD5 for
-/// larger mount files, so their SHA-256 is what Ferry checks.
+/// (`MULTIPART_UPLOAD_THRESHOLD` in its `blob_utils.py`). It declares a placeholder MD5 for
+/// larger mount files, so these are checked part by part (each part's MD5 is its ETag, which
+/// the client verifies and lists back), not against the declared hashes.
 const MULTIPART_UPLOAD_THRESHOLD: u64 = 1024 * 1024 * 1024;
 
 /// The length of each part of a multipart upload but the last.
@@ -94,7 +95,8 @@ impl Drop for BlobServer {
 ///
 /// The client refuses to upload to a host that is neither `localhost` nor a private or
 /// loopback IP address (`use_md5` in `blob_utils.py` raises "Unknown S3 host"), so a
-/// `public_url` with a DNS name other than `localhost` cannot carry blobs.
+/// `public_url` with a DNS name other than `localhost` cannot carry blobs. The blob listener
+/// speaks plain HTTP, also when the gRPC server uses TLS.
 pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &str) -> anyhow::Result<BlobServer> {
     let dir = data_dir.join("blobs");
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -249,8 +251,10 @@ impl BlobStore {
         format!("{}/blobs/{id}{subpath}?token={expires}.{sig}", self.base_url)
     }
 
-    fn part_path(&self, id: &str, n: u64) -> PathBuf {
-        self.dir.join(format!(".{id}.part{n}"))
+    /// Where part `n` of blob `id` is kept; its MD5 is in the name, so the completion request
+    /// finds the very part whose ETag it lists.
+    fn part_path(&self, id: &str, n: u64, md5_hex: &str) -> PathBuf {
+        self.dir.join(format!(".{id}.part{n}.{md5_hex}"))
     }
 
     /// A fresh temporary file name for an upload into blob `id`.
@@ -441,7 +445,8 @@ async fn put_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<Stri
     if meta.is_multipart() {
         return Err(bad_request(format!("blob {id} is over 1 GiB and must be uploaded in parts")));
     }
-    let (md5, _) = receive_into_place(&blobs, body, meta.length, &blobs.bytes_path(&id), |md5, sha256| {
+    let dest = blobs.bytes_path(&id);
+    let md5 = receive_into_place(&blobs, body, meta.length, true, |_| dest, |md5, sha256| {
         if md5 != meta.md5 {
             return Err(bad_request(format!(
                 "The MD5 of the upload ({}) does not match the content_md5 declared for blob {id} ({})",
@@ -449,7 +454,7 @@ async fn put_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<Stri
                 hex::encode(meta.md5)
             )));
         }
-        check_sha256(&id, &meta, sha256)
+        check_sha256(&id, &meta, sha256.expect("asked for the SHA-256"))
     })
     .await?;
     Ok(etag_response(&hex::encode(md5), String::new()))
@@ -476,23 +481,25 @@ async fn put_part(
     if !meta.is_multipart() || n == 0 || n > meta.parts() {
         return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} has no part {n}")));
     }
-    let (md5, _) = receive_into_place(&blobs, body, meta.part_length(n), &blobs.part_path(&id, n), |_, _| Ok(())).await?;
+    let length = meta.part_length(n);
+    let md5 = receive_into_place(&blobs, body, length, false, |md5| blobs.part_path(&id, n, &hex::encode(md5)), |_, _| Ok(())).await?;
     Ok(etag_response(&hex::encode(md5), String::new()))
 }
 
-/// Streams `body` into a temporary file while hashing it; if it is `length` bytes and `accept`
-/// agrees with its MD5 and SHA-256, renames it to `dest`.
+/// Streams `body` into a temporary file while hashing it (MD5, and SHA-256 if `with_sha256`); if
+/// it is `length` bytes and `accept` agrees with its hashes, renames it to `dest(md5)`.
 async fn receive_into_place(
     blobs: &BlobStore,
     body: Body,
     length: u64,
-    dest: &Path,
-    accept: impl FnOnce([u8; 16], [u8; 32]) -> Result<(), HttpError>,
-) -> Result<([u8; 16], [u8; 32]), HttpError> {
+    with_sha256: bool,
+    dest: impl FnOnce([u8; 16]) -> PathBuf,
+    accept: impl FnOnce([u8; 16], Option<[u8; 32]>) -> Result<(), HttpError>,
+) -> Result<[u8; 16], HttpError> {
     let tmp = blobs.temp_path("upload");
     let result = async {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_error("cannot create blob file", e))?;
-        let (mut md5, mut sha256, mut received) = (Md5::new(), Sha256::new(), 0u64);
+        let (mut md5, mut sha256, mut received) = (Md5::new(), with_sha256.then(Sha256::new), 0u64);
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| bad_request(format!("upload interrupted: {e}")))?;
@@ -501,18 +508,20 @@ async fn receive_into_place(
                 return Err(bad_request(format!("the upload was declared as {length} bytes; it is longer")));
             }
             md5.update(&chunk);
-            sha256.update(&chunk);
+            if let Some(sha256) = &mut sha256 {
+                sha256.update(&chunk);
+            }
             file.write_all(&chunk).await.map_err(|e| io_error("cannot write blob", e))?;
         }
         if received != length {
             return Err(bad_request(format!("the upload was declared as {length} bytes; received {received}")));
         }
-        let hashes: ([u8; 16], [u8; 32]) = (md5.finalize().into(), sha256.finalize().into());
-        accept(hashes.0, hashes.1)?;
+        let md5: [u8; 16] = md5.finalize().into();
+        accept(md5, sha256.map(|h| h.finalize().into()))?;
         file.sync_all().await.map_err(|e| io_error("cannot write blob", e))?;
         drop(file);
-        tokio::fs::rename(&tmp, dest).await.map_err(|e| io_error("cannot store blob", e))?;
-        Ok(hashes)
+        tokio::fs::rename(&tmp, dest(md5)).await.map_err(|e| io_error("cannot store blob", e))?;
+        Ok(md5)
     }
     .await;
     if result.is_err() {
@@ -566,51 +575,46 @@ fn parse_completion(xml: &str) -> Option<Vec<(u64, String)>> {
         .collect()
 }
 
-/// Concatenates the parts of blob `id` into its bytes file, checking each part against the
-/// `ETag` the client listed and the whole against the declared SHA-256; returns the multipart ETag.
+/// Concatenates the parts of blob `id` that carry the listed ETags (each part's MD5, checked
+/// when it was uploaded) into its bytes file; returns the multipart ETag.
 fn join_parts(blobs: &BlobStore, id: &str, meta: &BlobMeta, etags: &[String]) -> Result<String, HttpError> {
-    use std::io::{Read, Write};
+    let mut part_md5s = Vec::with_capacity(16 * etags.len());
+    for (n, etag) in (1..).zip(etags) {
+        let md5 = hex::decode(etag)
+            .ok()
+            .filter(|d| d.len() == 16 && etag.bytes().all(|b| !b.is_ascii_uppercase()))
+            .ok_or_else(|| bad_request(format!("part {n}'s ETag '{etag}' is not an MD5 in lowercase hex")))?;
+        part_md5s.extend_from_slice(&md5);
+    }
     let tmp = blobs.temp_path(id);
     let result = (|| {
         let mut out = std::fs::File::create(&tmp).map_err(|e| io_error("cannot create blob file", e))?;
-        let (mut sha256, mut part_md5s) = (Sha256::new(), Vec::new());
-        let mut buf = vec![0u8; 1 << 20];
+        let mut joined = 0;
         for (n, etag) in (1..).zip(etags) {
-            let mut part = match std::fs::File::open(blobs.part_path(id, n)) {
+            let mut part = match std::fs::File::open(blobs.part_path(id, n, etag)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(bad_request(format!("part {n} of blob {id} was not uploaded")))
+                    return Err(bad_request(format!("part {n} of blob {id} with ETag {etag} was not uploaded")))
                 }
                 Err(e) => return Err(io_error("cannot open part", e)),
             };
-            let mut md5 = Md5::new();
-            loop {
-                let k = part.read(&mut buf).map_err(|e| io_error("cannot read part", e))?;
-                if k == 0 {
-                    break;
-                }
-                md5.update(&buf[..k]);
-                sha256.update(&buf[..k]);
-                out.write_all(&buf[..k]).map_err(|e| io_error("cannot write blob", e))?;
-            }
-            let md5 = md5.finalize();
-            if hex::encode(md5) != etag.to_ascii_lowercase() {
-                return Err(bad_request(format!("part {n} of blob {id} has MD5 {}, not the listed {etag}", hex::encode(md5))));
-            }
-            part_md5s.extend_from_slice(&md5);
+            // A file-to-file copy, done by the kernel (copy_file_range) where it can.
+            joined += std::io::copy(&mut part, &mut out).map_err(|e| io_error("cannot join parts", e))?;
         }
-        check_sha256(id, meta, sha256.finalize().into())?;
+        if joined != meta.length {
+            return Err(bad_request(format!("the parts of blob {id} hold {joined} bytes, not the declared {}", meta.length)));
+        }
         out.sync_all().map_err(|e| io_error("cannot write blob", e))?;
-        std::fs::rename(&tmp, blobs.bytes_path(id)).map_err(|e| io_error("cannot store blob", e))?;
-        for n in 1..=meta.parts() {
-            let _ = std::fs::remove_file(blobs.part_path(id, n));
-        }
-        Ok(format!("{}-{}", hex::encode(Md5::digest(&part_md5s)), etags.len()))
+        std::fs::rename(&tmp, blobs.bytes_path(id)).map_err(|e| io_error("cannot store blob", e))
     })();
-    if result.is_err() {
+    if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
+    for (n, etag) in (1..).zip(etags) {
+        let _ = std::fs::remove_file(blobs.part_path(id, n, etag));
+    }
+    Ok(format!("{}-{}", hex::encode(Md5::digest(&part_md5s)), etags.len()))
 }
 
 /// `GET /blobs/<id>?token=…`: streams the uploaded bytes.
@@ -667,6 +671,26 @@ mod tests {
             assert_eq!(BlobMeta::parse(&meta.to_text()), Some(meta));
         }
         assert_eq!(BlobMeta::parse("12 zz -"), None);
+    }
+
+    #[test]
+    fn parts_cover_the_blob() {
+        let meta = BlobMeta { length: 2 * PART_LENGTH + 1, md5: [0; 16], sha256: None };
+        assert!(meta.is_multipart() == (meta.length > MULTIPART_UPLOAD_THRESHOLD));
+        assert_eq!(meta.parts(), 3);
+        assert_eq!((1..=3).map(|n| meta.part_length(n)).collect::<Vec<_>>(), [PART_LENGTH, PART_LENGTH, 1]);
+    }
+
+    #[test]
+    fn completion_lists_parts_and_etags() {
+        // As the client writes it, and as S3 documents it (quotes escaped).
+        let client = "<CompleteMultipartUpload>\n<Part>\n<PartNumber>1</PartNumber>\n<ETag>\"ab\"</ETag>\n</Part>\n\
+                      <Part>\n<PartNumber>2</PartNumber>\n<ETag>\"cd\"</ETag>\n</Part>\n</CompleteMultipartUpload>";
+        assert_eq!(parse_completion(client), Some(vec![(1, "ab".into()), (2, "cd".into())]));
+        let escaped = "<CompleteMultipartUpload><Part><ETag>&quot;ef&quot;</ETag><PartNumber>7</PartNumber></Part></CompleteMultipartUpload>";
+        assert_eq!(parse_completion(escaped), Some(vec![(7, "ef".into())]));
+        assert_eq!(parse_completion("<Part><PartNumber>x</PartNumber><ETag>a</ETag></Part>"), None);
+        assert_eq!(parse_completion("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>"), None);
     }
 
     #[test]

@@ -38,9 +38,12 @@ pub(crate) async fn get_inputs(s: &ModalService, r: Request<api::FunctionGetInpu
     if req.function_id != task.function_id {
         return Err(Status::permission_denied(format!("task {task_id} serves {}, not {}", task.function_id, req.function_id)));
     }
-    let max = if req.batch_max_size > 0 { req.batch_max_size as usize } else { req.input_concurrency.max(1) as usize };
+    // The client takes one input per call (it keeps several calls going for concurrency), or
+    // up to a batch for `@modal.batched`.
+    let max = req.batch_max_size.max(1) as usize;
+    let linger = Duration::from_millis(if max > 1 { req.batch_linger_ms } else { 0 });
     let idle_limit = crate::launch::idle_limit(s, &task.function_id).await;
-    let inputs = match s.scheduler.take_inputs(&task_id, max, INPUT_POLL, idle_limit).await {
+    let inputs = match s.scheduler.take_inputs(&task_id, max, linger, INPUT_POLL, idle_limit).await {
         Work::Nothing => Vec::new(),
         Work::Stop => vec![api::FunctionGetInputsItem { kill_switch: true, ..Default::default() }],
         Work::Inputs(taken) => taken
@@ -93,6 +96,21 @@ pub(crate) async fn task_result(s: &ModalService, r: Request<api::TaskResultRequ
             message = format!("{}\n{}", result.traceback.trim_end(), message);
         }
         s.scheduler.set_failure(&task_id, message);
+    }
+    Ok(Response::new(()))
+}
+
+/// Generator items from a container, for the caller's `FunctionCallGetDataOut` stream.
+pub(crate) async fn put_data_out(s: &ModalService, r: Request<api::FunctionCallPutDataRequest>) -> Rpc<()> {
+    task_of(&r)?;
+    let req = r.into_inner();
+    let call_id = match req.call_info {
+        Some(api::function_call_put_data_request::CallInfo::FunctionCallId(id)) => id,
+        _ => return Err(Status::invalid_argument("FunctionCallPutDataOut needs a function_call_id")),
+    };
+    let chunks = req.data_chunks.into_iter().map(|c| (c.index, c.encode_to_vec())).collect();
+    if !s.scheduler.put_data_out(&call_id, chunks) {
+        return Err(Status::not_found(format!("function call {call_id} not found")));
     }
     Ok(Response::new(()))
 }

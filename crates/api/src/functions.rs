@@ -267,3 +267,41 @@ pub(crate) async fn call_from_id(s: &ModalService, r: Request<api::FunctionCallF
         metadata: Some(api::FunctionCallHandleMetadata { app_id: record.app_id, function_id, ..Default::default() }),
     }))
 }
+
+/// The items a generator function yields, streamed as the container produces them. The stream
+/// ends after a while without items; the client reopens it from its last index.
+pub(crate) async fn get_data_out(s: &ModalService, r: Request<api::FunctionCallGetDataRequest>) -> crate::service::RpcStream<api::DataChunk> {
+    let req = r.into_inner();
+    let call_id = match req.call_info {
+        Some(api::function_call_get_data_request::CallInfo::FunctionCallId(id)) => id,
+        _ => return Err(invalid("FunctionCallGetDataOut needs a function_call_id")),
+    };
+    check_id(&call_id, "fc", "FunctionCall")?;
+    if s.scheduler.call_info(&call_id).is_none() {
+        return Err(Status::not_found(format!("function call {call_id} not found")));
+    }
+    let scheduler = s.scheduler.clone();
+    let mut after = req.last_index;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(items) = scheduler.data_out(&call_id, after, left).await else { return };
+            if items.is_empty() {
+                return;
+            }
+            for (index, bytes) in items {
+                after = index;
+                let chunk = match api::DataChunk::decode(bytes.as_slice()) {
+                    Ok(c) => Ok(c),
+                    Err(e) => Err(Status::internal(format!("stored chunk is unreadable: {e}"))),
+                };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+}

@@ -27,11 +27,25 @@ const TIMED_OUT: &str = "Function timed out after ";
 pub(crate) struct Launcher {
     pub(crate) worker: ferry_worker::Worker,
     client: OnceCell<ferry_worker::ClientRuntime>,
+    killers: std::sync::Mutex<std::collections::HashMap<String, ferry_worker::TaskKiller>>,
 }
 
 impl Launcher {
     pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore) -> Self {
-        Launcher { worker: ferry_worker::Worker::new(data_dir, images), client: OnceCell::new() }
+        let worker = ferry_worker::Worker::new(data_dir, images);
+        let swept = worker.sweep_stale();
+        if swept > 0 {
+            tracing::info!("removed {swept} leftovers of containers from an earlier run");
+        }
+        Launcher { worker, client: OnceCell::new(), killers: Default::default() }
+    }
+
+    /// Stops a running container now; returns false when it is not running here.
+    pub(crate) fn kill(&self, task_id: &str) -> bool {
+        match self.killers.lock().unwrap().get(task_id) {
+            Some(k) => k.kill(ferry_worker::Signal::Kill).is_ok(),
+            None => false,
+        }
     }
 }
 
@@ -159,6 +173,8 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         app_id: app.id.clone(),
         function_id: function_id.to_string(),
         last_active: Instant::now(),
+        started_at: ferry_store::now(),
+        preempted: false,
         stopping: false,
         failure: None,
     });
@@ -245,6 +261,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     // Enforce the per-attempt timeout, and the stop request: after kill_switch, give @exit
     // its grace period.
     let killer = task.killer();
+    launcher.killers.lock().unwrap().insert(task_id.to_string(), killer.clone());
     let timeout = Duration::from_secs(if def.timeout_secs == 0 { 300 } else { def.timeout_secs as u64 });
     let watcher = {
         let sched = s.scheduler.clone();
@@ -273,8 +290,17 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     };
     let exit = task.wait().await;
     watcher.abort();
+    launcher.killers.lock().unwrap().remove(task_id);
     let _ = s.store.revoke_task_credential(task_id).await;
     let (info, held) = s.scheduler.remove_task(task_id);
+    if info.as_ref().is_some_and(|i| i.preempted) {
+        // Stopped by an operator: what it held runs again on another container.
+        for input in held {
+            s.scheduler.requeue(function_id, input);
+        }
+        let _ = ensure_capacity(s, function_id).await;
+        return Ok(());
+    }
     let reported = info.and_then(|i| i.failure);
     let message = match (&exit, &reported) {
         (_, Some(failure)) => failure.clone(),

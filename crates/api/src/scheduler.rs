@@ -42,6 +42,8 @@ struct Call {
     function_id: String,
     num_inputs: usize,
     outputs: Vec<Output>,
+    /// Generator items (encoded data chunks) by their index, in arrival order.
+    data_out: Vec<(u64, Vec<u8>)>,
     done_inputs: HashSet<String>,
     changed: Arc<Notify>,
 }
@@ -59,6 +61,10 @@ pub(crate) struct TaskInfo {
     pub function_id: String,
     /// When the task last took or answered an input; scale-down counts idleness from here.
     pub last_active: Instant,
+    /// Wall-clock start, for listings.
+    pub started_at: f64,
+    /// Stopped by an operator (`modal container stop`): its inputs run again elsewhere.
+    pub preempted: bool,
     pub stopping: bool,
     /// A failure the container reported before serving (import or `@enter` error).
     pub failure: Option<String>,
@@ -142,6 +148,16 @@ impl Scheduler {
         self.state.lock().unwrap().tasks.values().filter(|t| t.app_id == app_id).cloned().collect()
     }
 
+    pub(crate) fn all_tasks(&self) -> Vec<TaskInfo> {
+        self.state.lock().unwrap().tasks.values().cloned().collect()
+    }
+
+    pub(crate) fn preempt(&self, task_id: &str) {
+        if let Some(t) = self.state.lock().unwrap().tasks.get_mut(task_id) {
+            t.preempted = true;
+        }
+    }
+
     pub(crate) fn tasks_of_function(&self, function_id: &str) -> usize {
         self.state.lock().unwrap().tasks.values().filter(|t| t.function_id == function_id).count()
     }
@@ -163,8 +179,10 @@ impl Scheduler {
 
     /// Hands a polling container up to `max` inputs, waiting up to `poll` for one. A container
     /// idle for longer than `idle_limit` is told to stop.
-    pub(crate) async fn take_inputs(&self, task_id: &str, max: usize, poll: Duration, idle_limit: Duration) -> Work {
+    /// With `linger`, a batch that is not full waits that long for more inputs (`@modal.batched`).
+    pub(crate) async fn take_inputs(&self, task_id: &str, max: usize, linger: Duration, poll: Duration, idle_limit: Duration) -> Work {
         let deadline = tokio::time::Instant::now() + poll;
+        let mut linger_until: Option<tokio::time::Instant> = None;
         let changed = {
             let mut st = self.state.lock().unwrap();
             let Some(task) = st.tasks.get(task_id).cloned() else { return Work::Stop };
@@ -175,6 +193,7 @@ impl Scheduler {
             let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let mut wait_for_batch = None;
             {
                 let mut st = self.state.lock().unwrap();
                 let Some(task) = st.tasks.get(task_id).cloned() else { return Work::Stop };
@@ -182,7 +201,13 @@ impl Scheduler {
                     return Work::Stop;
                 }
                 let q = st.queues.entry(task.function_id.clone()).or_default();
-                if !q.pending.is_empty() {
+                if !q.pending.is_empty() && q.pending.len() < max && !linger.is_zero() {
+                    let until = *linger_until.get_or_insert_with(|| tokio::time::Instant::now() + linger);
+                    if tokio::time::Instant::now() < until {
+                        wait_for_batch = Some(until);
+                    }
+                }
+                if wait_for_batch.is_none() && !q.pending.is_empty() {
                     let n = max.max(1).min(q.pending.len());
                     let now = Instant::now();
                     let taken: Vec<Input> = q.pending.drain(..n).map(|mut i| {
@@ -196,9 +221,13 @@ impl Scheduler {
                     return Work::Inputs(taken);
                 }
                 let busy = st.running.get(task_id).is_some_and(|r| !r.is_empty());
-                if !busy && task.last_active.elapsed() >= idle_limit {
+                if wait_for_batch.is_none() && !busy && task.last_active.elapsed() >= idle_limit {
                     return Work::Stop;
                 }
+            }
+            if let Some(until) = wait_for_batch {
+                let _ = tokio::time::timeout_at(until, notified).await;
+                continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Work::Nothing;
@@ -305,6 +334,40 @@ impl Scheduler {
     pub(crate) fn drain_pending(&self, function_id: &str) -> Vec<Input> {
         let mut st = self.state.lock().unwrap();
         st.queues.get_mut(function_id).map(|q| q.pending.drain(..).collect()).unwrap_or_default()
+    }
+
+    /// Appends generator items a container produced for a call.
+    pub(crate) fn put_data_out(&self, call_id: &str, chunks: Vec<(u64, Vec<u8>)>) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let Some(c) = st.calls.get_mut(call_id) else { return false };
+        for (index, chunk) in chunks {
+            if !c.data_out.iter().any(|(i, _)| *i == index) {
+                c.data_out.push((index, chunk));
+            }
+        }
+        c.data_out.sort_by_key(|(i, _)| *i);
+        c.changed.notify_waiters();
+        true
+    }
+
+    /// Generator items with an index above `after`, waiting up to `timeout` for one.
+    pub(crate) async fn data_out(&self, call_id: &str, after: u64, timeout: Duration) -> Option<Vec<(u64, Vec<u8>)>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let changed = self.state.lock().unwrap().calls.get(call_id)?.changed.clone();
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state.lock().unwrap();
+                let c = st.calls.get(call_id)?;
+                let found: Vec<(u64, Vec<u8>)> = c.data_out.iter().filter(|(i, _)| *i > after).cloned().collect();
+                if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+                    return Some(found);
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
     }
 
     /// Outputs of a call after `cursor` (a count of outputs already returned), or within an

@@ -97,6 +97,8 @@ modal_client_impl! {
         app_fetch_logs(api::AppFetchLogsRequest) -> api::AppFetchLogsResponse => crate::apps::fetch_logs;
         app_get_lifecycle(api::AppGetLifecycleRequest) -> api::AppGetLifecycleResponse => crate::apps::get_lifecycle;
         task_list(api::TaskListRequest) -> api::TaskListResponse => crate::apps::task_list;
+        task_get_info(api::TaskGetInfoRequest) -> api::TaskGetInfoResponse => crate::apps::task_get_info;
+        container_stop(api::ContainerStopRequest) -> api::ContainerStopResponse => crate::apps::container_stop;
         mount_get_or_create(api::MountGetOrCreateRequest) -> api::MountGetOrCreateResponse => crate::mounts::get_or_create;
         mount_batched_check_existence(api::MountBatchedCheckExistenceRequest) -> api::MountBatchedCheckExistenceResponse => crate::mounts::check_existence;
         mount_put_file(api::MountPutFileRequest) -> api::MountPutFileResponse => crate::mounts::put_file;
@@ -114,6 +116,7 @@ modal_client_impl! {
         function_get_inputs(api::FunctionGetInputsRequest) -> api::FunctionGetInputsResponse => crate::container::get_inputs;
         function_put_outputs(api::FunctionPutOutputsRequest) -> () => crate::container::put_outputs;
         task_result(api::TaskResultRequest) -> () => crate::container::task_result;
+        function_call_put_data_out(api::FunctionCallPutDataRequest) -> () => crate::container::put_data_out;
         class_create(api::ClassCreateRequest) -> api::ClassCreateResponse => crate::classes::create;
         class_get(api::ClassGetRequest) -> api::ClassGetResponse => crate::classes::get;
         function_bind_params(api::FunctionBindParamsRequest) -> api::FunctionBindParamsResponse => crate::classes::bind_params;
@@ -153,6 +156,7 @@ modal_client_impl! {
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
         dict_contents(api::DictContentsRequest) -> api::DictEntry => crate::dicts::contents;
+        function_call_get_data_out(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::functions::get_data_out;
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
     }
 }

@@ -64,6 +64,7 @@ def main():
     print("entered", c.was_entered.remote())
     print("param", Counter(start=3).add.remote(1))
     print("map", list(Counter(start=1).add.map([1, 2, 3])))
+    print("options", Counter.with_options(timeout=30)(start=2).add.remote(1))
     call = slow_double.spawn(21)
     print("spawned", modal.FunctionCall.from_id(call.object_id).get())
     calls = [slow_double.spawn(i) for i in range(3)]

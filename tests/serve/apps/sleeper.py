@@ -1,0 +1,20 @@
+"""A function that runs for a long time, for stopping apps and containers."""
+
+import time
+
+import modal
+
+app = modal.App("ferry-sleeper")
+image = modal.Image.debian_slim()
+
+
+@app.function(image=image, timeout=600)
+def long_sleep(seconds):
+    time.sleep(seconds)
+    return "slept"
+
+
+@app.local_entrypoint()
+def main():
+    print("started", flush=True)
+    long_sleep.remote(300)

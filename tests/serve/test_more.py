@@ -1,0 +1,83 @@
+"""Generators, async, concurrency and batching; containers as an operator sees them."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Ferry
+from test_functions import APPS, runner  # noqa: F401  (shared module fixture)
+
+
+def test_generators_async_concurrency_batching(runner):  # noqa: F811
+    out = runner.modal("run", str(APPS / "more.py"), timeout=900)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "gen [0, 10, 20, 30, 40]" in text
+    assert "async 5" in text
+    assert "overlap True" in text, "4 inputs should run at once in one container"
+    assert "batched True" in text
+
+
+def test_aio_from_a_client_program(runner):  # noqa: F811
+    code = "import asyncio, more; asyncio.run(more.run_async())"
+    out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "aio 9" in out.stdout
+
+
+def running_containers(server, app_id=None):
+    args = ["container", "list", "--json"]
+    out = server.modal(*args)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    return [r for r in rows if app_id is None or r["app_id"] == app_id]
+
+
+def test_ctrl_c_stops_the_app_and_its_containers(runner):  # noqa: F811
+    env = runner.env()
+    modal_cli = str(Path(sys.executable).parent / "modal")
+    proc = subprocess.Popen([modal_cli, "run", str(APPS / "sleeper.py")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    app_rows = []
+    while time.time() < deadline and not app_rows:
+        time.sleep(1)
+        app_rows = [r for r in running_containers(runner) if r["app_name"] == "ferry-sleeper"]
+    assert app_rows, "the function's container never started"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    app_id = app_rows[0]["app_id"]
+    deadline = time.time() + 60
+    while time.time() < deadline and running_containers(runner, app_id):
+        time.sleep(1)
+    assert not running_containers(runner, app_id), "containers outlived their stopped app"
+    apps = json.loads(runner.modal("app", "list", "--json").stdout)
+    assert next(a for a in apps if a["app_id"] == app_id)["state"] == "stopped"
+
+
+def test_container_stop_reruns_its_input(runner):  # noqa: F811
+    code = """
+import modal
+from sleeper import app, long_sleep
+with app.run():
+    call = long_sleep.spawn(8)
+    print("result", call.get(timeout=300), flush=True)
+"""
+    env = runner.env(PYTHONPATH=str(APPS))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = None
+    deadline = time.time() + 300
+    while time.time() < deadline and first is None:
+        time.sleep(1)
+        rows = [r for r in running_containers(runner) if r["app_name"] == "ferry-sleeper"]
+        first = rows[0]["container_id"] if rows else None
+    assert first, "no container started"
+    out = runner.modal("container", "stop", first, "--yes")
+    assert out.returncode == 0, out.stderr
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "result slept" in stdout
