@@ -114,7 +114,7 @@ print("predict", Model().predict.remote(4))
 """
     out = runner.python(code, timeout=600)
     assert out.returncode == 0, out.stderr
-    assert "double 42" in out.stdout and "marker deployed" in out.stdout and "predict 40" in out.stdout
+    assert "double 42" in out.stdout and "marker deployed1.16.0" in out.stdout and "predict 40" in out.stdout
     # Redeploying keeps the app and its functions reachable.
     out = runner.modal("deploy", str(APPS / "deployed.py"))
     assert out.returncode == 0, out.stdout + out.stderr

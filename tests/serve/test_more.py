@@ -81,3 +81,24 @@ with app.run():
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "result slept" in stdout
+
+
+def test_min_containers_are_started_with_the_app(runner):  # noqa: F811
+    code = """
+import json, subprocess, sys, time, os
+import modal
+from warm import app, warm
+with app.run() as running:
+    deadline = time.time() + 120
+    seen = []
+    while time.time() < deadline and not seen:
+        out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "modal"), "container", "list", "--json"],
+                             capture_output=True, text=True)
+        seen = [r for r in json.loads(out.stdout) if r["app_id"] == running.app_id]
+        time.sleep(0.5)
+    print("warm before call", bool(seen))
+    print("call", warm.remote())
+"""
+    out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "warm before call True" in out.stdout and "call warm" in out.stdout

@@ -327,6 +327,7 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         s.store.set_class_tag(class_id, &app.id, tag).await.or_status()?;
     }
     s.store.set_app_state(&app.id, state).await.or_status()?;
+    crate::launch::warm_up(s, &app.id).await;
     Ok(Response::new(api::AppPublishResponse {
         url: page_url(s, &app.id),
         deployed_at: ferry_store::now(),

@@ -112,10 +112,39 @@ async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store:
     Ok((record, def))
 }
 
+/// A function's autoscaling settings, from `autoscaler_settings` where the client set them.
+struct Scaling {
+    min: usize,
+    max: usize,
+    buffer: usize,
+    scaledown: Duration,
+}
+
+fn scaling(def: &api::Function) -> Scaling {
+    let a = def.autoscaler_settings.clone().unwrap_or_default();
+    let max = a.max_containers.unwrap_or(def.concurrency_limit);
+    let scaledown = a.scaledown_window.unwrap_or(def.task_idle_timeout_secs);
+    Scaling {
+        min: a.min_containers.unwrap_or(def.warm_pool_size) as usize,
+        max: if max == 0 { DEFAULT_MAX_CONTAINERS } else { max as usize },
+        buffer: a.buffer_containers.unwrap_or(def.experimental_buffer_containers) as usize,
+        scaledown: if scaledown == 0 { DEFAULT_SCALEDOWN } else { Duration::from_secs(scaledown as u64) },
+    }
+}
+
+/// How long a container of the function may sit idle before it is told to exit; containers
+/// that keep the function at its `min_containers` stay.
 pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration {
     match definition(s, function_id).await {
-        Ok((_, def)) if def.task_idle_timeout_secs > 0 => Duration::from_secs(def.task_idle_timeout_secs as u64),
-        _ => DEFAULT_SCALEDOWN,
+        Ok((_, def)) => {
+            let sc = scaling(&def);
+            if s.scheduler.tasks_of_function(function_id) <= sc.min {
+                Duration::from_secs(365 * 24 * 3600)
+            } else {
+                sc.scaledown
+            }
+        }
+        Err(_) => DEFAULT_SCALEDOWN,
     }
 }
 
@@ -129,16 +158,28 @@ pub(crate) async fn submit(s: &ModalService, function_id: &str, inputs: Vec<Inpu
 pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Result<(), Status> {
     let (pending, idle, total) = s.scheduler.enqueue(function_id, Vec::new());
     let (_, def) = definition(s, function_id).await.map_err(Status::internal)?;
-    let max = match def.concurrency_limit {
-        0 => DEFAULT_MAX_CONTAINERS,
-        n => n as usize,
-    };
+    let sc = scaling(&def);
     let per_container = def.max_concurrent_inputs.max(1) as usize;
-    let wanted = pending.div_ceil(per_container).saturating_sub(idle);
-    for _ in 0..wanted.min(max.saturating_sub(total)) {
+    // Enough containers for the queue, plus `buffer_containers` idle ones, and never fewer
+    // than `min_containers`; at most `max_containers`.
+    let busy = total - idle.min(total);
+    let needed = pending.div_ceil(per_container).saturating_sub(idle);
+    let target = (total + needed).max(busy + pending.div_ceil(per_container) + sc.buffer).max(sc.min).min(sc.max);
+    for _ in 0..target.saturating_sub(total) {
         start_task(s.clone(), function_id.to_string());
     }
     Ok(())
+}
+
+/// Starts the containers a newly published app keeps warm (`min_containers`,
+/// `buffer_containers`).
+pub(crate) async fn warm_up(s: &ModalService, app_id: &str) {
+    let Ok(functions) = s.store.functions_of_app(app_id).await else { return };
+    for f in functions {
+        if let Err(e) = ensure_capacity(s, &f.id).await {
+            tracing::warn!(function_id = f.id, "cannot start warm containers: {e}");
+        }
+    }
 }
 
 /// Asks every container of an app to exit; kills those still running after the grace period.

@@ -3,7 +3,7 @@
 import modal
 
 app = modal.App("ferry-deployed")
-image = modal.Image.debian_slim().run_commands("echo deployed > /marker.txt")
+image = modal.Image.debian_slim().pip_install("six==1.16.0").run_commands("echo deployed > /marker.txt")
 
 
 @app.function(image=image)
@@ -13,7 +13,9 @@ def double(x):
 
 @app.function(image=image)
 def marker():
-    return open("/marker.txt").read().strip()
+    import six  # installed by the image's pip_install
+
+    return open("/marker.txt").read().strip() + six.__version__
 
 
 @app.cls(image=image)
