@@ -112,6 +112,16 @@ def ferry():
             server.stop()
 
 
+@pytest.fixture(scope="module")
+def runner():
+    """A server whose data dir keeps built images between runs (FERRY_TEST_DATA_DIR, shared with
+    the runtime's tests), so the Debian base and debian_slim layers are built once per machine."""
+    data = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
+    server = Ferry(data, "--no-modal-profile").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture()
 def fresh_ferry(tmp_path):
     """A server of the test's own, for tests that restart it or change its settings."""

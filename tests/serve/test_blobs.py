@@ -15,19 +15,8 @@ from grpclib import GRPCError, Status
 from grpclib.client import Channel
 from modal_proto import api_grpc, api_pb2
 
-from conftest import Ferry
 
 APPS = Path(__file__).parent / "apps"
-
-
-@pytest.fixture(scope="module")
-def runner():
-    """A server whose data dir keeps built images between runs (FERRY_TEST_DATA_DIR, shared with
-    the runtime's tests), so the Debian base and debian_slim layers are built once per machine."""
-    data = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
-    server = Ferry(data, "--no-modal-profile").start()
-    yield server
-    server.stop()
 
 
 def stub_for(server):

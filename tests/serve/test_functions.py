@@ -1,27 +1,9 @@
 """`modal run` of real app files: functions run in containers built from the app's images."""
 
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-import pytest
-
-from conftest import Ferry
-
 APPS = Path(__file__).parent / "apps"
-
-
-@pytest.fixture(scope="module")
-def runner():
-    """A server whose data dir keeps built images between runs (FERRY_TEST_DATA_DIR, shared with
-    the runtime's tests), so the Debian base and debian_slim layers are built once per machine."""
-    data = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
-    server = Ferry(data, "--no-modal-profile").start()
-    yield server
-    server.stop()
 
 
 def modal_run(server, app_file, *args, timeout=900):

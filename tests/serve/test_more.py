@@ -7,13 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
-from conftest import Ferry
-from test_functions import APPS, runner  # noqa: F401  (shared module fixture)
+from test_functions import APPS
 
 
-def test_generators_async_concurrency_batching(runner):  # noqa: F811
+def test_generators_async_concurrency_batching(runner):
     out = runner.modal("run", str(APPS / "more.py"), timeout=900)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
@@ -23,7 +21,7 @@ def test_generators_async_concurrency_batching(runner):  # noqa: F811
     assert "batched True" in text
 
 
-def test_aio_from_a_client_program(runner):  # noqa: F811
+def test_aio_from_a_client_program(runner):
     code = "import asyncio, more; asyncio.run(more.run_async())"
     out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
     assert out.returncode == 0, out.stderr
@@ -38,7 +36,7 @@ def running_containers(server, app_id=None):
     return [r for r in rows if app_id is None or r["app_id"] == app_id]
 
 
-def test_ctrl_c_stops_the_app_and_its_containers(runner):  # noqa: F811
+def test_ctrl_c_stops_the_app_and_its_containers(runner):
     env = runner.env()
     modal_cli = str(Path(sys.executable).parent / "modal")
     proc = subprocess.Popen([modal_cli, "run", str(APPS / "sleeper.py")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,7 +57,7 @@ def test_ctrl_c_stops_the_app_and_its_containers(runner):  # noqa: F811
     assert next(a for a in apps if a["app_id"] == app_id)["state"] == "stopped"
 
 
-def test_container_stop_reruns_its_input(runner):  # noqa: F811
+def test_container_stop_reruns_its_input(runner):
     code = """
 import modal
 from sleeper import app, long_sleep
@@ -83,7 +81,7 @@ with app.run():
     assert "result slept" in stdout
 
 
-def test_min_containers_are_started_with_the_app(runner):  # noqa: F811
+def test_min_containers_are_started_with_the_app(runner):
     code = """
 import json, subprocess, sys, time, os
 import modal

@@ -55,6 +55,17 @@ pub(crate) fn handle_metadata(f: &api::Function, function_id: &str, app_id: &str
     }
 }
 
+/// The client parses a function from `FunctionData` and requires at least one ranked function.
+fn function_data(function: &api::Function) -> api::FunctionData {
+    api::FunctionData {
+        module_name: function.module_name.clone(),
+        function_name: function.function_name.clone(),
+        function_type: function.function_type,
+        ranked_functions: vec![api::function_data::RankedFunction { rank: 0, function: Some(function.clone()) }],
+        ..Default::default()
+    }
+}
+
 pub(crate) async fn precreate(s: &ModalService, r: Request<api::FunctionPrecreateRequest>) -> Rpc<api::FunctionPrecreateResponse> {
     let req = r.into_inner();
     check_id(&req.app_id, "ap", "App")?;
@@ -110,13 +121,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateReque
     };
     s.store.set_function_definition(&id, &function.encode_to_vec()).await.or_status()?;
     let metadata = handle_metadata(&function, &id, &app.id);
-    let data = api::FunctionData {
-        module_name: function.module_name.clone(),
-        function_name: function.function_name.clone(),
-        function_type: function.function_type,
-        ranked_functions: vec![api::function_data::RankedFunction { rank: 0, function: Some(function.clone()) }],
-        ..Default::default()
-    };
+    let data = function_data(&function);
     Ok(Response::new(api::FunctionCreateResponse {
         function_id: id,
         function: Some(function),
@@ -138,13 +143,7 @@ pub(crate) async fn get(s: &ModalService, r: Request<api::FunctionGetRequest>) -
     })?;
     let function = api::Function::decode(record.definition.unwrap_or_default().as_slice())
         .map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", record.id)))?;
-    let data = api::FunctionData {
-        module_name: function.module_name.clone(),
-        function_name: function.function_name.clone(),
-        function_type: function.function_type,
-        ranked_functions: vec![api::function_data::RankedFunction { rank: 0, function: Some(function.clone()) }],
-        ..Default::default()
-    };
+    let data = function_data(&function);
     Ok(Response::new(api::FunctionGetResponse {
         handle_metadata: Some(handle_metadata(&function, &record.id, &app.id)),
         function_id: record.id,

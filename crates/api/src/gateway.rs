@@ -4,7 +4,7 @@
 //! It works on raw HTTP/2 requests so it covers all 285 methods uniformly; handlers find the
 //! caller's [`Principal`] in the request extensions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -49,7 +49,15 @@ struct GatewayState {
     store: Store,
     /// (credential id, secret digest) → principal and when it was verified.
     tokens: Mutex<HashMap<(String, String), (Principal, Instant)>>,
-    replays: Mutex<HashMap<String, Replay>>,
+    replays: Mutex<Replays>,
+}
+
+/// Recorded answers by key, with the keys in the order they were recorded so expired ones are
+/// dropped from the front without scanning the map.
+#[derive(Default)]
+struct Replays {
+    by_key: HashMap<String, Replay>,
+    order: VecDeque<(Instant, String)>,
 }
 
 #[derive(Clone)]
@@ -167,25 +175,32 @@ enum Claim {
 impl GatewayState {
     fn claim(&self, key: &str) -> Claim {
         let mut replays = self.replays.lock().unwrap();
-        if replays.len() > 10_000 {
-            replays.retain(|_, r| !matches!(r, Replay::Done(_, at) if at.elapsed() > REPLAY_TTL));
+        let now = Instant::now();
+        while replays.order.front().is_some_and(|(at, _)| now.duration_since(*at) > REPLAY_TTL) {
+            let (_, old) = replays.order.pop_front().expect("front exists");
+            if matches!(replays.by_key.get(&old), Some(Replay::Done(_, at)) if now.duration_since(*at) > REPLAY_TTL) {
+                replays.by_key.remove(&old);
+            }
         }
-        match replays.get(key) {
+        match replays.by_key.get(key) {
             Some(Replay::Done(stored, at)) if at.elapsed() < REPLAY_TTL => return Claim::Replay(stored.clone()),
             Some(Replay::InFlight(rx)) => return Claim::Wait(rx.clone()),
             _ => {}
         }
         let (tx, rx) = watch::channel(None);
-        replays.insert(key.to_string(), Replay::InFlight(rx));
+        replays.by_key.insert(key.to_string(), Replay::InFlight(rx));
         Claim::First(tx)
     }
 
     fn complete(&self, key: &str, stored: Arc<StoredResponse>) {
-        self.replays.lock().unwrap().insert(key.to_string(), Replay::Done(stored, Instant::now()));
+        let mut replays = self.replays.lock().unwrap();
+        let now = Instant::now();
+        replays.by_key.insert(key.to_string(), Replay::Done(stored, now));
+        replays.order.push_back((now, key.to_string()));
     }
 
     fn release(&self, key: &str) {
-        self.replays.lock().unwrap().remove(key);
+        self.replays.lock().unwrap().by_key.remove(key);
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Status> {

@@ -156,8 +156,8 @@ pub(crate) async fn submit(s: &ModalService, function_id: &str, inputs: Vec<Inpu
 
 /// Starts containers while inputs wait and the function may have more.
 pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Result<(), Status> {
+    let (record, def) = definition(s, function_id).await.map_err(Status::internal)?;
     let (pending, idle, total) = s.scheduler.enqueue(function_id, Vec::new());
-    let (_, def) = definition(s, function_id).await.map_err(Status::internal)?;
     let sc = scaling(&def);
     let per_container = def.max_concurrent_inputs.max(1) as usize;
     // Enough containers for the queue, plus `buffer_containers` idle ones, and never fewer
@@ -166,7 +166,7 @@ pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Resu
     let needed = pending.div_ceil(per_container).saturating_sub(idle);
     let target = (total + needed).max(busy + pending.div_ceil(per_container) + sc.buffer).max(sc.min).min(sc.max);
     for _ in 0..target.saturating_sub(total) {
-        start_task(s.clone(), function_id.to_string());
+        start_task(s.clone(), function_id.to_string(), record.app_id.clone());
     }
     Ok(())
 }
@@ -189,8 +189,19 @@ pub(crate) fn stop_app(s: &ModalService, app_id: &str) {
     }
 }
 
-fn start_task(s: ModalService, function_id: String) {
+fn start_task(s: ModalService, function_id: String, app_id: String) {
     let task_id = ferry_store::new_id("ta");
+    // Counted from now on, so calls arriving while it starts do not start more than needed.
+    s.scheduler.register_task(TaskInfo {
+        task_id: task_id.clone(),
+        app_id,
+        function_id: function_id.clone(),
+        last_active: Instant::now(),
+        started_at: ferry_store::now(),
+        preempted: false,
+        stopping: false,
+        failure: None,
+    });
     tokio::spawn(async move {
         if let Err(message) = run_task(&s, &function_id, &task_id).await {
             tracing::warn!(task_id, function_id, "task failed to start: {message}");
@@ -209,16 +220,6 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     let (record, def) = definition(s, function_id).await?;
     let app = s.store.app(&record.app_id).await.map_err(|e| e.to_string())?;
     let env = s.store.environment_by_id(&app.environment_id).await.map_err(|e| e.to_string())?;
-    s.scheduler.register_task(TaskInfo {
-        task_id: task_id.to_string(),
-        app_id: app.id.clone(),
-        function_id: function_id.to_string(),
-        last_active: Instant::now(),
-        started_at: ferry_store::now(),
-        preempted: false,
-        stopping: false,
-        failure: None,
-    });
 
     let layer = crate::images::wait_for_layer(s, &def.image_id).await?;
 

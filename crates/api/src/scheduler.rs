@@ -245,15 +245,7 @@ impl Scheduler {
         if let Some(t) = st.tasks.get_mut(task_id) {
             t.last_active = Instant::now();
         }
-        let output = Output {
-            input_id: input.input_id.clone(),
-            idx: input.idx,
-            retry_count: input.retry_count,
-            task_id: task_id.to_string(),
-            result,
-            data_format,
-        };
-        Self::record(&mut st, &input.call_id, output);
+        Self::record(&mut st, input, task_id, result, data_format);
         true
     }
 
@@ -288,34 +280,27 @@ impl Scheduler {
         }
         let mut st = self.state.lock().unwrap();
         for input in inputs {
-            let output = Output {
-                input_id: input.input_id.clone(),
-                idx: input.idx,
-                retry_count: input.retry_count,
-                task_id: task_id.to_string(),
-                result: result.clone(),
-                data_format: 0,
-            };
-            Self::record(&mut st, &input.call_id, output);
+            Self::record(&mut st, input, task_id, result.clone(), 0);
         }
     }
 
     /// Answers an input that is no longer held by any task (after its last attempt).
     pub(crate) fn finish(&self, input: Input, task_id: &str, result: Vec<u8>, data_format: i32) {
         let mut st = self.state.lock().unwrap();
+        Self::record(&mut st, input, task_id, result, data_format);
+    }
+
+    /// The answer to an input; each input is answered once (a late duplicate is dropped).
+    fn record(st: &mut State, input: Input, task_id: &str, result: Vec<u8>, data_format: i32) {
         let output = Output {
-            input_id: input.input_id.clone(),
+            input_id: input.input_id,
             idx: input.idx,
             retry_count: input.retry_count,
             task_id: task_id.to_string(),
             result,
             data_format,
         };
-        Self::record(&mut st, &input.call_id, output);
-    }
-
-    fn record(st: &mut State, call_id: &str, output: Output) {
-        if let Some(c) = st.calls.get_mut(call_id) {
+        if let Some(c) = st.calls.get_mut(&input.call_id) {
             if c.done_inputs.insert(output.input_id.clone()) {
                 c.outputs.push(output);
                 c.changed.notify_waiters();

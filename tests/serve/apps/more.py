@@ -35,12 +35,6 @@ def batch_sizes(xs):
     return [len(xs)] * len(xs)
 
 
-@app.function(image=image, timeout=600)
-def long_sleep(seconds):
-    time.sleep(seconds)
-    return "slept"
-
-
 @app.local_entrypoint()
 def main():
     print("gen", list(count.remote_gen(5)))
