@@ -103,10 +103,12 @@ def main():
 
             def one():
                 t = time.time()
-                for c in client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Write one sentence about the sea."}], max_tokens=32, stream=True, temperature=0):
+                stream = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Write one sentence about the sea."}], max_tokens=32, stream=True, temperature=0)
+                for c in stream:
                     if c.choices and c.choices[0].delta.content:
                         out.append(time.time() - t)
                         break
+                stream.close()  # cancels the rest, so rounds do not overlap
 
             ths = [threading.Thread(target=one) for _ in range(concurrency)]
             [t.start() for t in ths]
