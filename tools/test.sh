@@ -3,7 +3,7 @@
 # `ferry` binary with the real pinned clients.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast
 export FERRY_BIN="$PWD/target/release/ferry"
 # Built images are kept between runs here (shared with the runtime's own tests).
 export FERRY_TEST_DATA_DIR="${FERRY_TEST_DATA_DIR:-/var/tmp/ferry-test}"

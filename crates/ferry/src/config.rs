@@ -107,7 +107,8 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(format_time(0.0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_000_000.0), "2026-11-18 08:26:40");
+        assert_eq!(format_time(1_795_000_000.0), "2026-11-18 11:06:40");
+        assert_eq!(format_time(951_782_400.0), "2000-02-29 00:00:00");
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! The store's rules, checked against a real SQLite database in a temporary data dir.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_store::{CreationMode, ObjectKind, Store, StoreError};
+
+async fn store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Store::open(dir.path(), Default::default()).await.unwrap(), dir)
+}
+
+async fn queue(store: &Store) -> String {
+    let (q, _) = store.get_or_create_object(ObjectKind::Queue, "", "q", CreationMode::CreateIfMissing, "t").await.unwrap();
+    q.id
+}
+
+#[tokio::test]
+async fn queue_is_fifo_per_partition() {
+    let (s, _d) = store().await;
+    let q = queue(&s).await;
+    s.queue_put(&q, b"", &[b"1".to_vec(), b"2".to_vec()], 60).await.unwrap();
+    s.queue_put(&q, b"p", &[b"x".to_vec()], 60).await.unwrap();
+    s.queue_put(&q, b"", &[b"3".to_vec()], 60).await.unwrap();
+    assert_eq!(s.queue_len(&q, b"", true).await.unwrap(), 4);
+    assert_eq!(s.queue_take(&q, b"", 2).await.unwrap(), vec![b"1".to_vec(), b"2".to_vec()]);
+    assert_eq!(s.queue_take(&q, b"", 5).await.unwrap(), vec![b"3".to_vec()]);
+    assert_eq!(s.queue_take(&q, b"p", 5).await.unwrap(), vec![b"x".to_vec()]);
+    assert!(s.queue_take(&q, b"", 5).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn queue_partition_limit_is_resource_exhausted() {
+    let (s, _d) = store().await;
+    let q = queue(&s).await;
+    let items: Vec<Vec<u8>> = (0..5000).map(|i| i.to_string().into_bytes()).collect();
+    s.queue_put(&q, b"", &items, 60).await.unwrap();
+    let err = s.queue_put(&q, b"", &[b"one more".to_vec()], 60).await.unwrap_err();
+    assert!(matches!(err, StoreError::ResourceExhausted(_)), "{err}");
+    // The failed put added nothing.
+    assert_eq!(s.queue_len(&q, b"", false).await.unwrap(), 5000);
+    let big = vec![0u8; 1024 * 1024 + 1];
+    assert!(matches!(s.queue_put(&q, b"other", &[big], 60).await.unwrap_err(), StoreError::Invalid(_)));
+}
+
+#[tokio::test]
+async fn queue_partition_expires_after_ttl() {
+    let (s, _d) = store().await;
+    let q = queue(&s).await;
+    s.queue_put(&q, b"short", &[b"v".to_vec()], 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.queue_len(&q, b"short", false).await.unwrap(), 0);
+    assert!(s.queue_take(&q, b"short", 1).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn blocking_get_wakes_on_put() {
+    let (s, _d) = store().await;
+    let q = queue(&s).await;
+    let getter = {
+        let (s, q) = (s.clone(), q.clone());
+        tokio::spawn(async move { s.queue_get(&q, b"", 1, Duration::from_secs(10)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.queue_put(&q, b"", &[b"late".to_vec()], 60).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), getter).await.expect("woken by the put").unwrap();
+    assert_eq!(got, vec![b"late".to_vec()]);
+}
+
+#[tokio::test]
+async fn named_objects_follow_creation_modes() {
+    let (s, _d) = store().await;
+    let lookup = s.get_or_create_object(ObjectKind::Dict, "", "d", CreationMode::Lookup, "t").await;
+    assert!(matches!(lookup, Err(StoreError::NotFound(_))));
+    let (a, created) = s.get_or_create_object(ObjectKind::Dict, "", "d", CreationMode::CreateIfMissing, "t").await.unwrap();
+    assert!(created && a.id.starts_with("di-"));
+    let (b, created) = s.get_or_create_object(ObjectKind::Dict, "", "d", CreationMode::CreateIfMissing, "t").await.unwrap();
+    assert!(!created && a.id == b.id);
+    let again = s.get_or_create_object(ObjectKind::Dict, "", "d", CreationMode::CreateFailIfExists, "t").await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(_))));
+    let bad = s.get_or_create_object(ObjectKind::Dict, "", "bad name", CreationMode::CreateIfMissing, "t").await;
+    assert!(matches!(bad, Err(StoreError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn ephemeral_objects_are_reaped_without_heartbeats() {
+    let (s, _d) = store().await;
+    let (e, _) = s.get_or_create_object(ObjectKind::Dict, "", "", CreationMode::Ephemeral, "t").await.unwrap();
+    s.dict_update(&e.id, &[(b"k".to_vec(), b"v".to_vec())], false).await.unwrap();
+    assert_eq!(s.reap(60.0).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.reap(0.01).await.unwrap(), 1);
+    assert!(matches!(s.dict_get(&e.id, b"k").await, Err(StoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_and_updatable() {
+    let (s, d) = store().await;
+    let env: BTreeMap<String, String> = [("TOKEN".to_string(), "plain-marker-123".to_string())].into();
+    let info = s.secret_get_or_create("", "s", CreationMode::CreateFailIfExists, &env, &[], "t").await.unwrap();
+    assert_eq!(info.keys, vec!["TOKEN".to_string()]);
+    s.secret_update(&info.object.id, &[("OTHER".into(), Some("2".into())), ("TOKEN".into(), None)]).await.unwrap();
+    let values = s.secret_values(&info.object.id).await.unwrap();
+    assert_eq!(values.into_iter().collect::<Vec<_>>(), vec![("OTHER".to_string(), "2".to_string())]);
+    let missing = s.secret_get_or_create("", "s", CreationMode::Lookup, &BTreeMap::new(), &["TOKEN".into()], "t").await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))));
+    let bad: BTreeMap<String, String> = [("1BAD".to_string(), "x".to_string())].into();
+    assert!(matches!(
+        s.secret_get_or_create("", "s2", CreationMode::CreateIfMissing, &bad, &[], "t").await,
+        Err(StoreError::Invalid(_))
+    ));
+    for f in std::fs::read_dir(d.path()).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap().to_string_lossy().starts_with("ferry.db") {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(!bytes.windows(16).any(|w| w == b"plain-marker-123"), "secret in clear in {}", f.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_verify_and_revoke() {
+    let (s, _d) = store().await;
+    let (id, secret) = s.create_token("ci").await.unwrap();
+    assert!(s.verify_token(&id, &secret).await.unwrap());
+    assert!(!s.verify_token(&id, "as-wrong").await.unwrap());
+    s.revoke_token(&id).await.unwrap();
+    assert!(!s.verify_token(&id, &secret).await.unwrap());
+    assert!(matches!(s.revoke_token(&id).await, Err(StoreError::NotFound(_))));
+}
