@@ -168,7 +168,7 @@ async def main():
     data = os.urandom(5 * 1024 * 1024)
     blob_id = await blob_upload(data, client.stub)
     back = await blob_download(blob_id, client.stub)
-    print("round trip", blob_id.startswith("bl-"), back == data)
+    print(f"round trip {blob_id.startswith('bl-')} {back == data}")
 
 asyncio.run(main())
 """

@@ -36,8 +36,8 @@ def test_host_files_are_invisible(runner, tmp_path):
 import modal
 from isolation import app, exists
 with app.run():
-    print("visible", exists.remote({str(secret)!r}))
-    print("etc", exists.remote("/etc/debian_version"))
+    print("visible " + str(exists.remote({str(secret)!r})))
+    print("etc " + str(exists.remote("/etc/debian_version")))
 """
     out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
     assert out.returncode == 0, out.stderr
@@ -49,12 +49,12 @@ def test_memory_limit_is_enforced(runner):
 import modal
 from isolation import app, hog
 with app.run():
-    print("small", hog.remote(16))
+    print("small " + str(hog.remote(16)))
     try:
         hog.remote(512)
         print("no error")
     except Exception as e:
-        print("error", type(e).__name__, e)
+        print("error " + type(e).__name__ + " " + str(e))
 """
     out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
     assert out.returncode == 0, out.stderr
@@ -89,10 +89,10 @@ def test_deploy_then_call_from_other_processes(runner):
     assert out.returncode == 0, out.stdout + out.stderr
     code = """
 import modal
-print("double", modal.Function.from_name("ferry-deployed", "double").remote(21))
-print("marker", modal.Function.from_name("ferry-deployed", "marker").remote())
+print("double " + str(modal.Function.from_name("ferry-deployed", "double").remote(21)))
+print("marker " + modal.Function.from_name("ferry-deployed", "marker").remote())
 Model = modal.Cls.from_name("ferry-deployed", "Model")
-print("predict", Model().predict.remote(4))
+print("predict " + str(Model().predict.remote(4)))
 """
     out = runner.python(code, timeout=600)
     assert out.returncode == 0, out.stderr

@@ -63,7 +63,7 @@ import modal
 from sleeper import app, long_sleep
 with app.run():
     call = long_sleep.spawn(8)
-    print("result", call.get(timeout=300), flush=True)
+    print("result " + call.get(timeout=300), flush=True)
 """
     env = runner.env(PYTHONPATH=str(APPS))
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -38,15 +38,16 @@ def stderr_line():
 
 @app.local_entrypoint()
 def main(n: int = 10):
-    print("remote", square.remote(7))
-    print("map", list(square.map(range(n))))
-    print("unordered", sorted(square.map(range(n), order_outputs=False)))
-    print("starmap", list(square.starmap([(2,), (3,)])))
-    print("exceptions", [type(r).__name__ for r in fail.map(["a", "b"], return_exceptions=True)])
+    print(f"remote {square.remote(7)}")
+    print(f"map {list(square.map(range(n)))}")
+    print(f"unordered {sorted(square.map(range(n), order_outputs=False))}")
+    print(f"starmap {list(square.starmap([(2,), (3,)]))}")
+    names = [type(r).__name__ for r in fail.map(["a", "b"], return_exceptions=True)]
+    print(f"exceptions {names}")
     try:
         fail.remote("remote failure")
     except ValueError as e:
-        print("caught", e)
-    print("env", environment.remote())
-    print("secret", read_secret.remote())
-    print("stderr", stderr_line.remote())
+        print(f"caught {e}")
+    print(f"env {environment.remote()}")
+    print(f"secret {read_secret.remote()}")
+    print(f"stderr {stderr_line.remote()}")

@@ -28,7 +28,7 @@ class Counter:
 
     @modal.exit()
     def teardown(self):
-        print("EXIT ran for", self.start)
+        print(f"EXIT ran for {self.start}")
 
 
 @app.function(image=image)
@@ -60,23 +60,23 @@ def sleeper(seconds):
 @app.local_entrypoint()
 def main():
     c = Counter()
-    print("add", c.add.remote(5))
-    print("entered", c.was_entered.remote())
-    print("param", Counter(start=3).add.remote(1))
-    print("map", list(Counter(start=1).add.map([1, 2, 3])))
-    print("options", Counter.with_options(timeout=30)(start=2).add.remote(1))
+    print(f"add {c.add.remote(5)}")
+    print(f"entered {c.was_entered.remote()}")
+    print(f"param {Counter(start=3).add.remote(1)}")
+    print(f"map {list(Counter(start=1).add.map([1, 2, 3]))}")
+    print(f"options {Counter.with_options(timeout=30)(start=2).add.remote(1)}")
     call = slow_double.spawn(21)
-    print("spawned", modal.FunctionCall.from_id(call.object_id).get())
+    print(f"spawned {modal.FunctionCall.from_id(call.object_id).get()}")
     calls = [slow_double.spawn(i) for i in range(3)]
-    print("gather", modal.FunctionCall.gather(*calls))
+    print(f"gather {modal.FunctionCall.gather(*calls)}")
     key = f"k{time.time_ns()}"
-    print("flaky", flaky.remote(key))
+    print(f"flaky {flaky.remote(key)}")
     try:
         always_fails.remote()
     except RuntimeError as e:
-        print("gave up", e)
-    print("quick", sleeper.remote(0.1))
+        print(f"gave up {e}")
+    print(f"quick {sleeper.remote(0.1)}")
     try:
         sleeper.remote(30)
     except modal.exception.FunctionTimeoutError as e:
-        print("timeout", e)
+        print(f"timeout {e}")

@@ -37,16 +37,16 @@ def batch_sizes(xs):
 
 @app.local_entrypoint()
 def main():
-    print("gen", list(count.remote_gen(5)))
-    print("async", async_add.remote(2, 3))
+    print(f"gen {list(count.remote_gen(5))}")
+    print(f"async {async_add.remote(2, 3)}")
     spans = list(overlapping.map(range(4)))
     latest_start = max(s for s, _ in spans)
     earliest_end = min(e for _, e in spans)
-    print("overlap", latest_start < earliest_end)
+    print(f"overlap {latest_start < earliest_end}")
     sizes = list(batch_sizes.map(range(8)))
-    print("batched", max(sizes) > 1)
+    print(f"batched {max(sizes) > 1}")
 
 
 async def run_async():
     async with app.run():
-        print("aio", await async_add.remote.aio(4, 5))
+        print(f"aio {await async_add.remote.aio(4, 5)}")
