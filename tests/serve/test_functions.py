@@ -106,3 +106,16 @@ print("predict " + str(Model().predict.remote(4)))
     assert stop.returncode == 0, stop.stderr
     out = runner.python(code, timeout=120)
     assert out.returncode != 0 and "not found" in out.stderr
+
+
+def test_block_network(runner):
+    port = runner.url.rsplit(":", 1)[1]
+    code = f"""
+import modal
+from isolation import app, reach
+with app.run():
+    print("network " + reach.remote({port}))
+"""
+    out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "network blocked" in out.stdout

@@ -20,6 +20,8 @@ const DEFAULT_MAX_CONTAINERS: usize = 8;
 const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
 /// After `kill_switch`, how long a container gets to run `@modal.exit` before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// Where the API's unix socket appears inside a container without a network.
+const CONTAINER_SOCKET: &str = "/__modal/ferry.sock";
 /// Prefix of the failure recorded when an input overran the function's timeout.
 const TIMED_OUT: &str = "Function timed out after ";
 
@@ -273,7 +275,14 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         .map_err(|e| format!("cannot prepare the modal client runtime: {e}"))?;
     let _ = client;
 
-    let mut spec = ferry_worker::TaskSpec::new(task_id, layer, args.encode_to_vec(), s.config.public_url.clone(), secret);
+    // Without a network, the container reaches the API through the unix socket bound into it.
+    let server_url = if def.block_network {
+        files.push((crate::container_socket(s.store.data_dir()), CONTAINER_SOCKET.to_string()));
+        format!("unix://{CONTAINER_SOCKET}")
+    } else {
+        s.config.public_url.clone()
+    };
+    let mut spec = ferry_worker::TaskSpec::new(task_id, layer, args.encode_to_vec(), server_url, secret);
     spec.environment_name = env.name.clone();
     spec.files = files;
     spec.env = env_vars.into_iter().collect();

@@ -83,11 +83,26 @@ pub async fn serve(
     let service = ModalClientServer::new(modal)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut builder = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(16 * 1024 * 1024))
-        .initial_connection_window_size(Some(64 * 1024 * 1024))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    let builder = || {
+        tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(16 * 1024 * 1024))
+            .initial_connection_window_size(Some(64 * 1024 * 1024))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+    };
+    // Containers without a network (`block_network`) reach the API through a unix socket
+    // bound into them.
+    let socket = container_socket(store.data_dir());
+    let _ = std::fs::remove_file(&socket);
+    let uds = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
+    let unix_server = tokio::spawn(
+        builder()
+            .layer(gateway::GatewayLayer::new(store.clone()))
+            .add_service(service.clone())
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds)),
+    );
+    let mut builder = builder();
     if let Some(tls) = tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
@@ -104,7 +119,14 @@ pub async fn serve(
             shutdown,
         )
         .await?;
+    unix_server.abort();
+    let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The unix socket containers without a network use to reach the API.
+pub(crate) fn container_socket(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("ferry.sock")
 }
 
 /// Binds `addr`; port 0 picks a free port.
