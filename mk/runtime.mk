@@ -1,5 +1,5 @@
 # Container runtime and image builder (crates/runtime). Needs root.
-RUNTIME_TARGET_DIR ?= /work/target-rt
+RUNTIME_TARGET_DIR ?= target
 
 .PHONY: runtime-test runtime-test-slow runtime-bench
 runtime-test:
