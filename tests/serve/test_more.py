@@ -100,3 +100,24 @@ with app.run() as running:
     out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
     assert out.returncode == 0, out.stderr
     assert "warm before call True" in out.stdout and "call warm" in out.stdout
+
+
+def test_detached_run_outlives_the_client(runner):
+    key = f"k{time.time_ns()}"
+    out = runner.modal("run", "--detach", str(APPS / "detached.py"), "--key", key, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = f"""
+import time, modal
+d = modal.Dict.from_name("ferry-detached-results", create_if_missing=True)
+deadline = time.time() + 120
+while time.time() < deadline and d.get({key!r}) is None:
+    time.sleep(0.5)
+print("value " + str(d.get({key!r})))
+"""
+    check = runner.python(code, timeout=180)
+    assert check.returncode == 0, check.stderr
+    assert "value done" in check.stdout
+    apps = json.loads(runner.modal("app", "list", "--json").stdout)
+    row = next(a for a in apps if a["description"] == "ferry-detached" and a["state"] != "stopped")
+    assert row["state"] == "ephemeral (detached)"
+    assert runner.modal("app", "stop", row["app_id"], "--yes").returncode == 0

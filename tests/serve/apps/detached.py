@@ -1,0 +1,20 @@
+"""`modal run --detach`: work spawned by the entrypoint outlives the client."""
+
+import time
+
+import modal
+
+app = modal.App("ferry-detached")
+results = modal.Dict.from_name("ferry-detached-results", create_if_missing=True)
+
+
+@app.function(image=modal.Image.debian_slim())
+def finish_later(key):
+    time.sleep(3)
+    results[key] = "done"
+
+
+@app.local_entrypoint()
+def main(key: str):
+    finish_later.spawn(key)
+    print("spawned", flush=True)
