@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for p in python3 python3-venv python3-pip pkg-config redis-server; do
+for p in python3 python3-venv python3-pip pkg-config openssl redis-server; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ -n "${FERRY_EXTRA_PKGS:-}" ]; then need_pkgs+=($FERRY_EXTRA_PKGS); fi
