@@ -337,45 +337,44 @@ impl Scheduler {
 
     /// Generator items with an index above `after`, waiting up to `timeout` for one.
     pub(crate) async fn data_out(&self, call_id: &str, after: u64, timeout: Duration) -> Option<Vec<(u64, Vec<u8>)>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let changed = self.state.lock().unwrap().calls.get(call_id)?.changed.clone();
-        loop {
-            let notified = changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = self.state.lock().unwrap();
-                let c = st.calls.get(call_id)?;
-                let found: Vec<(u64, Vec<u8>)> = c.data_out.iter().filter(|(i, _)| *i > after).cloned().collect();
-                if !found.is_empty() || tokio::time::Instant::now() >= deadline {
-                    return Some(found);
-                }
-            }
-            let _ = tokio::time::timeout_at(deadline, notified).await;
-        }
+        self.watch_call(call_id, timeout, |c, last_look| {
+            let found: Vec<(u64, Vec<u8>)> = c.data_out.iter().filter(|(i, _)| *i > after).cloned().collect();
+            (!found.is_empty() || last_look).then_some(found)
+        })
+        .await
     }
 
     /// Outputs of a call after `cursor` (a count of outputs already returned), or within an
     /// index range; waits up to `timeout` for one. Returns the outputs, the new cursor and the
     /// number of inputs still unanswered.
     pub(crate) async fn outputs(&self, call_id: &str, cursor: usize, range: Option<(i32, i32)>, timeout: Duration) -> Option<(Vec<Output>, usize, usize)> {
+        self.watch_call(call_id, timeout, |c, last_look| {
+            let unfinished = c.num_inputs.saturating_sub(c.outputs.len());
+            let found: Vec<Output> = match range {
+                Some((lo, hi)) => c.outputs.iter().filter(|o| o.idx >= lo && o.idx <= hi).cloned().collect(),
+                None => c.outputs.get(cursor.min(c.outputs.len())..).map(|s| s.to_vec()).unwrap_or_default(),
+            };
+            let next = if range.is_some() { cursor } else { c.outputs.len() };
+            (!found.is_empty() || last_look).then_some((found, next, unfinished))
+        })
+        .await
+    }
+
+    /// Looks at a call until `look` answers, waking on each change to the call. `look` is told
+    /// when the timeout has passed and must answer then. None when the call is unknown.
+    async fn watch_call<T>(&self, call_id: &str, timeout: Duration, mut look: impl FnMut(&Call, bool) -> Option<T>) -> Option<T> {
         let deadline = tokio::time::Instant::now() + timeout;
         let changed = self.state.lock().unwrap().calls.get(call_id)?.changed.clone();
         loop {
+            // Register for wake-ups before looking, so a change in between is not missed.
             let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let st = self.state.lock().unwrap();
                 let c = st.calls.get(call_id)?;
-                let unfinished = c.num_inputs.saturating_sub(c.outputs.len());
-                let found: Vec<Output> = match range {
-                    Some((lo, hi)) => c.outputs.iter().filter(|o| o.idx >= lo && o.idx <= hi).cloned().collect(),
-                    None => c.outputs.get(cursor.min(c.outputs.len())..).map(|s| s.to_vec()).unwrap_or_default(),
-                };
-                if !found.is_empty() || tokio::time::Instant::now() >= deadline {
-                    let next = if range.is_some() { cursor } else { c.outputs.len() };
-                    return Some((found, next, unfinished));
+                if let Some(answer) = look(c, tokio::time::Instant::now() >= deadline) {
+                    return Some(answer);
                 }
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;

@@ -59,23 +59,16 @@ impl Store {
     }
 
     pub async fn dict_get(&self, dict_id: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let v: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM dict_entries WHERE dict_id = ? AND key = ?")
-            .bind(dict_id)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        if v.is_none() {
-            self.ensure_object(ObjectKind::Dict, dict_id).await?;
-        }
-        Ok(v)
+        self.dict_value("SELECT value FROM dict_entries WHERE dict_id = ? AND key = ?", dict_id, key).await
     }
 
     pub async fn dict_pop(&self, dict_id: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let v: Option<Vec<u8>> = sqlx::query_scalar("DELETE FROM dict_entries WHERE dict_id = ? AND key = ? RETURNING value")
-            .bind(dict_id)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        self.dict_value("DELETE FROM dict_entries WHERE dict_id = ? AND key = ? RETURNING value", dict_id, key).await
+    }
+
+    /// Runs a statement yielding one key's value; a miss checks that the Dict itself exists.
+    async fn dict_value(&self, sql: &str, dict_id: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let v: Option<Vec<u8>> = sqlx::query_scalar(sql).bind(dict_id).bind(key).fetch_optional(&self.pool).await?;
         if v.is_none() {
             self.ensure_object(ObjectKind::Dict, dict_id).await?;
         }
