@@ -120,6 +120,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateReque
         req.existing_function_id.clone()
     };
     s.store.set_function_definition(&id, &function.encode_to_vec()).await.or_status()?;
+    s.launcher.forget_definition(&id);
     let metadata = handle_metadata(&function, &id, &app.id);
     let data = function_data(&function);
     Ok(Response::new(api::FunctionCreateResponse {

@@ -30,6 +30,7 @@ pub(crate) struct Launcher {
     pub(crate) worker: ferry_worker::Worker,
     client: OnceCell<ferry_worker::ClientRuntime>,
     killers: std::sync::Mutex<std::collections::HashMap<String, ferry_worker::TaskKiller>>,
+    definitions: std::sync::Mutex<std::collections::HashMap<String, (ferry_store::FunctionRecord, api::Function)>>,
 }
 
 impl Launcher {
@@ -39,7 +40,12 @@ impl Launcher {
         if swept > 0 {
             tracing::info!("removed {swept} leftovers of containers from an earlier run");
         }
-        Launcher { worker, client: OnceCell::new(), killers: Default::default() }
+        Launcher { worker, client: OnceCell::new(), killers: Default::default(), definitions: Default::default() }
+    }
+
+    /// Drops a cached definition after `FunctionCreate` stored a new one.
+    pub(crate) fn forget_definition(&self, function_id: &str) {
+        self.definitions.lock().unwrap().remove(function_id);
     }
 
     /// Stops a running container now; returns false when it is not running here.
@@ -107,10 +113,18 @@ pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: 
     s.scheduler.fail(final_failures, task_id, result);
 }
 
+/// A function's record and decoded definition. Every submitted batch and every container poll
+/// needs them, so they are kept decoded until `FunctionCreate` replaces the definition.
 async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store::FunctionRecord, api::Function), String> {
+    if let Some(found) = s.launcher.definitions.lock().unwrap().get(function_id) {
+        return Ok(found.clone());
+    }
     let record = s.store.function(function_id).await.map_err(|e| e.to_string())?;
     let def = api::Function::decode(record.definition.clone().unwrap_or_default().as_slice())
         .map_err(|e| format!("stored definition of {function_id} is unreadable: {e}"))?;
+    if record.definition.is_some() {
+        s.launcher.definitions.lock().unwrap().insert(function_id.to_string(), (record.clone(), def.clone()));
+    }
     Ok((record, def))
 }
 
