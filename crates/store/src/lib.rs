@@ -7,6 +7,7 @@
 
 mod apps;
 mod auth;
+mod deployments;
 mod dicts;
 mod environments;
 mod error;
@@ -29,6 +30,7 @@ use sqlx::SqlitePool;
 
 pub use apps::{App, AppState, LogEntry};
 pub use auth::{Principal, TokenInfo};
+pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;
 pub use functions::{FunctionRecord, ImageRecord, Mount, MountEntry};
 pub use error::{Result, StoreError};

@@ -128,3 +128,67 @@ async fn tokens_verify_and_revoke() {
     assert!(!s.verify_token(&id, &secret).await.unwrap());
     assert!(matches!(s.revoke_token(&id).await, Err(StoreError::NotFound(_))));
 }
+
+mod deployments {
+    use std::collections::BTreeMap;
+
+    use ferry_store::{AppState, DeploymentInfo};
+
+    use super::store;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[tokio::test]
+    async fn versions_keep_definitions_and_rollback_restores_them() {
+        let (s, _d) = store().await;
+        let app = s.create_app("", Some("svc"), "svc", AppState::Deployed, "", "t").await.unwrap();
+        let f = s.create_function(&app.id, "f").await.unwrap();
+        let g = s.create_function(&app.id, "g").await.unwrap();
+        s.set_function_definition(&f.id, b"f-v1").await.unwrap();
+        s.set_function_definition(&g.id, b"g-v1").await.unwrap();
+        let info = DeploymentInfo { deployed_by: "t".into(), tag: "first".into(), ..Default::default() };
+        let v1 = s.record_deployment(&app.id, &info, &map(&[("f", &f.id), ("g", &g.id)]), &BTreeMap::new()).await.unwrap();
+        assert_eq!(v1.version, 1);
+
+        // v2 changes f and drops g: g is no longer found.
+        s.set_function_definition(&f.id, b"f-v2").await.unwrap();
+        let v2 = s.record_deployment(&app.id, &DeploymentInfo::default(), &map(&[("f", &f.id)]), &BTreeMap::new()).await.unwrap();
+        assert_eq!(v2.version, 2);
+        assert!(v2.function_ids.contains(&g.id));
+        assert!(s.function_by_tag(&app.id, "g").await.unwrap().is_none());
+
+        // Rolling back to v1 restores both definitions and is version 3.
+        let v3 = s.rollback_deployment(&app.id, 1, "t").await.unwrap();
+        assert_eq!(v3.version, 3);
+        assert_eq!(s.function(&f.id).await.unwrap().definition.unwrap(), b"f-v1");
+        assert_eq!(s.function_by_tag(&app.id, "g").await.unwrap().unwrap().definition.unwrap(), b"g-v1");
+        let history = s.deployments(&app.id).await.unwrap();
+        assert_eq!(history.iter().map(|d| d.version).collect::<Vec<_>>(), vec![3, 2, 1]);
+        assert_eq!(history[0].rollback_version, Some(1));
+        assert_eq!(history[0].info.tag, "first");
+        assert_eq!(history[2].info.tag, "first");
+        assert!(s.rollback_deployment(&app.id, 9, "t").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_tick_is_recorded_once_and_only_for_live_apps() {
+        let (s, _d) = store().await;
+        let app = s.create_app("", None, "run", AppState::Ephemeral, "", "t").await.unwrap();
+        let f = s.create_function(&app.id, "tick").await.unwrap();
+        s.set_schedules(&app.id, &map(&[(&f.id, "{}")])).await.unwrap();
+        assert_eq!(s.live_schedules().await.unwrap().len(), 1);
+        assert!(s.record_schedule_tick(&f.id, 10.0).await.unwrap());
+        assert!(!s.record_schedule_tick(&f.id, 10.0).await.unwrap(), "the same tick fires once");
+        assert!(!s.record_schedule_tick(&f.id, 9.0).await.unwrap(), "an earlier tick never fires");
+        assert!(s.record_schedule_tick(&f.id, 12.0).await.unwrap());
+        // Publishing again keeps the last tick.
+        s.set_schedules(&app.id, &map(&[(&f.id, "{}")])).await.unwrap();
+        assert_eq!(s.live_schedules().await.unwrap()[0].last_tick, Some(12.0));
+        s.set_app_state(&app.id, AppState::Stopped).await.unwrap();
+        assert!(s.live_schedules().await.unwrap().is_empty());
+        assert!(!s.record_schedule_tick(&f.id, 14.0).await.unwrap(), "a stopped app's schedule does not fire");
+        s.set_schedules(&app.id, &BTreeMap::new()).await.unwrap();
+    }
+}
