@@ -1,9 +1,11 @@
 //! App RPCs: lifecycle, listing, heartbeats and the log stream `modal run` follows.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_proto::api;
-use ferry_store::{App, AppState, LogEntry};
+use ferry_store::{App, AppState, DeploymentInfo, LogEntry};
+use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -119,6 +121,8 @@ pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>
             app_id: t.app_id,
             app_description: app.description,
             started_at: t.started_at,
+            // `--strategy recreate` stops the containers enqueued before the new version.
+            enqueued_at: t.started_at,
             ..Default::default()
         });
     }
@@ -298,8 +302,11 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
 }
 
 /// Publishes an app's objects under its state: a deployment gets its name (replacing the
-/// previous deployment of that name), a run keeps its ephemeral or detached state.
+/// previous deployment of that name) and a new version, a run keeps its ephemeral or detached
+/// state. The app's schedules start counting from here.
 pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>) -> Rpc<api::AppPublishResponse> {
+    let by = creator(&r);
+    let client_version = header(&r, "x-modal-client-version");
     let req = r.into_inner();
     let app = s.store.app(id(&req.app_id)?).await.or_status()?;
     if !app.state.is_live() {
@@ -309,10 +316,18 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         Some(st @ (AppState::Ephemeral | AppState::Detached | AppState::Deployed)) => st,
         _ => return Err(invalid(format!("an app cannot be published in state {}", req.app_state))),
     };
+    if state == AppState::Deployed && req.name.is_empty() {
+        return Err(invalid("a deployment needs a name"));
+    }
+    if req.deployment_tag.len() > 50 {
+        return Err(invalid("a deployment tag is at most 50 characters"));
+    }
+    // Checked before anything changes, so a bad schedule leaves the running version alone.
+    let schedules = crate::schedules::collect(s, &app.id).await?;
+    for (_, function_id) in &req.function_ids {
+        check_id(function_id, "fu", "Function")?;
+    }
     if state == AppState::Deployed {
-        if req.name.is_empty() {
-            return Err(invalid("a deployment needs a name"));
-        }
         let env = s.store.environment_by_id(&app.environment_id).await.or_status()?;
         if let Some(previous) = s.store.app_by_name(&env.name, &req.name).await.or_status()? {
             if previous.id != app.id {
@@ -327,12 +342,119 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         s.store.set_class_tag(class_id, &app.id, tag).await.or_status()?;
     }
     s.store.set_app_state(&app.id, state).await.or_status()?;
+    let mut deployed_at = ferry_store::now();
+    if state == AppState::Deployed {
+        let info = DeploymentInfo {
+            deployed_by: by,
+            client_version: if req.client_version.is_empty() { client_version } else { req.client_version.clone() },
+            tag: req.deployment_tag.clone(),
+            commit_info: req.commit_info.as_ref().map(|c| c.encode_to_vec()),
+        };
+        let functions: BTreeMap<String, String> = req.function_ids.clone().into_iter().collect();
+        let classes: BTreeMap<String, String> = req.class_ids.clone().into_iter().collect();
+        let change = s.store.record_deployment(&app.id, &info, &functions, &classes).await.or_status()?;
+        deployed_at = change.deployed_at;
+        replace_version(s, &app.id, &change);
+    }
+    crate::schedules::register(s, &app.id, &schedules).await?;
     crate::launch::warm_up(s, &app.id).await;
-    Ok(Response::new(api::AppPublishResponse {
-        url: page_url(s, &app.id),
-        deployed_at: ferry_store::now(),
-        server_warnings: Vec::new(),
-    }))
+    Ok(Response::new(api::AppPublishResponse { url: page_url(s, &app.id), deployed_at, server_warnings: Vec::new() }))
+}
+
+fn header<T>(r: &Request<T>, name: &str) -> String {
+    r.metadata().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// A new version took over: cached definitions of its functions are dropped, and containers
+/// started before it finish the inputs they hold and leave (a rolling replacement; with
+/// `--strategy recreate` the client stops them itself through `ContainerStop`).
+fn replace_version(s: &ModalService, app_id: &str, change: &ferry_store::VersionChange) {
+    for function_id in &change.function_ids {
+        s.launcher.forget_definition(function_id);
+    }
+    crate::launch::drain_app(s, app_id, change.deployed_at);
+}
+
+/// `modal app history`: the versions of a deployed app, newest first.
+pub(crate) async fn deployment_history(s: &ModalService, r: Request<api::AppDeploymentHistoryRequest>) -> Rpc<api::AppDeploymentHistoryResponse> {
+    let app = s.store.app(id(&r.get_ref().app_id)?).await.or_status()?;
+    let versions = s.store.deployments(&app.id).await.or_status()?;
+    let current = versions.first().map(|d| d.version).unwrap_or(0);
+    let app_deployment_histories = versions
+        .iter()
+        .map(|d| api::AppDeploymentHistory {
+            app_id: d.app_id.clone(),
+            version: d.version as u32,
+            client_version: d.info.client_version.clone(),
+            deployed_at: d.deployed_at,
+            deployed_by: d.info.deployed_by.clone(),
+            tag: d.info.tag.clone(),
+            rollback_version: d.rollback_version.unwrap_or(0) as u32,
+            rollback_allowed: d.version != current,
+            commit_info: d.info.commit_info.as_deref().and_then(|b| api::CommitInfo::decode(b).ok()),
+            ..Default::default()
+        })
+        .collect();
+    Ok(Response::new(api::AppDeploymentHistoryResponse { app_deployment_histories, production_app_version: current as u32 }))
+}
+
+/// `modal app rollback [vN]`: restores an earlier version's functions (the previous one by
+/// default) as a new version.
+pub(crate) async fn rollback(s: &ModalService, r: Request<api::AppRollbackRequest>) -> Rpc<api::AppRollbackResponse> {
+    let by = creator(&r);
+    let req = r.into_inner();
+    let app = s.store.app(id(&req.app_id)?).await.or_status()?;
+    if app.state != AppState::Deployed {
+        return Err(Status::failed_precondition(format!("App {} is not deployed, so it cannot be rolled back", app.id)));
+    }
+    let current = s.store.deployments(&app.id).await.or_status()?.first().map(|d| d.version).unwrap_or(0);
+    let target = if req.version < 0 { current - 1 } else { req.version as i64 };
+    if target < 1 {
+        return Err(Status::failed_precondition(format!("App {} has no earlier version to roll back to", app.id)));
+    }
+    if target >= current {
+        return Err(invalid(format!("v{target} is not an earlier version of App {} (the current one is v{current})", app.id)));
+    }
+    let change = s.store.rollback_deployment(&app.id, target, &by).await.or_status()?;
+    replace_version(s, &app.id, &change);
+    let schedules = crate::schedules::collect(s, &app.id).await?;
+    crate::schedules::register(s, &app.id, &schedules).await?;
+    crate::launch::warm_up(s, &app.id).await;
+    Ok(Response::new(api::AppRollbackResponse { url: page_url(s, &app.id), deployed_at: change.deployed_at, server_warnings: Vec::new() }))
+}
+
+/// `modal app info`: the app's lifecycle and its functions with their schedules.
+pub(crate) async fn get_info(s: &ModalService, r: Request<api::AppGetInfoRequest>) -> Rpc<api::AppGetInfoResponse> {
+    let app = s.store.app(id(&r.get_ref().app_id)?).await.or_status()?;
+    let env = s.store.environment_by_id(&app.environment_id).await.or_status()?;
+    let mut lifecycle = lifecycle(&app);
+    if let Some(current) = s.store.deployments(&app.id).await.or_status()?.first() {
+        lifecycle.version = current.version as i32;
+        lifecycle.deployed_at = current.deployed_at;
+        lifecycle.deployed_by = current.info.deployed_by.clone();
+    }
+    let mut functions = std::collections::HashMap::new();
+    let mut function_info_summaries = std::collections::HashMap::new();
+    for f in s.store.functions_of_app(&app.id).await.or_status()? {
+        let Ok(def) = api::Function::decode(f.definition.unwrap_or_default().as_slice()) else { continue };
+        let summary = api::app_get_info_response::FunctionInfoSummary {
+            gpu_config: def.resources.as_ref().and_then(|r| r.gpu_config.clone()).into_iter().filter(|g| g.count > 0).collect(),
+            schedule: def.schedule.clone(),
+            web_function: def.webhook_config.as_ref().is_some_and(|w| w.r#type != 0),
+            ..Default::default()
+        };
+        function_info_summaries.insert(f.id.clone(), summary);
+        functions.insert(f.tag, f.id);
+    }
+    let info = api::AppHandleMetadata {
+        description: app.description.clone(),
+        app_id: app.id.clone(),
+        environment_name: env.name,
+        lifecycle: Some(lifecycle),
+        functions,
+        ..Default::default()
+    };
+    Ok(Response::new(api::AppGetInfoResponse { info: Some(info), function_info_summaries }))
 }
 
 fn seconds(t: Option<prost_types::Timestamp>) -> Option<f64> {

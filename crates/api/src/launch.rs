@@ -205,6 +205,16 @@ pub(crate) fn stop_app(s: &ModalService, app_id: &str) {
     }
 }
 
+/// Rolls an app over to a new version: its containers started before `since` drain (finish
+/// the inputs they hold, take no new ones, then exit).
+pub(crate) fn drain_app(s: &ModalService, app_id: &str, since: f64) {
+    for t in s.scheduler.tasks_of_app(app_id) {
+        if t.started_at < since {
+            s.scheduler.drain_task(&t.task_id);
+        }
+    }
+}
+
 fn start_task(s: ModalService, function_id: String, app_id: String) {
     let task_id = ferry_store::new_id("ta");
     // Counted from now on, so calls arriving while it starts do not start more than needed.
@@ -216,6 +226,7 @@ fn start_task(s: ModalService, function_id: String, app_id: String) {
         started_at: ferry_store::now(),
         preempted: false,
         stopping: false,
+        draining: false,
         failure: None,
     });
     tokio::spawn(async move {
@@ -340,7 +351,8 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
                     return;
                 }
                 match sched.task(&task_id) {
-                    Some(t) if t.stopping => {
+                    // A draining container first answers what it holds (within `timeout`).
+                    Some(t) if t.stopping && !(t.draining && sched.longest_running(&task_id).is_some()) => {
                         tokio::time::sleep(EXIT_GRACE).await;
                         let _ = killer.kill(ferry_worker::Signal::Interrupt);
                         tokio::time::sleep(Duration::from_secs(2)).await;

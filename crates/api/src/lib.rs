@@ -15,6 +15,7 @@ mod images;
 mod launch;
 mod mounts;
 mod scheduler;
+mod schedules;
 mod dicts;
 mod environments;
 mod objects;
@@ -78,6 +79,8 @@ pub async fn serve(
     let config = Arc::new(config);
     let modal = ModalService::new(store.clone(), config.clone())?;
     spawn_reaper(modal.clone());
+    // The one loop that fires `Function.schedule` ticks; stopped below when serving ends.
+    let (stop_schedules, schedule_loop) = schedules::spawn(modal.clone());
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
     let service = ModalClientServer::new(modal)
@@ -120,6 +123,8 @@ pub async fn serve(
         )
         .await?;
     unix_server.abort();
+    let _ = stop_schedules.send(());
+    let _ = schedule_loop.await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -66,6 +66,9 @@ pub(crate) struct TaskInfo {
     /// Stopped by an operator (`modal container stop`): its inputs run again elsewhere.
     pub preempted: bool,
     pub stopping: bool,
+    /// Replaced by a newer version of its app: it finishes the inputs it holds before the
+    /// exit grace period starts.
+    pub draining: bool,
     /// A failure the container reported before serving (import or `@enter` error).
     pub failure: Option<String>,
 }
@@ -175,6 +178,15 @@ impl Scheduler {
         if let Some(q) = st.queues.get(&function_id) {
             q.changed.notify_waiters();
         }
+    }
+
+    /// Asks a task's container to exit once the inputs it holds are answered; it takes no new
+    /// ones, and new inputs start containers of the new version.
+    pub(crate) fn drain_task(&self, task_id: &str) {
+        if let Some(t) = self.state.lock().unwrap().tasks.get_mut(task_id) {
+            t.draining = true;
+        }
+        self.stop_task(task_id);
     }
 
     /// Hands a polling container up to `max` inputs, waiting up to `poll` for one. A container

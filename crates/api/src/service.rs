@@ -123,6 +123,9 @@ modal_client_impl! {
         app_get_layout(api::AppGetLayoutRequest) -> api::AppGetLayoutResponse => crate::classes::app_get_layout;
         function_call_from_id(api::FunctionCallFromIdRequest) -> api::FunctionCallFromIdResponse => crate::functions::call_from_id;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
+        app_deployment_history(api::AppDeploymentHistoryRequest) -> api::AppDeploymentHistoryResponse => crate::apps::deployment_history;
+        app_rollback(api::AppRollbackRequest) -> api::AppRollbackResponse => crate::apps::rollback;
+        app_get_info(api::AppGetInfoRequest) -> api::AppGetInfoResponse => crate::apps::get_info;
 
         secret_get_or_create(api::SecretGetOrCreateRequest) -> api::SecretGetOrCreateResponse => crate::secrets::get_or_create;
         secret_get_info(api::SecretGetInfoRequest) -> api::SecretGetInfoResponse => crate::secrets::get_info;

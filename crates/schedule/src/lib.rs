@@ -28,10 +28,21 @@ mod driver;
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Months, TimeDelta, TimeZone, Utc};
+use chrono::{Months, TimeDelta, TimeZone};
 use serde::{Deserialize, Serialize};
 
+pub use chrono::{DateTime, Utc};
 pub use driver::{run, Entry, Host};
+
+/// Seconds since the UNIX epoch (how the store keeps times) as an instant.
+pub fn from_unix(secs: f64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros((secs * 1e6).round() as i64).unwrap_or_default()
+}
+
+/// An instant as seconds since the UNIX epoch.
+pub fn to_unix(t: DateTime<Utc>) -> f64 {
+    t.timestamp_micros() as f64 / 1e6
+}
 
 /// A schedule as the user wrote it, in plain types.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
