@@ -43,6 +43,8 @@ def test_period_fires_on_a_deployed_app_and_survives_a_restart(runner):
     name, ticks = unique("sched"), unique("ticks")
     deploy(runner, SCHEDULED, name, TICKS_DICT=ticks)
     deployed = time.time()
+    apps = json.loads(runner.modal("app", "list", "--json").stdout)
+    app_id = next(a["app_id"] for a in apps if a["description"] == name and a["state"] == "deployed")
 
     # The Cron is accepted with its time zone and listed with the app's functions.
     info = runner.modal("app", "info", name)
@@ -64,7 +66,13 @@ def test_period_fires_on_a_deployed_app_and_survives_a_restart(runner):
     time.sleep(7)
     runner.start()
     restarted = time.time()
-    time.sleep(4.5)
+    # The deployment's warm container (min_containers=1) comes back with the server.
+    warm = []
+    while not warm and time.time() < restarted + 4:
+        rows = json.loads(runner.modal("container", "list", "--json").stdout)
+        warm = [r for r in rows if r["app_id"] == app_id]
+    assert warm, "the deployed app's min_containers did not start again"
+    time.sleep(max(0.0, restarted + 4.5 - time.time()))
     assert runner.modal("app", "stop", name, "--yes").returncode == 0
     time.sleep(2)
     times = run_times(runner, ticks)

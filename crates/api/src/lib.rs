@@ -81,6 +81,7 @@ pub async fn serve(
     spawn_reaper(modal.clone());
     // The one loop that fires `Function.schedule` ticks; stopped below when serving ends.
     let (stop_schedules, schedule_loop) = schedules::spawn(modal.clone());
+    restore_deployments(modal.clone());
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
     let service = ModalClientServer::new(modal)
@@ -137,6 +138,20 @@ pub(crate) fn container_socket(data_dir: &std::path::Path) -> std::path::PathBuf
 /// Binds `addr`; port 0 picks a free port.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Deployed apps outlive the server: their `min_containers` start again with it.
+fn restore_deployments(modal: ModalService) {
+    tokio::spawn(async move {
+        match modal.store.deployed_app_ids().await {
+            Ok(ids) => {
+                for app_id in ids {
+                    launch::warm_up(&modal, &app_id).await;
+                }
+            }
+            Err(e) => tracing::warn!("cannot list deployed apps: {e}"),
+        }
+    });
 }
 
 /// Reclaims expired ephemeral objects and apps, and expired queue partitions, in the background.

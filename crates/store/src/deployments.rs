@@ -163,6 +163,11 @@ impl Store {
         Ok(rows.iter().map(deployment_row).collect())
     }
 
+    /// Every deployed app, in all environments (to bring their warm containers back at start).
+    pub async fn deployed_app_ids(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM apps WHERE state = 3 ORDER BY created_at").fetch_all(&self.pool).await?)
+    }
+
     /// Replaces the schedules of an app's functions (function id → spec). Each schedule counts
     /// from now; the last tick a function fired is kept, so a tick never fires twice.
     pub async fn set_schedules(&self, app_id: &str, schedules: &BTreeMap<String, String>) -> Result<()> {

@@ -21,6 +21,11 @@ def weekday_report():
     print("weekday report")
 
 
+@app.function(min_containers=1)
+def warm():
+    return "warm"
+
+
 @app.local_entrypoint()
 def main(wait: float = 8.0):
     """For `modal run`: the schedule fires while the app runs."""
