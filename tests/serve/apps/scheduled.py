@@ -10,7 +10,11 @@ app = modal.App("ferry-scheduled")
 ticks = modal.Secret.from_dict({"TICKS_DICT": os.environ.get("TICKS_DICT", "")})
 
 
-@app.function(schedule=modal.Period(seconds=2), secrets=[ticks])
+# TICKS_SCHEDULE=off at deploy time deploys `tick` without its schedule.
+period = None if os.environ.get("TICKS_SCHEDULE") == "off" else modal.Period(seconds=2)
+
+
+@app.function(schedule=period, secrets=[ticks])
 def tick():
     modal.Dict.from_name(os.environ["TICKS_DICT"], create_if_missing=True)[repr(time.time())] = True
     print("scheduled tick ran", flush=True)
