@@ -119,6 +119,8 @@ pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>
             app_id: t.app_id,
             app_description: app.description,
             started_at: t.started_at,
+            // `--strategy recreate` and `modal serve` stop the containers enqueued before the publish.
+            enqueued_at: t.started_at,
             ..Default::default()
         });
     }
@@ -307,6 +309,8 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
     }
     let state = match AppState::from_i32(req.app_state) {
         Some(st @ (AppState::Ephemeral | AppState::Detached | AppState::Deployed)) => st,
+        // `modal serve` republishes its running app after each reload without changing its state.
+        None if req.app_state == 0 => app.state,
         _ => return Err(invalid(format!("an app cannot be published in state {}", req.app_state))),
     };
     if state == AppState::Deployed {
