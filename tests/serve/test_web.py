@@ -293,3 +293,25 @@ def test_endpoint_answers_after_restart(web):
     web.start()
     status, _, body = request(url + "?name=again")
     assert (status, json.loads(body)) == (200, {"hello": "again"})
+
+
+def test_redeploy_drops_removed_endpoints(web, tmp_path):
+    app = tmp_path / "gone.py"
+    source = (
+        "import modal\n"
+        "app = modal.App('ferry-web-gone')\n"
+        "image = modal.Image.debian_slim().pip_install('fastapi[standard]')"
+        ".run_commands('mkdir -p /srv && echo served by a web_server > /srv/index.html')\n"
+        "@app.function(image=image)\n@modal.fastapi_endpoint()\ndef kept():\n    return 'kept'\n"
+    )
+    app.write_text(source + "@app.function(image=image)\n@modal.fastapi_endpoint()\ndef dropped():\n    return 'dropped'\n")
+    out = web.modal("deploy", str(app), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    base = url_of(web, "hello").rsplit("/", 1)[0]
+    assert request(base + "/ferry--ferry-web-gone-dropped")[0] == 200
+    app.write_text(source)
+    out = web.modal("deploy", str(app), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert request(base + "/ferry--ferry-web-gone-dropped")[0] == 404
+    status, _, body = request(base + "/ferry--ferry-web-gone-kept")
+    assert (status, json.loads(body)) == (200, "kept")

@@ -330,6 +330,15 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         check_id(class_id, "cs", "Class")?;
         s.store.set_class_tag(class_id, &app.id, tag).await.or_status()?;
     }
+    // Web endpoints whose functions the new version no longer has stop answering. The client
+    // names the functions of its code in `definition_ids`; `function_ids` also carries those of
+    // the earlier layout.
+    let published: Vec<String> = if req.definition_ids.is_empty() {
+        req.function_ids.values().cloned().collect()
+    } else {
+        req.definition_ids.keys().cloned().collect()
+    };
+    s.store.retain_web_routes(&app.id, &published).await.or_status()?;
     s.store.set_app_state(&app.id, state).await.or_status()?;
     crate::launch::warm_up(s, &app.id).await;
     Ok(Response::new(api::AppPublishResponse {

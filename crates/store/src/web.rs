@@ -58,6 +58,23 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the routes of an app's functions that are not in `functions` (endpoints removed
+    /// from the app's code by a redeploy).
+    pub async fn retain_web_routes(&self, app_id: &str, functions: &[String]) -> Result<()> {
+        let placeholders = vec!["?"; functions.len()].join(", ");
+        let sql = if functions.is_empty() {
+            "DELETE FROM web_routes WHERE app_id = ?".to_string()
+        } else {
+            format!("DELETE FROM web_routes WHERE app_id = ? AND function_id NOT IN ({placeholders})")
+        };
+        let mut query = sqlx::query(&sql).bind(app_id);
+        for f in functions {
+            query = query.bind(f);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// The route of a label, if any function claimed it.
     pub async fn web_route(&self, label: &str) -> Result<Option<WebRoute>> {
         let row = sqlx::query(
