@@ -143,6 +143,13 @@ def test_large_upload_streams_through(web):
     assert time.monotonic() - started < 120
 
 
+def test_large_download(web):
+    status, headers, data = request(url_of(web, "api") + "/download?mb=50")
+    assert status == 200
+    assert len(data) == 50 * 1024 * 1024
+    assert data == hashlib.sha256(b"ferry").digest() * (50 * 32768)
+
+
 def test_wsgi_and_web_server(web):
     status, _, body = request(url_of(web, "plain_wsgi") + "/a/b?c=d", "PUT", b"x")
     assert (status, body) == (200, b"wsgi PUT /a/b c=d")
@@ -163,6 +170,9 @@ print(Greeter().greet.get_web_url())
     assert "ferry--ferry-web-greeter-greet" in web.deploy_output
     status, _, body = request(url + "?name=ferry")
     assert (status, json.loads(body)) == (200, {"greeting": "hi ferry"})
+    # A web_server on a class method.
+    status, _, body = request(url.replace("greeter-greet", "site-serve") + "/index.html")
+    assert (status, body) == (200, b"served by a web_server\n")
 
 
 def test_proxy_auth(web):

@@ -12,6 +12,7 @@ image = (
     .run_commands("mkdir -p /srv && echo served by a web_server > /srv/index.html")
 )
 WEB_SERVER_PORT = 18765
+CLASS_WEB_SERVER_PORT = 18766
 
 
 @app.function(image=image)
@@ -75,6 +76,13 @@ def api():
         await asyncio.sleep(seconds)
         return {"slept": seconds}
 
+    @web.get("/download")
+    def download(mb: int = 1):
+        from fastapi.responses import Response
+
+        # One message larger than a data chunk may carry inline: it travels as a blob.
+        return Response(hashlib.sha256(b"ferry").digest() * (mb * 32768), media_type="application/octet-stream")
+
     @web.get("/where")
     def where(request: Request):
         return {"path": request.url.path, "root_path": request.scope.get("root_path"), "query": str(request.query_params)}
@@ -120,3 +128,12 @@ class Greeter:
     @modal.fastapi_endpoint()
     def greet(self, name: str = "you"):
         return {"greeting": f"{self.greeting} {name}"}
+
+
+@app.cls(image=image)
+class Site:
+    @modal.web_server(CLASS_WEB_SERVER_PORT, startup_timeout=60)
+    def serve(self):
+        import subprocess
+
+        subprocess.Popen(["python", "-m", "http.server", str(CLASS_WEB_SERVER_PORT), "--bind", "0.0.0.0", "--directory", "/srv"])
