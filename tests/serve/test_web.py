@@ -305,7 +305,7 @@ def test_endpoint_answers_after_restart(web):
     assert (status, json.loads(body)) == (200, {"hello": "again"})
 
 
-def test_redeploy_drops_removed_endpoints(web, tmp_path):
+def test_redeploy_drops_removed_endpoints_and_stop_drops_all(web, tmp_path):
     app = tmp_path / "gone.py"
     source = (
         "import modal\n"
@@ -325,3 +325,7 @@ def test_redeploy_drops_removed_endpoints(web, tmp_path):
     assert request(base + "/ferry--ferry-web-gone-dropped")[0] == 404
     status, _, body = request(base + "/ferry--ferry-web-gone-kept")
     assert (status, json.loads(body)) == (200, "kept")
+    # A stopped app's endpoints stop answering.
+    out = web.modal("app", "stop", "ferry-web-gone", "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert request(base + "/ferry--ferry-web-gone-kept")[0] == 404
