@@ -121,7 +121,7 @@ pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>
             app_id: t.app_id,
             app_description: app.description,
             started_at: t.started_at,
-            // `--strategy recreate` stops the containers enqueued before the new version.
+            // `--strategy recreate` and `modal serve` stop the containers enqueued before the publish.
             enqueued_at: t.started_at,
             ..Default::default()
         });
@@ -314,6 +314,8 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
     }
     let state = match AppState::from_i32(req.app_state) {
         Some(st @ (AppState::Ephemeral | AppState::Detached | AppState::Deployed)) => st,
+        // `modal serve` republishes its running app after each reload without changing its state.
+        None if req.app_state == 0 => app.state,
         _ => return Err(invalid(format!("an app cannot be published in state {}", req.app_state))),
     };
     if state == AppState::Deployed && req.name.is_empty() {
@@ -341,6 +343,15 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         check_id(class_id, "cs", "Class")?;
         s.store.set_class_tag(class_id, &app.id, tag).await.or_status()?;
     }
+    // Web endpoints whose functions the new version no longer has stop answering. The client
+    // names the functions of its code in `definition_ids`; `function_ids` also carries those of
+    // the earlier layout.
+    let published: Vec<String> = if req.definition_ids.is_empty() {
+        req.function_ids.values().cloned().collect()
+    } else {
+        req.definition_ids.keys().cloned().collect()
+    };
+    s.store.retain_web_routes(&app.id, &published).await.or_status()?;
     s.store.set_app_state(&app.id, state).await.or_status()?;
     let mut deployed_at = ferry_store::now();
     if state == AppState::Deployed {

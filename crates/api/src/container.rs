@@ -108,6 +108,9 @@ pub(crate) async fn put_data_out(s: &ModalService, r: Request<api::FunctionCallP
         Some(api::function_call_put_data_request::CallInfo::FunctionCallId(id)) => id,
         _ => return Err(Status::invalid_argument("FunctionCallPutDataOut needs a function_call_id")),
     };
+    if crate::web::put_data_out(s, &call_id, &req.data_chunks).await? {
+        return Ok(Response::new(()));
+    }
     let chunks = req.data_chunks.into_iter().map(|c| (c.index, c.encode_to_vec())).collect();
     if !s.scheduler.put_data_out(&call_id, chunks) {
         return Err(Status::not_found(format!("function call {call_id} not found")));

@@ -61,6 +61,9 @@ fn function_data(function: &api::Function) -> api::FunctionData {
         module_name: function.module_name.clone(),
         function_name: function.function_name.clone(),
         function_type: function.function_type,
+        web_url: function.web_url.clone(),
+        web_url_info: function.web_url_info.clone(),
+        webhook_config: function.webhook_config.clone(),
         ranked_functions: vec![api::function_data::RankedFunction { rank: 0, function: Some(function.clone()) }],
         ..Default::default()
     }
@@ -94,7 +97,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateReque
     let req = r.into_inner();
     check_id(&req.app_id, "ap", "App")?;
     let app = s.store.app(&req.app_id).await.or_status()?;
-    let function = match (req.function, req.function_data) {
+    let mut function = match (req.function, req.function_data) {
         (Some(f), _) => f,
         (None, Some(_)) => {
             return Err(Status::unimplemented("Ferry does not implement functions with GPU fallback lists (function_data) yet"))
@@ -110,15 +113,13 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateReque
             )));
         }
     }
-    if function.webhook_config.as_ref().is_some_and(|w| w.r#type != 0) {
-        return Err(Status::unimplemented("Ferry does not implement web endpoints yet"));
-    }
     let id = if req.existing_function_id.is_empty() {
         s.store.create_function(&app.id, &function.function_name).await.or_status()?.id
     } else {
         check_id(&req.existing_function_id, "fu", "Function")?;
         req.existing_function_id.clone()
     };
+    crate::web::prepare_definition(s, &app, &mut function, &id).await?;
     s.store.set_function_definition(&id, &function.encode_to_vec()).await.or_status()?;
     s.launcher.forget_definition(&id);
     let metadata = handle_metadata(&function, &id, &app.id);

@@ -115,7 +115,7 @@ pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: 
 
 /// A function's record and decoded definition. Every submitted batch and every container poll
 /// needs them, so they are kept decoded until `FunctionCreate` replaces the definition.
-async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store::FunctionRecord, api::Function), String> {
+pub(crate) async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store::FunctionRecord, api::Function), String> {
     if let Some(found) = s.launcher.definitions.lock().unwrap().get(function_id) {
         return Ok(found.clone());
     }

@@ -23,6 +23,7 @@ mod queues;
 mod secrets;
 mod service;
 mod status;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use ferry_store::Store;
 use tokio::net::TcpListener;
 
 pub use service::ModalService;
+pub use web::WebConfig;
 
 /// The image builder version reported to clients (see ARCHITECTURE.md for the choice).
 pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
@@ -50,6 +52,8 @@ pub struct ApiConfig {
     pub ephemeral_ttl: Duration,
     /// Ephemeral apps are stopped this long after their client's last heartbeat.
     pub app_heartbeat_ttl: Duration,
+    /// Web endpoints: their URLs and the gateway's limits.
+    pub web: WebConfig,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +62,7 @@ impl Default for ApiConfig {
             public_url: String::new(),
             ephemeral_ttl: Duration::from_secs(900),
             app_heartbeat_ttl: Duration::from_secs(120),
+            web: WebConfig::default(),
         }
     }
 }
@@ -68,11 +73,13 @@ pub struct TlsFiles {
     pub key_pem: Vec<u8>,
 }
 
-/// Serves the Modal API on `listener` until `shutdown` resolves.
+/// Serves the Modal API on `listener` (and web endpoints on `web_listener`) until `shutdown`
+/// resolves.
 pub async fn serve(
     store: Store,
     config: ApiConfig,
     listener: TcpListener,
+    web_listener: Option<TcpListener>,
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -84,6 +91,7 @@ pub async fn serve(
     restore_deployments(modal.clone());
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
+    let web_server = web_listener.map(|l| web::spawn(&modal, l));
     let service = ModalClientServer::new(modal)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -126,6 +134,9 @@ pub async fn serve(
     unix_server.abort();
     let _ = stop_schedules.send(());
     let _ = schedule_loop.await;
+    if let Some(w) = web_server {
+        w.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

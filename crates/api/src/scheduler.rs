@@ -333,6 +333,11 @@ impl Scheduler {
         st.queues.get_mut(function_id).map(|q| q.pending.drain(..).collect()).unwrap_or_default()
     }
 
+    /// Forgets a call whose caller has its answer (web requests, which nobody asks about again).
+    pub(crate) fn forget_call(&self, call_id: &str) {
+        self.state.lock().unwrap().calls.remove(call_id);
+    }
+
     /// Appends generator items a container produced for a call.
     pub(crate) fn put_data_out(&self, call_id: &str, chunks: Vec<(u64, Vec<u8>)>) -> bool {
         let mut st = self.state.lock().unwrap();

@@ -23,6 +23,7 @@ pub struct ModalService {
     pub(crate) images: Arc<crate::images::ImageService>,
     pub(crate) scheduler: crate::scheduler::Scheduler,
     pub(crate) launcher: Arc<crate::launch::Launcher>,
+    pub(crate) web: Arc<crate::web::WebCalls>,
 }
 
 impl ModalService {
@@ -35,6 +36,7 @@ impl ModalService {
             images: Arc::new(images),
             scheduler: Default::default(),
             launcher: Arc::new(launcher),
+            web: Default::default(),
         })
     }
 }
@@ -160,6 +162,7 @@ modal_client_impl! {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
         dict_contents(api::DictContentsRequest) -> api::DictEntry => crate::dicts::contents;
         function_call_get_data_out(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::functions::get_data_out;
+        function_call_get_data_in(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::web::get_data_in;
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
     }
 }

@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         cmd: TokenCommand,
     },
+    /// Manage the proxy tokens that web endpoints with `requires_proxy_auth=True` accept
+    /// (sent as the `Modal-Key` and `Modal-Secret` headers).
+    ProxyToken {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(subcommand)]
+        cmd: ProxyTokenCommand,
+    },
     /// Prepare the base images containers run on.
     Images {
         #[command(flatten)]
@@ -67,6 +75,20 @@ enum ImagesCommand {
         #[arg(long, default_value = "3.11")]
         python: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ProxyTokenCommand {
+    /// Create a proxy token and print its key and secret (the secret is shown only once).
+    Create {
+        /// A note saying who or what the token is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List proxy tokens (keys and labels; secrets are never stored).
+    List,
+    /// Revoke a proxy token: requests bearing it are refused from then on.
+    Revoke { token_id: String },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { data_dir, args } => serve::run(&data_dir.resolve(), args).await,
             Command::Token { data_dir, cmd } => token(&data_dir.resolve(), cmd).await,
+            Command::ProxyToken { data_dir, cmd } => proxy_token(&data_dir.resolve(), cmd).await,
             Command::Images { data_dir, cmd: ImagesCommand::Prepare { python } } => {
                 images_prepare(&data_dir.resolve(), &python).await
             }
@@ -148,6 +171,28 @@ async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<
         }
         TokenCommand::Revoke { token_id } => {
             store.revoke_token(&token_id).await?;
+            println!("revoked {token_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn proxy_token(data_dir: &std::path::Path, cmd: ProxyTokenCommand) -> anyhow::Result<()> {
+    let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+    match cmd {
+        ProxyTokenCommand::Create { label } => {
+            let (id, secret) = store.create_proxy_token(&label).await?;
+            println!("Modal-Key: {id}\nModal-Secret: {secret}");
+        }
+        ProxyTokenCommand::List => {
+            println!("{:<28} {:<12} {:<22} label", "key", "state", "created");
+            for t in store.list_proxy_tokens().await? {
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<28} {:<12} {:<22} {}", t.token_id, state, config::format_time(t.created_at), t.label);
+            }
+        }
+        ProxyTokenCommand::Revoke { token_id } => {
+            store.revoke_proxy_token(&token_id).await?;
             println!("revoked {token_id}");
         }
     }

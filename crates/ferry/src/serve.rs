@@ -40,6 +40,19 @@ pub struct ServeArgs {
     /// Do not add the `ferry` profile to the modal config file.
     #[arg(long)]
     no_modal_profile: bool,
+    /// Port of the web endpoint gateway (HTTP) [default: --port + 1; a free one with --port 0].
+    /// Keep it fixed: deployed endpoints' URLs name it.
+    #[arg(long)]
+    web_port: Option<u16>,
+    /// Suffix for host-based web URLs, `http://<label>.SUFFIX` (wildcard DNS pointing at the
+    /// gateway, or a proxy in front of it); may carry a scheme and a port, as in
+    /// `https://apps.example.com`. Without it URLs are path-based: `http://HOST:WEB_PORT/<label>`.
+    #[arg(long)]
+    web_suffix: Option<String>,
+    /// Seconds a web request waits for its response to start before it gets a 303 redirect
+    /// to poll for the result.
+    #[arg(long, default_value_t = 150)]
+    web_redirect_secs: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,15 +80,10 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server_url = args.public_url.clone().unwrap_or_else(|| {
-        let host = match args.host {
-            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
-            IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
-            IpAddr::V4(a) => a.to_string(),
-        };
-        format!("{scheme}://{host}:{port}")
-    });
+    let server_url = args.public_url.clone().unwrap_or_else(|| url_for(args.host, port, scheme));
+    let web_port = args.web_port.unwrap_or(if port == 0 || args.port == 0 { 0 } else { port.checked_add(1).unwrap_or(0) });
+    let web_listener = ferry_api::bind(SocketAddr::new(args.host, web_port)).await?;
+    let web_url = url_for(args.host, web_listener.local_addr()?.port(), "http");
     let settings = ClientSettings { server_url: server_url.clone(), token_id, token_secret };
     config::write_private(&env_path, settings.env_file().as_bytes())?;
     let profile_note = if args.no_modal_profile {
@@ -90,7 +98,17 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         public_url: server_url.clone(),
         ephemeral_ttl: Duration::from_secs(args.ephemeral_ttl_secs),
         app_heartbeat_ttl: Duration::from_secs(args.app_heartbeat_ttl_secs),
+        web: ferry_api::WebConfig {
+            base_url: web_url.clone(),
+            host_suffix: args.web_suffix.clone(),
+            redirect_after: Duration::from_secs(args.web_redirect_secs),
+        },
     };
+    let web_note = match &args.web_suffix {
+        Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),
+        None => String::new(),
+    };
+    println!("Ferry serves web endpoints at {web_url}{web_note}");
     println!(
         "Ferry is serving the Modal API at {server_url} (data dir {})\n\
          {}  client settings in {}:\n\
@@ -104,9 +122,20 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         settings.token_id,
     );
     tracing::info!(%server_url, "ready");
-    ferry_api::serve(store, api_config, listener, tls, shutdown_signal()).await?;
+    ferry_api::serve(store, api_config, listener, Some(web_listener), tls, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `scheme://host:port` for a listening address (loopback for an unspecified one).
+fn url_for(host: IpAddr, port: u16, scheme: &str) -> String {
+    let host = match host {
+        IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+        IpAddr::V4(a) => a.to_string(),
+    };
+    format!("{scheme}://{host}:{port}")
 }
 
 /// Reuses the token recorded in `client.env` while it is valid; otherwise creates one.

@@ -26,7 +26,7 @@ fn digest(secret: &str) -> String {
 }
 
 /// Constant-time comparison of two hex digests.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

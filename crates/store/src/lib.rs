@@ -19,6 +19,7 @@ mod secrets;
 pub use secrets::SecretInfo;
 mod seal;
 mod util;
+mod web;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -37,6 +38,7 @@ pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
 pub use util::{new_id, now};
+pub use web::{ProxyTokenInfo, WebRoute};
 
 use util::Notifier;
 
