@@ -22,6 +22,7 @@ mod queues;
 mod secrets;
 mod service;
 mod status;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -18,6 +18,7 @@ mod secrets;
 pub use secrets::SecretInfo;
 mod seal;
 mod util;
+mod volumes;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -35,6 +36,7 @@ pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
 pub use util::{new_id, now};
+pub use volumes::{EntryKind, VolumeChange, VolumeEntry};
 
 use util::Notifier;
 
