@@ -116,8 +116,24 @@ pub(crate) async fn list(s: &ModalService, r: Request<api::VolumeListRequest>) -
     Ok(GrpcResponse::new(api::VolumeListResponse { items, environment_name: env.name }))
 }
 
+/// Unreferenced blocks are kept this long, so an upload that names them soon after finds them.
+const GARBAGE_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Sweeps what deletions and removals left unreferenced, in the background.
+fn collect_garbage(s: &ModalService) {
+    let volumes = s.volumes.clone();
+    tokio::spawn(async move {
+        match volumes.collect_garbage(GARBAGE_MIN_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} unreferenced volume blocks and files"),
+            Err(e) => tracing::warn!("volume garbage collection failed: {e}"),
+        }
+    });
+}
+
 pub(crate) async fn delete(s: &ModalService, r: Request<api::VolumeDeleteRequest>) -> Rpc<()> {
     s.store.delete_object(ObjectKind::Volume, id(&r.get_ref().volume_id)?).await.or_status()?;
+    collect_garbage(s);
     Ok(GrpcResponse::new(()))
 }
 
@@ -212,6 +228,7 @@ pub(crate) async fn remove_file(s: &ModalService, r: Request<api::VolumeRemoveFi
     let req = r.into_inner();
     volume(s, &req.volume_id).await?;
     s.volumes.remove(&req.volume_id, &req.path, req.recursive).await.or_grpc()?;
+    collect_garbage(s);
     Ok(GrpcResponse::new(()))
 }
 

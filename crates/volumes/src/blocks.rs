@@ -59,6 +59,13 @@ pub trait BlockStore: Send + Sync + 'static {
     /// The block's file on this machine, for backends that keep one (containers' views are
     /// made from local files).
     fn local_path(&self, hash: &Hash) -> Option<PathBuf>;
+
+    /// Marks a stored block as just used, so that [`BlockStore::remove_unreferenced`] spares it.
+    async fn touch(&self, hash: &Hash) -> io::Result<()>;
+
+    /// Deletes blocks not in `keep` that were last stored or touched over `min_age` ago;
+    /// returns how many went.
+    async fn remove_unreferenced(&self, keep: &std::collections::HashSet<Hash>, min_age: std::time::Duration) -> io::Result<usize>;
 }
 
 /// How many blocks are written, and read, at once. The client opens up to 128 transfers at a
@@ -183,6 +190,38 @@ impl BlockStore for LocalBlockStore {
     fn local_path(&self, hash: &Hash) -> Option<PathBuf> {
         Some(self.path(hash))
     }
+
+    async fn touch(&self, hash: &Hash) -> io::Result<()> {
+        let path = self.path(hash);
+        tokio::task::spawn_blocking(move || std::fs::File::options().write(true).open(path)?.set_modified(std::time::SystemTime::now()))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn remove_unreferenced(&self, keep: &std::collections::HashSet<Hash>, min_age: std::time::Duration) -> io::Result<usize> {
+        let dir = self.dir.clone();
+        let keep = keep.clone();
+        tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now();
+            let mut removed = 0;
+            for shard in std::fs::read_dir(&dir)?.flatten() {
+                for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    let name = f.file_name();
+                    let mut hash = [0u8; 32];
+                    if hex::decode_to_slice(name.as_encoded_bytes(), &mut hash).is_err() || keep.contains(&hash) {
+                        continue;
+                    }
+                    let old = f.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).is_ok_and(|a| a >= min_age));
+                    if old && std::fs::remove_file(f.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
 }
 
 /// Hashes a block's bytes the way the client does: trailing zero bytes are not part of it.
@@ -211,6 +250,43 @@ mod tests {
         assert_eq!(store.len(&hash).await.unwrap(), Some(11));
         let got: Vec<Bytes> = store.read(&hash, 6, 100).await.unwrap().map(|c| c.unwrap()).collect().await;
         assert_eq!(got.concat(), b"world");
+        let (other, _) = block_hash(b"other");
+        store.put(&other, body(b"other")).await.unwrap();
+        let keep = std::collections::HashSet::from([hash]);
+        assert_eq!(store.remove_unreferenced(&keep, std::time::Duration::from_secs(3600)).await.unwrap(), 0);
+        assert_eq!(store.remove_unreferenced(&keep, std::time::Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(store.len(&other).await.unwrap(), None);
+        assert_eq!(store.len(&hash).await.unwrap(), Some(11));
+    }
+
+    /// A full disk fails the write with DiskFull and leaves no partial block behind. Needs root
+    /// (a small tmpfs stands for the full disk); skipped otherwise.
+    #[tokio::test]
+    async fn full_disk_is_reported_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let mounted = unsafe { libc::mount(c"tmpfs".as_ptr(), c.as_ptr(), c"tmpfs".as_ptr(), 0, c"size=1m".as_ptr().cast()) } == 0;
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (not root)");
+            return;
+        }
+        let store = LocalBlockStore::new(dir.path().join("blocks"));
+        let data: &'static [u8] = Box::leak(vec![7u8; 2 << 20].into_boxed_slice());
+        let (hash, _) = block_hash(data);
+        let result = store.put(&hash, body(data)).await;
+        let leftovers = walk_files(dir.path());
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        assert!(matches!(result, Err(BlockError::DiskFull(_))), "{result:?}");
+        assert_eq!(leftovers, 0);
+    }
+
+    fn walk_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 })
+            .sum()
     }
 
     #[test]

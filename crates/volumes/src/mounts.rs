@@ -58,6 +58,13 @@ pub(crate) struct Registry {
     tasks: Mutex<HashMap<String, TaskViews>>,
 }
 
+impl Registry {
+    /// Volumes some running task has a view of.
+    pub(crate) fn volumes_in_use(&self) -> HashSet<String> {
+        self.tasks.lock().unwrap().values().flat_map(|t| t.views.iter().map(|v| v.volume_id.clone())).collect()
+    }
+}
+
 #[derive(Default)]
 struct TaskViews {
     /// Host pid of the container's init, once it runs.
