@@ -60,7 +60,9 @@ pub(crate) struct BlobStore {
     dir: PathBuf,
     key: [u8; 32],
     /// `http://host:port` of the blob listener, as clients and containers reach it.
-    base_url: String,
+    pub(crate) base_url: String,
+    /// Volume blocks, served from the same listener (`volumes.rs`).
+    pub(crate) volume_blocks: Arc<dyn ferry_volumes::BlockStore>,
 }
 
 /// What `BlobCreate` declared; an upload must match it exactly.
@@ -105,7 +107,8 @@ pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &
     let port = listener.local_addr()?.port();
     let mut key = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
-    let store = Arc::new(BlobStore { dir, key, base_url: base_url(public_url, ip, port) });
+    let volume_blocks = Arc::new(ferry_volumes::LocalBlockStore::new(data_dir.join("volumes").join("blocks")));
+    let store = Arc::new(BlobStore { dir, key, base_url: base_url(public_url, ip, port), volume_blocks });
     tracing::info!(url = %store.base_url, "serving blobs");
     STORES.lock().unwrap().insert(data_dir.to_path_buf(), store.clone());
     let sweep_dir = store.dir.clone();
@@ -113,6 +116,7 @@ pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &
         .route("/blobs/{id}", put(put_blob).get(get_blob))
         .route("/blobs/{id}/parts/{n}", put(put_part))
         .route("/blobs/{id}/complete", post(complete_multipart))
+        .route("/volumes/blocks/{hash}", put(crate::volumes::put_block).get(crate::volumes::get_block))
         .with_state(store);
     let task = tokio::spawn(async move {
         let serve = async {
@@ -197,7 +201,7 @@ fn remove_partial_uploads(dir: &Path) {
     }
 }
 
-fn store_of(s: &ModalService) -> Result<Arc<BlobStore>, Status> {
+pub(crate) fn store_of(s: &ModalService) -> Result<Arc<BlobStore>, Status> {
     STORES
         .lock()
         .unwrap()
@@ -246,9 +250,14 @@ impl BlobStore {
     }
 
     fn signed(&self, id: &str, verb: &str, subpath: &str) -> String {
+        format!("{}/blobs/{id}{subpath}?token={}", self.base_url, self.token(id, verb))
+    }
+
+    /// The `token=` value that allows `verb` on `id` until it expires.
+    pub(crate) fn token(&self, id: &str, verb: &str) -> String {
         let expires = unix_now() + URL_LIFETIME.as_secs();
         let sig = hex::encode(self.mac(id, verb, expires).finalize().into_bytes());
-        format!("{}/blobs/{id}{subpath}?token={expires}.{sig}", self.base_url)
+        format!("{expires}.{sig}")
     }
 
     /// Where part `n` of blob `id` is kept; its MD5 is in the name, so the completion request
@@ -263,7 +272,7 @@ impl BlobStore {
     }
 
     /// Checks a URL's `token=<expiry>.<hex HMAC>` query parameter for `verb` on `id`.
-    fn check_token(&self, id: &str, verb: &str, uri: &Uri) -> Result<(), HttpError> {
+    pub(crate) fn check_token(&self, id: &str, verb: &str, uri: &Uri) -> Result<(), HttpError> {
         let denied = |why: &str| HttpError(StatusCode::FORBIDDEN, format!("blob URL refused: {why}"));
         let token = uri
             .query()
@@ -404,7 +413,7 @@ pub(crate) async fn read(s: &ModalService, id: &str) -> Result<Vec<u8>, Status> 
 }
 
 /// An HTTP error with a message the client shows ("Put to url ... failed with status 400: ...").
-struct HttpError(StatusCode, String);
+pub(crate) struct HttpError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {

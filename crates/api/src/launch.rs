@@ -320,7 +320,15 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         }
     }
     spec.block_network = def.block_network;
-    let mut task = launcher.worker.start(spec).await.map_err(|e| e.to_string())?;
+    spec.volumes = crate::volumes::task_mounts(s, task_id, &def).await?;
+    let mut task = match launcher.worker.start(spec).await {
+        Ok(t) => t,
+        Err(e) => {
+            s.volumes.release_task(task_id).await;
+            return Err(e.to_string());
+        }
+    };
+    s.volumes.task_started(task_id, task.pid());
 
     // Container output goes to the app's log stream, tagged with the task and function.
     if let Some(mut logs) = task.logs() {
@@ -367,6 +375,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     };
     let exit = task.wait().await;
     watcher.abort();
+    s.volumes.release_task(task_id).await;
     launcher.killers.lock().unwrap().remove(task_id);
     let _ = s.store.revoke_task_credential(task_id).await;
     let (info, held) = s.scheduler.remove_task(task_id);

@@ -24,6 +24,7 @@ mod secrets;
 mod service;
 mod status;
 mod web;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

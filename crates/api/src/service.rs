@@ -24,13 +24,16 @@ pub struct ModalService {
     pub(crate) scheduler: crate::scheduler::Scheduler,
     pub(crate) launcher: Arc<crate::launch::Launcher>,
     pub(crate) web: Arc<crate::web::WebCalls>,
+    pub(crate) volumes: Arc<ferry_volumes::Volumes>,
 }
 
 impl ModalService {
     pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir())?;
         let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
+        let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
         Ok(ModalService {
+            volumes,
             store,
             config,
             images: Arc::new(images),
@@ -157,6 +160,19 @@ modal_client_impl! {
         queue_clear(api::QueueClearRequest) -> () => crate::queues::clear;
         queue_delete(api::QueueDeleteRequest) -> () => crate::queues::delete;
         queue_list(api::QueueListRequest) -> api::QueueListResponse => crate::queues::list;
+
+        volume_get_or_create(api::VolumeGetOrCreateRequest) -> api::VolumeGetOrCreateResponse => crate::volumes::get_or_create;
+        volume_get_by_id(api::VolumeGetByIdRequest) -> api::VolumeGetByIdResponse => crate::volumes::get_by_id;
+        volume_heartbeat(api::VolumeHeartbeatRequest) -> () => crate::volumes::heartbeat;
+        volume_list(api::VolumeListRequest) -> api::VolumeListResponse => crate::volumes::list;
+        volume_delete(api::VolumeDeleteRequest) -> () => crate::volumes::delete;
+        volume_rename(api::VolumeRenameRequest) -> () => crate::volumes::rename;
+        volume_put_files2(api::VolumePutFiles2Request) -> api::VolumePutFiles2Response => crate::volumes::put_files;
+        volume_get_file2(api::VolumeGetFile2Request) -> api::VolumeGetFile2Response => crate::volumes::get_file;
+        volume_remove_file2(api::VolumeRemoveFile2Request) -> () => crate::volumes::remove_file;
+        volume_copy_files2(api::VolumeCopyFiles2Request) -> () => crate::volumes::copy_files;
+        volume_commit(api::VolumeCommitRequest) -> api::VolumeCommitResponse => crate::volumes::commit;
+        volume_reload(api::VolumeReloadRequest) -> () => crate::volumes::reload;
     }
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
@@ -164,5 +180,6 @@ modal_client_impl! {
         function_call_get_data_out(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::functions::get_data_out;
         function_call_get_data_in(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::web::get_data_in;
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
+        volume_list_files2(api::VolumeListFiles2Request) -> api::VolumeListFiles2Response => crate::volumes::list_files;
     }
 }

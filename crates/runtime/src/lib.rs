@@ -17,6 +17,7 @@ mod container;
 mod dockerfile;
 mod error;
 mod gpu;
+mod inject;
 mod launch;
 mod logs;
 mod net;
@@ -29,6 +30,7 @@ pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecS
 pub use dockerfile::{CommandForm, Instruction};
 pub use error::{Error, Result};
 pub use gpu::{detect_gpus, Gpu};
+pub use inject::{replace_mount, ReplaceMountError};
 pub use logs::{LogLine, LogSink, Stream};
 pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
 

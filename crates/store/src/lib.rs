@@ -20,6 +20,7 @@ pub use secrets::SecretInfo;
 mod seal;
 mod util;
 mod web;
+mod volumes;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -39,6 +40,7 @@ pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
 pub use util::{new_id, now};
 pub use web::{ProxyTokenInfo, WebRoute};
+pub use volumes::{EntryKind, VolumeChange, VolumeEntry};
 
 use util::Notifier;
 

@@ -10,6 +10,7 @@ pub enum ObjectKind {
     Dict,
     Queue,
     Secret,
+    Volume,
 }
 
 impl ObjectKind {
@@ -18,6 +19,7 @@ impl ObjectKind {
             ObjectKind::Dict => "dict",
             ObjectKind::Queue => "queue",
             ObjectKind::Secret => "secret",
+            ObjectKind::Volume => "volume",
         }
     }
     /// The id prefix the client recognises for the kind.
@@ -26,6 +28,7 @@ impl ObjectKind {
             ObjectKind::Dict => "di",
             ObjectKind::Queue => "qu",
             ObjectKind::Secret => "st",
+            ObjectKind::Volume => "vo",
         }
     }
     pub fn title(self) -> &'static str {
@@ -33,6 +36,7 @@ impl ObjectKind {
             ObjectKind::Dict => "Dict",
             ObjectKind::Queue => "Queue",
             ObjectKind::Secret => "Secret",
+            ObjectKind::Volume => "Volume",
         }
     }
 }
@@ -277,6 +281,8 @@ async fn delete_contents(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str)
         "DELETE FROM queue_items WHERE queue_id = ?",
         "DELETE FROM queue_partitions WHERE queue_id = ?",
         "DELETE FROM secrets WHERE secret_id = ?",
+        "DELETE FROM volume_entries WHERE volume_id = ?",
+        "DELETE FROM volume_state WHERE volume_id = ?",
         "DELETE FROM objects WHERE id = ?",
     ] {
         sqlx::query(sql).bind(id).execute(&mut **tx).await?;

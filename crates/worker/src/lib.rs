@@ -116,6 +116,8 @@ pub struct TaskSpec {
     pub block_network: bool,
     /// Runs this instead of the entrypoint, in the same environment (tests, debugging).
     pub command: Option<Vec<String>>,
+    /// Volume views, bound read-write unless marked read-only.
+    pub volumes: Vec<BindMount>,
 }
 
 impl TaskSpec {
@@ -136,6 +138,7 @@ impl TaskSpec {
             gpus: 0,
             block_network: false,
             command: None,
+            volumes: Vec::new(),
         }
     }
 }
@@ -159,6 +162,11 @@ impl Task {
     /// The runtime's container id (its cgroup name), for logs.
     pub fn container_id(&self) -> &str {
         self.container.id()
+    }
+
+    /// Host pid of the container's init, which names its namespaces.
+    pub fn pid(&self) -> u32 {
+        self.container.pid()
     }
 
     /// Takes the stream of output lines; it ends when the container has closed its output.
@@ -299,6 +307,7 @@ impl Worker {
         container.mounts = client.mounts();
         container.mounts.push(BindMount::read_only(&args_file, CONTAINER_ARGUMENTS_PATH));
         container.mounts.extend(spec.files.iter().map(|(host, target)| BindMount::read_only(host, target.as_str())));
+        container.mounts.extend(spec.volumes.iter().cloned());
         container.limits.memory_mib = spec.memory_mib;
         container.limits.cpu_cores = spec.cpu_cores;
         container.gpus = spec.gpus;

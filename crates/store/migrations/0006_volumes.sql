@@ -1,0 +1,23 @@
+-- Volumes: the identity lives in `objects` (kind 'volume'); these tables hold the tree.
+
+-- One row per volume: the filesystem version it speaks and a counter bumped by every change.
+CREATE TABLE volume_state (
+    volume_id  TEXT PRIMARY KEY,
+    fs_version INTEGER NOT NULL,
+    version    INTEGER NOT NULL DEFAULT 0
+);
+
+-- The committed tree: one row per file, directory or symlink. `path` is relative to the
+-- volume's root ("a/b.txt"); a file's content is the concatenation of its blocks, each named
+-- by the SHA-256 of its bytes (32 bytes per block in `blocks`).
+CREATE TABLE volume_entries (
+    volume_id TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    kind      INTEGER NOT NULL,
+    mode      INTEGER NOT NULL,
+    size      INTEGER NOT NULL,
+    mtime     INTEGER NOT NULL,
+    blocks    BLOB NOT NULL,
+    target    TEXT,
+    PRIMARY KEY (volume_id, path)
+) WITHOUT ROWID;
