@@ -23,6 +23,8 @@ pub struct ModalService {
     pub(crate) images: Arc<crate::images::ImageService>,
     pub(crate) scheduler: crate::scheduler::Scheduler,
     pub(crate) launcher: Arc<crate::launch::Launcher>,
+    /// Sandboxes and their router; `None` until [`ModalService::with_sandboxes`].
+    pub(crate) sandboxes: Option<Arc<ferry_sandbox::Sandboxes>>,
 }
 
 impl ModalService {
@@ -35,7 +37,13 @@ impl ModalService {
             images: Arc::new(images),
             scheduler: Default::default(),
             launcher: Arc::new(launcher),
+            sandboxes: None,
         })
+    }
+
+    pub fn with_sandboxes(mut self, sandboxes: ferry_sandbox::Sandboxes) -> Self {
+        self.sandboxes = Some(Arc::new(sandboxes));
+        self
     }
 }
 
@@ -152,11 +160,36 @@ modal_client_impl! {
         queue_clear(api::QueueClearRequest) -> () => crate::queues::clear;
         queue_delete(api::QueueDeleteRequest) -> () => crate::queues::delete;
         queue_list(api::QueueListRequest) -> api::QueueListResponse => crate::queues::list;
+
+        auth_token_get(api::AuthTokenGetRequest) -> api::AuthTokenGetResponse => crate::sandboxes::auth_token_get;
+        sandbox_create_v2(api::SandboxCreateV2Request) -> api::SandboxCreateV2Response => crate::sandboxes::create_v2;
+        sandbox_create(api::SandboxCreateRequest) -> api::SandboxCreateResponse => crate::sandboxes::create_v1;
+        sandbox_wait_v2(api::SandboxWaitRequest) -> api::SandboxWaitResponse => crate::sandboxes::wait;
+        sandbox_wait(api::SandboxWaitRequest) -> api::SandboxWaitResponse => crate::sandboxes::wait;
+        sandbox_get_task_id_v2(api::SandboxGetTaskIdRequest) -> api::SandboxGetTaskIdResponse => crate::sandboxes::get_task_id;
+        sandbox_get_task_id(api::SandboxGetTaskIdRequest) -> api::SandboxGetTaskIdResponse => crate::sandboxes::get_task_id;
+        sandbox_terminate_v2(api::SandboxTerminateRequest) -> api::SandboxTerminateResponse => crate::sandboxes::terminate;
+        sandbox_terminate(api::SandboxTerminateRequest) -> api::SandboxTerminateResponse => crate::sandboxes::terminate;
+        sandbox_get_command_router_access(api::SandboxGetCommandRouterAccessRequest) -> api::SandboxGetCommandRouterAccessResponse => crate::sandboxes::router_access_v2;
+        task_get_command_router_access(api::TaskGetCommandRouterAccessRequest) -> api::TaskGetCommandRouterAccessResponse => crate::sandboxes::router_access_v1;
+        sandbox_list_v2(api::SandboxListRequest) -> api::SandboxListResponse => crate::sandboxes::list;
+        sandbox_list(api::SandboxListRequest) -> api::SandboxListResponse => crate::sandboxes::list;
+        sandbox_get_from_name_v2(api::SandboxGetFromNameRequest) -> api::SandboxGetFromNameResponse => crate::sandboxes::get_from_name;
+        sandbox_get_from_name(api::SandboxGetFromNameRequest) -> api::SandboxGetFromNameResponse => crate::sandboxes::get_from_name;
+        sandbox_tags_get_v2(api::SandboxTagsGetRequest) -> api::SandboxTagsGetResponse => crate::sandboxes::tags_get;
+        sandbox_tags_get(api::SandboxTagsGetRequest) -> api::SandboxTagsGetResponse => crate::sandboxes::tags_get;
+        sandbox_tags_set_v2(api::SandboxTagsSetRequest) -> () => crate::sandboxes::tags_set;
+        sandbox_tags_set(api::SandboxTagsSetRequest) -> () => crate::sandboxes::tags_set;
+        sandbox_get_tunnels_v2(api::SandboxGetTunnelsRequest) -> api::SandboxGetTunnelsResponse => crate::sandboxes::get_tunnels;
+        sandbox_get_tunnels(api::SandboxGetTunnelsRequest) -> api::SandboxGetTunnelsResponse => crate::sandboxes::get_tunnels;
+        sandbox_stdin_write(api::SandboxStdinWriteRequest) -> api::SandboxStdinWriteResponse => crate::sandboxes::stdin_write;
+        sandbox_snapshot_fs(api::SandboxSnapshotFsRequest) -> api::SandboxSnapshotFsResponse => crate::sandboxes::snapshot_fs;
     }
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
         dict_contents(api::DictContentsRequest) -> api::DictEntry => crate::dicts::contents;
         function_call_get_data_out(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::functions::get_data_out;
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
+        sandbox_get_logs(api::SandboxGetLogsRequest) -> api::TaskLogsBatch => crate::sandboxes::get_logs;
     }
 }

@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Seconds after the last client heartbeat before an ephemeral app is stopped.
     #[arg(long, default_value_t = 120)]
     app_heartbeat_ttl_secs: u64,
+    /// Port of the Sandbox command router (exec into Sandboxes); 0 picks a free one. It
+    /// listens on the same address as the API.
+    #[arg(long, default_value_t = 0)]
+    router_port: u16,
     /// Do not add the `ferry` profile to the modal config file.
     #[arg(long)]
     no_modal_profile: bool,
@@ -90,6 +94,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         public_url: server_url.clone(),
         ephemeral_ttl: Duration::from_secs(args.ephemeral_ttl_secs),
         app_heartbeat_ttl: Duration::from_secs(args.app_heartbeat_ttl_secs),
+        router_port: args.router_port,
     };
     println!(
         "Ferry is serving the Modal API at {server_url} (data dir {})\n\

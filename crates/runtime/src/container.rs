@@ -86,6 +86,8 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Give the program a pipe as stdin ([`Container::stdin`]); otherwise /dev/null.
     pub stdin: bool,
+    /// Hand out stdout and stderr as raw byte pipes ([`Container::output`]) instead of lines.
+    pub raw_output: bool,
     pub scratch: Scratch,
 }
 
@@ -103,6 +105,7 @@ impl ContainerSpec {
             hostname: "ferry".into(),
             user: None,
             stdin: false,
+            raw_output: false,
             scratch: Scratch::Disk,
         }
     }
@@ -184,6 +187,7 @@ pub(crate) struct LaunchRequest {
     pub network: Network,
     pub hostname: String,
     pub stdin: bool,
+    pub raw_output: bool,
     /// The layer a task container runs (`None` for build steps); snapshots build on it.
     pub image: Option<LayerId>,
 }
@@ -251,6 +255,7 @@ impl ContainerRuntime {
             network: spec.network,
             hostname: spec.hostname.clone(),
             stdin: spec.stdin,
+            raw_output: spec.raw_output,
             image: Some(spec.image.clone()),
         };
         launch_container(&self.store, request).await
@@ -409,7 +414,7 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
     unsafe {
         cmd.pre_exec(move || launch::enter_container(&mut plan));
     }
-    let started = Supervised::start(cmd, &req.argv[0], status_read, status_write).await;
+    let started = Supervised::start(cmd, &req.argv[0], status_read, status_write, req.raw_output).await;
     let Some(gate) = gate else { return started.map(|s| (s, None)) };
     match (started, gate.finish()) {
         (Ok(process), Ok(slirp)) => Ok((process, Some(slirp))),
@@ -478,13 +483,15 @@ struct Supervised {
     pidfd: Option<OwnedFd>,
     stdin: Option<tokio::process::ChildStdin>,
     logs: Option<mpsc::UnboundedReceiver<LogLine>>,
+    /// stdout and stderr as pipes, when the spec asked for raw output.
+    raw: Option<RawOutput>,
     pumps: Vec<JoinHandle<()>>,
     /// Set once the process has been waited for.
     done: Option<(i32, Option<i32>)>,
 }
 
 impl Supervised {
-    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd) -> Result<Self> {
+    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd, raw_output: bool) -> Result<Self> {
         // `spawn` blocks until the program is exec'd (and, for a private network, until
         // slirp4netns is up): keep that off the async worker threads.
         let spawned = match tokio::task::spawn_blocking(move || cmd.spawn()).await {
@@ -518,16 +525,25 @@ impl Supervised {
             let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
             (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
         };
-        let (tx, rx) = mpsc::unbounded_channel();
         let mut pumps = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
-        }
+        let (logs, raw) = if raw_output {
+            let raw = match (child.stdout.take(), child.stderr.take()) {
+                (Some(stdout), Some(stderr)) => Some(RawOutput { stdout, stderr }),
+                _ => None,
+            };
+            (None, raw)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            if let Some(out) = child.stdout.take() {
+                pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
+            }
+            if let Some(err) = child.stderr.take() {
+                pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
+            }
+            (Some(rx), None)
+        };
         let stdin = child.stdin.take();
-        Ok(Supervised { child, status, status_buf: Vec::new(), pid, pidfd, stdin, logs: Some(rx), pumps, done: None })
+        Ok(Supervised { child, status, status_buf: Vec::new(), pid, pidfd, stdin, logs, raw, pumps, done: None })
     }
 
     fn signal(&self, signal: Signal, what: &str) -> Result<()> {
@@ -576,6 +592,7 @@ impl Supervised {
             }
         };
         self.logs = None;
+        self.raw = None;
         for pump in self.pumps.drain(..) {
             let _ = pump.await;
         }
@@ -680,6 +697,12 @@ impl Container {
         self.process.stdin.take()
     }
 
+    /// Takes stdout and stderr as byte pipes, if the spec asked for `raw_output`. Read them
+    /// to EOF: a full pipe blocks the program.
+    pub fn output(&mut self) -> Option<RawOutput> {
+        self.process.raw.take()
+    }
+
     /// Sends a signal to the container's main process (SIGKILL ends the whole container).
     /// Signalling a container that already exited is not an error.
     pub fn kill(&self, signal: Signal) -> Result<()> {
@@ -724,7 +747,7 @@ impl Container {
         unsafe {
             cmd.pre_exec(move || launch::join_container(&plan));
         }
-        let process = Supervised::start(cmd, &program, status_read, status_write).await?;
+        let process = Supervised::start(cmd, &program, status_read, status_write, spec.raw_output).await?;
         drop(ns_fds);
         Ok(Process { container: self.id.clone(), process })
     }
@@ -812,6 +835,15 @@ pub struct ExecSpec {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub stdin: bool,
+    /// Hand out stdout and stderr as byte pipes ([`Process::output`]) instead of lines.
+    pub raw_output: bool,
+}
+
+/// A process's stdout and stderr as byte pipes.
+#[derive(Debug)]
+pub struct RawOutput {
+    pub stdout: tokio::process::ChildStdout,
+    pub stderr: tokio::process::ChildStderr,
 }
 
 impl ExecSpec {
@@ -839,6 +871,11 @@ impl Process {
 
     pub fn stdin(&mut self) -> Option<tokio::process::ChildStdin> {
         self.process.stdin.take()
+    }
+
+    /// Takes stdout and stderr as byte pipes, if the spec asked for `raw_output`.
+    pub fn output(&mut self) -> Option<RawOutput> {
+        self.process.raw.take()
     }
 
     pub fn kill(&self, signal: Signal) -> Result<()> {

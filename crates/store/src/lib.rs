@@ -14,6 +14,7 @@ mod files;
 mod functions;
 mod objects;
 mod queues;
+mod sandboxes;
 mod secrets;
 pub use secrets::SecretInfo;
 mod seal;
@@ -34,6 +35,7 @@ pub use functions::{FunctionRecord, ImageRecord, Mount, MountEntry};
 pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
+pub use sandboxes::{SandboxFilter, SandboxRecord};
 pub use util::{new_id, now};
 
 use util::Notifier;
