@@ -33,7 +33,10 @@ def run(server, body: str, timeout: float = 600, **env) -> dict:
 
 def test_exec_stdio_and_exit_codes(runner):
     r = run(runner, """
-        sb = modal.Sandbox.create(app=app, image=image, workdir="/tmp", env={"GREETING": "hi"})
+        sb = modal.Sandbox.create(app=app, image=image, workdir="/tmp", env={"GREETING": "hi"},
+                                  secrets=[modal.Secret.from_dict({"CREATE_SECRET": "c1"})])
+        sec = sb.exec("sh", "-c", "echo $CREATE_SECRET $EXEC_SECRET", secrets=[modal.Secret.from_dict({"EXEC_SECRET": "e1"})])
+        secrets_seen = sec.stdout.read()
         p = sb.exec("sh", "-c", "echo out-$GREETING; echo err >&2; pwd; exit 3")
         stdout, stderr = p.stdout.read(), p.stderr.read()
         code = p.wait()
@@ -57,10 +60,11 @@ def test_exec_stdio_and_exit_codes(runner):
         poll_before = sb.exec("sleep", "5").poll()
         missing = sb.exec("/no/such/program")
         missing_rc = missing.wait()
-        out(stdout=stdout, stderr=stderr, code=code, raw=list(raw), echoed=echoed, wd=wd, many=many,
+        out(secrets_seen=secrets_seen, stdout=stdout, stderr=stderr, code=code, raw=list(raw), echoed=echoed, wd=wd, many=many,
             slow_rc=slow_rc, slow_s=slow_s, poll_before=poll_before, missing_rc=missing_rc)
         sb.terminate()
     """)
+    assert r["secrets_seen"] == "c1 e1\n"
     assert r["stdout"] == "out-hi\n/tmp\n"
     assert r["stderr"] == "err\n"
     assert r["code"] == 3
@@ -404,7 +408,30 @@ def test_modal_shell_and_container_exec_into_a_running_sandbox(runner):
         ex = runner.modal("container", "exec", "--no-pty", r["task_id"], "--", "sh", "-c", "echo via container exec; exit 0")
         assert ex.returncode == 0, ex.stdout + ex.stderr
         assert "via container exec" in ex.stdout
+        # Without a REF, `modal shell` starts a sandbox of its own from the default image.
+        fresh = runner.modal("shell", "--no-pty", "-c", "sh -c 'echo from-image-shell; cat /etc/debian_version'")
+        assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+        assert "from-image-shell" in fresh.stdout
     finally:
         run(runner, f"""
             modal.Sandbox.from_id({r['sandbox_id']!r}).terminate()
         """)
+
+
+def test_exec_with_a_pty(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image)
+        p = sb.exec("sh", "-c", "tty; stty size; echo err >&2; read x; echo got $x", pty=True, text=False)
+        p.stdin.write(b"typed\\n")
+        p.stdin.drain()
+        data = p.stdout.read().decode()
+        rc = p.wait()
+        sb.terminate()
+        out(data=data, rc=rc)
+    """, TERM="xterm-256color")
+    lines = r["data"].replace("\r", "").splitlines()
+    assert any(line.startswith("/dev/pts/") for line in lines), lines
+    assert "err" in lines, "stderr shares the terminal"
+    assert "typed" in lines, "the terminal echoes input"
+    assert lines[-1] == "got typed"
+    assert r["rc"] == 0

@@ -460,6 +460,50 @@ fn lifeline() -> Result<RawFd> {
     Ok(LIFELINE.get_or_init(|| fds).0.as_raw_fd())
 }
 
+/// A pseudo-terminal pair (master, slave) of the given size (0 keeps the kernel's default),
+/// made in the container's own devpts (through its `/dev/ptmx`) so `tty` and `ttyname` work
+/// inside; the host's devpts is the fallback.
+fn open_pty(container_pid: libc::pid_t, rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd)> {
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let fail = |what: &str| Error::Io { context: format!("opening a pseudo-terminal ({what})"), source: std::io::Error::last_os_error() };
+    let ptmx = CString::new(format!("/proc/{container_pid}/root/dev/ptmx")).expect("no NUL");
+    // SAFETY: open with a NUL-terminated path; the fd is ours.
+    let master = unsafe { libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if master >= 0 {
+        // SAFETY: a fresh fd.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        let unlock: libc::c_int = 0;
+        // SAFETY: ioctls on the master with the argument types the kernel expects.
+        unsafe {
+            if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+                return Err(fail("unlock"));
+            }
+            let slave = libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if slave < 0 {
+                return Err(fail("peer"));
+            }
+            let slave = OwnedFd::from_raw_fd(slave);
+            if rows > 0 && cols > 0 {
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+            }
+            return Ok((master, slave));
+        }
+    }
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two fds; the name buffer and termios may be null.
+    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    if r < 0 {
+        return Err(fail("openpty"));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: fcntl on a valid fd.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((master, slave))
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two-element array on success.
@@ -741,15 +785,25 @@ impl Container {
             workdir: cstring(spec.workdir.as_deref().unwrap_or(&self.defaults.workdir), "workdir")?,
             user: spec.user.clone().or_else(|| self.defaults.user.clone()),
             status_fd: status_write.as_raw_fd(),
+            controlling_tty: spec.tty.is_some(),
         };
         let mut cmd = command(&spec.command, &env, spec.stdin);
+        let pty = match spec.tty {
+            Some((rows, cols)) => {
+                let (master, slave) = open_pty(self.process.pid, rows, cols)?;
+                let io = |what: &str| slave.try_clone().ctx(|| format!("duplicating the terminal for {what}"));
+                cmd.stdin(Stdio::from(io("stdin")?)).stdout(Stdio::from(io("stdout")?)).stderr(Stdio::from(io("stderr")?));
+                Some(master)
+            }
+            None => None,
+        };
         // SAFETY: `join_container` only makes raw syscalls on data prepared above.
         unsafe {
             cmd.pre_exec(move || launch::join_container(&plan));
         }
         let process = Supervised::start(cmd, &program, status_read, status_write, spec.raw_output).await?;
         drop(ns_fds);
-        Ok(Process { container: self.id.clone(), process })
+        Ok(Process { container: self.id.clone(), process, pty })
     }
 
     /// Waits for the main process to exit (which ends the container), then releases its
@@ -837,6 +891,9 @@ pub struct ExecSpec {
     pub stdin: bool,
     /// Hand out stdout and stderr as byte pipes ([`Process::output`]) instead of lines.
     pub raw_output: bool,
+    /// Run the program on a new pseudo-terminal of (rows, columns) as its controlling
+    /// terminal ([`Process::pty`]); stdin/stdout/stderr are all that terminal.
+    pub tty: Option<(u16, u16)>,
 }
 
 /// A process's stdout and stderr as byte pipes.
@@ -857,6 +914,7 @@ impl ExecSpec {
 pub struct Process {
     container: String,
     process: Supervised,
+    pty: Option<OwnedFd>,
 }
 
 impl Process {
@@ -876,6 +934,12 @@ impl Process {
     /// Takes stdout and stderr as byte pipes, if the spec asked for `raw_output`.
     pub fn output(&mut self) -> Option<RawOutput> {
         self.process.raw.take()
+    }
+
+    /// Takes the terminal's master side, if the spec asked for a `tty`: the program's input
+    /// is written to it and its output (stdout and stderr together) read from it.
+    pub fn pty(&mut self) -> Option<OwnedFd> {
+        self.pty.take()
     }
 
     pub fn kill(&self, signal: Signal) -> Result<()> {

@@ -37,6 +37,8 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
     pub stdout: StreamTo,
     pub stderr: StreamTo,
+    /// Run on a terminal of (rows, columns); its output arrives as stdout.
+    pub tty: Option<(u16, u16)>,
 }
 
 /// How an exec ended.
@@ -75,8 +77,9 @@ impl Exec {
         let mut spec = ExecSpec::new(req.command.clone());
         spec.env = req.env.clone();
         spec.workdir = req.workdir.clone();
-        spec.stdin = true;
+        spec.stdin = req.tty.is_none();
         spec.raw_output = true;
+        spec.tty = req.tty;
         let mut process = match container.exec(spec).await {
             Ok(p) => p,
             // As a shell would: a program that cannot be started is exit code 127 (126 when it
@@ -91,17 +94,30 @@ impl Exec {
             }
             Err(e) => return Err(e.into()),
         };
-        let stdin_pipe = process.stdin().map(|p| Box::new(p) as crate::stdin::Pipe);
-        let exec = Arc::new(Exec { stdout: stdout.clone(), stderr: stderr.clone(), stdin: Stdin::new(stdin_pipe), exit });
-        let raw = process.output().expect("raw output was asked for");
-        let out_pump = tokio::spawn(pump(raw.stdout, (req.stdout != StreamTo::DevNull).then(|| stdout.clone())));
-        let err_into = match req.stderr {
-            StreamTo::Pipe => Some(stderr.clone()),
-            StreamTo::Stdout => Some(stdout.clone()),
-            StreamTo::DevNull => None,
+        let (stdin_pipe, pumps) = match process.pty() {
+            Some(master) => {
+                // One terminal carries both directions; reads end with EIO once every process
+                // holding it has exited.
+                let reader = tokio::fs::File::from_std(std::fs::File::from(master.try_clone().map_err(|e| SandboxError::Internal(e.to_string()))?));
+                let writer = tokio::fs::File::from_std(std::fs::File::from(master));
+                let out = tokio::spawn(pump(reader, Some(stdout.clone())));
+                (Some(Box::new(writer) as crate::stdin::Pipe), vec![out])
+            }
+            None => {
+                let raw = process.output().expect("raw output was asked for");
+                let err_into = match req.stderr {
+                    StreamTo::Pipe => Some(stderr.clone()),
+                    StreamTo::Stdout => Some(stdout.clone()),
+                    StreamTo::DevNull => None,
+                };
+                let out = tokio::spawn(pump(raw.stdout, (req.stdout != StreamTo::DevNull).then(|| stdout.clone())));
+                let err = tokio::spawn(pump(raw.stderr, err_into));
+                (process.stdin().map(|p| Box::new(p) as crate::stdin::Pipe), vec![out, err])
+            }
         };
-        let err_pump = tokio::spawn(pump(raw.stderr, err_into));
+        let exec = Arc::new(Exec { stdout: stdout.clone(), stderr: stderr.clone(), stdin: Stdin::new(stdin_pipe), exit });
         let timeout = req.timeout;
+        let is_tty = req.tty.is_some();
         tokio::spawn(async move {
             let status = match timeout {
                 Some(t) => match tokio::time::timeout(t, process.wait()).await {
@@ -113,8 +129,14 @@ impl Exec {
                 },
                 None => process.wait().await,
             };
-            let _ = out_pump.await;
-            let _ = err_pump.await;
+            for p in pumps {
+                if is_tty {
+                    // A background job may keep the terminal open after the command exits.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+                } else {
+                    let _ = p.await;
+                }
+            }
             stdout.close();
             stderr.close();
             let exit = match status {

@@ -109,16 +109,21 @@ impl TaskCommandRouter for Router {
     async fn task_exec_start(&self, r: Request<tcr::TaskExecStartRequest>) -> Rpc<tcr::TaskExecStartResponse> {
         let live = self.admit(&r, &r.get_ref().task_id)?;
         let req = r.into_inner();
-        if req.pty_info.as_ref().is_some_and(|p| p.enabled) {
-            return Err(Status::unimplemented("Ferry does not implement exec with a PTY yet; run the command without pty=True"));
-        }
         if !req.container_id.is_empty() {
             return Err(Status::unimplemented("Ferry does not implement sidecar containers in Sandboxes yet"));
         }
         // Older clients name stored secrets in secret_ids rather than secret_sources.
         let mut sources = req.secret_sources.clone();
         sources.extend(req.secret_ids.iter().map(|id| SecretSource { source: Some(Source::SecretId(id.clone())) }));
-        let env = self.env_of(&sources, &req.env).await?;
+        let mut env = self.env_of(&sources, &req.env).await?;
+        let tty = req.pty_info.as_ref().filter(|p| p.enabled).map(|p| {
+            for (k, v) in [("TERM", &p.env_term), ("COLORTERM", &p.env_colorterm), ("TERM_PROGRAM", &p.env_term_program)] {
+                if !v.is_empty() {
+                    env.push((k.to_string(), v.clone()));
+                }
+            }
+            (p.winsz_rows.min(u16::MAX as u32) as u16, p.winsz_cols.min(u16::MAX as u32) as u16)
+        });
         let exec = ExecRequest {
             exec_id: req.exec_id.clone(),
             command: req.command_args.clone(),
@@ -127,6 +132,7 @@ impl TaskCommandRouter for Router {
             timeout: req.timeout_secs.filter(|t| *t > 0).map(|t| Duration::from_secs(t as u64)),
             stdout: stream_to(req.stdout_config, false),
             stderr: stream_to(req.stderr_config, true),
+            tty,
         };
         if exec.exec_id.is_empty() {
             return Err(Status::invalid_argument("exec_id is required"));

@@ -174,6 +174,7 @@ impl LiveSandbox {
                             timeout: Some(Duration::from_secs(60)),
                             stdout: crate::exec::StreamTo::DevNull,
                             stderr: crate::exec::StreamTo::DevNull,
+                            tty: None,
                         };
                         let started = {
                             let c = s.container.lock().await;
