@@ -203,6 +203,7 @@ pub(crate) fn stop_app(s: &ModalService, app_id: &str) {
     for t in s.scheduler.tasks_of_app(app_id) {
         s.scheduler.stop_task(&t.task_id);
     }
+    crate::sandboxes::stop_app(s, app_id);
 }
 
 /// Rolls an app over to a new version: its containers started before `since` drain (finish

@@ -20,6 +20,7 @@ mod dicts;
 mod environments;
 mod objects;
 mod queues;
+mod sandboxes;
 mod secrets;
 mod service;
 mod status;
@@ -55,6 +56,8 @@ pub struct ApiConfig {
     pub app_heartbeat_ttl: Duration,
     /// Web endpoints: their URLs and the gateway's limits.
     pub web: WebConfig,
+    /// Port of the Sandbox command router (0 picks a free one); it listens on the API's address.
+    pub router_port: u16,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +67,7 @@ impl Default for ApiConfig {
             ephemeral_ttl: Duration::from_secs(900),
             app_heartbeat_ttl: Duration::from_secs(120),
             web: WebConfig::default(),
+            router_port: 0,
         }
     }
 }
@@ -85,7 +89,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let modal = ModalService::new(store.clone(), config.clone())?;
+    let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), tls.is_some()).await?;
+    let modal = ModalService::new(store.clone(), config.clone())?.with_sandboxes(sandboxes);
     spawn_reaper(modal.clone());
     // The one loop that fires `Function.schedule` ticks; stopped below when serving ends.
     let (stop_schedules, schedule_loop) = schedules::spawn(modal.clone());
@@ -138,8 +143,55 @@ pub async fn serve(
     if let Some(w) = web_server {
         w.abort();
     }
+    router.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Starts the Sandbox command router on its own port of the API's address. Its URL uses the
+/// host clients reach the API at (the client accepts plain http for it only when that host is
+/// local).
+async fn start_sandboxes(
+    store: &Store,
+    config: &ApiConfig,
+    ip: std::net::IpAddr,
+    tls: bool,
+) -> anyhow::Result<(ferry_sandbox::Sandboxes, tokio::task::JoinHandle<()>)> {
+    let listener = ferry_sandbox::router::bind(SocketAddr::new(ip, config.router_port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the Sandbox router on {ip}:{}: {e}", config.router_port))?;
+    let port = listener.local_addr()?.port();
+    let host = config
+        .public_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .map(|authority| match authority.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
+            _ => authority.to_string(),
+        })
+        .unwrap_or_else(|| ip.to_string());
+    if tls {
+        tracing::warn!("the Sandbox router serves plain http: clients of a non-local TLS server cannot exec into Sandboxes yet");
+    }
+    let sandbox_config = ferry_sandbox::SandboxConfig {
+        router_url: format!("http://{host}:{port}"),
+        tunnel_bind: ip,
+        tunnel_host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        ..Default::default()
+    };
+    let images = ferry_runtime::ImageStore::open(store.data_dir())?;
+    let sandboxes = ferry_sandbox::Sandboxes::open(store.clone(), images, sandbox_config).await?;
+    let router = {
+        let sandboxes = sandboxes.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ferry_sandbox::router::serve(sandboxes, listener).await {
+                tracing::error!("the Sandbox router stopped: {e}");
+            }
+        })
+    };
+    tracing::info!(port, "Sandbox command router listening");
+    Ok((sandboxes, router))
 }
 
 /// The unix socket containers without a network use to reach the API.

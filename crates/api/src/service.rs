@@ -25,6 +25,8 @@ pub struct ModalService {
     pub(crate) launcher: Arc<crate::launch::Launcher>,
     pub(crate) web: Arc<crate::web::WebCalls>,
     pub(crate) volumes: Arc<ferry_volumes::Volumes>,
+    /// Sandboxes and their router; `None` until [`ModalService::with_sandboxes`].
+    pub(crate) sandboxes: Option<Arc<ferry_sandbox::Sandboxes>>,
 }
 
 impl ModalService {
@@ -40,7 +42,13 @@ impl ModalService {
             scheduler: Default::default(),
             launcher: Arc::new(launcher),
             web: Default::default(),
+            sandboxes: None,
         })
+    }
+
+    pub fn with_sandboxes(mut self, sandboxes: ferry_sandbox::Sandboxes) -> Self {
+        self.sandboxes = Some(Arc::new(sandboxes));
+        self
     }
 }
 
@@ -173,6 +181,29 @@ modal_client_impl! {
         volume_copy_files2(api::VolumeCopyFiles2Request) -> () => crate::volumes::copy_files;
         volume_commit(api::VolumeCommitRequest) -> api::VolumeCommitResponse => crate::volumes::commit;
         volume_reload(api::VolumeReloadRequest) -> () => crate::volumes::reload;
+        auth_token_get(api::AuthTokenGetRequest) -> api::AuthTokenGetResponse => crate::sandboxes::auth_token_get;
+        sandbox_create_v2(api::SandboxCreateV2Request) -> api::SandboxCreateV2Response => crate::sandboxes::create_v2;
+        sandbox_create(api::SandboxCreateRequest) -> api::SandboxCreateResponse => crate::sandboxes::create_v1;
+        sandbox_wait_v2(api::SandboxWaitRequest) -> api::SandboxWaitResponse => crate::sandboxes::wait;
+        sandbox_wait(api::SandboxWaitRequest) -> api::SandboxWaitResponse => crate::sandboxes::wait;
+        sandbox_get_task_id_v2(api::SandboxGetTaskIdRequest) -> api::SandboxGetTaskIdResponse => crate::sandboxes::get_task_id;
+        sandbox_get_task_id(api::SandboxGetTaskIdRequest) -> api::SandboxGetTaskIdResponse => crate::sandboxes::get_task_id;
+        sandbox_terminate_v2(api::SandboxTerminateRequest) -> api::SandboxTerminateResponse => crate::sandboxes::terminate;
+        sandbox_terminate(api::SandboxTerminateRequest) -> api::SandboxTerminateResponse => crate::sandboxes::terminate;
+        sandbox_get_command_router_access(api::SandboxGetCommandRouterAccessRequest) -> api::SandboxGetCommandRouterAccessResponse => crate::sandboxes::router_access_v2;
+        task_get_command_router_access(api::TaskGetCommandRouterAccessRequest) -> api::TaskGetCommandRouterAccessResponse => crate::sandboxes::router_access_v1;
+        sandbox_list_v2(api::SandboxListRequest) -> api::SandboxListResponse => crate::sandboxes::list;
+        sandbox_list(api::SandboxListRequest) -> api::SandboxListResponse => crate::sandboxes::list;
+        sandbox_get_from_name_v2(api::SandboxGetFromNameRequest) -> api::SandboxGetFromNameResponse => crate::sandboxes::get_from_name;
+        sandbox_get_from_name(api::SandboxGetFromNameRequest) -> api::SandboxGetFromNameResponse => crate::sandboxes::get_from_name;
+        sandbox_tags_get_v2(api::SandboxTagsGetRequest) -> api::SandboxTagsGetResponse => crate::sandboxes::tags_get;
+        sandbox_tags_get(api::SandboxTagsGetRequest) -> api::SandboxTagsGetResponse => crate::sandboxes::tags_get;
+        sandbox_tags_set_v2(api::SandboxTagsSetRequest) -> () => crate::sandboxes::tags_set;
+        sandbox_tags_set(api::SandboxTagsSetRequest) -> () => crate::sandboxes::tags_set;
+        sandbox_get_tunnels_v2(api::SandboxGetTunnelsRequest) -> api::SandboxGetTunnelsResponse => crate::sandboxes::get_tunnels;
+        sandbox_get_tunnels(api::SandboxGetTunnelsRequest) -> api::SandboxGetTunnelsResponse => crate::sandboxes::get_tunnels;
+        sandbox_stdin_write(api::SandboxStdinWriteRequest) -> api::SandboxStdinWriteResponse => crate::sandboxes::stdin_write;
+        sandbox_snapshot_fs(api::SandboxSnapshotFsRequest) -> api::SandboxSnapshotFsResponse => crate::sandboxes::snapshot_fs;
     }
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
@@ -181,5 +212,6 @@ modal_client_impl! {
         function_call_get_data_in(api::FunctionCallGetDataRequest) -> api::DataChunk => crate::web::get_data_in;
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
         volume_list_files2(api::VolumeListFiles2Request) -> api::VolumeListFiles2Response => crate::volumes::list_files;
+        sandbox_get_logs(api::SandboxGetLogsRequest) -> api::TaskLogsBatch => crate::sandboxes::get_logs;
     }
 }

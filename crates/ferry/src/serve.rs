@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Seconds after the last client heartbeat before an ephemeral app is stopped.
     #[arg(long, default_value_t = 120)]
     app_heartbeat_ttl_secs: u64,
+    /// Port of the Sandbox command router (exec into Sandboxes); 0 picks a free one. It
+    /// listens on the same address as the API.
+    #[arg(long, default_value_t = 0)]
+    router_port: u16,
     /// Do not add the `ferry` profile to the modal config file.
     #[arg(long)]
     no_modal_profile: bool,
@@ -103,6 +107,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             host_suffix: args.web_suffix.clone(),
             redirect_after: Duration::from_secs(args.web_redirect_secs),
         },
+        router_port: args.router_port,
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),

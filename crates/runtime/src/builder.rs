@@ -397,6 +397,7 @@ impl StepRunner<'_> {
             network: Network::Host,
             hostname: "ferry-build".into(),
             stdin: false,
+            raw_output: false,
             image: None,
         };
         let mut container = launch_container(self.store, request).await.map_err(|e| match e {

@@ -86,6 +86,8 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Give the program a pipe as stdin ([`Container::stdin`]); otherwise /dev/null.
     pub stdin: bool,
+    /// Hand out stdout and stderr as raw byte pipes ([`Container::output`]) instead of lines.
+    pub raw_output: bool,
     pub scratch: Scratch,
 }
 
@@ -103,6 +105,7 @@ impl ContainerSpec {
             hostname: "ferry".into(),
             user: None,
             stdin: false,
+            raw_output: false,
             scratch: Scratch::Disk,
         }
     }
@@ -184,6 +187,7 @@ pub(crate) struct LaunchRequest {
     pub network: Network,
     pub hostname: String,
     pub stdin: bool,
+    pub raw_output: bool,
     /// The layer a task container runs (`None` for build steps); snapshots build on it.
     pub image: Option<LayerId>,
 }
@@ -251,6 +255,7 @@ impl ContainerRuntime {
             network: spec.network,
             hostname: spec.hostname.clone(),
             stdin: spec.stdin,
+            raw_output: spec.raw_output,
             image: Some(spec.image.clone()),
         };
         launch_container(&self.store, request).await
@@ -409,7 +414,7 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
     unsafe {
         cmd.pre_exec(move || launch::enter_container(&mut plan));
     }
-    let started = Supervised::start(cmd, &req.argv[0], status_read, status_write).await;
+    let started = Supervised::start(cmd, &req.argv[0], status_read, status_write, req.raw_output).await;
     let Some(gate) = gate else { return started.map(|s| (s, None)) };
     match (started, gate.finish()) {
         (Ok(process), Ok(slirp)) => Ok((process, Some(slirp))),
@@ -455,6 +460,50 @@ fn lifeline() -> Result<RawFd> {
     Ok(LIFELINE.get_or_init(|| fds).0.as_raw_fd())
 }
 
+/// A pseudo-terminal pair (master, slave) of the given size (0 keeps the kernel's default),
+/// made in the container's own devpts (through its `/dev/ptmx`) so `tty` and `ttyname` work
+/// inside; the host's devpts is the fallback.
+fn open_pty(container_pid: libc::pid_t, rows: u16, cols: u16) -> Result<(OwnedFd, OwnedFd)> {
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let fail = |what: &str| Error::Io { context: format!("opening a pseudo-terminal ({what})"), source: std::io::Error::last_os_error() };
+    let ptmx = CString::new(format!("/proc/{container_pid}/root/dev/ptmx")).expect("no NUL");
+    // SAFETY: open with a NUL-terminated path; the fd is ours.
+    let master = unsafe { libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if master >= 0 {
+        // SAFETY: a fresh fd.
+        let master = unsafe { OwnedFd::from_raw_fd(master) };
+        let unlock: libc::c_int = 0;
+        // SAFETY: ioctls on the master with the argument types the kernel expects.
+        unsafe {
+            if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+                return Err(fail("unlock"));
+            }
+            let slave = libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if slave < 0 {
+                return Err(fail("peer"));
+            }
+            let slave = OwnedFd::from_raw_fd(slave);
+            if rows > 0 && cols > 0 {
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+            }
+            return Ok((master, slave));
+        }
+    }
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills two fds; the name buffer and termios may be null.
+    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) };
+    if r < 0 {
+        return Err(fail("openpty"));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: fcntl on a valid fd.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((master, slave))
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the two-element array on success.
@@ -478,13 +527,15 @@ struct Supervised {
     pidfd: Option<OwnedFd>,
     stdin: Option<tokio::process::ChildStdin>,
     logs: Option<mpsc::UnboundedReceiver<LogLine>>,
+    /// stdout and stderr as pipes, when the spec asked for raw output.
+    raw: Option<RawOutput>,
     pumps: Vec<JoinHandle<()>>,
     /// Set once the process has been waited for.
     done: Option<(i32, Option<i32>)>,
 }
 
 impl Supervised {
-    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd) -> Result<Self> {
+    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd, raw_output: bool) -> Result<Self> {
         // `spawn` blocks until the program is exec'd (and, for a private network, until
         // slirp4netns is up): keep that off the async worker threads.
         let spawned = match tokio::task::spawn_blocking(move || cmd.spawn()).await {
@@ -518,16 +569,25 @@ impl Supervised {
             let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
             (fd >= 0).then(|| OwnedFd::from_raw_fd(fd))
         };
-        let (tx, rx) = mpsc::unbounded_channel();
         let mut pumps = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
-        }
+        let (logs, raw) = if raw_output {
+            let raw = match (child.stdout.take(), child.stderr.take()) {
+                (Some(stdout), Some(stderr)) => Some(RawOutput { stdout, stderr }),
+                _ => None,
+            };
+            (None, raw)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            if let Some(out) = child.stdout.take() {
+                pumps.push(tokio::spawn(pump(out, Stream::Stdout, tx.clone())));
+            }
+            if let Some(err) = child.stderr.take() {
+                pumps.push(tokio::spawn(pump(err, Stream::Stderr, tx)));
+            }
+            (Some(rx), None)
+        };
         let stdin = child.stdin.take();
-        Ok(Supervised { child, status, status_buf: Vec::new(), pid, pidfd, stdin, logs: Some(rx), pumps, done: None })
+        Ok(Supervised { child, status, status_buf: Vec::new(), pid, pidfd, stdin, logs, raw, pumps, done: None })
     }
 
     fn signal(&self, signal: Signal, what: &str) -> Result<()> {
@@ -576,6 +636,7 @@ impl Supervised {
             }
         };
         self.logs = None;
+        self.raw = None;
         for pump in self.pumps.drain(..) {
             let _ = pump.await;
         }
@@ -680,6 +741,12 @@ impl Container {
         self.process.stdin.take()
     }
 
+    /// Takes stdout and stderr as byte pipes, if the spec asked for `raw_output`. Read them
+    /// to EOF: a full pipe blocks the program.
+    pub fn output(&mut self) -> Option<RawOutput> {
+        self.process.raw.take()
+    }
+
     /// Sends a signal to the container's main process (SIGKILL ends the whole container).
     /// Signalling a container that already exited is not an error.
     pub fn kill(&self, signal: Signal) -> Result<()> {
@@ -718,15 +785,25 @@ impl Container {
             workdir: cstring(spec.workdir.as_deref().unwrap_or(&self.defaults.workdir), "workdir")?,
             user: spec.user.clone().or_else(|| self.defaults.user.clone()),
             status_fd: status_write.as_raw_fd(),
+            controlling_tty: spec.tty.is_some(),
         };
         let mut cmd = command(&spec.command, &env, spec.stdin);
+        let pty = match spec.tty {
+            Some((rows, cols)) => {
+                let (master, slave) = open_pty(self.process.pid, rows, cols)?;
+                let io = |what: &str| slave.try_clone().ctx(|| format!("duplicating the terminal for {what}"));
+                cmd.stdin(Stdio::from(io("stdin")?)).stdout(Stdio::from(io("stdout")?)).stderr(Stdio::from(io("stderr")?));
+                Some(master)
+            }
+            None => None,
+        };
         // SAFETY: `join_container` only makes raw syscalls on data prepared above.
         unsafe {
             cmd.pre_exec(move || launch::join_container(&plan));
         }
-        let process = Supervised::start(cmd, &program, status_read, status_write).await?;
+        let process = Supervised::start(cmd, &program, status_read, status_write, spec.raw_output).await?;
         drop(ns_fds);
-        Ok(Process { container: self.id.clone(), process })
+        Ok(Process { container: self.id.clone(), process, pty })
     }
 
     /// Waits for the main process to exit (which ends the container), then releases its
@@ -812,6 +889,18 @@ pub struct ExecSpec {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub stdin: bool,
+    /// Hand out stdout and stderr as byte pipes ([`Process::output`]) instead of lines.
+    pub raw_output: bool,
+    /// Run the program on a new pseudo-terminal of (rows, columns) as its controlling
+    /// terminal ([`Process::pty`]); stdin/stdout/stderr are all that terminal.
+    pub tty: Option<(u16, u16)>,
+}
+
+/// A process's stdout and stderr as byte pipes.
+#[derive(Debug)]
+pub struct RawOutput {
+    pub stdout: tokio::process::ChildStdout,
+    pub stderr: tokio::process::ChildStderr,
 }
 
 impl ExecSpec {
@@ -825,6 +914,7 @@ impl ExecSpec {
 pub struct Process {
     container: String,
     process: Supervised,
+    pty: Option<OwnedFd>,
 }
 
 impl Process {
@@ -839,6 +929,17 @@ impl Process {
 
     pub fn stdin(&mut self) -> Option<tokio::process::ChildStdin> {
         self.process.stdin.take()
+    }
+
+    /// Takes stdout and stderr as byte pipes, if the spec asked for `raw_output`.
+    pub fn output(&mut self) -> Option<RawOutput> {
+        self.process.raw.take()
+    }
+
+    /// Takes the terminal's master side, if the spec asked for a `tty`: the program's input
+    /// is written to it and its output (stdout and stderr together) read from it.
+    pub fn pty(&mut self) -> Option<OwnedFd> {
+        self.pty.take()
     }
 
     pub fn kill(&self, signal: Signal) -> Result<()> {

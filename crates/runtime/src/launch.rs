@@ -619,6 +619,8 @@ pub(crate) struct JoinPlan {
     pub workdir: CString,
     pub user: Option<String>,
     pub status_fd: RawFd,
+    /// stdin is a terminal that becomes the program's controlling terminal.
+    pub controlling_tty: bool,
 }
 
 /// The `pre_exec` body of `Container::exec`: join the cgroup and namespaces, fork (a pid
@@ -637,6 +639,12 @@ pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if plan.controlling_tty {
+            // A session of its own whose controlling terminal is the pty on stdin, so job
+            // control and ^C work as in a terminal.
+            step(libc::setsid(), "setsid").inspect_err(|e| report_failure(plan.status_fd, e))?;
+            step(libc::ioctl(0, libc::TIOCSCTTY, 0), "set the controlling terminal").inspect_err(|e| report_failure(plan.status_fd, e))?;
+        }
         return prepare_payload(&plan.workdir, plan.user.as_deref()).inspect_err(|e| report_failure(plan.status_fd, e));
     }
     write_record(plan.status_fd, TAG_INIT_PID, child);

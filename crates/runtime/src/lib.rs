@@ -26,7 +26,7 @@ mod store;
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
 pub use builder::{BuildOptions, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};
 pub use cgroup::Limits;
-pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, Scratch, Signal};
+pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, RawOutput, Scratch, Signal};
 pub use dockerfile::{CommandForm, Instruction};
 pub use error::{Error, Result};
 pub use gpu::{detect_gpus, Gpu};

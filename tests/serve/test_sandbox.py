@@ -1,0 +1,437 @@
+"""`modal.Sandbox` through the real client: lifecycle on the control plane, exec and stdio
+through the separate TaskCommandRouter service, tunnels, the filesystem API, snapshots and
+isolation from the host."""
+
+import hashlib
+import json
+import os
+import textwrap
+
+from conftest import unique
+
+PRELUDE = """
+import json, os, sys, time
+import modal
+app = modal.App.lookup(APP_NAME, create_if_missing=True)
+image = modal.Image.debian_slim()
+def out(**kw):
+    print("RESULT " + json.dumps(kw), flush=True)
+"""
+
+
+def run(server, body: str, timeout: float = 600, **env) -> dict:
+    """Runs client code in a fresh interpreter; returns the merged RESULT lines."""
+    code = f"APP_NAME = {unique('sbx')!r}\n" + PRELUDE + textwrap.dedent(body)
+    proc = server.python(code, timeout=timeout, **env)
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            results.update(json.loads(line[len("RESULT "):]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return results
+
+
+def test_exec_stdio_and_exit_codes(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image, workdir="/tmp", env={"GREETING": "hi"},
+                                  secrets=[modal.Secret.from_dict({"CREATE_SECRET": "c1"})])
+        sec = sb.exec("sh", "-c", "echo $CREATE_SECRET $EXEC_SECRET", secrets=[modal.Secret.from_dict({"EXEC_SECRET": "e1"})])
+        secrets_seen = sec.stdout.read()
+        p = sb.exec("sh", "-c", "echo out-$GREETING; echo err >&2; pwd; exit 3")
+        stdout, stderr = p.stdout.read(), p.stderr.read()
+        code = p.wait()
+        b = sb.exec("printf", "\\\\x00\\\\xff", text=False)
+        raw = b.stdout.read()
+        b.wait()
+        cat = sb.exec("cat")
+        cat.stdin.write(b"from stdin\\n")
+        cat.stdin.write_eof()
+        cat.stdin.drain()
+        echoed = cat.stdout.read()
+        cat.wait()
+        w = sb.exec("sh", "-c", "pwd; echo $X", workdir="/etc", env={"X": "y"})
+        wd = w.stdout.read()
+        w.wait()
+        # Many execs at once.
+        procs = [sb.exec("sh", "-c", f"sleep 0.3; echo {i}") for i in range(8)]
+        many = sorted(int(p.stdout.read()) for p in procs)
+        slow = sb.exec("sleep", "30", timeout=1)
+        t0 = time.time(); slow_rc = slow.wait(); slow_s = time.time() - t0
+        poll_before = sb.exec("sleep", "5").poll()
+        missing = sb.exec("/no/such/program")
+        missing_rc = missing.wait()
+        out(secrets_seen=secrets_seen, stdout=stdout, stderr=stderr, code=code, raw=list(raw), echoed=echoed, wd=wd, many=many,
+            slow_rc=slow_rc, slow_s=slow_s, poll_before=poll_before, missing_rc=missing_rc)
+        sb.terminate()
+    """)
+    assert r["secrets_seen"] == "c1 e1\n"
+    assert r["stdout"] == "out-hi\n/tmp\n"
+    assert r["stderr"] == "err\n"
+    assert r["code"] == 3
+    assert r["raw"] == [0, 255]
+    assert r["echoed"] == "from stdin\n"
+    assert r["wd"] == "/etc\ny\n"
+    assert r["many"] == list(range(8))
+    assert r["slow_s"] < 10 and r["slow_rc"] != 0
+    assert r["poll_before"] is None
+    assert r["missing_rc"] != 0
+
+
+INTERPRETER = """
+import contextlib, io, json, sys
+scope = {}
+for line in sys.stdin:
+    code = json.loads(line)["code"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            exec(code, scope)
+        except Exception as e:
+            print(type(e).__name__ + ": " + str(e), file=err)
+    print(json.dumps({"stdout": out.getvalue(), "stderr": err.getvalue()}), flush=True)
+"""
+
+
+def test_code_interpreter_keeps_one_python_process(runner):
+    r = run(runner, f"""
+        DRIVER = {INTERPRETER!r}
+        sb = modal.Sandbox.create(app=app, image=image)
+        p = sb.exec("python", "-c", DRIVER, bufsize=1)
+        lines = iter(p.stdout)
+        def run_code(code):
+            p.stdin.write(json.dumps({{"code": code}}) + "\\n")
+            p.stdin.drain()
+            return json.loads(next(lines))
+        answers = [run_code(c) for c in ["x = 40", "x += 2", "print(x)", "import os; print(os.getpid())", "1/0", "print(os.getpid())"]]
+        p.stdin.write_eof(); p.stdin.drain()
+        rc = p.wait()
+        out(answers=answers, rc=rc)
+        sb.terminate()
+    """)
+    a = r["answers"]
+    assert a[2]["stdout"] == "42\n"
+    assert "ZeroDivisionError" in a[4]["stderr"]
+    assert a[3]["stdout"] == a[5]["stdout"], "one interpreter serves every statement"
+    assert r["rc"] == 0
+
+
+def test_main_process_stdio_wait_and_returncode(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create("python", "-c", "import sys; print('main says hi'); print(sys.stdin.readline().upper(), end=''); sys.exit(7)", app=app, image=image)
+        sb.stdin.write(b"shout\\n")
+        sb.stdin.drain()
+        sb.wait(raise_on_termination=False)
+        out(stdout=sb.stdout.read(), rc=sb.returncode, poll=sb.poll())
+    """)
+    assert r["stdout"] == "main says hi\nSHOUT\n"
+    assert r["rc"] == 7 and r["poll"] == 7
+
+
+def test_terminate_timeout_and_idle_timeout(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image)
+        t0 = time.time(); before = sb.poll(); sb.terminate(); sb.wait(raise_on_termination=False)
+        term_rc = sb.returncode
+        again = modal.Sandbox.from_id(sb.object_id)
+        again.wait(raise_on_termination=False)
+        late = None
+        try:
+            sb2 = modal.Sandbox.from_id(sb.object_id)
+            sb2.exec("true").wait()
+        except Exception as e:
+            late = type(e).__name__
+        short = modal.Sandbox.create(app=app, image=image, timeout=2)
+        try:
+            short.wait()
+            timeout_error = None
+        except Exception as e:
+            timeout_error = type(e).__name__
+        idle = modal.Sandbox.create(app=app, image=image, idle_timeout=2)
+        t1 = time.time(); idle.wait(raise_on_termination=False); idle_s = time.time() - t1
+        out(before=before, term_rc=term_rc, again_rc=again.returncode, late=late, timeout_error=timeout_error,
+            short_rc=short.returncode, idle_s=idle_s, idle_rc=idle.returncode)
+    """)
+    assert r["before"] is None
+    assert r["term_rc"] == 137 and r["again_rc"] == 137
+    assert r["late"] is not None, "exec into a finished sandbox fails"
+    assert r["timeout_error"] == "SandboxTimeoutError" and r["short_rc"] == 124
+    assert 1.5 < r["idle_s"] < 20
+
+
+def test_names_tags_list_and_lookup(runner):
+    r = run(runner, """
+        a = modal.Sandbox.create(app=app, image=image, name="web", tags={"team": "red"})
+        b = modal.Sandbox.create(app=app, image=image, tags={"team": "blue"})
+        try:
+            modal.Sandbox.create(app=app, image=image, name="web")
+            dup = None
+        except Exception as e:
+            dup = type(e).__name__
+        found = modal.Sandbox.from_name(APP_NAME, "web")
+        red = [s.object_id for s in modal.Sandbox.list(app_id=app.app_id, tags={"team": "red"})]
+        everyone = sorted(s.object_id for s in modal.Sandbox.list(app_id=app.app_id))
+        b.set_tags({"team": "green", "x": "1"})
+        tags = modal.Sandbox.from_id(b.object_id).get_tags()
+        p = found.exec("echo", "via from_name")
+        via = p.stdout.read()
+        a.detach()
+        a2 = modal.Sandbox.from_id(a.object_id)
+        after_detach = a2.exec("echo", "still").stdout.read()
+        try:
+            modal.Sandbox.from_name(APP_NAME, "nobody")
+            missing = None
+        except Exception as e:
+            missing = type(e).__name__
+        for s in (a2, b):
+            s.terminate()
+        out(dup=dup, same=found.object_id == a.object_id, red=red, a=a.object_id, everyone=everyone,
+            expected=sorted([a.object_id, b.object_id]), tags=tags, via=via, after_detach=after_detach, missing=missing)
+    """)
+    assert r["dup"] == "AlreadyExistsError"
+    assert r["same"] and r["red"] == [r["a"]]
+    assert r["everyone"] == r["expected"]
+    assert r["tags"] == {"team": "green", "x": "1"}
+    assert r["via"] == "via from_name\n" and r["after_detach"] == "still\n"
+    assert r["missing"] == "NotFoundError"
+
+
+def test_tunnel_reaches_a_web_server_from_the_host(runner):
+    r = run(runner, """
+        import urllib.request
+        sb = modal.Sandbox.create("python", "-m", "http.server", "8000", app=app, image=image,
+                                  unencrypted_ports=[8000], readiness_probe=modal.Probe.with_tcp(8000))
+        sb.wait_until_ready(timeout=60)
+        sb.exec("sh", "-c", "echo tunnelled > /index.html").wait()
+        host, port = sb.tunnels()[8000].tcp_socket
+        body = urllib.request.urlopen(f"http://{host}:{port}/index.html", timeout=10).read().decode()
+        try:
+            modal.Sandbox.create(app=app, image=image, encrypted_ports=[8443])
+            tls = None
+        except Exception as e:
+            tls = type(e).__name__
+        sb.terminate()
+        out(host=host, body=body, tls=tls)
+    """)
+    assert r["body"] == "tunnelled\n"
+    assert r["tls"] == "UnimplementedError"
+
+
+def test_filesystem_round_trip_of_a_large_file(runner, tmp_path):
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for i in range(100):
+            f.write(hashlib.sha256(str(i).encode()).digest() * (1024 * 1024 // 32))
+    dst = tmp_path / "back.bin"
+    marker = unique("m")
+    r = run(runner, f"""
+        sb = modal.Sandbox.create(app=app, image=image)
+        fs = sb.filesystem
+        t0 = time.time()
+        fs.copy_from_local({str(src)!r}, "/data/in/big.bin")
+        up = time.time() - t0
+        remote_sum = sb.exec("sha256sum", "/data/in/big.bin").stdout.read().split()[0]
+        t0 = time.time()
+        fs.copy_to_local("/data/in/big.bin", {str(dst)!r})
+        down = time.time() - t0
+        fs.write_text("hello", "/data/a/b/hello.txt")
+        text = fs.read_text("/data/a/b/hello.txt")
+        fs.write_bytes(b"\\x00\\x01", "/data/bytes.bin")
+        data = list(fs.read_bytes("/data/bytes.bin"))
+        fs.make_directory("/data/dir/sub")
+        names = sorted(e.name for e in fs.list_files("/data"))
+        st = fs.stat("/data/a/b/hello.txt")
+        fs.remove("/data/a", recursive=True)
+        after = sorted(e.name for e in fs.list_files("/data"))
+        try:
+            fs.read_text("/data/nope")
+            missing = None
+        except Exception as e:
+            missing = type(e).__name__
+        # A symlink inside the sandbox that points at an absolute path resolves inside it.
+        sb.exec("sh", "-c", "echo inside > /only-in-sandbox-{marker} && ln -s /only-in-sandbox-{marker} /data/link").wait()
+        via_link = fs.read_text("/data/link").strip()
+        sb.terminate()
+        out(up=up, down=down, remote_sum=remote_sum, text=text, data=data, names=names, size=st.size,
+            is_file=st.is_file(), after=after, missing=missing, via_link=via_link)
+    """)
+    local_sum = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert r["remote_sum"] == local_sum
+    assert hashlib.sha256(dst.read_bytes()).hexdigest() == local_sum
+    assert r["text"] == "hello" and r["data"] == [0, 1]
+    assert r["names"] == ["a", "bytes.bin", "dir", "in"]
+    assert r["size"] == 5 and r["is_file"]
+    assert r["after"] == ["bytes.bin", "dir", "in"]
+    assert r["missing"] == "SandboxFilesystemNotFoundError"
+    assert r["via_link"] == "inside", "the symlink resolved inside the sandbox, not on the host"
+    print(f"100 MB up {r['up']:.2f}s, down {r['down']:.2f}s")
+
+
+def test_snapshot_then_start_from_it(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image)
+        sb.exec("sh", "-c", "mkdir -p /work && echo remembered > /work/state.txt").wait()
+        snap = sb.snapshot_filesystem()
+        sb.terminate()
+        sb2 = modal.Sandbox.create(app=app, image=snap)
+        content = sb2.exec("cat", "/work/state.txt").stdout.read()
+        sb2.terminate()
+        out(image_id=snap.object_id, content=content)
+    """)
+    assert r["image_id"].startswith("im-")
+    assert r["content"] == "remembered\n"
+
+
+def test_rm_rf_inside_leaves_host_and_other_sandboxes_intact(runner, tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("still here")
+    r = run(runner, f"""
+        victim = modal.Sandbox.create(app=app, image=image)
+        bystander = modal.Sandbox.create(app=app, image=image)
+        seen = victim.exec("sh", "-c", "test -e {canary} && echo visible || echo invisible").stdout.read()
+        from urllib.parse import urlparse
+        api_port = urlparse(os.environ["MODAL_SERVER_URL"]).port
+        probe = "import socket, sys; s = socket.socket(); s.settimeout(2); print(s.connect_ex((sys.argv[1], int(sys.argv[2]))))"
+        host_lo = [victim.exec("python", "-c", probe, h, str(api_port)).stdout.read().strip() for h in ("127.0.0.1", "10.0.2.2")]
+        p = victim.exec("rm", "-rf", "/", "--no-preserve-root")
+        rc = p.wait()
+        fine = bystander.exec("cat", "/etc/debian_version").stdout.read()
+        victim.terminate(); bystander.terminate()
+        fresh = modal.Sandbox.create(app=app, image=image)
+        fresh_ok = fresh.exec("ls", "/bin/sh").stdout.read()
+        fresh.terminate()
+        out(seen=seen, rc=rc, fine=fine, fresh_ok=fresh_ok, host_lo=host_lo)
+    """)
+    assert r["seen"] == "invisible\n"
+    assert all(code != "0" for code in r["host_lo"]), "the host's loopback services are out of reach"
+    assert canary.read_text() == "still here"
+    assert os.path.exists("/bin/sh") and os.path.exists("/etc/debian_version")
+    assert r["fine"].strip(), "another sandbox still works"
+    assert r["fresh_ok"] == "/bin/sh\n", "the image itself is untouched"
+
+
+def test_block_network_and_private_network(runner):
+    r = run(runner, """
+        blocked = modal.Sandbox.create(app=app, image=image, block_network=True)
+        ifaces = blocked.exec("python", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))").stdout.read()
+        blocked.terminate()
+        try:
+            modal.Sandbox.create(app=app, image=image, outbound_cidr_allowlist=["10.0.0.0/8"])
+            allow = None
+        except Exception as e:
+            allow = type(e).__name__
+        try:
+            modal.Sandbox.create(app=app, image=image, volumes={"/v": modal.Volume.from_id("vo-123")})
+            vol = None
+        except Exception as e:
+            vol = type(e).__name__
+        out(ifaces=ifaces, allow=allow, vol=vol)
+    """)
+    assert r["ifaces"].strip() == "['lo']"
+    assert r["allow"] == "UnimplementedError"
+    assert r["vol"] is not None
+
+
+def test_router_token_of_one_sandbox_is_refused_by_another(runner):
+    r = run(runner, """
+        import asyncio
+        from grpclib import GRPCError
+        from grpclib.client import Channel
+        from urllib.parse import urlparse
+        from modal_proto import api_pb2, task_command_router_pb2 as sr
+        from modal_proto.task_command_router_grpc import TaskCommandRouterStub
+        a = modal.Sandbox.create(app=app, image=image)
+        b = modal.Sandbox.create(app=app, image=image)
+        from modal_proto.api_grpc import ModalClientStub
+        async def access(sb):
+            u = urlparse(os.environ["MODAL_SERVER_URL"])
+            ch = Channel(u.hostname, u.port)
+            md = {"x-modal-token-id": os.environ["MODAL_TOKEN_ID"], "x-modal-token-secret": os.environ["MODAL_TOKEN_SECRET"],
+                  "x-modal-client-version": modal.__version__}
+            try:
+                return await ModalClientStub(ch).SandboxGetCommandRouterAccess(
+                    api_pb2.SandboxGetCommandRouterAccessRequest(sandbox_id=sb.object_id), metadata=md)
+            finally:
+                ch.close()
+        acc_a = asyncio.run(access(a))
+        task_a = a._get_task_id()
+        task_b = b._get_task_id()
+        async def attempt(jwt, task):
+            u = urlparse(acc_a.url)
+            ch = Channel(u.hostname, u.port)
+            stub = TaskCommandRouterStub(ch)
+            try:
+                await stub.TaskExecStart(sr.TaskExecStartRequest(task_id=task, exec_id="x-" + task, command_args=["true"]),
+                                         metadata={"authorization": "Bearer " + jwt})
+                return "ok"
+            except GRPCError as e:
+                return e.status.name
+            finally:
+                ch.close()
+        own = asyncio.run(attempt(acc_a.jwt, task_a))
+        other = asyncio.run(attempt(acc_a.jwt, task_b))
+        forged = asyncio.run(attempt(acc_a.jwt[:-4] + "AAAA", task_a))
+        a.terminate(); b.terminate()
+        out(own=own, other=other, forged=forged, url=acc_a.url)
+    """)
+    assert r["own"] == "ok"
+    assert r["other"] == "PERMISSION_DENIED"
+    assert r["forged"] == "UNAUTHENTICATED"
+
+
+def test_v1_protocol(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create("sh", "-c", "read line; echo got $line", app=app, image=image)
+        sb.stdin.write(b"v1\\n"); sb.stdin.drain()
+        sb.wait()
+        main_out = sb.stdout.read()
+        sb2 = modal.Sandbox.create(app=app, image=image, name="one")
+        p = sb2.exec("echo", "exec v1")
+        ex = p.stdout.read()
+        found = [s.object_id for s in modal.Sandbox.list(app_id=app.app_id)]
+        sb2.terminate()
+        out(main_out=main_out, rc=sb.returncode, ex=ex, found=found, sb2=sb2.object_id)
+    """, MODAL_SANDBOX_V2="0")
+    assert r["main_out"] == "got v1\n" and r["rc"] == 0
+    assert r["ex"] == "exec v1\n"
+    assert r["sb2"] in r["found"]
+
+
+def test_modal_shell_and_container_exec_into_a_running_sandbox(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image, timeout=120)
+        out(sandbox_id=sb.object_id, task_id=sb._get_task_id())
+    """)
+    try:
+        shell = runner.modal("shell", r["sandbox_id"], "--no-pty", "-c", "sh -c 'echo hi from $(hostname)'")
+        assert shell.returncode == 0, shell.stdout + shell.stderr
+        assert "hi from sandbox" in shell.stdout
+        ex = runner.modal("container", "exec", "--no-pty", r["task_id"], "--", "sh", "-c", "echo via container exec; exit 0")
+        assert ex.returncode == 0, ex.stdout + ex.stderr
+        assert "via container exec" in ex.stdout
+        # Without a REF, `modal shell` starts a sandbox of its own from the default image.
+        fresh = runner.modal("shell", "--no-pty", "-c", "sh -c 'echo from-image-shell; cat /etc/debian_version'")
+        assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+        assert "from-image-shell" in fresh.stdout
+    finally:
+        run(runner, f"""
+            modal.Sandbox.from_id({r['sandbox_id']!r}).terminate()
+        """)
+
+
+def test_exec_with_a_pty(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image)
+        p = sb.exec("sh", "-c", "tty; stty size; echo err >&2; read x; echo got $x", pty=True, text=False)
+        p.stdin.write(b"typed\\n")
+        p.stdin.drain()
+        data = p.stdout.read().decode()
+        rc = p.wait()
+        sb.terminate()
+        out(data=data, rc=rc)
+    """, TERM="xterm-256color")
+    lines = r["data"].replace("\r", "").splitlines()
+    assert any(line.startswith("/dev/pts/") for line in lines), lines
+    assert "err" in lines, "stderr shares the terminal"
+    assert "typed" in lines, "the terminal echoes input"
+    assert lines[-1] == "got typed"
+    assert r["rc"] == 0
