@@ -31,6 +31,7 @@ use ferry_proto::api::modal_client_server::ModalClientServer;
 use ferry_store::Store;
 use tokio::net::TcpListener;
 
+pub use images::debian_slim_spec;
 pub use service::ModalService;
 
 /// The image builder version reported to clients (see ARCHITECTURE.md for the choice).
@@ -49,6 +50,8 @@ pub struct ApiConfig {
     pub ephemeral_ttl: Duration,
     /// Ephemeral apps are stopped this long after their client's last heartbeat.
     pub app_heartbeat_ttl: Duration,
+    /// Package access and registry mirrors for image builds.
+    pub images: ferry_runtime::BuildSettings,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             public_url: String::new(),
             ephemeral_ttl: Duration::from_secs(900),
             app_heartbeat_ttl: Duration::from_secs(120),
+            images: Default::default(),
         }
     }
 }
