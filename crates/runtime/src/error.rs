@@ -9,7 +9,7 @@ pub enum Error {
     #[error("Python {requested} cannot be provided by Ferry; available versions: {available}. Pick one of those (e.g. `Image.debian_slim(python_version=\"3.11\")`)")]
     UnsupportedPython { requested: String, available: String },
 
-    #[error("base image `{reference}` is not supported: Ferry builds its own Debian bases and has no registry access. Use `Image.debian_slim()` (a `FROM python:<X.Y>-slim-<debian>` line) or a layer built by Ferry")]
+    #[error("base image `{reference}` is not one Ferry builds itself (`python:<X.Y>-slim-<debian>`); registry images need `ferry serve --registry-mirror`")]
     UnsupportedBaseImage { reference: String },
 
     #[error("image `{reference}` comes from registry `{registry}`, which Ferry has no source for; start `ferry serve` with `--registry-mirror {registry}=URL` (or put `{registry}=URL` in the file given to `--registry-config`)")]
