@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -213,6 +214,36 @@ def test_cache_hit_force_build_and_ignore_cache(kit, tmp_path):
     assert forced != first
     ignored = stamp_of(server.modal("run", str(app), timeout=600, MODAL_IGNORE_CACHE="1"))
     assert ignored not in (first, forced)
+
+
+def test_concurrent_builds_run_once_and_stream_to_every_client(kit, tmp_path):
+    app = tmp_path / "together.py"
+    marker = f"together-{time.time_ns()}"
+    app.write_text(textwrap.dedent(f"""
+        import modal
+        app = modal.App("ferry-together")
+        image = modal.Image.from_registry("python:3.11-slim-bookworm").run_commands("echo {marker}; sleep 3; date +%s%N > /stamp")
+
+        @app.function(image=image)
+        def stamp():
+            return open("/stamp").read().strip()
+
+        @app.local_entrypoint()
+        def main():
+            print("STAMP", stamp.remote())
+        """))
+    server = kit["server"]
+    env = server.env()
+    cli = str(Path(sys.executable).parent / "modal")
+    procs = [subprocess.Popen([cli, "run", str(app)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        # Both clients saw the one build's output live.
+        assert marker in out, out[-3000:]
+    # One build: both containers read the file it stamped.
+    stamps = {re.search(r"STAMP (\d+)", out).group(1) for out in outs}
+    assert len(stamps) == 1, stamps
 
 
 def test_image_from_id(kit):
