@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::api;
-use ferry_runtime::{ContextFile, ImageBuilder, ImageStore, LayerId, LayerSpec, LogLine};
+use ferry_runtime::{BuildSettings, ContextFile, HostContextFile, ImageBuilder, ImageStore, LayerId, LayerSpec, LogLine, RegistryCredentials};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -25,25 +25,63 @@ pub(crate) struct Builds {
     running: Mutex<HashMap<String, Arc<Build>>>,
 }
 
-#[derive(Default)]
+/// A running build. Its output goes to `images/logs/<image id>.log` as it arrives (one line
+/// per log line: fd, timestamp, text), never into memory, and every client that joins reads it
+/// from there, from the byte offset it has seen (its `entry_id`).
 struct Build {
-    logs: Mutex<Vec<api::TaskLogs>>,
+    log: Mutex<Option<std::fs::File>>,
     result: Mutex<Option<(api::GenericResult, Option<api::ImageMetadata>)>>,
     changed: Notify,
 }
 
 impl Build {
+    fn create(path: &std::path::Path) -> Build {
+        let _ = std::fs::create_dir_all(path.parent().expect("log dir"));
+        let file = std::fs::File::create(path).map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot write the build log")).ok();
+        Build { log: Mutex::new(file), result: Mutex::new(None), changed: Notify::new() }
+    }
+
     fn push(&self, line: LogLine) {
-        let mut data = line.text;
-        data.push('\n');
-        self.logs.lock().unwrap().push(api::TaskLogs {
-            data,
-            file_descriptor: line.stream.fd() as i32,
-            timestamp: ferry_store::now(),
-            ..Default::default()
-        });
+        use std::io::Write;
+        if let Some(f) = self.log.lock().unwrap().as_mut() {
+            let text = line.text.replace('\n', " ");
+            let _ = writeln!(f, "{} {:.3} {}", line.stream.fd(), ferry_store::now(), text);
+        }
         self.changed.notify_waiters();
     }
+}
+
+fn log_path(s: &ModalService, image_id: &str) -> std::path::PathBuf {
+    s.images.store.root().join("logs").join(format!("{image_id}.log"))
+}
+
+/// The complete lines of a build log after byte `offset`, at most `limit` bytes of them; returns
+/// them with the offset after the last one.
+async fn read_log(path: &std::path::Path, offset: u64, limit: usize) -> (Vec<api::TaskLogs>, u64) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut f) = tokio::fs::File::open(path).await else { return (Vec::new(), offset) };
+    if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return (Vec::new(), offset);
+    }
+    let mut buf = vec![0u8; limit];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    let Some(end) = buf[..n].iter().rposition(|b| *b == b'\n') else { return (Vec::new(), offset) };
+    let mut logs = Vec::new();
+    for line in String::from_utf8_lossy(&buf[..end]).split('\n') {
+        let mut parts = line.splitn(3, ' ');
+        let fd = parts.next().and_then(|f| f.parse::<i32>().ok()).unwrap_or(1);
+        let timestamp = parts.next().and_then(|t| t.parse::<f64>().ok()).unwrap_or_default();
+        let mut data = parts.next().unwrap_or_default().to_string();
+        data.push('\n');
+        logs.push(api::TaskLogs { data, file_descriptor: fd, timestamp, ..Default::default() });
+    }
+    (logs, offset + end as u64 + 1)
 }
 
 /// The runtime's image store and builder, shared by all requests.
@@ -54,10 +92,31 @@ pub(crate) struct ImageService {
 }
 
 impl ImageService {
-    pub(crate) fn open(data_dir: &std::path::Path) -> anyhow::Result<Self> {
+    pub(crate) fn open(data_dir: &std::path::Path, settings: BuildSettings) -> anyhow::Result<Self> {
         let store = ImageStore::open(data_dir)?;
-        Ok(ImageService { builder: ImageBuilder::new(store.clone()), store, builds: Builds::default() })
+        Ok(ImageService { builder: ImageBuilder::with_settings(store.clone(), settings), store, builds: Builds::default() })
     }
+}
+
+/// The one layer `Image.debian_slim(python_version=<series>)` is under builder 2025.06: the
+/// client's own commands, so `ferry images prepare` can build it before the first `modal run`,
+/// whose identical request is then a cache hit. `None` for a series Ferry cannot provide.
+pub fn debian_slim_spec(python_series: &str) -> Option<LayerSpec> {
+    // The micro versions the 2025.06 builder pins (modal/builder/base-images.json).
+    let full = match python_series {
+        "3.11" => "3.11.12",
+        "3.13" => "3.13.3",
+        _ => return None,
+    };
+    let commands = [
+        format!("FROM python:{full}-slim-bookworm"),
+        "RUN apt-get update".into(),
+        "RUN apt-get install -y gcc gfortran build-essential".into(),
+        "RUN pip install --upgrade pip wheel uv".into(),
+        "RUN echo 'debconf debconf/frontend select Noninteractive' | debconf-set-selections".into(),
+        r#"CMD ["sleep", "172800"]"#.into(),
+    ];
+    Some(LayerSpec { commands: commands.to_vec(), ..Default::default() })
 }
 
 fn image_id(image: &api::Image, builder_version: &str) -> String {
@@ -81,17 +140,27 @@ fn metadata(s: &ModalService, layer: &str) -> Option<api::ImageMetadata> {
 pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCreateRequest>) -> Rpc<api::ImageGetOrCreateResponse> {
     let req = r.into_inner();
     let image = req.image.ok_or_else(|| invalid("ImageGetOrCreate needs an image definition"))?;
+    if image.build_function.is_some() || !req.build_function_id.is_empty() {
+        return Err(Status::unimplemented("Ferry does not implement `Image.run_function` build steps yet"));
+    }
     if image.dockerfile_commands.is_empty() {
         return Err(invalid("the image definition has no Dockerfile commands"));
     }
-    if image.image_registry_config.as_ref().is_some_and(|c| c.registry_auth_type != 0) || !image.build_function.is_none() {
+    if image.image_registry_config.as_ref().is_some_and(|c| c.registry_auth_type == api::RegistryAuthType::Aws as i32) {
         return Err(Status::unimplemented(
-            "Ferry does not implement images from private registries or build functions yet",
+            "Ferry does not implement AWS ECR credentials (`Image.from_aws_ecr`) yet; give the registry's username and password as REGISTRY_USERNAME/REGISTRY_PASSWORD in the secret instead",
         ));
+    }
+    if !image.volume_mounts.is_empty() {
+        return Err(Status::unimplemented("Ferry does not implement Volumes in image build steps yet"));
     }
     let id = image_id(&image, &req.builder_version);
     let (record, _) = s.store.get_or_create_image(&id, &image.encode_to_vec()).await.or_status()?;
-    let rebuild = req.force_build || record.status == 2;
+    // A built image whose layer was collected (`ferry images gc`) builds again.
+    let layer_gone = record.status == 1
+        && !record.layer_id.as_deref().and_then(LayerId::parse).is_some_and(|l| s.images.store.contains(&l));
+    let force = req.force_build || req.ignore_cache;
+    let rebuild = force || record.status == 2 || layer_gone;
     if record.status == 1 && !rebuild {
         let layer = record.layer_id.clone().unwrap_or_default();
         return Ok(Response::new(api::ImageGetOrCreateResponse {
@@ -103,7 +172,7 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
     if rebuild {
         s.store.reset_image(&id).await.or_status()?;
     }
-    start_build(s, &id, image, req.force_build);
+    start_build(s, &id, image, force);
     Ok(Response::new(api::ImageGetOrCreateResponse { image_id: id, result: None, metadata: None }))
 }
 
@@ -116,7 +185,7 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool) {
                 return;
             }
         }
-        let b = Arc::new(Build::default());
+        let b = Arc::new(Build::create(&log_path(s, id)));
         running.insert(id.to_string(), b.clone());
         b
     };
@@ -135,6 +204,7 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool) {
                 (api::GenericResult { status: FAILURE, exception: message, ..Default::default() }, None)
             }
         };
+        *build.log.lock().unwrap() = None;
         *build.result.lock().unwrap() = Some((result, meta));
         build.changed.notify_waiters();
     });
@@ -151,9 +221,23 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
         let values = s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?;
         build_env.extend(values);
     }
+    // Files of `add_local_*(copy=True)` and `from_dockerfile`'s build context: an uploaded
+    // mount whose paths are context paths; copied from the file store, never held in memory.
+    let mut context_host_files = Vec::new();
     if !image.context_mount_id.is_empty() {
-        return Err("Ferry does not implement image context mounts (COPY of local directories into images) yet".into());
+        let mount = s.store.mount(&image.context_mount_id).await.map_err(|e| e.to_string())?;
+        for f in mount.files {
+            let source = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
+            context_host_files.push(HostContextFile { path: f.path, source, sha256: f.sha256, mode: f.mode });
+        }
     }
+    let registry_credentials = match &image.image_registry_config {
+        Some(c) if !c.secret_id.is_empty() => {
+            let values = s.store.secret_values(&c.secret_id).await.map_err(|e| e.to_string())?;
+            Some(registry_credentials(c.registry_auth_type, &values)?)
+        }
+        _ => None,
+    };
     let spec = LayerSpec {
         base_images,
         commands: image.dockerfile_commands.clone(),
@@ -164,6 +248,8 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
             .collect(),
         build_args: image.build_args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         build_env,
+        context_host_files,
+        registry_credentials,
         ..Default::default()
     };
     let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
@@ -182,6 +268,39 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
     built.map(|b| b.id.to_string()).map_err(|e| e.to_string())
 }
 
+/// Registry credentials from a secret, the way Modal reads them: a username and password, or
+/// a GCP service account key (which registries accept as the password of `_json_key`).
+fn registry_credentials(auth_type: i32, values: &std::collections::BTreeMap<String, String>) -> Result<RegistryCredentials, String> {
+    let get = |k: &str| values.get(k).cloned();
+    if auth_type == api::RegistryAuthType::Gcp as i32 {
+        let key = get("SERVICE_ACCOUNT_JSON").ok_or("the registry secret has no SERVICE_ACCOUNT_JSON")?;
+        return Ok(RegistryCredentials { username: "_json_key".into(), password: key });
+    }
+    match (get("REGISTRY_USERNAME"), get("REGISTRY_PASSWORD")) {
+        (Some(username), Some(password)) => Ok(RegistryCredentials { username, password }),
+        _ => Err("the registry secret needs REGISTRY_USERNAME and REGISTRY_PASSWORD".into()),
+    }
+}
+
+/// `Image.from_id`: the image's id and metadata, if it was built here.
+pub(crate) async fn from_id(s: &ModalService, r: Request<api::ImageFromIdRequest>) -> Rpc<api::ImageFromIdResponse> {
+    let req = r.into_inner();
+    check_id(&req.image_id, "im", "Image")?;
+    let record = s.store.image(&req.image_id).await.or_status()?;
+    match record.status {
+        1 => Ok(Response::new(api::ImageFromIdResponse {
+            metadata: record.layer_id.as_deref().and_then(|l| metadata(s, l)),
+            image_id: record.id,
+        })),
+        2 => Err(Status::failed_precondition(format!(
+            "Image {} failed to build: {}",
+            req.image_id,
+            record.error.unwrap_or_default()
+        ))),
+        _ => Err(Status::failed_precondition(format!("Image {} has not finished building yet", req.image_id))),
+    }
+}
+
 /// The layer of a parent image, waiting for its build when it is still running.
 pub(crate) async fn wait_for_layer(s: &ModalService, image_id: &str) -> Result<LayerId, String> {
     loop {
@@ -197,19 +316,34 @@ pub(crate) async fn wait_for_layer(s: &ModalService, image_id: &str) -> Result<L
     }
 }
 
-/// Streams a build's output after `last_entry_id`, then its result.
+/// Streams a build's output after `last_entry_id` (a byte offset in its log), then its result.
 pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinStreamingRequest>) -> RpcStream<api::ImageJoinStreamingResponse> {
+    const BATCH: usize = 256 * 1024;
     let req = r.into_inner();
     check_id(&req.image_id, "im", "Image")?;
     let record = s.store.image(&req.image_id).await.or_status()?;
-    let mut sent: usize = if req.last_entry_id.is_empty() { 0 } else { req.last_entry_id.parse().unwrap_or(0) };
+    let mut offset: u64 = req.last_entry_id.parse().unwrap_or(0);
     let build = s.images.builds.running.lock().unwrap().get(&req.image_id).cloned();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let path = log_path(s, &req.image_id);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let svc = s.clone();
     let timeout = Duration::from_secs_f32(req.timeout.clamp(1.0, 55.0));
     tokio::spawn(async move {
         let Some(build) = build else {
-            // Built or failed before this server started: only the outcome is known.
+            // Finished before this server started: the kept log (when asked for), then the outcome.
+            if req.include_logs_for_finished {
+                loop {
+                    let (batch, next) = read_log(&path, offset, BATCH).await;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    offset = next;
+                    let msg = api::ImageJoinStreamingResponse { task_logs: batch, entry_id: offset.to_string(), ..Default::default() };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+            }
             let result = match record.status {
                 1 => api::GenericResult { status: SUCCESS, ..Default::default() },
                 2 => api::GenericResult { status: FAILURE, exception: record.error.unwrap_or_default(), ..Default::default() },
@@ -220,7 +354,9 @@ pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinSt
                 },
             };
             let meta = record.layer_id.as_deref().and_then(|l| metadata(&svc, l));
-            let _ = tx.send(Ok(api::ImageJoinStreamingResponse { result: Some(result), metadata: meta, eof: true, ..Default::default() })).await;
+            let _ = tx
+                .send(Ok(api::ImageJoinStreamingResponse { result: Some(result), metadata: meta, entry_id: offset.to_string(), eof: true, ..Default::default() }))
+                .await;
             return;
         };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -228,15 +364,15 @@ pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinSt
             let notified = build.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            // Read the result before the logs: every line pushed before the result is then sent.
+            // Read the result before the log: every line written before the result is then sent.
             let result = build.result.lock().unwrap().clone();
-            let (batch, total) = {
-                let logs = build.logs.lock().unwrap();
-                (logs.get(sent.min(logs.len())..).map(|l| l.to_vec()).unwrap_or_default(), logs.len())
-            };
-            if !batch.is_empty() {
-                sent = total;
-                let msg = api::ImageJoinStreamingResponse { task_logs: batch, entry_id: sent.to_string(), ..Default::default() };
+            loop {
+                let (batch, next) = read_log(&path, offset, BATCH).await;
+                if batch.is_empty() {
+                    break;
+                }
+                offset = next;
+                let msg = api::ImageJoinStreamingResponse { task_logs: batch, entry_id: offset.to_string(), ..Default::default() };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
@@ -246,7 +382,7 @@ pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinSt
                     .send(Ok(api::ImageJoinStreamingResponse {
                         result: Some(result),
                         metadata: meta,
-                        entry_id: sent.to_string(),
+                        entry_id: offset.to_string(),
                         eof: true,
                         ..Default::default()
                     }))

@@ -35,6 +35,7 @@ use ferry_proto::api::modal_client_server::ModalClientServer;
 use ferry_store::Store;
 use tokio::net::TcpListener;
 
+pub use images::debian_slim_spec;
 pub use service::ModalService;
 pub use web::WebConfig;
 
@@ -58,6 +59,8 @@ pub struct ApiConfig {
     pub web: WebConfig,
     /// Port of the Sandbox command router (0 picks a free one); it listens on the API's address.
     pub router_port: u16,
+    /// Package access and registry mirrors for image builds.
+    pub images: ferry_runtime::BuildSettings,
 }
 
 impl Default for ApiConfig {
@@ -68,6 +71,7 @@ impl Default for ApiConfig {
             app_heartbeat_ttl: Duration::from_secs(120),
             web: WebConfig::default(),
             router_port: 0,
+            images: Default::default(),
         }
     }
 }

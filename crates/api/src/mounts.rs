@@ -50,6 +50,14 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::MountGetOrCr
                 return Err(Status::already_exists(format!("Mount '{}' already exists", m.name.unwrap_or_default())))
             }
             (Some(m), _) => m,
+            // `add_python=` asks for a global mount of a standalone Python build, which comes
+            // from outside any package registry.
+            (None, api::ObjectCreationType::Unspecified) if req.deployment_name.starts_with("python-build-standalone.") => {
+                return Err(Status::unimplemented(format!(
+                    "Ferry cannot provide `add_python=` ({}) yet: use an image that has Python already (e.g. `Image.from_registry(...)` of a Python image, or `Image.debian_slim()`)",
+                    req.deployment_name
+                )))
+            }
             (None, api::ObjectCreationType::Unspecified) if !is_client_mount(&req.deployment_name) => {
                 return Err(Status::not_found(format!("Mount '{}' not found", req.deployment_name)))
             }

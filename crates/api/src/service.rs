@@ -31,7 +31,7 @@ pub struct ModalService {
 
 impl ModalService {
     pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
-        let images = crate::images::ImageService::open(store.data_dir())?;
+        let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
         let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
         Ok(ModalService {
@@ -118,6 +118,7 @@ modal_client_impl! {
         blob_create(api::BlobCreateRequest) -> api::BlobCreateResponse => crate::blobs::create;
         blob_get(api::BlobGetRequest) -> api::BlobGetResponse => crate::blobs::get;
         image_get_or_create(api::ImageGetOrCreateRequest) -> api::ImageGetOrCreateResponse => crate::images::get_or_create;
+        image_from_id(api::ImageFromIdRequest) -> api::ImageFromIdResponse => crate::images::from_id;
         function_precreate(api::FunctionPrecreateRequest) -> api::FunctionPrecreateResponse => crate::functions::precreate;
         function_create(api::FunctionCreateRequest) -> api::FunctionCreateResponse => crate::functions::create;
         function_get(api::FunctionGetRequest) -> api::FunctionGetResponse => crate::functions::get;

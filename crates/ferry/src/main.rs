@@ -52,7 +52,7 @@ enum Command {
         #[command(subcommand)]
         cmd: ProxyTokenCommand,
     },
-    /// Prepare the base images containers run on.
+    /// Prepare, list and collect the images containers run on.
     Images {
         #[command(flatten)]
         data_dir: DataDir,
@@ -68,12 +68,30 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImagesCommand {
-    /// Build the Debian base with Python (what `Image.debian_slim()` starts from) and install
-    /// the pinned modal client that containers run with, ahead of the first `modal run`.
+    /// Build the Debian base with Python, the default `Image.debian_slim()` layer on it, and
+    /// install the pinned modal client that containers run with, ahead of the first `modal run`.
     Prepare {
-        /// Python series to prepare.
-        #[arg(long, default_value = "3.11")]
-        python: String,
+        /// Python series to prepare (repeat or comma-separate for several).
+        #[arg(long, default_value = "3.11", value_delimiter = ',')]
+        python: Vec<String>,
+        /// Prepare only the base, not the `Image.debian_slim()` layer (which installs
+        /// build-essential and takes about a minute).
+        #[arg(long)]
+        base_only: bool,
+        #[command(flatten)]
+        images: serve::ImageArgs,
+    },
+    /// List the layers in the image store with their size and last use.
+    List,
+    /// Delete least-recently-used layers until the store fits in a size budget (base layers
+    /// are kept).
+    Gc {
+        /// The size to shrink the store to, e.g. `20G`, `500M` or a number of bytes.
+        #[arg(long)]
+        budget: String,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -119,15 +137,20 @@ fn main() -> anyhow::Result<()> {
             Command::Serve { data_dir, args } => serve::run(&data_dir.resolve(), args).await,
             Command::Token { data_dir, cmd } => token(&data_dir.resolve(), cmd).await,
             Command::ProxyToken { data_dir, cmd } => proxy_token(&data_dir.resolve(), cmd).await,
-            Command::Images { data_dir, cmd: ImagesCommand::Prepare { python } } => {
-                images_prepare(&data_dir.resolve(), &python).await
+            Command::Images { data_dir, cmd: ImagesCommand::Prepare { python, base_only, images } } => {
+                for series in &python {
+                    images_prepare(&data_dir.resolve(), series, !base_only, &images).await?;
+                }
+                Ok(())
             }
+            Command::Images { data_dir, cmd: ImagesCommand::List } => images_list(&data_dir.resolve()),
+            Command::Images { data_dir, cmd: ImagesCommand::Gc { budget, dry_run } } => images_gc(&data_dir.resolve(), &budget, dry_run),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
         }
     })
 }
 
-async fn images_prepare(data_dir: &std::path::Path, python: &str) -> anyhow::Result<()> {
+async fn images_prepare(data_dir: &std::path::Path, python: &str, default_image: bool, images: &serve::ImageArgs) -> anyhow::Result<()> {
     let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<ferry_runtime::LogLine>();
     let printer = tokio::spawn(async move {
         while let Some(line) = lines.recv().await {
@@ -140,10 +163,22 @@ async fn images_prepare(data_dir: &std::path::Path, python: &str) -> anyhow::Res
         Ok(_) => Some(ferry_worker::prepare(data_dir, python, ferry_proto::CLIENT_VERSION, &sink).await),
         Err(_) => None,
     };
+    // The layer every `Image.debian_slim()` starts with, so the first `modal run` finds it built.
+    let slim = match (&base, default_image, ferry_api::debian_slim_spec(python)) {
+        (Ok(_), true, Some(spec)) => {
+            let builder = ferry_runtime::ImageBuilder::with_settings(ferry_runtime::ImageStore::open(data_dir)?, images.settings()?);
+            Some(builder.build(&spec, &sink).await)
+        }
+        _ => None,
+    };
     drop(sink);
     let _ = printer.await;
     let base = base?;
     let client = client.expect("prepared after the base")?;
+    if let Some(slim) = slim {
+        let slim = slim?;
+        println!("Image.debian_slim(python_version=\"{python}\") layer {} ({})", slim.id, if slim.cached { "already built" } else { "built" });
+    }
     println!(
         "base image for Python {} ready (layer {}), modal {} client in {}; took {:.0?}",
         base.python_version,
@@ -197,4 +232,79 @@ async fn proxy_token(data_dir: &std::path::Path, cmd: ProxyTokenCommand) -> anyh
         }
     }
     Ok(())
+}
+fn images_list(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let store = ferry_runtime::ImageStore::open(data_dir)?;
+    let mut layers = store.usage()?;
+    layers.sort_by_key(|l| std::cmp::Reverse(l.last_used));
+    println!("{:<14} {:>10} {:<22} {:<14} what", "layer", "size", "last used", "parent");
+    let mut total = 0;
+    for l in &layers {
+        total += l.bytes;
+        let what = match &l.record.origin {
+            ferry_runtime::LayerOrigin::Base { suite, python_series } => format!("base: Debian {suite}, Python {python_series}"),
+            ferry_runtime::LayerOrigin::Build { commands } => {
+                let first = commands.iter().skip(1).map(|c| c.as_str()).next().unwrap_or("");
+                let more = commands.len().saturating_sub(2);
+                let first: String = first.chars().take(60).collect();
+                if more > 0 { format!("{first} (+{more} more)") } else { first }
+            }
+            ferry_runtime::LayerOrigin::Snapshot { container } => format!("snapshot of {container}"),
+            ferry_runtime::LayerOrigin::Registry { reference, digest } => format!("{reference} {}", &digest[..digest.len().min(19)]),
+        };
+        let parent = l.record.parent.as_ref().map(|p| p.as_str()[..12].to_string()).unwrap_or_else(|| "-".into());
+        println!("{:<14} {:>10} {:<22} {:<14} {what}", &l.record.id.as_str()[..12], human(l.bytes), config::format_time(l.last_used as f64), parent);
+    }
+    println!("{} layers, {} in all", layers.len(), human(total));
+    Ok(())
+}
+
+fn images_gc(data_dir: &std::path::Path, budget: &str, dry_run: bool) -> anyhow::Result<()> {
+    let budget = parse_size(budget).ok_or_else(|| anyhow::anyhow!("--budget `{budget}` is not a size such as 20G, 500M or 1000000"))?;
+    let store = ferry_runtime::ImageStore::open(data_dir)?;
+    let removed = store.gc(budget, dry_run)?;
+    let freed: u64 = removed.iter().map(|l| l.bytes).sum();
+    for l in &removed {
+        println!("{} {} ({})", if dry_run { "would remove" } else { "removed" }, l.record.id, human(l.bytes));
+    }
+    let left: u64 = store.usage()?.iter().map(|l| l.bytes).sum();
+    println!("{} {} layers, {}; the store now holds {} (budget {})", if dry_run { "would remove" } else { "removed" }, removed.len(), human(freed), human(left), human(budget));
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1.0,
+        "K" => 1024.0,
+        "M" => 1024.0 * 1024.0,
+        "G" => 1024.0 * 1024.0 * 1024.0,
+        "T" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} GiB", b / 1024f64.powi(3))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1024f64.powi(2))
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("20G"), Some(20 * 1024 * 1024 * 1024));
+        assert_eq!(super::parse_size("500MiB"), Some(500 * 1024 * 1024));
+        assert_eq!(super::parse_size("1000"), Some(1000));
+        assert_eq!(super::parse_size("x"), None);
+    }
 }

@@ -57,6 +57,62 @@ pub struct ServeArgs {
     /// to poll for the result.
     #[arg(long, default_value_t = 150)]
     web_redirect_secs: u64,
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+/// Where image builds get packages and registry images from.
+#[derive(Args, Clone, Default)]
+pub struct ImageArgs {
+    /// Registry images (`Image.from_registry`) come from here: NAME is a registry as image
+    /// references name it, or `default` for references without a registry host; URL is
+    /// http(s)://HOST[:PORT]. Repeatable.
+    #[arg(long = "registry-mirror", value_name = "NAME=URL", env = "FERRY_REGISTRY_MIRRORS", value_delimiter = ',')]
+    registry_mirrors: Vec<String>,
+    /// A file of NAME=URL lines, read like --registry-mirror.
+    #[arg(long = "registry-config", value_name = "FILE", env = "FERRY_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
+    /// Do not pass the host's package-index settings (pip, uv, CA bundle, proxies, apt) to build steps.
+    #[arg(long)]
+    no_host_package_access: bool,
+}
+
+impl ImageArgs {
+    /// The build settings these flags and the host's configuration give.
+    pub fn settings(&self) -> anyhow::Result<ferry_runtime::BuildSettings> {
+        let mut registries = ferry_runtime::RegistryConfig::default();
+        if let Some(f) = &self.registry_config {
+            registries.add_file(f).map_err(|e| anyhow::anyhow!("--registry-config: {e}"))?;
+        }
+        for m in &self.registry_mirrors {
+            registries.add_mirror(m).map_err(|e| anyhow::anyhow!("--registry-mirror: {e}"))?;
+        }
+        let packages = if self.no_host_package_access { ferry_runtime::PackageAccess::none() } else { ferry_runtime::PackageAccess::from_host() };
+        Ok(ferry_runtime::BuildSettings { packages, registries })
+    }
+}
+
+/// What image builds get, for the start-up banner (no credentials).
+pub fn describe_build_settings(settings: &ferry_runtime::BuildSettings) -> String {
+    let mut out = String::new();
+    let packages = settings.packages.describe();
+    if packages.is_empty() {
+        out.push_str("  image builds get no host package settings\n");
+    } else {
+        out.push_str("  image build steps get the host's package settings:\n");
+        for l in packages {
+            out.push_str(&format!("    {l}\n"));
+        }
+    }
+    if settings.registries.is_empty() {
+        out.push_str("  no registry mirrors: `Image.from_registry` needs --registry-mirror NAME=URL\n");
+    } else {
+        out.push_str("  registry mirrors:\n");
+        for l in settings.registries.describe() {
+            out.push_str(&format!("    {l}\n"));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,6 +154,8 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         format!("  profile `ferry` written to {}\n", path.display())
     };
 
+    let images = args.images.settings()?;
+    let images_note = describe_build_settings(&images);
     let api_config = ferry_api::ApiConfig {
         public_url: server_url.clone(),
         ephemeral_ttl: Duration::from_secs(args.ephemeral_ttl_secs),
@@ -108,6 +166,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             redirect_after: Duration::from_secs(args.web_redirect_secs),
         },
         router_port: args.router_port,
+        images,
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),
@@ -120,7 +179,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
          \x20   MODAL_SERVER_URL={server_url}\n\
          \x20   MODAL_TOKEN_ID={}\n\
          \x20   MODAL_TOKEN_SECRET=<in the file>\n\
-         Try: MODAL_PROFILE=ferry modal dict list",
+         Try: MODAL_PROFILE=ferry modal dict list\n{images_note}",
         data_dir.display(),
         profile_note,
         env_path.display(),

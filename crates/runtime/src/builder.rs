@@ -15,6 +15,8 @@ use crate::container::{host_network_files, launch_container, BindMount, LaunchRe
 use crate::dockerfile::{parse_env, split_words, Instruction};
 use crate::error::{Error, IoContext, Result};
 use crate::logs::{LogLine, LogSink, Tail};
+use crate::packages::{PackageAccess, HOST_DIR};
+use crate::registry::{self, RegistryConfig, RegistryCredentials};
 use crate::store::{now_unix, remove_tree, ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
 
 /// A file the client uploads with a layer (`context_files`), addressed by its path in the
@@ -56,6 +58,8 @@ pub struct LayerSpec {
     pub build_mounts: Vec<BindMount>,
     /// GPUs for `RUN` steps (e.g. to compile CUDA kernels); not part of the layer id.
     pub gpus: u32,
+    /// Credentials for pulling a registry `FROM` image; not part of the layer id.
+    pub registry_credentials: Option<RegistryCredentials>,
 }
 
 impl LayerSpec {
@@ -104,7 +108,15 @@ pub struct BuildOptions {
 #[derive(Debug, Clone)]
 pub struct ImageBuilder {
     store: ImageStore,
+    settings: Arc<BuildSettings>,
     in_flight: Arc<Mutex<HashMap<LayerId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// What the operator sets once for every build: package access and registry mirrors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuildSettings {
+    pub packages: PackageAccess,
+    pub registries: RegistryConfig,
 }
 
 /// Where a build's context files are visible during COPY steps.
@@ -123,11 +135,23 @@ enum Parent {
     Layer(LayerId),
     Base { python: String },
     Scratch,
+    /// A registry image, pulled when the layer is not cached.
+    Registry { reference: String },
 }
 
 impl ImageBuilder {
     pub fn new(store: ImageStore) -> Self {
-        ImageBuilder { store, in_flight: Arc::default() }
+        Self::with_settings(store, BuildSettings::default())
+    }
+
+    /// A builder whose steps get the host's package access and whose `FROM` lines may name
+    /// registry images.
+    pub fn with_settings(store: ImageStore, settings: BuildSettings) -> Self {
+        ImageBuilder { store, settings: Arc::new(settings), in_flight: Arc::default() }
+    }
+
+    pub fn settings(&self) -> &BuildSettings {
+        &self.settings
     }
 
     pub fn store(&self) -> &ImageStore {
@@ -142,12 +166,13 @@ impl ImageBuilder {
     }
 
     pub async fn build_with(&self, spec: &LayerSpec, options: BuildOptions, log: &LogSink) -> Result<BuiltLayer> {
-        let instructions = spec.commands.iter().map(|c| Instruction::parse(c)).collect::<Result<Vec<_>>>()?;
+        let lines = logical_lines(&spec.commands);
+        let instructions = lines.iter().map(|c| Instruction::parse(c)).collect::<Result<Vec<_>>>()?;
         let from = match instructions.first() {
             Some(Instruction::From(r)) => r.clone(),
             _ => {
                 return Err(Error::BadCommand {
-                    command: spec.commands.first().cloned().unwrap_or_default(),
+                    command: lines.first().cloned().unwrap_or_default(),
                     reason: "a layer's first command must be FROM".into(),
                 })
             }
@@ -157,6 +182,7 @@ impl ImageBuilder {
             Parent::Layer(id) => Some(id.clone()),
             Parent::Base { python } => Some(base::base_layer_id(python)?),
             Parent::Scratch => None,
+            Parent::Registry { reference } => Some(registry::reference_key(reference)),
         };
         let id = layer_id(parent_id.as_ref(), spec);
 
@@ -166,7 +192,7 @@ impl ImageBuilder {
         };
         let result = {
             let _guard = lock.lock().await;
-            let target = Target { id: id.clone(), parent, parent_id, from: &from, instructions: &instructions };
+            let target = Target { id: id.clone(), parent, parent_id, from: &from, instructions: &instructions, lines: &lines };
             self.build_locked(target, spec, options, log).await
         };
         // Forget the lock unless another build of this layer holds it (clones happen under
@@ -179,10 +205,23 @@ impl ImageBuilder {
     }
 
     async fn build_locked(&self, target: Target<'_>, spec: &LayerSpec, options: BuildOptions, log: &LogSink) -> Result<BuiltLayer> {
-        let Target { id, parent, parent_id, from, instructions } = target;
+        let Target { id, parent, mut parent_id, from, instructions, lines } = target;
         if self.store.contains(&id) && !options.force {
             let record = self.store.layer(&id)?;
+            self.store.touch(&id);
             return Ok(BuiltLayer { id, cached: true, config: record.config });
+        }
+        if let Parent::Registry { reference } = &parent {
+            let pulled = registry::pull(&self.store, &self.settings.registries, reference, spec.registry_credentials.as_ref(), log).await;
+            let pulled = match (pulled, base::parse_base_reference(reference)) {
+                // A Python series Ferry cannot make, and the registry does not have it either.
+                (Err(e), Ok(python)) => {
+                    let Err(Error::UnsupportedPython { requested, available }) = base::suite_for_python(&python) else { return Err(e) };
+                    return Err(Error::UnsupportedPython { requested, available: format!("{available} (`{reference}` is not in the configured registries either: {e})") });
+                }
+                (pulled, _) => pulled?,
+            };
+            parent_id = Some(pulled);
         }
         if let Parent::Base { python } = &parent {
             let base = base::prepare_in(&self.store, python, log).await?;
@@ -195,7 +234,7 @@ impl ImageBuilder {
             }
         }
         let staging = self.store.staging_dir(&format!("build-{}", &id.as_str()[..12]))?;
-        let job = BuildJob { id: &id, parent: parent_id, instructions, spec, staging: &staging, options };
+        let job = BuildJob { id: &id, parent: parent_id, instructions, lines, spec, staging: &staging, options };
         let result = self.run_steps(job, log).await;
         match result {
             Ok(record) => {
@@ -229,13 +268,22 @@ impl ImageBuilder {
         if let Some(id) = LayerId::parse(reference).filter(|id| self.store.contains(id)) {
             return Ok(Parent::Layer(id));
         }
-        let python = base::parse_base_reference(reference)?;
-        base::suite_for_python(&python)?;
-        Ok(Parent::Base { python })
+        match base::parse_base_reference(reference) {
+            Ok(python) => match base::suite_for_python(&python) {
+                Ok(_) => Ok(Parent::Base { python }),
+                // A Python Ferry cannot make itself may still come from a configured registry.
+                Err(e) if self.settings.registries.is_empty() => Err(e),
+                Err(_) => Ok(Parent::Registry { reference: reference.to_string() }),
+            },
+            Err(_) => {
+                registry::parse_reference(reference)?;
+                Ok(Parent::Registry { reference: reference.to_string() })
+            }
+        }
     }
 
     async fn run_steps(&self, job: BuildJob<'_>, log: &LogSink) -> Result<LayerRecord> {
-        let BuildJob { id, parent, instructions, spec, staging, options } = job;
+        let BuildJob { id, parent, instructions, lines, spec, staging, options } = job;
         let upper = staging.join("fs");
         let work = staging.join("work");
         for d in [&upper, &work] {
@@ -262,10 +310,12 @@ impl ImageBuilder {
             }
         };
         let mut used_context = false;
+        let host_env = self.settings.packages.env().to_vec();
+        let host_binds = self.settings.packages.binds(&staging.join("host")).ctx(|| "writing the build's apt configuration".into())?;
 
         let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout };
         let total = instructions.len() - 1;
-        for (n, (ins, text)) in instructions.iter().zip(&spec.commands).enumerate().skip(1) {
+        for (n, (ins, text)) in instructions.iter().zip(lines).enumerate().skip(1) {
             let _ = log.send(LogLine::system(format!("ferry: step {n}/{total}: {}", text.trim())));
             let lookup = |k: &str| config.env_get(k).map(str::to_string).or_else(|| args.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone()));
             match ins {
@@ -273,11 +323,12 @@ impl ImageBuilder {
                     return Err(Error::UnsupportedCommand { command: text.clone(), reason: "multi-stage builds are not supported; one FROM per layer".into() })
                 }
                 Instruction::Run(form) => {
-                    let mut env = args.clone();
-                    for (k, v) in config.env.iter().chain(&gpu_env).chain(&spec.build_env) {
+                    // Host package settings first: the image's ENV, ARGs and secrets override them.
+                    let mut env = host_env.clone();
+                    for (k, v) in args.iter().chain(&config.env).chain(&gpu_env).chain(&spec.build_env) {
                         upsert(&mut env, k, v.clone());
                     }
-                    let binds = gpu_binds.iter().chain(&spec.build_mounts).cloned().collect();
+                    let binds = host_binds.iter().chain(&gpu_binds).chain(&spec.build_mounts).cloned().collect();
                     step.run(text, form.argv(&config.shell()), env, &config, binds).await?;
                 }
                 Instruction::Env(rest) => {
@@ -339,6 +390,11 @@ impl ImageBuilder {
             // The bind's mount point is not part of the image.
             let _ = std::fs::remove_dir(upper.join(CONTEXT_MOUNT.trim_start_matches('/')));
         }
+        if !host_binds.is_empty() {
+            // Mount points of the host's package files are not part of the image.
+            remove_tree(&upper.join(HOST_DIR.trim_start_matches('/')));
+            remove_tree(&staging.join("host"));
+        }
         remove_tree(&work);
         remove_tree(&context);
         Ok(LayerRecord {
@@ -358,6 +414,7 @@ struct Target<'a> {
     parent_id: Option<LayerId>,
     from: &'a str,
     instructions: &'a [Instruction],
+    lines: &'a [String],
 }
 
 /// One build's inputs, resolved.
@@ -365,6 +422,7 @@ struct BuildJob<'a> {
     id: &'a LayerId,
     parent: Option<LayerId>,
     instructions: &'a [Instruction],
+    lines: &'a [String],
     spec: &'a LayerSpec,
     staging: &'a Path,
     options: BuildOptions,
@@ -435,6 +493,40 @@ impl StepRunner<'_> {
         }
         Ok(())
     }
+}
+
+/// The instructions of a command list: `from_dockerfile` sends a Dockerfile's raw lines (blank
+/// lines, `#` comments, a trailing `\` continuing a line, possibly followed by spaces), and the
+/// client's own methods use continuations too (`poetry_install_from_file`). One element with
+/// newlines inside (`run_commands` of a multi-line script) stays one instruction.
+fn logical_lines(commands: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for element in commands {
+        let trimmed = element.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let end = element.trim_end();
+        let (text, continues) = match end.strip_suffix('\\') {
+            Some(head) if !head.ends_with('\\') => (head, true),
+            _ => (element.as_str(), false),
+        };
+        let joined = match current.take() {
+            Some(mut c) => {
+                c.push_str(text);
+                c
+            }
+            None => text.to_string(),
+        };
+        if continues {
+            current = Some(joined);
+        } else {
+            out.push(joined);
+        }
+    }
+    out.extend(current);
+    out
 }
 
 fn upsert(env: &mut Vec<(String, String)>, key: &str, value: String) {
@@ -562,6 +654,11 @@ fn layer_id(parent: Option<&LayerId>, spec: &LayerSpec) -> LayerId {
         field(b"mount");
         field(m.target.as_bytes());
     }
+    // A private image cached with one login is not served to a request without it.
+    if let Some(c) = &spec.registry_credentials {
+        field(b"registry-user");
+        field(c.username.as_bytes());
+    }
     LayerId::from_hasher(h)
 }
 
@@ -596,6 +693,16 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn dockerfile_lines_join_and_skip_comments() {
+        let lines: Vec<String> = ["", "# syntax comment", "FROM base", "RUN a && \\ ", "  # inside", "  b && \\", "  c", "", "ENV X=1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(logical_lines(&lines), vec!["FROM base", "RUN a &&   b &&   c", "ENV X=1"]);
+        assert_eq!(logical_lines(&["RUN echo a\necho b".to_string()]), vec!["RUN echo a\necho b"]);
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl ContainerRuntime {
     /// Starts a container. Returns once the program has been exec'd (or failed to).
     pub async fn spawn(&self, spec: ContainerSpec) -> Result<Container> {
         let chain = self.store.chain(&spec.image)?;
+        self.store.touch(&spec.image);
         let config = &chain[0].config;
         let mut binds = Vec::new();
         let mut env = config.env.clone();

@@ -9,8 +9,17 @@ pub enum Error {
     #[error("Python {requested} cannot be provided by Ferry; available versions: {available}. Pick one of those (e.g. `Image.debian_slim(python_version=\"3.11\")`)")]
     UnsupportedPython { requested: String, available: String },
 
-    #[error("base image `{reference}` is not supported: Ferry builds its own Debian bases and has no registry access. Use `Image.debian_slim()` (a `FROM python:<X.Y>-slim-<debian>` line) or a layer built by Ferry")]
+    #[error("base image `{reference}` is not one Ferry builds itself (`python:<X.Y>-slim-<debian>`); registry images need `ferry serve --registry-mirror`")]
     UnsupportedBaseImage { reference: String },
+
+    #[error("image `{reference}` comes from registry `{registry}`, which Ferry has no source for; start `ferry serve` with `--registry-mirror {registry}=URL` (or put `{registry}=URL` in the file given to `--registry-config`)")]
+    RegistryNotConfigured { reference: String, registry: String },
+
+    #[error("pulling `{reference}` through the registry mirror {mirror} failed: {reason}; check that the registry is up and reachable, the image and tag exist, and the credentials (REGISTRY_USERNAME/REGISTRY_PASSWORD in the image's `secret=`) are right, or change `--registry-mirror`")]
+    RegistryPull { reference: String, mirror: String, reason: String },
+
+    #[error("image layers of type `{media_type}` are not supported yet (gzip and uncompressed tar layers are)")]
+    UnsupportedLayer { media_type: String },
 
     #[error("base image for Python {python} ({suite}) is not prepared in {data_dir}; run `ferry images prepare --python {python}` first")]
     BaseNotPrepared { python: String, suite: String, data_dir: PathBuf },

@@ -21,10 +21,12 @@ mod inject;
 mod launch;
 mod logs;
 mod net;
+mod packages;
+mod registry;
 mod store;
 
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
-pub use builder::{BuildOptions, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};
+pub use builder::{BuildOptions, BuildSettings, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};
 pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, RawOutput, Scratch, Signal};
 pub use dockerfile::{CommandForm, Instruction};
@@ -32,7 +34,9 @@ pub use error::{Error, Result};
 pub use gpu::{detect_gpus, Gpu};
 pub use inject::{replace_mount, ReplaceMountError};
 pub use logs::{LogLine, LogSink, Stream};
-pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
+pub use packages::{redact, PackageAccess};
+pub use registry::{RegistryConfig, RegistryCredentials, DEFAULT_REGISTRY};
+pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord, LayerUsage};
 
 /// Whether an external tool Ferry can use is on PATH (e.g. `slirp4netns` for
 /// [`Network::Private`]); returns its path.

@@ -96,6 +96,9 @@ pub enum LayerOrigin {
     Build { commands: Vec<String> },
     /// What a container wrote on top of its image.
     Snapshot { container: String },
+    /// A layer of a registry image (`digest` of the blob), or the image's config layer on top
+    /// of them (`digest` of the manifest).
+    Registry { reference: String, digest: String },
 }
 
 /// The metadata stored next to a layer's files.
@@ -224,6 +227,60 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Records that a layer was used (a build cache hit, a container start), for `gc`'s
+    /// least-recently-used order.
+    pub fn touch(&self, id: &LayerId) {
+        let path = self.layer_dir(id).join("layer.json");
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Every layer with its size on disk (hard-linked files counted once across the store) and
+    /// its last use.
+    pub fn usage(&self) -> Result<Vec<LayerUsage>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for id in self.layers()? {
+            let record = self.layer(&id)?;
+            let bytes = disk_usage(&self.layer_fs(&id), &mut seen);
+            let last_used = std::fs::metadata(self.layer_dir(&id).join("layer.json"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(record.created_at);
+            out.push(LayerUsage { record, bytes, last_used });
+        }
+        Ok(out)
+    }
+
+    /// Deletes least-recently-used layers that nothing builds on until the store fits in
+    /// `budget_bytes`; base layers (`ferry images prepare`) are kept. Returns what was removed
+    /// (all of it, with `dry_run`, is only reported).
+    pub fn gc(&self, budget_bytes: u64, dry_run: bool) -> Result<Vec<LayerUsage>> {
+        let mut layers = self.usage()?;
+        let mut total: u64 = layers.iter().map(|l| l.bytes).sum();
+        let mut removed = Vec::new();
+        while total > budget_bytes {
+            let parents: std::collections::HashSet<LayerId> = layers.iter().filter_map(|l| l.record.parent.clone()).collect();
+            let victim = layers
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !parents.contains(&l.record.id) && !matches!(l.record.origin, LayerOrigin::Base { .. }))
+                .min_by_key(|(_, l)| l.last_used)
+                .map(|(i, _)| i);
+            let Some(i) = victim else { break };
+            let layer = layers.remove(i);
+            if !dry_run {
+                self.remove(&layer.record.id)?;
+            }
+            total = total.saturating_sub(layer.bytes);
+            removed.push(layer);
+        }
+        Ok(removed)
+    }
+
     /// Moves a finished staging directory (holding `fs/`) into the store as `record.id`.
     /// If another build finished the same layer first, keeps theirs.
     pub(crate) fn commit(&self, staging: &Path, record: &LayerRecord) -> Result<()> {
@@ -270,6 +327,36 @@ impl ImageStore {
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         Ok(dir)
     }
+}
+
+/// A layer and what it costs, from [`ImageStore::usage`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerUsage {
+    pub record: LayerRecord,
+    /// Bytes on disk (allocated blocks), each hard-linked inode counted once.
+    pub bytes: u64,
+    /// Seconds since the Unix epoch of the last build cache hit or container start.
+    pub last_used: u64,
+}
+
+fn disk_usage(dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 /// The pid of the process that made a name with [`unique_suffix`], if it is still running

@@ -180,7 +180,8 @@ async fn unsupported_inputs_fail_clearly() {
     let err = builder.build(&LayerSpec { commands: vec!["FROM python:3.12-slim-bookworm".into()], ..Default::default() }, &tx).await.unwrap_err();
     assert!(err.to_string().contains("3.11 (Debian bookworm)"), "{err}");
     let err = builder.build(&LayerSpec { commands: vec!["FROM ubuntu:24.04".into()], ..Default::default() }, &tx).await.unwrap_err();
-    assert!(matches!(err, Error::UnsupportedBaseImage { .. }), "{err}");
+    // Not a Ferry base: a registry image, and no registry is configured.
+    assert!(matches!(err, Error::RegistryNotConfigured { .. }) && err.to_string().contains("--registry-mirror default=URL"), "{err}");
     let err = builder.build(&LayerSpec::on(&base, &["COPY /missing.txt /x"]), &tx).await.unwrap_err();
     assert!(matches!(err, Error::CopySourceMissing { .. }), "{err}");
 }
