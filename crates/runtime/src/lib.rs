@@ -28,7 +28,7 @@ pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, Scratch, Signal};
 pub use dockerfile::{CommandForm, Instruction};
 pub use error::{Error, Result};
-pub use gpu::{detect_gpus, Gpu};
+pub use gpu::{detect_gpus, Gpu, GpuDevice, DRIVER_LIB_DIR};
 pub use logs::{LogLine, LogSink, Stream};
 pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord};
 
