@@ -12,6 +12,7 @@ mod environments;
 mod error;
 mod files;
 mod functions;
+mod gpus;
 mod objects;
 mod queues;
 mod secrets;
