@@ -89,6 +89,7 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
             "Ferry does not implement images from private registries or build functions yet",
         ));
     }
+    crate::gpus::check_gpu_config(s, "Image build", image.gpu_config.as_ref())?;
     let id = image_id(&image, &req.builder_version);
     let (record, _) = s.store.get_or_create_image(&id, &image.encode_to_vec()).await.or_status()?;
     let rebuild = req.force_build || record.status == 2;

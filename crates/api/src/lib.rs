@@ -11,6 +11,7 @@ mod blobs;
 mod classes;
 mod container;
 mod functions;
+mod gpus;
 mod images;
 mod launch;
 mod mounts;
@@ -49,6 +50,8 @@ pub struct ApiConfig {
     pub ephemeral_ttl: Duration,
     /// Ephemeral apps are stopped this long after their client's last heartbeat.
     pub app_heartbeat_ttl: Duration,
+    /// The host's GPUs (`ferry_gpu::Inventory::detect`); none by default.
+    pub gpu_inventory: ferry_gpu::Inventory,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             public_url: String::new(),
             ephemeral_ttl: Duration::from_secs(900),
             app_heartbeat_ttl: Duration::from_secs(120),
+            gpu_inventory: ferry_gpu::Inventory::none(),
         }
     }
 }

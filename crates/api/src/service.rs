@@ -23,18 +23,22 @@ pub struct ModalService {
     pub(crate) images: Arc<crate::images::ImageService>,
     pub(crate) scheduler: crate::scheduler::Scheduler,
     pub(crate) launcher: Arc<crate::launch::Launcher>,
+    /// The host's GPUs and which task holds each.
+    pub(crate) gpus: ferry_gpu::GpuPool,
 }
 
 impl ModalService {
     pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir())?;
         let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
+        let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
         Ok(ModalService {
             store,
             config,
             images: Arc::new(images),
             scheduler: Default::default(),
             launcher: Arc::new(launcher),
+            gpus,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The `ferry` command: serves the Modal API and administers a data dir.
 
 mod config;
+mod gpus;
 mod serve;
 
 use std::path::PathBuf;
@@ -51,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         cmd: ImagesCommand,
     },
+    /// List this host's GPUs and the `gpu=` type each answers to.
+    Gpus {
+        #[command(flatten)]
+        args: gpus::GpuArgs,
+    },
     /// Serve open-weights models behind an OpenAI-compatible API.
     Llm {
         #[command(subcommand)]
@@ -99,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::Images { data_dir, cmd: ImagesCommand::Prepare { python } } => {
                 images_prepare(&data_dir.resolve(), &python).await
             }
+            Command::Gpus { args } => gpus::list(&args),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
         }
     })

@@ -40,6 +40,8 @@ pub struct ServeArgs {
     /// Do not add the `ferry` profile to the modal config file.
     #[arg(long)]
     no_modal_profile: bool,
+    #[command(flatten)]
+    gpu: crate::gpus::GpuArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,6 +92,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         public_url: server_url.clone(),
         ephemeral_ttl: Duration::from_secs(args.ephemeral_ttl_secs),
         app_heartbeat_ttl: Duration::from_secs(args.app_heartbeat_ttl_secs),
+        gpu_inventory: args.gpu.inventory()?,
     };
     println!(
         "Ferry is serving the Modal API at {server_url} (data dir {})\n\
