@@ -135,9 +135,16 @@ pub(crate) async fn task_get_info(s: &ModalService, r: Request<api::TaskGetInfoR
     let t = s.scheduler.task(&req.task_id).ok_or_else(|| {
         Status::not_found(format!("container {} is not running on this server (see `modal container list`)", req.task_id))
     })?;
+    let gpu = crate::gpus::held_by(s, &t.task_id);
     Ok(Response::new(api::TaskGetInfoResponse {
         app_id: t.app_id.clone(),
-        info: Some(api::TaskInfo { id: t.task_id, started_at: t.started_at, ..Default::default() }),
+        info: Some(api::TaskInfo {
+            gpu_type: gpu.as_ref().map(|g| g.gpu_type.clone()).unwrap_or_default(),
+            gpu_config: gpu,
+            id: t.task_id,
+            started_at: t.started_at,
+            ..Default::default()
+        }),
         ..Default::default()
     }))
 }

@@ -51,6 +51,7 @@ pub(crate) async fn bind_params(s: &ModalService, r: Request<api::FunctionBindPa
     };
     let mut def = api::Function::decode(base.definition.clone().unwrap_or_default().as_slice())
         .map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", base.id)))?;
+    let base_def = def.clone();
     if let Some(o) = req.function_options {
         if o.replace_secret_ids {
             def.secret_ids = o.secret_ids;
@@ -80,7 +81,9 @@ pub(crate) async fn bind_params(s: &ModalService, r: Request<api::FunctionBindPa
             def.batch_max_size = v;
         }
     }
+    let gpu_choices = crate::gpus::bind_options(s, &base.id, &base_def, &mut def).await?;
     let bound = s.store.create_bound_function(&base, &def.encode_to_vec(), &req.serialized_params).await.or_status()?;
+    s.store.set_function_gpu_choices(&bound.id, gpu_choices.as_deref()).await.or_status()?;
     Ok(Response::new(api::FunctionBindParamsResponse {
         handle_metadata: Some(crate::functions::handle_metadata(&def, &bound.id, &base.app_id)),
         bound_function_id: bound.id,

@@ -97,22 +97,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateReque
     let req = r.into_inner();
     check_id(&req.app_id, "ap", "App")?;
     let app = s.store.app(&req.app_id).await.or_status()?;
-    let mut function = match (req.function, req.function_data) {
-        (Some(f), _) => f,
-        (None, Some(_)) => {
-            return Err(Status::unimplemented("Ferry does not implement functions with GPU fallback lists (function_data) yet"))
-        }
-        (None, None) => return Err(invalid("FunctionCreate needs a function definition")),
-    };
-    if function.resources.as_ref().is_some_and(|r| r.gpu_config.as_ref().is_some_and(|g| g.count > 0)) {
-        let gpus = ferry_runtime::detect_gpus();
-        if gpus.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "function '{}' asks for a GPU, but this Ferry host has none; remove gpu= or run it on a worker with GPUs",
-                function.function_name
-            )));
-        }
-    }
+    let (mut function, gpu_choices) = crate::gpus::function_to_create(s, req.function, req.function_data)?;
     let id = if req.existing_function_id.is_empty() {
         s.store.create_function(&app.id, &function.function_name).await.or_status()?.id
     } else {
@@ -121,6 +106,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::FunctionCreateReque
     };
     crate::web::prepare_definition(s, &app, &mut function, &id).await?;
     s.store.set_function_definition(&id, &function.encode_to_vec()).await.or_status()?;
+    s.store.set_function_gpu_choices(&id, gpu_choices.as_deref()).await.or_status()?;
     s.launcher.forget_definition(&id);
     let metadata = handle_metadata(&function, &id, &app.id);
     let data = function_data(&function);

@@ -279,6 +279,21 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         serialized_params: record.params.clone().unwrap_or_default(),
         ..Default::default()
     };
+    // Whole GPUs for this container, held until it exits: waits while the matching cards are
+    // busy (the task counts towards max_containers meanwhile) and gives up if stopped.
+    let gpu_lease = match crate::gpus::choices_of_function(s, function_id, &def).await? {
+        Some(choices) => {
+            let give_up = || s.scheduler.task(task_id).is_none_or(|t| t.stopping);
+            match crate::gpus::lease(s, &choices, task_id, give_up).await? {
+                Some(lease) => Some(lease),
+                None => {
+                    s.scheduler.remove_task(task_id);
+                    return Ok(());
+                }
+            }
+        }
+        None => None,
+    };
     let secret = s.store.create_task_credential(task_id, &app.id).await.map_err(|e| e.to_string())?;
     let launcher = &s.launcher;
     let client = launcher
@@ -321,6 +336,10 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
         }
     }
     spec.block_network = def.block_network;
+    if let Some(lease) = &gpu_lease {
+        crate::gpus::give(s, lease, &mut spec);
+        tracing::info!(task_id, function_id, "container gets {} x {}", lease.cards().len(), lease.model());
+    }
     spec.volumes = crate::volumes::task_mounts(s, task_id, &def).await?;
     let mut task = match launcher.worker.start(spec).await {
         Ok(t) => t,

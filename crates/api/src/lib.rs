@@ -11,6 +11,7 @@ mod blobs;
 mod classes;
 mod container;
 mod functions;
+mod gpus;
 mod images;
 mod launch;
 mod mounts;
@@ -61,6 +62,8 @@ pub struct ApiConfig {
     pub router_port: u16,
     /// Package access and registry mirrors for image builds.
     pub images: ferry_runtime::BuildSettings,
+    /// The host's GPUs (`ferry_gpu::Inventory::detect`); none by default.
+    pub gpu_inventory: ferry_gpu::Inventory,
 }
 
 impl Default for ApiConfig {
@@ -72,6 +75,7 @@ impl Default for ApiConfig {
             web: WebConfig::default(),
             router_port: 0,
             images: Default::default(),
+            gpu_inventory: ferry_gpu::Inventory::none(),
         }
     }
 }

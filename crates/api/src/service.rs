@@ -27,6 +27,8 @@ pub struct ModalService {
     pub(crate) volumes: Arc<ferry_volumes::Volumes>,
     /// Sandboxes and their router; `None` until [`ModalService::with_sandboxes`].
     pub(crate) sandboxes: Option<Arc<ferry_sandbox::Sandboxes>>,
+    /// The host's GPUs and which task holds each.
+    pub(crate) gpus: ferry_gpu::GpuPool,
 }
 
 impl ModalService {
@@ -34,6 +36,7 @@ impl ModalService {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
         let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
+        let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
         Ok(ModalService {
             volumes,
             store,
@@ -43,6 +46,7 @@ impl ModalService {
             launcher: Arc::new(launcher),
             web: Default::default(),
             sandboxes: None,
+            gpus,
         })
     }
 

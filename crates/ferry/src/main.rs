@@ -1,6 +1,7 @@
 //! The `ferry` command: serves the Modal API and administers a data dir.
 
 mod config;
+mod gpus;
 mod serve;
 
 use std::path::PathBuf;
@@ -58,6 +59,11 @@ enum Command {
         data_dir: DataDir,
         #[command(subcommand)]
         cmd: ImagesCommand,
+    },
+    /// List this host's GPUs and the `gpu=` type each answers to.
+    Gpus {
+        #[command(flatten)]
+        args: gpus::GpuArgs,
     },
     /// Serve open-weights models behind an OpenAI-compatible API.
     Llm {
@@ -145,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Images { data_dir, cmd: ImagesCommand::List } => images_list(&data_dir.resolve()),
             Command::Images { data_dir, cmd: ImagesCommand::Gc { budget, dry_run } } => images_gc(&data_dir.resolve(), &budget, dry_run),
+            Command::Gpus { args } => gpus::list(&args),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
         }
     })

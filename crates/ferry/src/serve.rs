@@ -58,6 +58,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 150)]
     web_redirect_secs: u64,
     #[command(flatten)]
+    gpu: crate::gpus::GpuArgs,
+    #[command(flatten)]
     images: ImageArgs,
 }
 
@@ -167,6 +169,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         },
         router_port: args.router_port,
         images,
+        gpu_inventory: args.gpu.inventory()?,
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),

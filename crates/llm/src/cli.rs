@@ -47,4 +47,8 @@ pub struct ServeArgs {
     /// Inference threads; 0 means one per available core.
     #[arg(long, default_value_t = 0)]
     pub threads: u32,
+    /// Model layers to offload to the GPU (999: all). Needs a build with `--features cuda`;
+    /// the default build runs on the CPU and refuses a value above 0.
+    #[arg(long, default_value_t = 0)]
+    pub gpu_layers: u32,
 }

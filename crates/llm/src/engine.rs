@@ -34,6 +34,21 @@ pub struct EngineConfig {
     /// Tokens per sequence (prompt + completion).
     pub ctx_per_seq: u32,
     pub threads: u32,
+    /// Layers offloaded to the GPU; always 0 in a build without the `cuda` feature.
+    pub gpu_layers: u32,
+}
+
+/// Whether this build can offload to NVIDIA GPUs.
+pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
+
+/// Refuses GPU offload a CPU build cannot do, so `--gpu-layers` never silently runs on the CPU.
+pub fn check_gpu_layers(gpu_layers: u32) -> anyhow::Result<()> {
+    if gpu_layers > 0 && !CUDA_BUILD {
+        anyhow::bail!(
+            "--gpu-layers {gpu_layers} needs a CUDA build of Ferry (`cargo build --release --features cuda` on a machine with the CUDA toolkit); this build runs models on the CPU only, so drop --gpu-layers or set it to 0"
+        );
+    }
+    Ok(())
 }
 
 /// Interactive requests always go first; batch-API work fills what is left.
@@ -130,7 +145,10 @@ impl Engine {
             backend.void_logs();
         }
         let backend: &'static LlamaBackend = Box::leak(Box::new(backend));
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+        check_gpu_layers(cfg.gpu_layers)?;
+        // Always explicit: llama.cpp's own default offloads every layer when it can.
+        let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
+        let model = LlamaModel::load_from_file(backend, path, &params)
             .with_context(|| format!("loading model {}", path.display()))?;
         let model: &'static LlamaModel = Box::leak(Box::new(model));
         let vocab = model.vocab();

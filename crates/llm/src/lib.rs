@@ -74,6 +74,7 @@ fn api_key(dir: &std::path::Path, given: Option<String>) -> anyhow::Result<Strin
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    engine::check_gpu_layers(args.gpu_layers)?;
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into())).try_init();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -81,7 +82,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_id = args.model_name.clone().unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     });
-    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads };
+    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers };
     let model_path = args.model.clone();
     let engine = tokio::task::spawn_blocking(move || engine::Engine::load(&model_path, model_id, cfg)).await??;
     let template = template::ChatTemplate::new(engine.info.chat_template.as_deref())

@@ -57,7 +57,7 @@ pub struct LayerSpec {
     /// Host paths visible to `RUN` steps (volumes, mounts); their contents are not hashed.
     pub build_mounts: Vec<BindMount>,
     /// GPUs for `RUN` steps (e.g. to compile CUDA kernels); not part of the layer id.
-    pub gpus: u32,
+    pub gpus: Vec<crate::gpu::GpuDevice>,
     /// Credentials for pulling a registry `FROM` image; not part of the layer id.
     pub registry_credentials: Option<RegistryCredentials>,
 }
@@ -302,11 +302,14 @@ impl ImageBuilder {
         let provided: HashMap<&str, &str> = spec.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut args: Vec<(String, String)> = Vec::new();
         let mut cmd_set_here = false;
-        let (gpu_binds, gpu_env) = match spec.gpus {
-            0 => (Vec::new(), Vec::new()),
-            n => {
-                let plan = crate::gpu::passthrough(n)?;
-                (plan.binds, plan.env)
+        let (gpu_binds, gpu_env) = match spec.gpus.as_slice() {
+            [] => (Vec::new(), Vec::new()),
+            devices => {
+                let plan = crate::gpu::passthrough(devices)?;
+                let mut env = plan.env;
+                let current = config.env_get("LD_LIBRARY_PATH");
+                env.push(("LD_LIBRARY_PATH".into(), crate::gpu::append_paths(current, &plan.library_dirs)));
+                (plan.binds, env)
             }
         };
         let mut used_context = false;

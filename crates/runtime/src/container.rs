@@ -79,8 +79,9 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     pub limits: Limits,
     pub network: Network,
-    /// Number of whole GPUs; refused with [`Error::GpuUnavailable`] when the host has fewer.
-    pub gpus: u32,
+    /// Whole GPUs given to the container (chosen by the caller, e.g. Ferry's GPU pool);
+    /// refused with [`Error::GpuUnavailable`] when a device node is missing.
+    pub gpus: Vec<gpu::GpuDevice>,
     pub hostname: String,
     /// Defaults to the image's USER, then root.
     pub user: Option<String>,
@@ -101,7 +102,7 @@ impl ContainerSpec {
             mounts: Vec::new(),
             limits: Limits::default(),
             network: Network::Host,
-            gpus: 0,
+            gpus: Vec::new(),
             hostname: "ferry".into(),
             user: None,
             stdin: false,
@@ -217,12 +218,14 @@ impl ContainerRuntime {
         let config = &chain[0].config;
         let mut binds = Vec::new();
         let mut env = config.env.clone();
-        if spec.gpus > 0 {
-            let plan = gpu::passthrough(spec.gpus)?;
+        let mut gpu_library_dirs = Vec::new();
+        if !spec.gpus.is_empty() {
+            let plan = gpu::passthrough(&spec.gpus)?;
             binds.extend(plan.binds);
             for (k, v) in plan.env {
                 upsert(&mut env, &k, v);
             }
+            gpu_library_dirs = plan.library_dirs;
         }
         match spec.network {
             Network::Host => binds.extend(host_network_files()),
@@ -235,6 +238,11 @@ impl ContainerRuntime {
         binds.extend(spec.mounts.iter().cloned());
         for (k, v) in &spec.env {
             upsert(&mut env, k, v.clone());
+        }
+        if !gpu_library_dirs.is_empty() {
+            // The driver's libraries join whatever library path the image or caller set.
+            let current = env.iter().find(|(k, _)| k == "LD_LIBRARY_PATH").map(|(_, v)| v.clone());
+            upsert(&mut env, "LD_LIBRARY_PATH", gpu::append_paths(current.as_deref(), &gpu_library_dirs));
         }
         let argv = if spec.command.is_empty() { config.default_command() } else { spec.command.clone() };
         if argv.is_empty() {

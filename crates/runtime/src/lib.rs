@@ -31,7 +31,7 @@ pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, RawOutput, Scratch, Signal};
 pub use dockerfile::{CommandForm, Instruction};
 pub use error::{Error, Result};
-pub use gpu::{detect_gpus, Gpu};
+pub use gpu::{detect_gpus, Gpu, GpuDevice, DRIVER_LIB_DIR};
 pub use inject::{replace_mount, ReplaceMountError};
 pub use logs::{LogLine, LogSink, Stream};
 pub use packages::{redact, PackageAccess};

@@ -227,7 +227,7 @@ async fn gpu_requests_are_refused_without_gpus() {
     }
     let runtime = ContainerRuntime::new(store);
     let mut spec = ContainerSpec::new(base, argv(&["true"]));
-    spec.gpus = 1;
+    spec.gpus = vec![ferry_runtime::GpuDevice { minor: 0, uuid: None }];
     let err = runtime.spawn(spec).await.unwrap_err();
     assert!(matches!(err, Error::GpuUnavailable { requested: 1, available: 0 }), "{err}");
 }
@@ -551,7 +551,7 @@ async fn gpu_containers_get_the_device_nodes() {
     }
     let runtime = ContainerRuntime::new(store);
     let mut spec = ContainerSpec::new(base, argv(&["sh", "-c", "ls /dev/nvidiactl /dev/nvidia0 && echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"]));
-    spec.gpus = 1;
+    spec.gpus = vec![ferry_runtime::GpuDevice { minor: 0, uuid: None }];
     let mut c = runtime.spawn(spec).await.expect("GPU container");
     let (out, err, status) = run(&mut c).await;
     assert_eq!(status.code, 0, "stderr: {err}");

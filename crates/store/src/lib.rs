@@ -13,6 +13,7 @@ mod environments;
 mod error;
 mod files;
 mod functions;
+mod gpus;
 mod objects;
 mod queues;
 mod sandboxes;

@@ -192,3 +192,17 @@ mod deployments {
         s.set_schedules(&app.id, &BTreeMap::new()).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn gpu_fallback_lists_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), ferry_store::Durability::Full).await.unwrap();
+        store.set_function_gpu_choices("fu-1", Some("H100:1,A100:1")).await.unwrap();
+        store.set_function_gpu_choices("fu-2", Some("T4:1")).await.unwrap();
+        store.set_function_gpu_choices("fu-2", None).await.unwrap();
+    }
+    let store = Store::open(dir.path(), ferry_store::Durability::Full).await.unwrap();
+    assert_eq!(store.function_gpu_choices("fu-1").await.unwrap().as_deref(), Some("H100:1,A100:1"));
+    assert_eq!(store.function_gpu_choices("fu-2").await.unwrap(), None);
+}

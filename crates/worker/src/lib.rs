@@ -45,6 +45,8 @@ pub use error::{Error, Result};
 pub use ferry_runtime::ExitStatus as TaskExit;
 /// One line of task output; `line.stream.fd()` is Modal's fd number (1 stdout, 2 stderr).
 pub use ferry_runtime::{LogLine, Signal, Stream};
+/// A GPU given to a task: its `/dev/nvidiaN` number and UUID.
+pub use ferry_runtime::GpuDevice;
 
 /// The client version Ferry's protocol adapter is written against.
 pub const DEFAULT_CLIENT_VERSION: &str = "1.6.4";
@@ -112,7 +114,8 @@ pub struct TaskSpec {
     pub env: Vec<(String, String)>,
     pub memory_mib: Option<u64>,
     pub cpu_cores: Option<f64>,
-    pub gpus: u32,
+    /// Whole GPUs for this task, as leased by the caller; see [`GpuDevice`].
+    pub gpus: Vec<GpuDevice>,
     pub block_network: bool,
     /// Runs this instead of the entrypoint, in the same environment (tests, debugging).
     pub command: Option<Vec<String>>,
@@ -135,7 +138,7 @@ impl TaskSpec {
             env: Vec::new(),
             memory_mib: None,
             cpu_cores: None,
-            gpus: 0,
+            gpus: Vec::new(),
             block_network: false,
             command: None,
             volumes: Vec::new(),
@@ -299,7 +302,10 @@ impl Worker {
         std::fs::write(&args_file, &spec.container_arguments)
             .map_err(|source| Error::Io { context: "writing the container arguments".into(), path: args_file.clone(), source })?;
 
-        let command = spec.command.clone().unwrap_or_else(|| ENTRYPOINT.iter().map(|s| s.to_string()).collect());
+        let mut command = spec.command.clone().unwrap_or_else(|| ENTRYPOINT.iter().map(|s| s.to_string()).collect());
+        if !spec.gpus.is_empty() {
+            command = with_driver_ldcache(command);
+        }
         let mut container = ContainerSpec::new(spec.layer.clone(), command);
         container.env = task_env(&spec, record.config.env_get("PYTHONPATH"));
         // Modal runs functions in the image's WORKDIR (`Image.workdir`), else /root.
@@ -310,7 +316,7 @@ impl Worker {
         container.mounts.extend(spec.volumes.iter().cloned());
         container.limits.memory_mib = spec.memory_mib;
         container.limits.cpu_cores = spec.cpu_cores;
-        container.gpus = spec.gpus;
+        container.gpus = spec.gpus.clone();
         container.network = if spec.block_network { Network::Blocked } else { Network::Host };
         let container = self.inner.runtime.spawn(container).await?;
         tracing::debug!(task = %spec.task_id, container = container.id(), "task container started");
@@ -334,6 +340,19 @@ impl Worker {
     fn tasks_dir(&self) -> PathBuf {
         self.inner.data_dir.join("tasks")
     }
+}
+
+/// Runs `ldconfig` first so the driver libraries bound into the container are in its loader
+/// cache (`ldconfig -p`, `ctypes.util.find_library`), as the NVIDIA container tooling does;
+/// `LD_LIBRARY_PATH` covers images where that cannot run (no shell, not root).
+fn with_driver_ldcache(command: Vec<String>) -> Vec<String> {
+    let script = format!(
+        "if [ -w /etc ] && [ -x /sbin/ldconfig ]; then mkdir -p /etc/ld.so.conf.d && echo {dir} > /etc/ld.so.conf.d/000-ferry-nvidia.conf && /sbin/ldconfig 2>/dev/null; fi; exec \"$@\"",
+        dir = ferry_runtime::DRIVER_LIB_DIR
+    );
+    let mut argv = vec!["/bin/sh".to_string(), "-c".to_string(), script, "ferry-gpu".to_string()];
+    argv.extend(command);
+    argv
 }
 
 /// The container's environment on top of the image's own (which the runtime applies).
