@@ -59,12 +59,9 @@ fn metadata(o: &NamedObject) -> api::VolumeMetadata {
     }
 }
 
-/// The volume, checked to exist (and its tree recorded, should an earlier crash have left only
-/// its identity).
+/// The volume, checked to exist.
 async fn volume(s: &ModalService, volume_id: &str) -> Result<NamedObject, Status> {
-    let obj = s.store.object(ObjectKind::Volume, id(volume_id)?).await.or_status()?;
-    s.volumes.init(&obj.id).await.or_grpc()?;
-    Ok(obj)
+    s.store.object(ObjectKind::Volume, id(volume_id)?).await.or_status()
 }
 
 pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::VolumeGetOrCreateRequest>) -> Rpc<api::VolumeGetOrCreateResponse> {
@@ -91,6 +88,8 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::VolumeGetOrC
 
 pub(crate) async fn get_by_id(s: &ModalService, r: Request<api::VolumeGetByIdRequest>) -> Rpc<api::VolumeGetByIdResponse> {
     let obj = volume(s, &r.get_ref().volume_id).await?;
+    // Records the tree should a crash have left only the identity (as `get_or_create` does).
+    s.volumes.init(&obj.id).await.or_grpc()?;
     Ok(GrpcResponse::new(api::VolumeGetByIdResponse { volume_id: obj.id.clone(), metadata: Some(metadata(&obj)) }))
 }
 

@@ -33,6 +33,9 @@ use sha2::{Digest, Sha256};
 use crate::blocks::{block_hash, Hash, BLOCK_SIZE};
 use crate::{normalize, now_secs, Result, VolumeError, Volumes};
 
+/// How many blocks of a committed file are being stored at once.
+const STORE_AHEAD: usize = 4;
+
 /// A volume a task mounts (`Function.volume_mounts`).
 #[derive(Clone, Debug)]
 pub struct MountRequest {
@@ -404,14 +407,25 @@ impl Volumes {
             return Ok(());
         }
         let _guard = self.lock(volume_id).await;
+        let started = std::time::Instant::now();
         let mut changes = Vec::new();
         for (_, v) in views.iter().filter(|(_, v)| !v.read_only) {
             changes.extend(self.ingest(v).await?);
         }
+        let ingested = started.elapsed();
         if !changes.is_empty() {
             self.store().volume_apply(volume_id, &changes).await?;
         }
         let (version, snapshot) = self.latest_snapshot(volume_id).await?;
+        tracing::info!(
+            task = task_id,
+            volume = volume_id,
+            changes = changes.len(),
+            version,
+            "committed a container's writes (ingest {:.0?}, apply and snapshot {:.0?})",
+            ingested,
+            started.elapsed() - ingested
+        );
         let mut busy = None;
         for (idx, mut v) in views {
             if v.version == version && changes.is_empty() {
@@ -563,6 +577,7 @@ impl Volumes {
             let mut out = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
             let mut buf = vec![0u8; BLOCK_SIZE as usize];
             let (mut size, mut blocks) = (0u64, Vec::new());
+            let mut inflight = std::collections::VecDeque::new();
             loop {
                 let mut filled = 0;
                 while filled < buf.len() {
@@ -576,20 +591,32 @@ impl Volumes {
                     break;
                 }
                 let (hash, end) = block_hash(&buf[..filled]);
-                if rt.block_on(self.blocks().len(&hash)).map_err(|e| VolumeError::io("cannot read the block store", e))?.is_none() {
-                    let chunk = bytes::Bytes::copy_from_slice(&buf[..end]);
-                    let body = futures::stream::iter([Ok(chunk)]).boxed();
-                    rt.block_on(self.blocks().put(&hash, body)).map_err(|e| match e {
-                        crate::BlockError::DiskFull(m) => VolumeError::DiskFull(format!("{m}; the volume is unchanged")),
-                        e => VolumeError::Io(e.to_string()),
-                    })?;
+                // Blocks are stored a few at a time, so their fsyncs overlap.
+                if inflight.len() >= STORE_AHEAD {
+                    let first: tokio::task::JoinHandle<Result<()>> = inflight.pop_front().expect("not empty");
+                    rt.block_on(first).map_err(|e| VolumeError::Io(e.to_string()))??;
                 }
+                let chunk = bytes::Bytes::copy_from_slice(&buf[..end]);
+                let store = self.blocks().clone();
+                inflight.push_back(rt.spawn(async move {
+                    if store.len(&hash).await.map_err(|e| VolumeError::io("cannot read the block store", e))?.is_none() {
+                        let body = futures::stream::iter([Ok(chunk)]).boxed();
+                        store.put(&hash, body).await.map_err(|e| match e {
+                            crate::BlockError::DiskFull(m) => VolumeError::DiskFull(format!("{m}; the volume is unchanged")),
+                            e => VolumeError::Io(e.to_string()),
+                        })?;
+                    }
+                    Ok(())
+                }));
                 out.write_all(&buf[..filled]).map_err(io("cannot write", &tmp))?;
                 blocks.push(hash);
                 size += filled as u64;
                 if filled < buf.len() {
                     break;
                 }
+            }
+            for pending in inflight {
+                rt.block_on(pending).map_err(|e| VolumeError::Io(e.to_string()))??;
             }
             out.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io("cannot write", &tmp))?;
             Ok((size, blocks))
