@@ -5,9 +5,10 @@ isolation from the host."""
 import hashlib
 import json
 import os
+import subprocess
 import textwrap
 
-from conftest import unique
+from conftest import Ferry, unique
 
 PRELUDE = """
 import json, os, sys, time
@@ -19,9 +20,9 @@ def out(**kw):
 """
 
 
-def run(server, body: str, timeout: float = 600, **env) -> dict:
+def run(server, body: str, timeout: float = 600, prefix: str = "", **env) -> dict:
     """Runs client code in a fresh interpreter; returns the merged RESULT lines."""
-    code = f"APP_NAME = {unique('sbx')!r}\n" + PRELUDE + textwrap.dedent(body)
+    code = prefix + f"APP_NAME = {unique('sbx')!r}\n" + PRELUDE + textwrap.dedent(body)
     proc = server.python(code, timeout=timeout, **env)
     results = {}
     for line in proc.stdout.splitlines():
@@ -435,3 +436,73 @@ def test_exec_with_a_pty(runner):
     assert "typed" in lines, "the terminal echoes input"
     assert lines[-1] == "got typed"
     assert r["rc"] == 0
+
+
+def test_main_process_on_a_pty(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create("sh", "-c", "test -t 0 && echo on-a-terminal; read x; echo got $x", app=app, image=image, pty=True)
+        sb.stdin.write(b"line\\n")
+        sb.stdin.drain()
+        sb.wait()
+        out(data=sb.stdout.read(), rc=sb.returncode)
+    """)
+    lines = r["data"].replace("\r", "").splitlines()
+    assert "on-a-terminal" in lines and "got line" in lines, lines
+    assert r["rc"] == 0
+
+def test_records_survive_a_restart(runner):
+    r = run(runner, """
+        sb = modal.Sandbox.create(app=app, image=image, name="keeper", tags={"k": "v"})
+        out(sandbox_id=sb.object_id, app_name=APP_NAME)
+    """)
+    # The container ends with the server; its record, name and tags stay, with an outcome.
+    runner.stop()
+    runner.start()
+    r2 = run(runner, f"""
+        sb = modal.Sandbox.from_id({r['sandbox_id']!r})
+        sb.wait(raise_on_termination=False)
+        tags = sb.get_tags()
+        again = modal.Sandbox.create(app=modal.App.lookup({r['app_name']!r}), image=image, name="keeper")
+        last = modal.Sandbox.from_name({r['app_name']!r}, "keeper").object_id
+        again.terminate()
+        out(rc=sb.returncode, tags=tags, again=again.object_id, last=last)
+    """)
+    assert r2["rc"] is not None
+    assert r2["tags"] == {"k": "v"}
+    assert r2["last"] == r2["again"], "the name is free once its sandbox has ended"
+
+
+def test_exec_through_a_tls_server(runner, tmp_path):
+    """With --tls-cert/--tls-key the router serves https too, with the API's certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    runner.stop()
+    server = Ferry(runner.data_dir, "--no-modal-profile", "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    try:
+        assert server.url.startswith("https://")
+        # The client trusts the API's certificate through certifi's bundle (see the README).
+        trust = f"import certifi; certifi.where = lambda: {str(cert)!r}\n"
+        r = run(server, f"""
+            import ssl, urllib.request
+            sb = modal.Sandbox.create("python", "-m", "http.server", "8000", app=app, image=image,
+                                      encrypted_ports=[8000], readiness_probe=modal.Probe.with_tcp(8000))
+            p = sb.exec("echo", "over tls")
+            text = p.stdout.read()
+            sb.wait_until_ready(timeout=60)
+            sb.exec("sh", "-c", "echo secure > /index.html").wait()
+            url = sb.tunnels()[8000].url
+            ctx = ssl.create_default_context(cafile={str(cert)!r})
+            body = urllib.request.urlopen(url + "/index.html", context=ctx, timeout=10).read().decode()
+            sb.terminate()
+            out(text=text, url=url, body=body)
+        """, prefix=trust)
+        assert r["text"] == "over tls\n"
+        assert r["url"].startswith("https://127.0.0.1:")
+        assert r["body"] == "secure\n"
+    finally:
+        server.stop()
+        runner.start()

@@ -97,7 +97,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), tls.is_some()).await?;
+    let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
+    let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), router_tls).await?;
     let modal = ModalService::new(store.clone(), config.clone())?.with_sandboxes(sandboxes);
     spawn_reaper(modal.clone());
     // The one loop that fires `Function.schedule` ticks; stopped below when serving ends.
@@ -156,14 +157,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// Starts the Sandbox command router on its own port of the API's address. Its URL uses the
-/// host clients reach the API at (the client accepts plain http for it only when that host is
-/// local).
+/// Starts the Sandbox command router on its own port of the API's address, with the API's TLS
+/// identity when it has one. Its URL uses the host clients reach the API at (the client
+/// accepts plain http for it only when that host is local).
 async fn start_sandboxes(
     store: &Store,
     config: &ApiConfig,
     ip: std::net::IpAddr,
-    tls: bool,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
 ) -> anyhow::Result<(ferry_sandbox::Sandboxes, tokio::task::JoinHandle<()>)> {
     let listener = ferry_sandbox::router::bind(SocketAddr::new(ip, config.router_port))
         .await
@@ -179,13 +180,12 @@ async fn start_sandboxes(
             _ => authority.to_string(),
         })
         .unwrap_or_else(|| ip.to_string());
-    if tls {
-        tracing::warn!("the Sandbox router serves plain http: clients of a non-local TLS server cannot exec into Sandboxes yet");
-    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let sandbox_config = ferry_sandbox::SandboxConfig {
-        router_url: format!("http://{host}:{port}"),
+        router_url: format!("{scheme}://{host}:{port}"),
         tunnel_bind: ip,
         tunnel_host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        tls: tls.clone(),
         ..Default::default()
     };
     let images = ferry_runtime::ImageStore::open(store.data_dir())?;
@@ -193,7 +193,7 @@ async fn start_sandboxes(
     let router = {
         let sandboxes = sandboxes.clone();
         tokio::spawn(async move {
-            if let Err(e) = ferry_sandbox::router::serve(sandboxes, listener).await {
+            if let Err(e) = ferry_sandbox::router::serve(sandboxes, listener, tls).await {
                 tracing::error!("the Sandbox router stopped: {e}");
             }
         })

@@ -45,10 +45,10 @@ fn tags_of(tags: &[api::SandboxTag]) -> BTreeMap<String, String> {
     tags.iter().map(|t| (t.tag_name.clone(), t.tag_value.clone())).collect()
 }
 
-fn tunnel_protos(t: &[ferry_sandbox::TunnelInfo], unencrypted: &[u32]) -> Vec<api::TunnelData> {
+fn tunnel_protos(t: &[ferry_sandbox::TunnelInfo]) -> Vec<api::TunnelData> {
     t.iter()
         .map(|t| {
-            let plain = unencrypted.contains(&(t.container_port as u32));
+            let plain = !t.tls;
             api::TunnelData {
                 host: t.host.clone(),
                 port: t.port as u32,
@@ -62,16 +62,13 @@ fn tunnel_protos(t: &[ferry_sandbox::TunnelInfo], unencrypted: &[u32]) -> Vec<ap
 
 /// Turns a sandbox definition into a spec: image to layer, secrets to environment, resources
 /// to limits. Anything Ferry cannot honour is refused here, in one place.
-async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sources: &[api::SecretSource], ephemeral: Option<&api::StringMap>, v2: bool) -> Result<(SandboxSpec, Vec<u32>), Status> {
+async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sources: &[api::SecretSource], ephemeral: Option<&api::StringMap>, v2: bool) -> Result<SandboxSpec, Status> {
     let app = s.store.app(app_id).await.or_status()?;
     if def.resources.as_ref().and_then(|r| r.gpu_config.as_ref()).is_some_and(|g| g.count > 0 || !g.gpu_type.is_empty()) {
         return Err(Status::failed_precondition("this Ferry host has no GPUs for Sandboxes"));
     }
     if !def.nfs_mounts.is_empty() || !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement network file systems or cloud bucket mounts in Sandboxes yet"));
-    }
-    if def.pty_info.as_ref().is_some_and(|p| p.enabled) {
-        return Err(Status::unimplemented("Ferry does not implement Sandboxes with a PTY yet; create it without pty=True"));
     }
     if !def.mount_ids.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement mounts in Sandboxes yet; add the files to the image instead"));
@@ -91,20 +88,12 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         _ => Egress::Open,
     };
     let mut ports = Vec::new();
-    let mut unencrypted = Vec::new();
     if let Some(api::sandbox::OpenPortsOneof::OpenPorts(p)) = &def.open_ports_oneof {
         for port in &p.ports {
             if port.port == 0 || port.port > 65535 {
                 return Err(invalid(format!("port {} is out of range", port.port)));
             }
-            if !port.unencrypted {
-                return Err(Status::unimplemented(format!(
-                    "Ferry does not implement TLS tunnels (encrypted_ports) yet; expose port {} with unencrypted_ports and use tunnel.tcp_socket",
-                    port.port
-                )));
-            }
-            ports.push(port.port as u16);
-            unencrypted.push(port.port);
+            ports.push(ferry_sandbox::PortSpec { port: port.port as u16, tls: !port.unencrypted });
         }
     }
     if egress == Egress::Blocked && !ports.is_empty() {
@@ -147,6 +136,14 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         ),
         None => (None, None),
     };
+    let tty = def.pty_info.as_ref().filter(|p| p.enabled).map(|p| {
+        for (k, v) in [("TERM", &p.env_term), ("COLORTERM", &p.env_colorterm), ("TERM_PROGRAM", &p.env_term_program)] {
+            if !v.is_empty() {
+                env.push((k.to_string(), v.clone()));
+            }
+        }
+        (p.winsz_rows.min(u16::MAX as u32) as u16, p.winsz_cols.min(u16::MAX as u32) as u16)
+    });
     let command = if def.entrypoint_args.is_empty() { vec!["sleep".into(), "infinity".into()] } else { def.entrypoint_args.clone() };
     let spec = SandboxSpec {
         app_id: app.id.clone(),
@@ -171,9 +168,10 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
             .iter()
             .map(|v| VolumeMount { volume_id: v.volume_id.clone(), mount_path: v.mount_path.clone(), read_only: v.read_only })
             .collect(),
+        tty,
         v2,
     };
-    Ok((spec, unencrypted))
+    Ok(spec)
 }
 
 pub(crate) async fn auth_token_get(s: &ModalService, r: Request<api::AuthTokenGetRequest>) -> Rpc<api::AuthTokenGetResponse> {
@@ -189,7 +187,7 @@ pub(crate) async fn create_v2(s: &ModalService, r: Request<api::SandboxCreateV2R
     let req = r.into_inner();
     check_id(&req.app_id, "ap", "App")?;
     let def = req.definition.ok_or_else(|| invalid("SandboxCreateV2 needs a definition"))?;
-    let (mut spec, unencrypted) = spec_of(s, &req.app_id, &def, &req.secret_sources, req.ephemeral_secrets.as_ref(), true).await?;
+    let mut spec = spec_of(s, &req.app_id, &def, &req.secret_sources, req.ephemeral_secrets.as_ref(), true).await?;
     spec.created_by = by;
     spec.tags = tags_of(&req.tags);
     let sb = sandboxes(s)?;
@@ -198,7 +196,7 @@ pub(crate) async fn create_v2(s: &ModalService, r: Request<api::SandboxCreateV2R
     let access = sb.router_access(&created.sandbox_id).await.map_err(err)?;
     Ok(Response::new(api::SandboxCreateV2Response {
         sandbox_id: created.sandbox_id,
-        tunnels: tunnel_protos(&created.tunnels, &unencrypted),
+        tunnels: tunnel_protos(&created.tunnels),
         task_id: created.task_id,
         metadata: Some(metadata(&record)),
         command_router_access: Some(api::CommandRouterAccess { url: access.url, jwt: access.jwt }),
@@ -211,7 +209,7 @@ pub(crate) async fn create_v1(s: &ModalService, r: Request<api::SandboxCreateReq
     let req = r.into_inner();
     check_id(&req.app_id, "ap", "App")?;
     let def = req.definition.ok_or_else(|| invalid("SandboxCreate needs a definition"))?;
-    let (mut spec, _) = spec_of(s, &req.app_id, &def, &[], None, false).await?;
+    let mut spec = spec_of(s, &req.app_id, &def, &[], None, false).await?;
     spec.created_by = by;
     spec.tags = tags_of(&req.tags);
     let sb = sandboxes(s)?;
@@ -300,7 +298,7 @@ pub(crate) async fn list(s: &ModalService, r: Request<api::SandboxListRequest>) 
             image_id: rec.image_id.clone(),
             timeout_secs: rec.timeout_secs,
             idle_timeout_secs: rec.idle_timeout_secs,
-            tunnels: tunnel_protos(&sb.tunnels(&rec.id), &[]),
+            tunnels: tunnel_protos(&sb.tunnels(&rec.id)),
             metadata: Some(metadata(rec)),
             ..Default::default()
         })
@@ -340,10 +338,9 @@ pub(crate) async fn get_tunnels(s: &ModalService, r: Request<api::SandboxGetTunn
         return Err(Status::failed_precondition(format!("Sandbox {} has already finished", record.id)));
     }
     let tunnels = sb.tunnels(&req.sandbox_id);
-    let ports: Vec<u32> = tunnels.iter().map(|t| t.container_port as u32).collect();
     Ok(Response::new(api::SandboxGetTunnelsResponse {
         result: Some(api::GenericResult { status: api::generic_result::GenericStatus::Success as i32, ..Default::default() }),
-        tunnels: tunnel_protos(&tunnels, &ports),
+        tunnels: tunnel_protos(&tunnels),
     }))
 }
 

@@ -459,6 +459,7 @@ impl StepRunner<'_> {
             hostname: "ferry-build".into(),
             stdin: false,
             raw_output: false,
+            tty: None,
             image: None,
         };
         let mut container = launch_container(self.store, request).await.map_err(|e| match e {

@@ -89,6 +89,9 @@ pub struct ContainerSpec {
     pub stdin: bool,
     /// Hand out stdout and stderr as raw byte pipes ([`Container::output`]) instead of lines.
     pub raw_output: bool,
+    /// Run the program on a pseudo-terminal of (rows, columns) as its controlling terminal
+    /// ([`Container::pty`]); stdin, stdout and stderr are all that terminal.
+    pub tty: Option<(u16, u16)>,
     pub scratch: Scratch,
 }
 
@@ -107,6 +110,7 @@ impl ContainerSpec {
             user: None,
             stdin: false,
             raw_output: false,
+            tty: None,
             scratch: Scratch::Disk,
         }
     }
@@ -189,6 +193,7 @@ pub(crate) struct LaunchRequest {
     pub hostname: String,
     pub stdin: bool,
     pub raw_output: bool,
+    pub tty: Option<(u16, u16)>,
     /// The layer a task container runs (`None` for build steps); snapshots build on it.
     pub image: Option<LayerId>,
 }
@@ -265,6 +270,7 @@ impl ContainerRuntime {
             hostname: spec.hostname.clone(),
             stdin: spec.stdin,
             raw_output: spec.raw_output,
+            tty: spec.tty,
             image: Some(spec.image.clone()),
         };
         launch_container(&self.store, request).await
@@ -330,8 +336,19 @@ pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest)
         (Some(image), true) => Some(SnapshotSource { store: store.clone(), image: image.clone(), upper: scratch.join("upper") }),
         _ => None,
     };
-    match start(store, &scratch, &cgroup, req).await {
-        Ok((process, network)) => Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, snapshot, network, exit: None }),
+    let (pty, tty_slave) = match req.tty {
+        Some((rows, cols)) => match open_pty(0, rows, cols) {
+            Ok((master, slave)) => (Some(master), Some(slave)),
+            Err(e) => {
+                cgroup.remove().await;
+                remove_tree(&scratch);
+                return Err(e);
+            }
+        },
+        None => (None, None),
+    };
+    match start(store, &scratch, &cgroup, req, tty_slave).await {
+        Ok((process, network)) => Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, snapshot, network, pty, exit: None }),
         Err(e) => {
             cgroup.remove().await;
             remove_tree(&scratch);
@@ -344,7 +361,7 @@ fn invalid(program: &str, message: String) -> Error {
     Error::Spawn { program: program.to_string(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message) }
 }
 
-async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest) -> Result<(Supervised, Option<Slirp>)> {
+async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest, tty_slave: Option<OwnedFd>) -> Result<(Supervised, Option<Slirp>)> {
     let layers_dir = store.layers_dir();
     let mut lowers = Vec::with_capacity(req.lowers.len());
     for l in &req.lowers {
@@ -412,6 +429,7 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         status_fd: status_write.as_raw_fd(),
         lifeline_fd: lifeline()?,
         net_gate: None,
+        controlling_tty: tty_slave.is_some(),
     };
     let gate = match req.network {
         Network::Private => Some(NetworkGate::open(pipe)?),
@@ -419,6 +437,10 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
     };
     plan.net_gate = gate.as_ref().map(|g| (g.pid_write.as_raw_fd(), g.go_read.as_raw_fd()));
     let mut cmd = command(&req.argv, &req.env, req.stdin);
+    if let Some(slave) = &tty_slave {
+        let io = |what: &str| slave.try_clone().ctx(|| format!("duplicating the terminal for {what}"));
+        cmd.stdin(Stdio::from(io("stdin")?)).stdout(Stdio::from(io("stdout")?)).stderr(Stdio::from(io("stderr")?));
+    }
     // SAFETY: `enter_container` only makes raw syscalls on data prepared above (see launch.rs).
     unsafe {
         cmd.pre_exec(move || launch::enter_container(&mut plan));
@@ -476,8 +498,8 @@ fn open_pty(container_pid: libc::pid_t, rows: u16, cols: u16) -> Result<(OwnedFd
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     let fail = |what: &str| Error::Io { context: format!("opening a pseudo-terminal ({what})"), source: std::io::Error::last_os_error() };
     let ptmx = CString::new(format!("/proc/{container_pid}/root/dev/ptmx")).expect("no NUL");
-    // SAFETY: open with a NUL-terminated path; the fd is ours.
-    let master = unsafe { libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    // SAFETY: open with a NUL-terminated path; the fd is ours. Pid 0: no container yet.
+    let master = if container_pid > 0 { unsafe { libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) } } else { -1 };
     if master >= 0 {
         // SAFETY: a fresh fd.
         let master = unsafe { OwnedFd::from_raw_fd(master) };
@@ -674,6 +696,8 @@ pub struct Container {
     snapshot: Option<SnapshotSource>,
     /// The private network's slirp4netns, stopped when the container ends.
     network: Option<Slirp>,
+    /// The terminal's master side, when the spec asked for a `tty`.
+    pty: Option<OwnedFd>,
     exit: Option<ExitStatus>,
 }
 
@@ -754,6 +778,11 @@ impl Container {
     /// to EOF: a full pipe blocks the program.
     pub fn output(&mut self) -> Option<RawOutput> {
         self.process.raw.take()
+    }
+
+    /// Takes the terminal's master side, if the spec asked for a `tty`.
+    pub fn pty(&mut self) -> Option<OwnedFd> {
+        self.pty.take()
     }
 
     /// Sends a signal to the container's main process (SIGKILL ends the whole container).

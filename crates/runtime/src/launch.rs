@@ -62,6 +62,8 @@ pub(crate) struct LaunchPlan {
     pub lifeline_fd: RawFd,
     /// For a private network: the monitor writes init's pid to `.0`, and init waits for one
     /// byte on `.1` (sent once the network is up) before starting the program.
+    /// stdin is a terminal that becomes the payload's controlling terminal.
+    pub controlling_tty: bool,
     pub net_gate: Option<(RawFd, RawFd)>,
 }
 
@@ -184,6 +186,10 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
             s
         };
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if plan.controlling_tty {
+            step(libc::setsid(), "setsid").inspect_err(|e| report_failure(plan.status_fd, e))?;
+            step(libc::ioctl(0, libc::TIOCSCTTY, 0), "set the controlling terminal").inspect_err(|e| report_failure(plan.status_fd, e))?;
+        }
         return prepare_payload(&plan.workdir, plan.user.as_deref()).inspect_err(|e| report_failure(plan.status_fd, e));
     }
     init_loop(plan.status_fd, payload, &all)

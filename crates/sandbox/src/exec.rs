@@ -158,6 +158,11 @@ impl Exec {
         *self.exit.borrow()
     }
 
+    /// Finished, and every byte of its output was taken by a reader (or dropped).
+    pub(crate) fn is_spent(&self) -> bool {
+        self.poll().is_some() && self.stdout.is_drained() && self.stderr.is_drained()
+    }
+
     pub(crate) async fn wait(&self) -> ExecExit {
         let mut rx = self.exit.clone();
         loop {

@@ -103,12 +103,22 @@ pub struct SandboxSpec {
     pub cpu_cores: Option<f64>,
     pub egress: Egress,
     /// Container ports reachable from the host through tunnels.
-    pub ports: Vec<u16>,
+    pub ports: Vec<PortSpec>,
     pub probe: Option<Probe>,
     /// Volumes to mount (not served yet).
     pub volumes: Vec<VolumeMount>,
+    /// Run the main process on a terminal of (rows, columns).
+    pub tty: Option<(u16, u16)>,
     /// The id shape tells the client which protocol version to use for it.
     pub v2: bool,
+}
+
+/// A container port exposed through a tunnel; `tls` tunnels terminate TLS with the server's
+/// certificate (`encrypted_ports`), the others forward plain TCP (`unencrypted_ports`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub port: u16,
+    pub tls: bool,
 }
 
 /// A Volume mounted into a sandbox.
@@ -129,6 +139,8 @@ pub struct SandboxConfig {
     pub tunnel_host: String,
     /// Processes (and threads) one sandbox may hold: a fork bomb stays inside its cgroup.
     pub pids_limit: u64,
+    /// PEM certificate chain and key for `encrypted_ports` tunnels (the API's own).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for SandboxConfig {
@@ -138,6 +150,7 @@ impl Default for SandboxConfig {
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_host: "127.0.0.1".into(),
             pids_limit: 4096,
+            tls: None,
         }
     }
 }
@@ -155,6 +168,8 @@ pub struct TunnelInfo {
     pub container_port: u16,
     pub host: String,
     pub port: u16,
+    /// The tunnel terminates TLS (an `encrypted_ports` entry).
+    pub tls: bool,
 }
 
 /// URL and token for one sandbox's router.
@@ -175,6 +190,7 @@ struct Inner {
     runtime: ContainerRuntime,
     config: SandboxConfig,
     key: TokenKey,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Running sandboxes (and, for a while, finished ones whose output may still be read).
     live: Mutex<HashMap<String, Arc<LiveSandbox>>>,
     by_task: Mutex<HashMap<String, String>>,
@@ -196,12 +212,17 @@ impl Sandboxes {
         if n > 0 {
             tracing::info!("{n} sandboxes of a previous server process marked as failed");
         }
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(net::tls_acceptor(cert, key).map_err(SandboxError::Invalid)?),
+            None => None,
+        };
         Ok(Sandboxes {
             inner: Arc::new(Inner {
                 store,
                 runtime: ContainerRuntime::new(images),
                 config,
                 key,
+                tls,
                 live: Mutex::new(HashMap::new()),
                 by_task: Mutex::new(HashMap::new()),
             }),
@@ -225,6 +246,12 @@ impl Sandboxes {
             return Err(SandboxError::Unimplemented(format!(
                 "Ferry does not implement Volumes in Sandboxes yet (volume {} at {})",
                 v.volume_id, v.mount_path
+            )));
+        }
+        if let Some(p) = spec.ports.iter().find(|p| p.tls && self.inner.tls.is_none()) {
+            return Err(SandboxError::Unimplemented(format!(
+                "encrypted_ports need a TLS certificate: start `ferry serve` with --tls-cert/--tls-key, or expose port {} with unencrypted_ports",
+                p.port
             )));
         }
         if spec.timeout.is_zero() {
@@ -267,8 +294,9 @@ impl Sandboxes {
             Egress::Blocked => Network::Blocked,
         };
         cs.hostname = "sandbox".into();
-        cs.stdin = true;
+        cs.stdin = spec.tty.is_none();
         cs.raw_output = true;
+        cs.tty = spec.tty;
         cs.scratch = Scratch::Disk;
         let container = match self.inner.runtime.spawn(cs).await {
             Ok(c) => c,
@@ -304,7 +332,7 @@ impl Sandboxes {
         if let Some(p) = spec.probe.clone() {
             live.start_probe(p);
         }
-        if let Err(e) = live.open_tunnels(self.inner.config.tunnel_bind, &spec.ports).await {
+        if let Err(e) = live.open_tunnels(self.inner.config.tunnel_bind, &spec.ports, self.inner.tls.as_ref()).await {
             live.request_stop(StopReason::Terminated);
             return Err(e);
         }
@@ -316,7 +344,7 @@ impl Sandboxes {
             .lock()
             .unwrap()
             .iter()
-            .map(|t| TunnelInfo { container_port: t.container_port, host: self.inner.config.tunnel_host.clone(), port: t.host_port })
+            .map(|t| TunnelInfo { container_port: t.container_port, host: self.inner.config.tunnel_host.clone(), port: t.host_port, tls: t.tls })
             .collect()
     }
 

@@ -11,8 +11,11 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
 
 /// Connects to `port` on the loopback of the network namespace of process `pid`.
 pub(crate) async fn connect_in(pid: u32, port: u16) -> std::io::Result<tokio::net::TcpStream> {
@@ -41,6 +44,7 @@ pub(crate) async fn connect_in(pid: u32, port: u16) -> std::io::Result<tokio::ne
 pub(crate) struct Tunnel {
     pub host_port: u16,
     pub container_port: u16,
+    pub tls: bool,
     task: JoinHandle<()>,
 }
 
@@ -50,25 +54,59 @@ impl Drop for Tunnel {
     }
 }
 
-/// Listens on `bind:0` and forwards every connection to `port` inside the sandbox of `pid`.
-/// `on_connection` marks the sandbox as active (idle timeouts).
-pub(crate) async fn open_tunnel(bind: IpAddr, pid: u32, port: u16, on_connection: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<Tunnel> {
+/// A TLS acceptor from a PEM certificate chain and key (`encrypted_ports` tunnels).
+pub(crate) fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("TLS certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("TLS key: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("TLS certificate and key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn forward<S: AsyncRead + AsyncWrite + Unpin>(mut inbound: S, pid: u32, port: u16) {
+    match connect_in(pid, port).await {
+        Ok(mut outbound) => {
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        }
+        Err(e) => tracing::debug!(port, "tunnel connection into the sandbox failed: {e}"),
+    }
+}
+
+/// Listens on `bind:0` and forwards every connection to `port` inside the sandbox of `pid`,
+/// terminating TLS first when given an acceptor. `on_connection` marks the sandbox as active
+/// (idle timeouts).
+pub(crate) async fn open_tunnel(
+    bind: IpAddr,
+    pid: u32,
+    port: u16,
+    tls: Option<TlsAcceptor>,
+    on_connection: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<Tunnel> {
     let listener = TcpListener::bind(SocketAddr::new(bind, 0)).await?;
     let host_port = listener.local_addr()?.port();
+    let is_tls = tls.is_some();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = listener.accept().await else { continue };
+            let Ok((inbound, _)) = listener.accept().await else { continue };
             on_connection();
             let _ = inbound.set_nodelay(true);
+            let tls = tls.clone();
             tokio::spawn(async move {
-                match connect_in(pid, port).await {
-                    Ok(mut outbound) => {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                    Err(e) => tracing::debug!(port, "tunnel connection into the sandbox failed: {e}"),
+                match tls {
+                    Some(acceptor) => match acceptor.accept(inbound).await {
+                        Ok(stream) => forward(stream, pid, port).await,
+                        Err(e) => tracing::debug!(port, "TLS handshake on a tunnel failed: {e}"),
+                    },
+                    None => forward(inbound, pid, port).await,
                 }
             });
         }
     });
-    Ok(Tunnel { host_port, container_port: port, task })
+    Ok(Tunnel { host_port, container_port: port, tls: is_tls, task })
 }

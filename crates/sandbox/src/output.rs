@@ -131,6 +131,12 @@ impl OutputBuffer {
         Some(Read::Data { start: start.unwrap_or(offset), data: Bytes::from(out) })
     }
 
+    /// Closed and nothing left to read (with [`Overflow::Block`], once consumed).
+    pub(crate) fn is_drained(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        s.closed && s.chunks.is_empty()
+    }
+
     /// The reader has everything before `offset`: with [`Overflow::Block`] that room is freed.
     pub(crate) fn consumed(&self, offset: u64) {
         if self.overflow != Overflow::Block {

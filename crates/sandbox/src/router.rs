@@ -30,12 +30,18 @@ type Rpc<T> = Result<Response<T>, Status>;
 /// Largest stdio message sent (the client's and tonic's limits are far above).
 const STDIO_CHUNK: usize = 1024 * 1024;
 
-/// Serves the router on `listener` until the task is dropped.
-pub async fn serve(sandboxes: Sandboxes, listener: tokio::net::TcpListener) -> Result<(), tonic::transport::Error> {
+/// Serves the router on `listener` until the task is dropped; over TLS when given a PEM
+/// certificate chain and key (the API's own, so clients trust it the same way).
+pub async fn serve(sandboxes: Sandboxes, listener: tokio::net::TcpListener, tls: Option<(Vec<u8>, Vec<u8>)>) -> Result<(), tonic::transport::Error> {
     let svc = TaskCommandRouterServer::new(Router { sandboxes })
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
         .initial_stream_window_size(Some(16 * 1024 * 1024))
         .initial_connection_window_size(Some(64 * 1024 * 1024))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

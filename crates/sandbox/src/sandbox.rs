@@ -53,9 +53,22 @@ pub(crate) struct LiveSandbox {
 impl LiveSandbox {
     pub(crate) fn new(id: String, task_id: String, mut container: Container, has_probe: bool) -> Arc<LiveSandbox> {
         let pid = container.pid();
-        let stdin = Stdin::new(container.stdin().map(|p| Box::new(p) as crate::stdin::Pipe));
         let stdout = Arc::new(OutputBuffer::new(MAIN_WINDOW, Overflow::DropOldest));
         let stderr = Arc::new(OutputBuffer::new(MAIN_WINDOW, Overflow::DropOldest));
+        let mut stdin_pipe = container.stdin().map(|p| Box::new(p) as crate::stdin::Pipe);
+        if let Some(master) = container.pty() {
+            // The terminal carries stdin and both outputs; stderr stays empty.
+            if let Ok(reader) = master.try_clone() {
+                let o = stdout.clone();
+                tokio::spawn(async move {
+                    crate::exec::pump(tokio::fs::File::from_std(std::fs::File::from(reader)), Some(o.clone())).await;
+                    o.close();
+                });
+            }
+            stderr.close();
+            stdin_pipe = Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(master))) as crate::stdin::Pipe);
+        }
+        let stdin = Stdin::new(stdin_pipe);
         if let Some(raw) = container.output() {
             let (o, e) = (stdout.clone(), stderr.clone());
             tokio::spawn(async move {
@@ -124,6 +137,14 @@ impl LiveSandbox {
             return Ok(e.clone());
         }
         let exec_id = req.exec_id.clone();
+        {
+            // Finished execs whose output was read are kept a while for late `wait`/`poll`
+            // calls, but not forever: a long-lived sandbox runs many.
+            let mut execs = self.execs.lock().unwrap();
+            if execs.len() > 256 {
+                execs.retain(|_, e| !e.is_spent());
+            }
+        }
         let exec = {
             let container = self.container.lock().await;
             Exec::start(&container, self.pid, req).await?
@@ -137,15 +158,25 @@ impl LiveSandbox {
         self.execs.lock().unwrap().get(exec_id).cloned().ok_or_else(|| SandboxError::NotFound(format!("no exec {exec_id} in Sandbox {}", self.id)))
     }
 
-    pub(crate) async fn open_tunnels(self: &Arc<Self>, bind: IpAddr, ports: &[u16]) -> Result<()> {
-        for &port in ports {
+    pub(crate) async fn open_tunnels(self: &Arc<Self>, bind: IpAddr, ports: &[crate::PortSpec], tls: Option<&tokio_rustls::TlsAcceptor>) -> Result<()> {
+        for spec in ports {
+            let port = spec.port;
+            let acceptor = if spec.tls {
+                Some(tls.cloned().ok_or_else(|| {
+                    SandboxError::Unimplemented(format!(
+                        "encrypted_ports need a TLS certificate: start `ferry serve` with --tls-cert/--tls-key, or expose port {port} with unencrypted_ports"
+                    ))
+                })?)
+            } else {
+                None
+            };
             let weak = Arc::downgrade(self);
             let on_conn: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
                 if let Some(s) = weak.upgrade() {
                     s.touch();
                 }
             });
-            let t = net::open_tunnel(bind, self.pid, port, on_conn)
+            let t = net::open_tunnel(bind, self.pid, port, acceptor, on_conn)
                 .await
                 .map_err(|e| SandboxError::Internal(format!("cannot open a tunnel to port {port}: {e}")))?;
             self.tunnels.lock().unwrap().push(t);
