@@ -167,6 +167,13 @@ print("result", modal.FunctionCall.from_id({call_id!r}).get(timeout=120))
     out = runner.modal("app", "rollback", name, "v9")
     assert out.returncode != 0 and "v9" in out.stdout + out.stderr
 
+    # A rollover is a new version with the same code and fresh containers.
+    out = runner.modal("app", "rollover", name, "--strategy", "recreate")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert call(runner, name, "version") == "1"
+    rows = json.loads(runner.modal("app", "history", name, "--json").stdout)
+    assert list(rows[0].values())[0] == "v6", rows
+
     # Stopped: lookups by name fail with NotFoundError.
     assert runner.modal("app", "stop", name, "--yes").returncode == 0
     code = f"""

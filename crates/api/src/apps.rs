@@ -393,6 +393,20 @@ fn replace_version(s: &ModalService, app_id: &str, change: &ferry_store::Version
     crate::launch::drain_app(s, app_id, change.deployed_at);
 }
 
+/// `modal app rollover`: the current version again as a new one, so its containers are
+/// replaced (rolling here; `--strategy recreate` stops them from the client).
+pub(crate) async fn rollover(s: &ModalService, r: Request<api::AppRolloverRequest>) -> Rpc<api::AppRolloverResponse> {
+    let by = creator(&r);
+    let app = s.store.app(id(&r.get_ref().app_id)?).await.or_status()?;
+    if app.state != AppState::Deployed {
+        return Err(Status::failed_precondition(format!("App {} is not deployed, so it cannot be rolled over", app.id)));
+    }
+    let change = s.store.rollover_deployment(&app.id, &by).await.or_status()?;
+    replace_version(s, &app.id, &change);
+    crate::launch::warm_up(s, &app.id).await;
+    Ok(Response::new(api::AppRolloverResponse { url: page_url(s, &app.id), deployed_at: change.deployed_at, server_warnings: Vec::new() }))
+}
+
 /// `modal app history`: the versions of a deployed app, newest first.
 pub(crate) async fn deployment_history(s: &ModalService, r: Request<api::AppDeploymentHistoryRequest>) -> Rpc<api::AppDeploymentHistoryResponse> {
     let app = s.store.app(id(&r.get_ref().app_id)?).await.or_status()?;

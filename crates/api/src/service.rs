@@ -143,6 +143,7 @@ modal_client_impl! {
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
         app_deployment_history(api::AppDeploymentHistoryRequest) -> api::AppDeploymentHistoryResponse => crate::apps::deployment_history;
         app_rollback(api::AppRollbackRequest) -> api::AppRollbackResponse => crate::apps::rollback;
+        app_rollover(api::AppRolloverRequest) -> api::AppRolloverResponse => crate::apps::rollover;
         app_get_info(api::AppGetInfoRequest) -> api::AppGetInfoResponse => crate::apps::get_info;
 
         secret_get_or_create(api::SecretGetOrCreateRequest) -> api::SecretGetOrCreateResponse => crate::secrets::get_or_create;

@@ -112,6 +112,19 @@ impl Store {
     /// Restores `version` of a deployed app (its function definitions and class names) and
     /// records that as a new version.
     pub async fn rollback_deployment(&self, app_id: &str, version: i64, deployed_by: &str) -> Result<VersionChange> {
+        self.redeploy_version(app_id, version, deployed_by, true).await
+    }
+
+    /// Records the current version again as a new one (`modal app rollover`: same code, fresh
+    /// containers).
+    pub async fn rollover_deployment(&self, app_id: &str, deployed_by: &str) -> Result<VersionChange> {
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM app_deployments WHERE app_id = ?").bind(app_id).fetch_one(&self.pool).await?;
+        let current = current.ok_or_else(|| StoreError::FailedPrecondition(format!("App {app_id} has no deployed version")))?;
+        self.redeploy_version(app_id, current, deployed_by, false).await
+    }
+
+    async fn redeploy_version(&self, app_id: &str, version: i64, deployed_by: &str, is_rollback: bool) -> Result<VersionChange> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.pool.begin().await?;
         let source: Option<(String, String)> =
@@ -129,7 +142,7 @@ impl Store {
             .await?;
         let deployed_at = now();
         let info = DeploymentInfo { deployed_by: deployed_by.to_string(), client_version, tag, commit_info: None };
-        insert_deployment(&mut tx, app_id, new_version, deployed_at, &info, Some(version)).await?;
+        insert_deployment(&mut tx, app_id, new_version, deployed_at, &info, is_rollback.then_some(version)).await?;
         let objects = sqlx::query("SELECT object_id, tag, definition FROM app_deployment_objects WHERE app_id = ? AND version = ?")
             .bind(app_id)
             .bind(version)
