@@ -64,6 +64,21 @@ def kit(tmp_path_factory):
         requires-python = ">=3.11"
         dependencies = ["ferryuvsync"]
         """))
+    (files / "poetryproj").mkdir()
+    # Poetry reads its package sources from the project, not from pip's settings.
+    (files / "poetryproj" / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [project]
+        name = "ferry-poetry-test"
+        version = "0.1"
+        requires-python = ">=3.11,<4"
+        dependencies = ["ferryhostpkg"]
+        [tool.poetry]
+        package-mode = false
+        [[tool.poetry.source]]
+        name = "local"
+        url = "{index.url('host')}/"
+        priority = "primary"
+        """))
     (files / "docker" / "sub").mkdir(parents=True)
     (files / "docker" / "ctx.txt").write_text("from the context")
     (files / "docker" / "sub" / "nested.txt").write_text("nested")
@@ -113,7 +128,7 @@ def test_every_image_method_builds(kit):
     code = """
     import json, modal
     from images import app, on_apt, on_host_index, on_user_options, on_requirements, on_pyproject, on_uv_sync
-    from images import on_build_secret, on_config, on_copied, on_mounted, on_dockerfile
+    from images import on_build_secret, on_config, on_copied, on_mounted, on_dockerfile, on_poetry
     V = "import importlib; result = {m: importlib.import_module(m).VERSION for m in %r}"
     checks = {
         "apt": (on_apt, "import subprocess; result = subprocess.run(['jq', '--version'], capture_output=True, text=True).stdout.strip()"),
@@ -121,6 +136,7 @@ def test_every_image_method_builds(kit):
         "user_options": (on_user_options, V % ["ferryuserpkg", "ferryuvpkg", "ferrylinkpkg", "ferrylinkuv"]),
         "requirements": (on_requirements, V % ["ferryreqpkg", "ferryrequv"]),
         "pyproject": (on_pyproject, V % ["ferrypyproj", "ferryoptpkg"]),
+        "poetry": (on_poetry, "import ferryhostpkg, subprocess; result = [ferryhostpkg.VERSION, subprocess.run(['poetry', '--version'], capture_output=True, text=True).returncode]"),
         "uv_sync": (on_uv_sync, V % ["ferryuvsync"] + "; import sys; result['prefix'] = sys.prefix"),
         "build_secret": (on_build_secret, "import os; result = [open('/secret-ok').read().strip(), os.environ.get('FERRY_BUILD_SECRET')]"),
         "config": (on_config, "import os; result = [os.environ.get('FERRY_A'), os.environ.get('FERRY_B'), os.environ.get('FERRY_DC'), open('/work/dir/bash-version').read().strip() != '', open('/dc').read().strip()]"),
@@ -142,6 +158,7 @@ def test_every_image_method_builds(kit):
     assert results["user_options"] == {"ferryuserpkg": "2.0rc1", "ferryuvpkg": "1.0", "ferrylinkpkg": "1.0", "ferrylinkuv": "1.0"}
     assert results["requirements"] == {"ferryreqpkg": "1.0", "ferryrequv": "1.0"}
     assert results["pyproject"] == {"ferrypyproj": "1.0", "ferryoptpkg": "1.0"}
+    assert results["poetry"] == ["1.0", 0]
     assert results["uv_sync"]["ferryuvsync"] == "1.0" and results["uv_sync"]["prefix"] == "/.uv/.venv"
     # The secret was there for the build step only.
     assert results["build_secret"] == ["seen", None]

@@ -208,8 +208,17 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool) {
         *build.log.lock().unwrap() = None;
         *build.result.lock().unwrap() = Some((result, meta));
         build.changed.notify_waiters();
+        // Clients join right after `ImageGetOrCreate`; later ones read the kept log and the
+        // outcome from the store, so the finished build need not stay in memory.
+        tokio::time::sleep(FINISHED_BUILD_KEPT).await;
+        let mut running = svc.images.builds.running.lock().unwrap();
+        if running.get(&id).is_some_and(|b| Arc::ptr_eq(b, &build)) {
+            running.remove(&id);
+        }
     });
 }
+
+const FINISHED_BUILD_KEPT: Duration = Duration::from_secs(600);
 
 async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &Arc<Build>) -> Result<String, String> {
     let mut base_images = Vec::new();

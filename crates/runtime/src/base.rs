@@ -289,7 +289,11 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /usr/share/doc/* /usr/share/man
 : > /etc/resolv.conf
 python3 -c 'import platform; print("ferry-python-version=" + platform.python_version())'
 "#;
-    let out = run_logged(suite, "set-up script", tokio::process::Command::new("chroot").arg(&fs).args(["/bin/sh", "-c", script]), progress).await?;
+    // The host's package index (pip.conf and uv settings included, not only this process's
+    // PIP_* variables) for the pip install inside the chroot.
+    let mut chroot = tokio::process::Command::new("chroot");
+    chroot.arg(&fs).args(["/bin/sh", "-c", script]).envs(crate::packages::PackageAccess::from_host().portable_env());
+    let out = run_logged(suite, "set-up script", &mut chroot, progress).await?;
     let full = out
         .lines()
         .find_map(|l| l.strip_prefix("ferry-python-version="))

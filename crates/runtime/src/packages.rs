@@ -195,6 +195,13 @@ impl PackageAccess {
         Ok(binds)
     }
 
+    /// The variables that need no file from the host (index URLs, trusted hosts, timeouts,
+    /// proxies): what a step that gets no binds can use, e.g. preparing a base in a chroot
+    /// whose own CA store already holds the host's extra CAs.
+    pub fn portable_env(&self) -> Vec<(String, String)> {
+        self.env.iter().filter(|(k, v)| !v.contains(HOST_DIR) && k != "UV_SYSTEM_CERTS").cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.env.is_empty() && self.binds.is_empty()
     }
@@ -445,6 +452,15 @@ mod tests {
         assert!(conf.contains("Acquire::http::Proxy \"http://proxy.test:3142\";") && conf.contains("CaInfo"), "{conf}");
         assert_eq!(access.binds.len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn portable_env_leaves_out_host_paths() {
+        let s = HostSettings { pip_index: Some("http://idx.test/simple".into()), pip_find_links: vec!["/".into()], ..Default::default() };
+        let access = PackageAccess::from_settings(s);
+        let portable = access.portable_env();
+        assert!(portable.iter().any(|(k, v)| k == "PIP_INDEX_URL" && v == "http://idx.test/simple"));
+        assert!(!portable.iter().any(|(k, _)| k == "PIP_FIND_LINKS"));
     }
 
     #[test]

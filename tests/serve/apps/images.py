@@ -28,6 +28,8 @@ user_options = (
 requirements = base.pip_install_from_requirements(f"{D}/requirements.txt").uv_pip_install(requirements=[f"{D}/requirements-uv.txt"])
 pyproject = base.pip_install_from_pyproject(f"{D}/pyproject.toml", optional_dependencies=["extra"])
 uv_sync = base.uv_sync(f"{D}/uvproj")
+# Poetry itself comes from the host's index; the project names its own package source.
+poetry = base.poetry_install_from_file(f"{D}/poetryproj/pyproject.toml", ignore_lockfile=True)
 build_secret = base.run_commands(
     'test "$FERRY_BUILD_SECRET" = hush && echo seen > /secret-ok',
     secrets=[modal.Secret.from_dict({"FERRY_BUILD_SECRET": "hush"})],
@@ -90,6 +92,11 @@ def on_pyproject(script: str):
 
 @app.function(image=uv_sync)
 def on_uv_sync(script: str):
+    return probe(script)
+
+
+@app.function(image=poetry)
+def on_poetry(script: str):
     return probe(script)
 
 
