@@ -449,6 +449,7 @@ pub(crate) async fn rollback(s: &ModalService, r: Request<api::AppRollbackReques
     }
     let change = s.store.rollback_deployment(&app.id, target, &by).await.or_status()?;
     replace_version(s, &app.id, &change);
+    crate::web::restore_routes(s, &app).await?;
     let schedules = crate::schedules::collect(s, &app.id).await?;
     crate::schedules::register(s, &app.id, &schedules).await?;
     crate::launch::warm_up(s, &app.id).await;

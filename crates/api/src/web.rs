@@ -184,6 +184,18 @@ pub(crate) async fn prepare_definition(s: &ModalService, app: &App, function: &m
     s.store.set_web_routes(&app.id, function_id, &routes).await.or_status()
 }
 
+/// After a rollback restored earlier definitions without a `FunctionCreate`, the routes follow
+/// the definitions the app has now (an endpoint the rolled-back version had answers again).
+pub(crate) async fn restore_routes(s: &ModalService, app: &App) -> Result<(), Status> {
+    let mut ids = Vec::new();
+    for f in s.store.functions_of_app(&app.id).await.or_status()? {
+        let Ok(mut def) = api::Function::decode(f.definition.clone().unwrap_or_default().as_slice()) else { continue };
+        prepare_definition(s, app, &mut def, &f.id).await?;
+        ids.push(f.id);
+    }
+    s.store.retain_web_routes(&app.id, &ids).await.or_status()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Calls in flight.
 
