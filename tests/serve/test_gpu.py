@@ -41,7 +41,7 @@ def test_fake_gpus_are_leased_by_fallback_order_and_never_shared(fresh_ferry):
     assert "class GPU-fake-0000" in lines, out
     assert "function GPU-fake-0001 None" in lines, out
     verdict, message = outcomes(out)["fake:L4"]
-    assert verdict == "REFUSED" and message.startswith("InvalidError:"), message
+    assert verdict == "REFUSED" and message.startswith("RemoteError:"), message
     assert 'cannot provide gpu="L4": it has 2 GPUs: NVIDIA A100-SXM4-80GB (A100-80GB, 80 GiB), Tesla T4 (T4, 16 GiB)' in message
     holds = [l.split()[1:] for l in lines if l.startswith("hold ")]
     assert len(holds) == 3, out
@@ -67,11 +67,17 @@ def test_gpu_requests_are_refused_on_every_path_and_cpu_work_still_runs(runner):
     for case, (verdict, message) in rows.items():
         gpu = case.split(":", 1)[1]
         assert verdict == "REFUSED", f"{case} was accepted on a host without GPUs"
-        assert message.startswith("InvalidError:"), f"{case}: {message}"
+        assert message.startswith("RemoteError:"), f"{case}: {message}"
         assert f"this Ferry host cannot provide gpu={shown[gpu]}: it has no GPUs" in message, f"{case}: {message}"
         if case.startswith("class:"):
             assert "Class 'OnGpu': " in message, message
         if case.startswith("cls.with_options:"):
             assert "Class 'Model': " in message, message
+    # Deploying such an app works (its other functions serve) with a warning from the server.
+    warned = [l for l in out.splitlines() if l.startswith("WARNED ")]
+    for kind in ("function", "class"):
+        for gpu in ("T4", "any", "A10G:2", "H100+A100"):
+            case = f"{kind}:{gpu}"
+            assert any(l.startswith(f"WARNED {case} ") and "cannot provide" in l and "its calls will fail" in l for l in warned), (case, out)
     # The server kept serving: CPU functions and classes run, other options still apply.
     assert "cpu 42 8 None" in out.splitlines(), out

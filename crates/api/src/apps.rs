@@ -376,7 +376,8 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
     }
     crate::schedules::register(s, &app.id, &schedules).await?;
     crate::launch::warm_up(s, &app.id).await;
-    Ok(Response::new(api::AppPublishResponse { url: page_url(s, &app.id), deployed_at, server_warnings: Vec::new() }))
+    let server_warnings = crate::gpus::unmet_warnings(s, &app.id).await;
+    Ok(Response::new(api::AppPublishResponse { url: page_url(s, &app.id), deployed_at, server_warnings }))
 }
 
 fn header<T>(r: &Request<T>, name: &str) -> String {

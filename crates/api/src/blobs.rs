@@ -721,7 +721,7 @@ mod tests {
 
     #[test]
     fn tokens_bind_id_verb_and_expiry() {
-        let blobs = BlobStore { dir: PathBuf::new(), key: [3; 32], base_url: "http://h:1".into() };
+        let blobs = BlobStore { dir: PathBuf::new(), key: [3; 32], base_url: "http://h:1".into(), volume_blocks: Arc::new(ferry_volumes::LocalBlockStore::new(PathBuf::new())) };
         let url: Uri = blobs.url("bl-a", "PUT").parse().unwrap();
         assert!(blobs.check_token("bl-a", "PUT", &url).is_ok());
         assert!(blobs.check_token("bl-a", "GET", &url).is_err());

@@ -1,9 +1,10 @@
 //! `gpu=` on the wire: the one check every path makes (functions, classes, `with_options`,
 //! image builds, sandboxes) and the leases task containers hold.
 //!
-//! A request the host can never meet is refused with INVALID_ARGUMENT (the client raises
-//! `modal.exception.InvalidError`, which reads as what it is: this request cannot run here),
-//! naming the GPUs the host has. A request whose cards are merely busy waits for them.
+//! A function whose `gpu=` the host can never meet still deploys, so the rest of its app works
+//! (Modal's examples mix GPU and CPU functions in one app): `AppPublish` warns about it, and each
+//! of its calls fails at once with an error naming the GPUs the host has. A sandbox, which is
+//! one call, is refused at create. A request whose cards are merely busy waits for them.
 
 use ferry_gpu::{GpuChoices, GpuError, GpuLease, GpuRequest};
 use ferry_proto::api;
@@ -37,7 +38,6 @@ fn refusal(what: &str, e: GpuError) -> Status {
 
 /// For callers holding a `Resources` (`SandboxCreate`): checks its GPU request, if any, and
 /// returns it as a one-entry list to lease with [`lease`] and hand over with [`give`].
-#[allow(dead_code)] // until sandboxes call it
 pub fn check_resources(s: &ModalService, what: &str, resources: Option<&api::Resources>) -> Result<Option<GpuChoices>, Status> {
     match request_of(resources)? {
         Some(r) => {
@@ -49,13 +49,11 @@ pub fn check_resources(s: &ModalService, what: &str, resources: Option<&api::Res
     }
 }
 
-/// `Image.*(gpu=...)` (`ImageGetOrCreate`'s `gpu_config`): refused when the host can never
-/// meet it. (Build steps run without the GPU for now.)
-pub(crate) fn check_gpu_config(s: &ModalService, what: &str, config: Option<&api::GpuConfig>) -> Result<(), Status> {
-    match request_of_config(config)? {
-        Some(r) => check(s, what, &GpuChoices::one(r)),
-        None => Ok(()),
-    }
+/// `Image.*(gpu=...)` (`ImageGetOrCreate`'s `gpu_config`): the request must be well formed.
+/// Build steps run without a GPU (installing a CUDA wheel needs none), so an image asking for
+/// one the host lacks still builds, and the functions that run on it meet the check.
+pub(crate) fn check_gpu_config(config: Option<&api::GpuConfig>) -> Result<(), Status> {
+    request_of_config(config).map(|_| ())
 }
 
 /// The fallback list of ranked definitions (`gpu=["H100", "A100"]`), in rank order; None
@@ -120,7 +118,7 @@ pub(crate) fn held_by(s: &ModalService, task_id: &str) -> Option<api::GpuConfig>
 
 /// How refusals name what asked: `Function 'f'`, or `Class 'Model'` for a class's service
 /// function (`Model.*`).
-fn subject(f: &api::Function) -> String {
+pub(crate) fn subject(f: &api::Function) -> String {
     match f.function_name.strip_suffix(".*") {
         Some(class) if f.is_class => format!("Class '{class}'"),
         _ => format!("Function '{}'", f.function_name),
@@ -150,16 +148,16 @@ pub(crate) fn function_to_create(
         }
         (None, None) => return Err(Status::invalid_argument("FunctionCreate needs a function definition")),
     };
+    let _ = s;
     let Some(choices) = choices else { return Ok((function, None)) };
-    check(s, &subject(&function), &choices)?;
     let stored = (choices.requests().len() > 1).then(|| encode(&choices));
     Ok((function, stored))
 }
 
 /// `with_options(gpu=...)` (`FunctionBindParams`): the bound variant's GPU choices. A new
 /// `gpu=` replaces the base's; other resource changes keep the base's GPU, as options cannot
-/// unset it. Refused at bind time when the host can never meet it, so the caller learns at
-/// once rather than when the first input fails.
+/// unset it. As for functions, a request the host can never meet fails each call with the
+/// reason (see the module doc).
 pub(crate) async fn bind_options(s: &ModalService, base_id: &str, base: &api::Function, def: &mut api::Function) -> Result<Option<String>, Status> {
     if let Some(r) = def.resources.as_mut() {
         if r.gpu_config.as_ref().is_none_or(|g| g.count == 0) {
@@ -173,6 +171,23 @@ pub(crate) async fn bind_options(s: &ModalService, base_id: &str, base: &api::Fu
         choices_of_function(s, base_id, base).await.map_err(Status::internal)?
     };
     let Some(choices) = choices else { return Ok(None) };
-    check(s, &subject(def), &choices)?;
     Ok((choices.requests().len() > 1).then(|| encode(&choices)))
+}
+
+/// Warnings for `AppPublish`: the app's functions whose `gpu=` this host can never meet (their
+/// calls will fail with the reason).
+pub(crate) async fn unmet_warnings(s: &ModalService, app_id: &str) -> Vec<api::Warning> {
+    let Ok(functions) = s.store.functions_of_app(app_id).await else { return Vec::new() };
+    let mut warnings = Vec::new();
+    for f in functions {
+        let Ok(def) = <api::Function as prost::Message>::decode(f.definition.clone().unwrap_or_default().as_slice()) else { continue };
+        let Ok(Some(choices)) = choices_of_function(s, &f.id, &def).await else { continue };
+        if let Err(e) = check(s, &subject(&def), &choices) {
+            warnings.push(api::Warning {
+                r#type: api::warning::WarningType::FunctionConfiguration as i32,
+                message: format!("{}; its calls will fail on this host", e.message()),
+            });
+        }
+    }
+    warnings
 }

@@ -154,7 +154,7 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
     if !image.volume_mounts.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement Volumes in image build steps yet"));
     }
-    crate::gpus::check_gpu_config(s, "Image build", image.gpu_config.as_ref())?;
+    crate::gpus::check_gpu_config(image.gpu_config.as_ref())?;
     let id = image_id(&image, &req.builder_version);
     let (record, _) = s.store.get_or_create_image(&id, &image.encode_to_vec()).await.or_status()?;
     // A built image whose layer was collected (`ferry images gc`) builds again.

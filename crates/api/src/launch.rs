@@ -284,7 +284,8 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     let gpu_lease = match crate::gpus::choices_of_function(s, function_id, &def).await? {
         Some(choices) => {
             let give_up = || s.scheduler.task(task_id).is_none_or(|t| t.stopping);
-            match crate::gpus::lease(s, &choices, task_id, give_up).await? {
+            let leased = crate::gpus::lease(s, &choices, task_id, give_up).await;
+            match leased.map_err(|e| format!("{}: {e}", crate::gpus::subject(&def)))? {
                 Some(lease) => Some(lease),
                 None => {
                     s.scheduler.remove_task(task_id);

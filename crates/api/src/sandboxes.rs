@@ -64,8 +64,9 @@ fn tunnel_protos(t: &[ferry_sandbox::TunnelInfo]) -> Vec<api::TunnelData> {
 /// to limits. Anything Ferry cannot honour is refused here, in one place.
 async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sources: &[api::SecretSource], ephemeral: Option<&api::StringMap>, v2: bool) -> Result<SandboxSpec, Status> {
     let app = s.store.app(app_id).await.or_status()?;
-    if def.resources.as_ref().and_then(|r| r.gpu_config.as_ref()).is_some_and(|g| g.count > 0 || !g.gpu_type.is_empty()) {
-        return Err(Status::failed_precondition("this Ferry host has no GPUs for Sandboxes"));
+    // One check for every path that asks for GPUs: a sandbox is one call, so it is refused now.
+    if crate::gpus::check_resources(s, "Sandbox", def.resources.as_ref())?.is_some() {
+        return Err(Status::unimplemented("Ferry does not implement GPUs in Sandboxes yet; use a function with gpu= instead"));
     }
     if !def.nfs_mounts.is_empty() || !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement network file systems or cloud bucket mounts in Sandboxes yet"));

@@ -1,13 +1,14 @@
 """GPU requests through every path of the real client, driven by tests/serve/test_gpu.py.
 
 `refusals()` tries each `gpu=` form on functions, classes and `with_options`, printing one
-`REFUSED|ACCEPTED <case> <exception type>: <message>` line per case, then shows that CPU work
-still runs. The `fake_*` functions run on a server started with `--fake-gpus` (made-up cards:
+`REFUSED|ACCEPTED <case> <exception type>: <message>` line per case (the app starts, with a
+warning, and the call fails), then shows that CPU work still runs. The `fake_*` functions run on a server started with `--fake-gpus` (made-up cards:
 containers see only `CUDA_VISIBLE_DEVICES` naming them).
 """
 
 import os
 import time
+import warnings
 
 import modal
 
@@ -65,7 +66,8 @@ def outcome(case, thunk):
 
 
 def define(kind, gpu):
-    """A one-off app with a single GPU function or class, started and stopped."""
+    """A one-off app with a single GPU function or class: it starts (with a warning from the
+    server, printed as `WARNED <case> <message>`), and its call fails."""
 
     def run():
         one = modal.App(f"ferry-gpu-{kind}", image=image)
@@ -75,6 +77,7 @@ def define(kind, gpu):
             def on_gpu():
                 return 1
 
+            call = lambda: on_gpu.remote()  # noqa: E731
         else:
 
             @one.cls(gpu=gpu, serialized=True)
@@ -83,8 +86,15 @@ def define(kind, gpu):
                 def run(self):
                     return 1
 
-        with one.run():
-            pass
+            call = lambda: OnGpu().run.remote()  # noqa: E731
+
+        label = gpu if isinstance(gpu, str) else "+".join(gpu)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with one.run():
+                for w in seen:
+                    print(f"WARNED {kind}:{label} {str(w.message)}", flush=True)
+                call()
 
     return run
 
