@@ -13,6 +13,7 @@ mod container;
 mod functions;
 mod images;
 mod launch;
+mod live;
 mod mounts;
 mod scheduler;
 mod dicts;
@@ -49,6 +50,8 @@ pub struct ApiConfig {
     pub ephemeral_ttl: Duration,
     /// Ephemeral apps are stopped this long after their client's last heartbeat.
     pub app_heartbeat_ttl: Duration,
+    /// Base URL of the web dashboard; app links the client prints point there.
+    pub dashboard_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -57,6 +60,7 @@ impl Default for ApiConfig {
             public_url: String::new(),
             ephemeral_ttl: Duration::from_secs(900),
             app_heartbeat_ttl: Duration::from_secs(120),
+            dashboard_url: None,
         }
     }
 }
@@ -75,8 +79,31 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    serve_with_dashboard(store, config, listener, tls, None, shutdown).await
+}
+
+/// Serves the Modal API on `listener` and, when given a listener, the web dashboard and
+/// `/metrics` beside it (plain HTTP/1.1 on its own port), until `shutdown` resolves.
+pub async fn serve_with_dashboard(
+    store: Store,
+    config: ApiConfig,
+    listener: TcpListener,
+    tls: Option<TlsFiles>,
+    dashboard: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let modal = ModalService::new(store.clone(), config.clone())?;
+    let dashboard = dashboard.map(|l| {
+        let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
+        let public_url = config.dashboard_url.clone().unwrap_or_default();
+        let dash = ferry_dashboard::serve(store.clone(), live, ferry_dashboard::DashboardConfig { public_url }, l, std::future::pending());
+        tokio::spawn(async move {
+            if let Err(e) = dash.await {
+                tracing::error!("dashboard stopped: {e:#}");
+            }
+        })
+    });
     spawn_reaper(modal.clone());
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
@@ -120,6 +147,9 @@ pub async fn serve(
         )
         .await?;
     unix_server.abort();
+    if let Some(d) = dashboard {
+        d.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `ferry` command: serves the Modal API and administers a data dir.
 
 mod config;
+mod ops;
 mod serve;
 
 use std::path::PathBuf;
@@ -51,6 +52,22 @@ enum Command {
         #[command(subcommand)]
         cmd: ImagesCommand,
     },
+    /// Show what a data dir's server runs and queues, and its disk and memory use.
+    Status {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Check that this host can run Ferry, and say how to fix what is missing.
+    Doctor {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// Address `ferry serve` will listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// API port to check (the dashboard's is the next one).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+    },
     /// Serve open-weights models behind an OpenAI-compatible API.
     Llm {
         #[command(subcommand)]
@@ -100,6 +117,8 @@ fn main() -> anyhow::Result<()> {
                 images_prepare(&data_dir.resolve(), &python).await
             }
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
+            Command::Status { data_dir } => ops::status(&data_dir.resolve()).await,
+            Command::Doctor { data_dir, host, port } => ops::doctor(&data_dir.resolve(), host, &[port, port.saturating_add(1)]),
         }
     })
 }

@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// Do not add the `ferry` profile to the modal config file.
     #[arg(long)]
     no_modal_profile: bool,
+    /// Port of the web dashboard and `/metrics` (plain HTTP, same address as --host)
+    /// [default: --port + 1, or a free port when --port is 0].
+    #[arg(long)]
+    dashboard_port: Option<u16>,
+    /// Do not serve the web dashboard (app links then point at the API address).
+    #[arg(long, conflicts_with = "dashboard_port")]
+    no_dashboard: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,15 +74,18 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server_url = args.public_url.clone().unwrap_or_else(|| {
-        let host = match args.host {
-            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
-            IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
-            IpAddr::V4(a) => a.to_string(),
-        };
-        format!("{scheme}://{host}:{port}")
-    });
+    let server_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{}:{port}", url_host(args.host)));
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        let port = args.dashboard_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(1) });
+        let listener = ferry_api::bind(SocketAddr::new(args.host, port))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; choose another with --dashboard-port, or --no-dashboard"))?;
+        let url = format!("http://{}:{}", url_host(args.host), listener.local_addr()?.port());
+        std::fs::write(data_dir.join("dashboard.url"), &url)?;
+        Some((listener, url))
+    };
     let settings = ClientSettings { server_url: server_url.clone(), token_id, token_secret };
     config::write_private(&env_path, settings.env_file().as_bytes())?;
     let profile_note = if args.no_modal_profile {
@@ -90,6 +100,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         public_url: server_url.clone(),
         ephemeral_ttl: Duration::from_secs(args.ephemeral_ttl_secs),
         app_heartbeat_ttl: Duration::from_secs(args.app_heartbeat_ttl_secs),
+        dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()),
     };
     println!(
         "Ferry is serving the Modal API at {server_url} (data dir {})\n\
@@ -103,10 +114,24 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         env_path.display(),
         settings.token_id,
     );
+    if let Some((_, url)) = &dashboard {
+        println!("Dashboard and /metrics at {url} (sign in with a token id and secret)");
+    }
     tracing::info!(%server_url, "ready");
-    ferry_api::serve(store, api_config, listener, tls, shutdown_signal()).await?;
+    let dashboard = dashboard.map(|(l, _)| l);
+    ferry_api::serve_with_dashboard(store, api_config, listener, tls, dashboard, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The host part of a URL for a listening address (loopback for a wildcard address).
+fn url_host(host: IpAddr) -> String {
+    match host {
+        IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
+        IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+        IpAddr::V4(a) => a.to_string(),
+    }
 }
 
 /// Reuses the token recorded in `client.env` while it is valid; otherwise creates one.
