@@ -131,6 +131,8 @@ def test_dashboard_in_a_browser(runner, browser, tmp_path):
         browser.save_screenshot(str(shots / "logs.png"))
         download = browser.find_element(By.ID, "log-download").get_attribute("href")
         assert download.endswith("/logs.txt?q=dash-work%203")
+        text = browser.execute_script("return fetch(arguments[0]).then(r => r.text());", download)
+        assert text == "dash-work 3\n", text
 
         # The failed input and its traceback on the function's page.
         browser.get(app_link)
@@ -159,6 +161,26 @@ def test_dashboard_in_a_browser(runner, browser, tmp_path):
             return not browser.find_elements(By.CSS_SELECTOR, f'tr[data-task-id="{task_id}"]')
 
         wait_for(gone, timeout=30, every=1, what=f"container {task_id} to stop")
+
+        # Dicts and Queues: sizes and a peek; plain pickled values read as Python would.
+        put = runner.python(
+            "import modal\n"
+            "d = modal.Dict.from_name('dash-dict', create_if_missing=True)\n"
+            "d['greeting'] = 'hello there'; d['n'] = 42; d['obj'] = [1, 2]\n"
+            "q = modal.Queue.from_name('dash-queue', create_if_missing=True)\n"
+            "q.clear(); q.put_many(['first', 'second'])\n"
+        )
+        assert put.returncode == 0, put.stderr
+        browser.get(url + "/dicts")
+        browser.find_element(By.LINK_TEXT, "dash-dict").click()
+        assert browser.find_element(By.ID, "object-size").text == "3"
+        entries = browser.find_element(By.ID, "entries").text
+        assert "'greeting'" in entries and "'hello there'" in entries and "42" in entries
+        assert "5d94284b014b02652e" in entries  # the list is shown as hex, not unpickled
+        browser.get(url + "/queues")
+        browser.find_element(By.LINK_TEXT, "dash-queue").click()
+        assert browser.find_element(By.ID, "object-size").text == "2"
+        assert "'first'" in browser.find_element(By.ID, "entries").text
 
         # Secrets: key names, never values.
         browser.get(url + "/secrets")
