@@ -19,7 +19,8 @@ fn id(app_id: &str) -> Result<&str, Status> {
 }
 
 pub(crate) fn page_url(s: &ModalService, app_id: &str) -> String {
-    format!("{}/apps/{app_id}", s.config.public_url.trim_end_matches('/'))
+    let base = s.config.dashboard_url.as_deref().unwrap_or(&s.config.public_url);
+    format!("{}/apps/{app_id}", base.trim_end_matches('/'))
 }
 
 pub(crate) async fn create(s: &ModalService, r: Request<api::AppCreateRequest>) -> Rpc<api::AppCreateResponse> {

@@ -99,7 +99,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
-        Box::pin(async move {
+        let metered_method = req.uri().path().strip_prefix(SERVICE_PREFIX).unwrap_or("other").to_string();
+        let started = Instant::now();
+        let handled = Box::pin(async move {
             let method = req.uri().path().strip_prefix(SERVICE_PREFIX).unwrap_or(req.uri().path()).to_string();
             if let Some(v) = header(req.headers(), "x-modal-client-version") {
                 if v != ferry_proto::CLIENT_VERSION {
@@ -162,8 +164,46 @@ where
                 drop(tx);
             }
             Ok(rebuild(&stored))
-        })
+        });
+        Box::pin(async move { Ok(metered(handled.await?, metered_method, started)) })
     }
+}
+
+/// Counts an answered call in `/metrics` once its status is known: from the headers of a
+/// trailers-only answer, else from the trailers at the end of the body (a body dropped before
+/// them counts as CANCELLED).
+fn metered(resp: Response<Body>, method: String, started: Instant) -> Response<Body> {
+    if let Some(code) = grpc_status(resp.headers()) {
+        ferry_dashboard::metrics::record_rpc(&method, code, started);
+        return resp;
+    }
+    struct Pending {
+        method: String,
+        started: Instant,
+        done: bool,
+    }
+    impl Pending {
+        fn record(&mut self, code: &str) {
+            if !self.done {
+                self.done = true;
+                ferry_dashboard::metrics::record_rpc(&self.method, code, self.started);
+            }
+        }
+    }
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            self.record("1");
+        }
+    }
+    let mut pending = Pending { method, started, done: false };
+    let (parts, body) = resp.into_parts();
+    let body = body.map_frame(move |frame| {
+        if let Some(trailers) = frame.trailers_ref() {
+            pending.record(grpc_status(trailers).unwrap_or("0"));
+        }
+        frame
+    });
+    Response::from_parts(parts, Body::new(body))
 }
 
 enum Claim {

@@ -14,6 +14,7 @@ mod functions;
 mod gpus;
 mod images;
 mod launch;
+mod live;
 mod mounts;
 mod scheduler;
 mod schedules;
@@ -64,6 +65,8 @@ pub struct ApiConfig {
     pub images: ferry_runtime::BuildSettings,
     /// The host's GPUs (`ferry_gpu::Inventory::detect`); none by default.
     pub gpu_inventory: ferry_gpu::Inventory,
+    /// Base URL of the web dashboard; app links the client prints point there.
+    pub dashboard_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -76,6 +79,7 @@ impl Default for ApiConfig {
             router_port: 0,
             images: Default::default(),
             gpu_inventory: ferry_gpu::Inventory::none(),
+            dashboard_url: None,
         }
     }
 }
@@ -86,13 +90,15 @@ pub struct TlsFiles {
     pub key_pem: Vec<u8>,
 }
 
-/// Serves the Modal API on `listener` (and web endpoints on `web_listener`) until `shutdown`
-/// resolves.
+/// Serves the Modal API on `listener`, web endpoints on `web_listener` and, when given a
+/// listener, the web dashboard and `/metrics` (plain HTTP/1.1 on its own port), until
+/// `shutdown` resolves.
 pub async fn serve(
     store: Store,
     config: ApiConfig,
     listener: TcpListener,
     web_listener: Option<TcpListener>,
+    dashboard: Option<TcpListener>,
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -100,6 +106,16 @@ pub async fn serve(
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
     let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), router_tls).await?;
     let modal = ModalService::new(store.clone(), config.clone())?.with_sandboxes(sandboxes);
+    let dashboard = dashboard.map(|l| {
+        let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
+        let public_url = config.dashboard_url.clone().unwrap_or_default();
+        let dash = ferry_dashboard::serve(store.clone(), live, ferry_dashboard::DashboardConfig { public_url }, l, std::future::pending());
+        tokio::spawn(async move {
+            if let Err(e) = dash.await {
+                tracing::error!("dashboard stopped: {e:#}");
+            }
+        })
+    });
     spawn_reaper(modal.clone());
     // The one loop that fires `Function.schedule` ticks; stopped below when serving ends.
     let (stop_schedules, schedule_loop) = schedules::spawn(modal.clone());
@@ -153,6 +169,9 @@ pub async fn serve(
         w.abort();
     }
     router.abort();
+    if let Some(d) = dashboard {
+        d.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -35,6 +35,9 @@ pub(crate) struct Output {
     /// The encoded result (`GenericResult`) and its data format.
     pub result: Vec<u8>,
     pub data_format: i32,
+    /// Wall-clock time of the answer, and how long the answering attempt ran.
+    pub finished_at: f64,
+    pub duration: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -311,6 +314,8 @@ impl Scheduler {
             task_id: task_id.to_string(),
             result,
             data_format,
+            finished_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            duration: input.taken_at.map(|t| t.elapsed()),
         };
         if let Some(c) = st.calls.get_mut(&input.call_id) {
             if c.done_inputs.insert(output.input_id.clone()) {
@@ -375,6 +380,48 @@ impl Scheduler {
             (!found.is_empty() || last_look).then_some((found, next, unfinished))
         })
         .await
+    }
+
+    /// How many inputs a task holds now.
+    pub(crate) fn inputs_held(&self, task_id: &str) -> usize {
+        self.state.lock().unwrap().running.get(task_id).map_or(0, |r| r.len())
+    }
+
+    /// Queued and running inputs by function, for the dashboard and `/metrics`.
+    pub(crate) fn loads(&self) -> Vec<(String, usize, usize)> {
+        let st = self.state.lock().unwrap();
+        let mut by_fn: HashMap<&str, (usize, usize)> = HashMap::new();
+        for (fid, q) in &st.queues {
+            by_fn.entry(fid).or_default().0 += q.pending.len();
+        }
+        for (task_id, inputs) in &st.running {
+            if let Some(t) = st.tasks.get(task_id) {
+                by_fn.entry(&t.function_id).or_default().1 += inputs.len();
+            }
+        }
+        by_fn.into_iter().map(|(f, (q, r))| (f.to_string(), q, r)).collect()
+    }
+
+    /// A function's inputs this server remembers: queued, running (with the task holding
+    /// them), and answered (newest answers first), at most `limit` answered ones.
+    pub(crate) fn inputs_of_function(&self, function_id: &str, limit: usize) -> (Vec<Input>, Vec<(String, Input)>, Vec<(String, Output)>) {
+        let st = self.state.lock().unwrap();
+        let queued = st.queues.get(function_id).map(|q| q.pending.iter().cloned().collect()).unwrap_or_default();
+        let mut running = Vec::new();
+        for (task_id, inputs) in &st.running {
+            if st.tasks.get(task_id).is_some_and(|t| t.function_id == function_id) {
+                running.extend(inputs.iter().map(|i| (task_id.clone(), i.clone())));
+            }
+        }
+        let mut done: Vec<(String, Output)> = st
+            .calls
+            .iter()
+            .filter(|(_, c)| c.function_id == function_id)
+            .flat_map(|(call_id, c)| c.outputs.iter().map(move |o| (call_id.clone(), o.clone())))
+            .collect();
+        done.sort_by(|a, b| b.1.finished_at.total_cmp(&a.1.finished_at));
+        done.truncate(limit);
+        (queued, running, done)
     }
 
     /// Looks at a call until `look` answers, waking on each change to the call. `look` is told

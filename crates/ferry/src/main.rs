@@ -2,6 +2,7 @@
 
 mod config;
 mod gpus;
+mod ops;
 mod serve;
 
 use std::path::PathBuf;
@@ -64,6 +65,22 @@ enum Command {
     Gpus {
         #[command(flatten)]
         args: gpus::GpuArgs,
+    },
+    /// Show what a data dir's server runs and queues, and its disk and memory use.
+    Status {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Check that this host can run Ferry, and say how to fix what is missing.
+    Doctor {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// Address `ferry serve` will listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// API port to check (the web endpoints' port is the next one, the dashboard's the one after).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
     },
     /// Serve open-weights models behind an OpenAI-compatible API.
     Llm {
@@ -153,6 +170,8 @@ fn main() -> anyhow::Result<()> {
             Command::Images { data_dir, cmd: ImagesCommand::Gc { budget, dry_run } } => images_gc(&data_dir.resolve(), &budget, dry_run),
             Command::Gpus { args } => gpus::list(&args),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
+            Command::Status { data_dir } => ops::status(&data_dir.resolve()).await,
+            Command::Doctor { data_dir, host, port } => ops::doctor(&data_dir.resolve(), host, &[port, port.saturating_add(1), port.saturating_add(2)]),
         }
     })
 }

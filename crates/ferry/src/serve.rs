@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// to poll for the result.
     #[arg(long, default_value_t = 150)]
     web_redirect_secs: u64,
+    /// Port of the web dashboard and `/metrics` (plain HTTP, same address as --host)
+    /// [default: --port + 2, or a free port when --port is 0].
+    #[arg(long)]
+    dashboard_port: Option<u16>,
+    /// Do not serve the web dashboard (app links then point at the API address).
+    #[arg(long, conflicts_with = "dashboard_port")]
+    no_dashboard: bool,
     #[command(flatten)]
     gpu: crate::gpus::GpuArgs,
     #[command(flatten)]
@@ -146,6 +153,17 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let web_port = args.web_port.unwrap_or(if port == 0 || args.port == 0 { 0 } else { port.checked_add(1).unwrap_or(0) });
     let web_listener = ferry_api::bind(SocketAddr::new(args.host, web_port)).await?;
     let web_url = url_for(args.host, web_listener.local_addr()?.port(), "http");
+    let dashboard = if args.no_dashboard {
+        None
+    } else {
+        let port = args.dashboard_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(2) });
+        let listener = ferry_api::bind(SocketAddr::new(args.host, port))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; choose another with --dashboard-port, or --no-dashboard"))?;
+        let url = format!("http://{}:{}", url_host(args.host), listener.local_addr()?.port());
+        std::fs::write(data_dir.join("dashboard.url"), &url)?;
+        Some((listener, url))
+    };
     let settings = ClientSettings { server_url: server_url.clone(), token_id, token_secret };
     config::write_private(&env_path, settings.env_file().as_bytes())?;
     let profile_note = if args.no_modal_profile {
@@ -174,6 +192,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),
         None => String::new(),
+        dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()),
     };
     println!("Ferry serves web endpoints at {web_url}{web_note}");
     println!(
@@ -188,21 +207,29 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         env_path.display(),
         settings.token_id,
     );
+    if let Some((_, url)) = &dashboard {
+        println!("Dashboard and /metrics at {url} (sign in with a token id and secret)");
+    }
     tracing::info!(%server_url, "ready");
-    ferry_api::serve(store, api_config, listener, Some(web_listener), tls, shutdown_signal()).await?;
+    let dashboard = dashboard.map(|(l, _)| l);
+    ferry_api::serve(store, api_config, listener, Some(web_listener), dashboard, tls, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// `scheme://host:port` for a listening address (loopback for an unspecified one).
 fn url_for(host: IpAddr, port: u16, scheme: &str) -> String {
-    let host = match host {
+    format!("{scheme}://{}:{port}", url_host(host))
+}
+
+/// The host part of a URL for a listening address (loopback for a wildcard address).
+fn url_host(host: IpAddr) -> String {
+    match host {
         IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
         IpAddr::V6(a) if a.is_unspecified() => "[::1]".to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
         IpAddr::V4(a) => a.to_string(),
-    };
-    format!("{scheme}://{host}:{port}")
+    }
 }
 
 /// Reuses the token recorded in `client.env` while it is valid; otherwise creates one.
