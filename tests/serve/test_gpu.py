@@ -62,6 +62,7 @@ def test_gpu_requests_are_refused_on_every_path_and_cpu_work_still_runs(runner):
     rows = outcomes(out)
     expected = [f"{kind}:{gpu}" for kind in ("function", "class") for gpu in ("T4", "any", "A10G:2", "H100+A100")]
     expected += [f"{path}.with_options:{gpu}" for gpu in ("T4", "any", "A10G:2") for path in ("cls", "function")]
+    expected += ["image:T4"]
     assert sorted(rows) == sorted(expected), out
     shown = {"T4": '"T4"', "any": '"ANY"', "A10G:2": '"A10G:2"', "H100+A100": '["H100", "A100"]'}
     for case, (verdict, message) in rows.items():
@@ -71,6 +72,8 @@ def test_gpu_requests_are_refused_on_every_path_and_cpu_work_still_runs(runner):
         assert f"this Ferry host cannot provide gpu={shown[gpu]}: it has no GPUs" in message, f"{case}: {message}"
         if case.startswith("class:"):
             assert "Class 'OnGpu': " in message, message
+        if case.startswith("image:"):
+            assert "Image build: " in message, message
         if case.startswith("cls.with_options:"):
             assert "Class 'Model': " in message, message
     # Deploying such an app works (its other functions serve) with a warning from the server.

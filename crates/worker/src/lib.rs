@@ -304,7 +304,7 @@ impl Worker {
 
         let mut command = spec.command.clone().unwrap_or_else(|| ENTRYPOINT.iter().map(|s| s.to_string()).collect());
         if !spec.gpus.is_empty() {
-            command = with_driver_ldcache(command);
+            command = refresh_ldcache_then(command);
         }
         let mut container = ContainerSpec::new(spec.layer.clone(), command);
         container.env = task_env(&spec, record.config.env_get("PYTHONPATH"));
@@ -342,10 +342,11 @@ impl Worker {
     }
 }
 
-/// Runs `ldconfig` first so the driver libraries bound into the container are in its loader
-/// cache (`ldconfig -p`, `ctypes.util.find_library`), as the NVIDIA container tooling does;
+/// What a task with GPUs runs: `ldconfig` first, so the driver libraries bound into
+/// [`ferry_runtime::DRIVER_LIB_DIR`] are in the image's loader cache (`ldconfig -p`,
+/// `ctypes.util.find_library`), as the NVIDIA container tooling does; then `command`.
 /// `LD_LIBRARY_PATH` covers images where that cannot run (no shell, not root).
-fn with_driver_ldcache(command: Vec<String>) -> Vec<String> {
+pub fn refresh_ldcache_then(command: Vec<String>) -> Vec<String> {
     let script = format!(
         "if [ -w /etc ] && [ -x /sbin/ldconfig ]; then mkdir -p /etc/ld.so.conf.d && echo {dir} > /etc/ld.so.conf.d/000-ferry-nvidia.conf && /sbin/ldconfig 2>/dev/null; fi; exec \"$@\"",
         dir = ferry_runtime::DRIVER_LIB_DIR

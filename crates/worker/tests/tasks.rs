@@ -245,3 +245,32 @@ async fn sweep_removes_what_dead_workers_left() {
     assert!(kept.exists(), "a live worker's task directory is kept");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The driver libraries a GPU task gets reach the image's loader cache. There is no GPU here:
+/// a made-up `libcuda.so.1` (a fake, an empty shared object) stands in for the driver's.
+#[tokio::test]
+async fn gpu_tasks_put_the_driver_libraries_in_the_loader_cache() {
+    let Some((worker, base)) = worker().await else { return };
+    let dir = std::env::temp_dir().join(format!("ferry-worker-fake-driver-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.c"), "int ferry_fake_cuda;\n").unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(dir.join("libcuda.so.1"))
+        .arg(dir.join("empty.c"))
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: no C compiler to make the fake driver library");
+        return;
+    }
+    std::fs::remove_file(dir.join("empty.c")).unwrap();
+    let probe = vec!["sh".to_string(), "-c".to_string(), "ldconfig -p | grep libcuda.so.1".to_string()];
+    let mut s = spec(&base, &[]);
+    s.command = Some(ferry_worker::refresh_ldcache_then(probe));
+    s.files.push((dir.clone(), ferry_runtime::DRIVER_LIB_DIR.into()));
+    let mut task = worker.start(s).await.unwrap();
+    let (out, err, exit) = output(&mut task).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(exit.success(), "exit {exit:?}\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("libcuda.so.1") && out.contains("=> /usr/local/nvidia/lib64/libcuda.so.1"), "{out}");
+}

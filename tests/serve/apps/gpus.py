@@ -99,6 +99,22 @@ def define(kind, gpu):
     return run
 
 
+def image_build(gpu):
+    """An app whose image has a build step with `gpu=`."""
+
+    def run():
+        one = modal.App("ferry-gpu-image", image=modal.Image.debian_slim().run_commands("true", gpu=gpu))
+
+        @one.function(serialized=True)
+        def cpu():
+            return 1
+
+        with one.run():
+            pass
+
+    return run
+
+
 GPUS = ["T4", "any", "A10G:2", ["H100", "A100"]]
 
 
@@ -107,6 +123,7 @@ def refusals():
         for gpu in GPUS:
             label = gpu if isinstance(gpu, str) else "+".join(gpu)
             outcome(f"{kind}:{label}", define(kind, gpu))
+    outcome("image:T4", image_build("T4"))
     with app.run():
         for gpu in ["T4", "any", "A10G:2"]:
             outcome(f"cls.with_options:{gpu}", lambda: Model.with_options(gpu=gpu)().visible.remote())
