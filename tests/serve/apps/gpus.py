@@ -100,7 +100,7 @@ def define(kind, gpu):
 
 
 def image_build(gpu):
-    """An app whose image has a build step with `gpu=`."""
+    """An app whose image has a build step with `gpu=` and a CPU function on it."""
 
     def run():
         one = modal.App("ferry-gpu-image", image=modal.Image.debian_slim().run_commands("true", gpu=gpu))
@@ -110,7 +110,7 @@ def image_build(gpu):
             return 1
 
         with one.run():
-            pass
+            assert cpu.remote() == 1
 
     return run
 
