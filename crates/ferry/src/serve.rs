@@ -188,11 +188,11 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         router_port: args.router_port,
         images,
         gpu_inventory: args.gpu.inventory()?,
+        dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()),
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),
         None => String::new(),
-        dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()),
     };
     println!("Ferry serves web endpoints at {web_url}{web_note}");
     println!(
