@@ -140,7 +140,7 @@ fn metadata(s: &ModalService, layer: &str) -> Option<api::ImageMetadata> {
 pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCreateRequest>) -> Rpc<api::ImageGetOrCreateResponse> {
     let req = r.into_inner();
     let image = req.image.ok_or_else(|| invalid("ImageGetOrCreate needs an image definition"))?;
-    if image.build_function.is_some() != !req.build_function_id.is_empty() {
+    if image.build_function.is_some() == req.build_function_id.is_empty() {
         return Err(invalid("an `Image.run_function` step needs both the build function's definition and its id"));
     }
     if image.build_function.is_some() {

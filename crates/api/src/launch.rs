@@ -435,23 +435,28 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     };
     s.volumes.task_started(task_id, task.pid());
 
-    // Container output goes to the app's log stream, tagged with the task and function.
-    if let (Some(mut logs), Some(sink)) = (build_log.is_some().then(|| task.logs()).flatten(), build_log) {
-        let sink = sink.clone();
-        tokio::spawn(async move {
-            while let Some(line) = logs.recv().await {
-                let _ = sink.send(line);
-            }
-        });
-    } else if let Some(mut logs) = task.logs() {
-        let store = s.store.clone();
-        let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
-        tokio::spawn(async move {
-            while let Some(line) = logs.recv().await {
-                let fd = line.stream.fd() as i32;
-                let _ = store.append_log(&app_id, &task_id, &fid, fd, &format!("{}\n", line.text)).await;
-            }
-        });
+    // Container output goes to the app's log stream, tagged with the task and function (a
+    // build step's to its build log).
+    match (task.logs(), build_log) {
+        (Some(mut logs), Some(sink)) => {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                while let Some(line) = logs.recv().await {
+                    let _ = sink.send(line);
+                }
+            });
+        }
+        (Some(mut logs), None) => {
+            let store = s.store.clone();
+            let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
+            tokio::spawn(async move {
+                while let Some(line) = logs.recv().await {
+                    let fd = line.stream.fd() as i32;
+                    let _ = store.append_log(&app_id, &task_id, &fid, fd, &format!("{}\n", line.text)).await;
+                }
+            });
+        }
+        (None, _) => {}
     }
 
     // Enforce the per-attempt timeout, and the stop request: after kill_switch, give @exit
