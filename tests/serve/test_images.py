@@ -447,21 +447,25 @@ def test_images_list_and_gc(kit, tmp_path, monkeypatch):
         server.stop()
 
 
-def test_run_function_is_refused_clearly(kit, tmp_path):
+def test_run_function_builds_a_layer(kit, tmp_path):
     app = tmp_path / "run_function_app.py"
     app.write_text(textwrap.dedent("""
         import modal
         app = modal.App("ferry-run-function")
 
-        def bake():
-            open("/baked", "w").write("yes")
+        def bake(text):
+            open("/baked", "w").write(text)
 
-        image = modal.Image.debian_slim().run_function(bake)
+        image = modal.Image.debian_slim().run_function(bake, args=("baked by the build step",))
 
         @app.function(image=image)
         def f():
             return open("/baked").read()
+
+        @app.local_entrypoint()
+        def main():
+            print("GOT", f.remote())
         """))
     out = kit["server"].modal("run", str(app), timeout=300)
     text = out.stdout + out.stderr
-    assert out.returncode != 0 and "run_function" in text and "not implement" in text, text
+    assert out.returncode == 0 and "GOT baked by the build step" in text, text

@@ -140,10 +140,18 @@ fn metadata(s: &ModalService, layer: &str) -> Option<api::ImageMetadata> {
 pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCreateRequest>) -> Rpc<api::ImageGetOrCreateResponse> {
     let req = r.into_inner();
     let image = req.image.ok_or_else(|| invalid("ImageGetOrCreate needs an image definition"))?;
-    if image.build_function.is_some() || !req.build_function_id.is_empty() {
-        return Err(Status::unimplemented("Ferry does not implement `Image.run_function` build steps yet"));
+    if image.build_function.is_some() == req.build_function_id.is_empty() {
+        return Err(invalid("an `Image.run_function` step needs both the build function's definition and its id"));
     }
-    if image.dockerfile_commands.is_empty() {
+    if image.build_function.is_some() {
+        check_id(&req.build_function_id, "fu", "Function")?;
+        if image.base_images.len() != 1 {
+            return Err(invalid("an `Image.run_function` step needs exactly one base image"));
+        }
+        if !image.dockerfile_commands.is_empty() {
+            return Err(invalid("an `Image.run_function` step cannot have Dockerfile commands as well"));
+        }
+    } else if image.dockerfile_commands.is_empty() {
         return Err(invalid("the image definition has no Dockerfile commands"));
     }
     if image.image_registry_config.as_ref().is_some_and(|c| c.registry_auth_type == api::RegistryAuthType::Aws as i32) {
@@ -173,12 +181,12 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
     if rebuild {
         s.store.reset_image(&id).await.or_status()?;
     }
-    start_build(s, &id, image, force);
+    start_build(s, &id, image, force, req.build_function_id);
     Ok(Response::new(api::ImageGetOrCreateResponse { image_id: id, result: None, metadata: None }))
 }
 
 /// Starts the build of `id` unless one is running.
-fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool) {
+fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool, build_function_id: String) {
     let build = {
         let mut running = s.images.builds.running.lock().unwrap();
         if let Some(b) = running.get(id) {
@@ -193,7 +201,11 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool) {
     let svc = s.clone();
     let id = id.to_string();
     tokio::spawn(async move {
-        let outcome = build_layer(&svc, &image, force, &build).await;
+        let outcome = if image.build_function.is_some() {
+            run_function_layer(&svc, &image, &build_function_id, &build).await
+        } else {
+            build_layer(&svc, &image, force, &build).await
+        };
         let (result, meta) = match outcome {
             Ok(layer) => {
                 let _ = svc.store.finish_image(&id, Some(&layer), None).await;
@@ -276,6 +288,33 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
     drop(sink);
     let _ = forward.await;
     built.map(|b| b.id.to_string()).map_err(|e| e.to_string())
+}
+
+/// An `Image.run_function` step: the build function runs once, with the arguments the client
+/// sent, in a container of the parent image (with the function's secrets, volumes, mounts and
+/// resources); what it writes is the layer. The image id already covers the parent, the
+/// function's source and globals and the arguments, so an unchanged step is a cache hit.
+async fn run_function_layer(s: &ModalService, image: &api::Image, function_id: &str, build: &Arc<Build>) -> Result<String, String> {
+    let base = image.base_images.first().ok_or("the step has no base image")?;
+    wait_for_layer(s, &base.image_id).await?;
+    let (record, def) = crate::launch::definition(s, function_id).await?;
+    if def.image_id != base.image_id {
+        return Err(format!("the build function {function_id} does not run on the step's base image {}", base.image_id));
+    }
+    let input = image.build_function.as_ref().and_then(|f| f.input.clone()).unwrap_or_default();
+    let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+    let forward = {
+        let build = build.clone();
+        tokio::spawn(async move {
+            while let Some(line) = lines.recv().await {
+                build.push(line);
+            }
+        })
+    };
+    let built = crate::launch::run_build_function(s, function_id, &record.app_id, input.encode_to_vec(), &sink).await;
+    drop(sink);
+    let _ = forward.await;
+    built.map(|layer| layer.to_string())
 }
 
 /// Registry credentials from a secret, the way Modal reads them: a username and password, or

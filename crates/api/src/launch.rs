@@ -244,7 +244,92 @@ fn start_task(s: ModalService, function_id: String, app_id: String) {
     });
 }
 
+/// Runs an `Image.run_function` build step: one container of `function_id` from the parent
+/// image with the single input `payload` (an encoded `FunctionInput`), told to exit once the
+/// input is answered; its filesystem writes become the returned layer. Its output goes to
+/// `log`; a failed input (or container) fails the build with the function's traceback.
+pub(crate) async fn run_build_function(s: &ModalService, function_id: &str, app_id: &str, payload: Vec<u8>, log: &ferry_runtime::LogSink) -> Result<ferry_runtime::LayerId, String> {
+    let task_id = ferry_store::new_id("ta");
+    let call_id = ferry_store::new_id("fc");
+    s.scheduler.new_call(&call_id, function_id);
+    s.scheduler.register_task(TaskInfo {
+        task_id: task_id.clone(),
+        app_id: app_id.to_string(),
+        function_id: function_id.to_string(),
+        last_active: Instant::now(),
+        started_at: ferry_store::now(),
+        preempted: false,
+        stopping: false,
+        draining: false,
+        failure: None,
+    });
+    let input = Input {
+        input_id: ferry_store::new_id("in"),
+        call_id: call_id.clone(),
+        idx: 0,
+        payload,
+        retry_count: 0,
+        invocation_type: 0,
+        taken_at: None,
+    };
+    s.scheduler.enqueue(function_id, vec![input]);
+    // Once the input is answered the container gets `kill_switch` and exits by itself.
+    let stopper = {
+        let sched = s.scheduler.clone();
+        let (call_id, task_id) = (call_id.clone(), task_id.clone());
+        tokio::spawn(async move {
+            loop {
+                match sched.outputs(&call_id, 0, None, Duration::from_secs(50)).await {
+                    Some((outputs, _, _)) if outputs.is_empty() => continue,
+                    Some(_) => sched.stop_task(&task_id),
+                    None => {}
+                }
+                return;
+            }
+        })
+    };
+    let ran = run_task_as(s, function_id, &task_id, Some(log)).await;
+    stopper.abort();
+    let output = s.scheduler.outputs(&call_id, 0, None, Duration::from_millis(10)).await.and_then(|(o, _, _)| o.into_iter().next());
+    s.scheduler.forget_call(&call_id);
+    let layer = match ran {
+        Ok(layer) => layer,
+        Err(message) => {
+            s.scheduler.remove_task(&task_id);
+            return Err(format!("the build function's container could not start: {message}"));
+        }
+    };
+    let result = output.map(|o| api::GenericResult::decode(o.result.as_slice()).unwrap_or_default());
+    let failure = match &result {
+        Some(r) if r.status == api::generic_result::GenericStatus::Success as i32 => None,
+        Some(r) => {
+            let mut message = r.exception.clone();
+            if !r.traceback.is_empty() {
+                message = format!("{}\n{message}", r.traceback.trim_end());
+            }
+            Some(if message.is_empty() { "the build function failed".to_string() } else { message })
+        }
+        None => Some("the build function's container exited before answering its input".to_string()),
+    };
+    match (failure, layer) {
+        (None, Some(layer)) => Ok(layer),
+        (None, None) => Err("the build function's container left no layer".into()),
+        (Some(message), layer) => {
+            if let Some(layer) = layer {
+                let _ = s.images.store.remove(&layer);
+            }
+            Err(message)
+        }
+    }
+}
+
 async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<(), String> {
+    run_task_as(s, function_id, task_id, None).await.map(|_| ())
+}
+
+/// Runs one task container until it exits. With `build_log` it is a build step: its output goes
+/// there instead of the app's logs, and its writes come back as a layer.
+async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_log: Option<&ferry_runtime::LogSink>) -> Result<Option<ferry_runtime::LayerId>, String> {
     let (record, def) = definition(s, function_id).await?;
     let app = s.store.app(&record.app_id).await.map_err(|e| e.to_string())?;
     let env = s.store.environment_by_id(&app.environment_id).await.map_err(|e| e.to_string())?;
@@ -289,7 +374,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
                 Some(lease) => Some(lease),
                 None => {
                     s.scheduler.remove_task(task_id);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -351,16 +436,28 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     };
     s.volumes.task_started(task_id, task.pid());
 
-    // Container output goes to the app's log stream, tagged with the task and function.
-    if let Some(mut logs) = task.logs() {
-        let store = s.store.clone();
-        let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
-        tokio::spawn(async move {
-            while let Some(line) = logs.recv().await {
-                let fd = line.stream.fd() as i32;
-                let _ = store.append_log(&app_id, &task_id, &fid, fd, &format!("{}\n", line.text)).await;
-            }
-        });
+    // Container output goes to the app's log stream, tagged with the task and function (a
+    // build step's to its build log).
+    match (task.logs(), build_log) {
+        (Some(mut logs), Some(sink)) => {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                while let Some(line) = logs.recv().await {
+                    let _ = sink.send(line);
+                }
+            });
+        }
+        (Some(mut logs), None) => {
+            let store = s.store.clone();
+            let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
+            tokio::spawn(async move {
+                while let Some(line) = logs.recv().await {
+                    let fd = line.stream.fd() as i32;
+                    let _ = store.append_log(&app_id, &task_id, &fid, fd, &format!("{}\n", line.text)).await;
+                }
+            });
+        }
+        (None, _) => {}
     }
 
     // Enforce the per-attempt timeout, and the stop request: after kill_switch, give @exit
@@ -394,7 +491,14 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
             }
         })
     };
-    let exit = task.wait().await;
+    let (exit, layer) = if build_log.is_some() {
+        match task.wait_into_layer().await {
+            Ok((exit, layer)) => (Ok(exit), Some(layer)),
+            Err(e) => (Err(e), None),
+        }
+    } else {
+        (task.wait().await, None)
+    };
     watcher.abort();
     s.volumes.release_task(task_id).await;
     launcher.killers.lock().unwrap().remove(task_id);
@@ -406,7 +510,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
             s.scheduler.requeue(function_id, input);
         }
         let _ = ensure_capacity(s, function_id).await;
-        return Ok(());
+        return Ok(layer);
     }
     let reported = info.and_then(|i| i.failure);
     let message = match (&exit, &reported) {
@@ -421,7 +525,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     if message.starts_with(TIMED_OUT) {
         let result = failure_with(api::generic_result::GenericStatus::Timeout, message);
         fail_or_retry(s, function_id, task_id, held, result).await;
-        return Ok(());
+        return Ok(layer);
     }
     let mut lost = held;
     if reported.is_some() && s.scheduler.tasks_of_function(function_id) == 0 {
@@ -431,7 +535,7 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     } else {
         fail_or_retry(s, function_id, task_id, lost, failure(message)).await;
     }
-    Ok(())
+    Ok(layer)
 }
 
 /// Every function and class of the app with its handle metadata, plus the ids the function

@@ -194,6 +194,13 @@ impl Task {
     pub async fn wait(&mut self) -> Result<TaskExit> {
         Ok(self.container.wait().await?)
     }
+
+    /// Waits for the task to end, then turns everything it wrote into a new layer on top of
+    /// its image, whatever the exit status (how `Image.run_function` build steps become
+    /// layers; remove the layer from the store when the run failed).
+    pub async fn wait_into_layer(&mut self) -> Result<(TaskExit, LayerId)> {
+        Ok(self.container.wait_into_layer().await?)
+    }
 }
 
 /// Signals one task's container; cheap to clone, usable after the task ended (a no-op then).
