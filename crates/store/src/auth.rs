@@ -30,12 +30,46 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The two kinds of id-and-secret tokens: the client tokens every RPC presents, and the proxy
+/// tokens web endpoints with `requires_proxy_auth` accept. Same life cycle, separate tables.
+#[derive(Clone, Copy)]
+pub(crate) enum TokenKind {
+    Client,
+    Proxy,
+}
+
+impl TokenKind {
+    fn table(self) -> &'static str {
+        match self {
+            TokenKind::Client => "tokens",
+            TokenKind::Proxy => "proxy_tokens",
+        }
+    }
+
+    /// Id and secret prefixes, as Modal's tokens have them.
+    fn prefixes(self) -> (&'static str, &'static str) {
+        match self {
+            TokenKind::Client => ("ak-", "as-"),
+            TokenKind::Proxy => ("wk-", "ws-"),
+        }
+    }
+
+    fn not_found(self, token_id: &str) -> StoreError {
+        StoreError::NotFound(match self {
+            TokenKind::Client => format!("no active token '{token_id}'; see `ferry token list`"),
+            TokenKind::Proxy => format!("no active proxy token '{token_id}'; see `ferry proxy-token list`"),
+        })
+    }
+}
+
 impl Store {
-    /// Creates a token and returns `(token_id, token_secret)`. Only the secret's hash is kept.
-    pub async fn create_token(&self, label: &str) -> Result<(String, String)> {
-        let id = format!("ak-{}", random_secret(22));
-        let secret = format!("as-{}", random_secret(32));
-        sqlx::query("INSERT INTO tokens (token_id, secret_sha256, label, created_at) VALUES (?, ?, ?, ?)")
+    /// Creates a token of `kind` and returns `(token_id, token_secret)`; only the secret's hash
+    /// is kept.
+    pub(crate) async fn create_token_of(&self, kind: TokenKind, label: &str) -> Result<(String, String)> {
+        let (id_prefix, secret_prefix) = kind.prefixes();
+        let id = format!("{id_prefix}{}", random_secret(22));
+        let secret = format!("{secret_prefix}{}", random_secret(32));
+        sqlx::query(&format!("INSERT INTO {} (token_id, secret_sha256, label, created_at) VALUES (?, ?, ?, ?)", kind.table()))
             .bind(&id)
             .bind(digest(&secret))
             .bind(label)
@@ -45,16 +79,17 @@ impl Store {
         Ok((id, secret))
     }
 
-    pub async fn verify_token(&self, token_id: &str, secret: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT secret_sha256 FROM tokens WHERE token_id = ? AND revoked_at IS NULL")
+    /// Whether `secret` is the secret of an active token `token_id` of `kind`.
+    pub(crate) async fn verify_token_of(&self, kind: TokenKind, token_id: &str, secret: &str) -> Result<bool> {
+        let row = sqlx::query(&format!("SELECT secret_sha256 FROM {} WHERE token_id = ? AND revoked_at IS NULL", kind.table()))
             .bind(token_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| same(&r.get::<String, _>(0), &digest(secret))).unwrap_or(false))
+        Ok(row.is_some_and(|r| same(&r.get::<String, _>(0), &digest(secret))))
     }
 
-    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
-        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created_at").fetch_all(&self.pool).await?;
+    pub(crate) async fn list_tokens_of(&self, kind: TokenKind) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(&format!("SELECT * FROM {} ORDER BY created_at", kind.table())).fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(|r| TokenInfo {
@@ -66,16 +101,33 @@ impl Store {
             .collect())
     }
 
-    pub async fn revoke_token(&self, token_id: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL")
+    pub(crate) async fn revoke_token_of(&self, kind: TokenKind, token_id: &str) -> Result<()> {
+        let done = sqlx::query(&format!("UPDATE {} SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL", kind.table()))
             .bind(now())
             .bind(token_id)
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("no active token '{token_id}'; see `ferry token list`")));
+            return Err(kind.not_found(token_id));
         }
         Ok(())
+    }
+
+    /// Creates a token and returns `(token_id, token_secret)`. Only the secret's hash is kept.
+    pub async fn create_token(&self, label: &str) -> Result<(String, String)> {
+        self.create_token_of(TokenKind::Client, label).await
+    }
+
+    pub async fn verify_token(&self, token_id: &str, secret: &str) -> Result<bool> {
+        self.verify_token_of(TokenKind::Client, token_id, secret).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.list_tokens_of(TokenKind::Client).await
+    }
+
+    pub async fn revoke_token(&self, token_id: &str) -> Result<()> {
+        self.revoke_token_of(TokenKind::Client, token_id).await
     }
 
     /// Issues the credential a task's container presents on every RPC; returns its secret.

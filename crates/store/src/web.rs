@@ -1,12 +1,11 @@
 //! Web endpoints: the route from a URL label to the function (and class method) that answers
 //! it, and the proxy tokens that endpoints with `requires_proxy_auth` accept.
 
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::apps::AppState;
-use crate::util::random_secret;
-use crate::{now, Result, Store, StoreError};
+use crate::auth::TokenKind;
+use crate::{now, Result, Store};
 
 /// Where requests for one label go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,17 +20,8 @@ pub struct WebRoute {
     pub app_live: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct ProxyTokenInfo {
-    pub token_id: String,
-    pub label: String,
-    pub created_at: f64,
-    pub revoked_at: Option<f64>,
-}
-
-fn digest(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
+/// A proxy token as listed: the same fields as a client token.
+pub type ProxyTokenInfo = crate::TokenInfo;
 
 impl Store {
     /// Points `label` at a function (the last app to claim a label gets it) and drops the
@@ -96,49 +86,19 @@ impl Store {
 
     /// Creates a proxy token and returns `(token_id, token_secret)`; only the secret's hash is kept.
     pub async fn create_proxy_token(&self, label: &str) -> Result<(String, String)> {
-        let id = format!("wk-{}", random_secret(22));
-        let secret = format!("ws-{}", random_secret(32));
-        sqlx::query("INSERT INTO proxy_tokens (token_id, secret_sha256, label, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&id)
-            .bind(digest(&secret))
-            .bind(label)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
-        Ok((id, secret))
+        self.create_token_of(TokenKind::Proxy, label).await
     }
 
     /// Whether `secret` is the secret of an active proxy token `token_id`.
     pub async fn verify_proxy_token(&self, token_id: &str, secret: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT secret_sha256 FROM proxy_tokens WHERE token_id = ? AND revoked_at IS NULL")
-            .bind(token_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some_and(|r| crate::auth::same(&r.get::<String, _>(0), &digest(secret))))
+        self.verify_token_of(TokenKind::Proxy, token_id, secret).await
     }
 
     pub async fn list_proxy_tokens(&self) -> Result<Vec<ProxyTokenInfo>> {
-        let rows = sqlx::query("SELECT * FROM proxy_tokens ORDER BY created_at").fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|r| ProxyTokenInfo {
-                token_id: r.get("token_id"),
-                label: r.get("label"),
-                created_at: r.get("created_at"),
-                revoked_at: r.get("revoked_at"),
-            })
-            .collect())
+        self.list_tokens_of(TokenKind::Proxy).await
     }
 
     pub async fn revoke_proxy_token(&self, token_id: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE proxy_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL")
-            .bind(now())
-            .bind(token_id)
-            .execute(&self.pool)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("no active proxy token '{token_id}'; see `ferry proxy-token list`")));
-        }
-        Ok(())
+        self.revoke_token_of(TokenKind::Proxy, token_id).await
     }
 }
