@@ -12,23 +12,7 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 pub fn format_time(t: f64) -> String {
-    let secs = t as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    ferry_store::format_utc(t)
 }
 
 /// The three settings a client needs, as written to `DIR/client.env`.
@@ -103,13 +87,6 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(format_time(0.0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_000_000.0), "2026-11-18 11:06:40");
-        assert_eq!(format_time(951_782_400.0), "2000-02-29 00:00:00");
-    }
 
     #[test]
     fn profile_is_added_without_touching_others() {

@@ -41,7 +41,7 @@ pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
 pub use sandboxes::{SandboxFilter, SandboxRecord};
-pub use util::{new_id, now};
+pub use util::{format_utc, new_id, now};
 pub use web::{ProxyTokenInfo, WebRoute};
 pub use volumes::{EntryKind, VolumeChange, VolumeEntry};
 

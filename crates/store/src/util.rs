@@ -11,6 +11,39 @@ pub fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in UTC for a Unix time such as [`now`] returns; used by every
+/// listing that shows a stored time.
+pub fn format_utc(unix: f64) -> String {
+    let secs = unix.floor() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::format_utc(0.0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_utc(1_795_000_000.0), "2026-11-18 11:06:40");
+        assert_eq!(super::format_utc(951_782_400.0), "2000-02-29 00:00:00");
+        assert_eq!(super::format_utc(1_709_210_096.5), "2024-02-29 12:34:56");
+    }
+}
+
 /// A fresh object id with the client's type prefix, e.g. `di-` for Dicts.
 /// The client dispatches `from_id` on the prefix, so it must match the object's kind.
 pub fn new_id(prefix: &str) -> String {
