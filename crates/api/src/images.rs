@@ -55,6 +55,23 @@ fn log_path(s: &ModalService, image_id: &str) -> std::path::PathBuf {
     s.images.store.root().join("logs").join(format!("{image_id}.log"))
 }
 
+/// How much of a build log one streamed message carries at most.
+const LOG_BATCH: usize = 256 * 1024;
+
+/// Sends a build's kept log from `offset` to its end, in batches; returns the offset reached,
+/// or None when the client went away.
+async fn send_log(path: &std::path::Path, mut offset: u64, tx: &tokio::sync::mpsc::Sender<Result<api::ImageJoinStreamingResponse, Status>>) -> Option<u64> {
+    loop {
+        let (batch, next) = read_log(path, offset, LOG_BATCH).await;
+        if batch.is_empty() {
+            return Some(offset);
+        }
+        offset = next;
+        let msg = api::ImageJoinStreamingResponse { task_logs: batch, entry_id: offset.to_string(), ..Default::default() };
+        tx.send(Ok(msg)).await.ok()?;
+    }
+}
+
 /// The complete lines of a build log after byte `offset`, at most `limit` bytes of them; returns
 /// them with the offset after the last one.
 async fn read_log(path: &std::path::Path, offset: u64, limit: usize) -> (Vec<api::TaskLogs>, u64) {
@@ -367,7 +384,6 @@ pub(crate) async fn wait_for_layer(s: &ModalService, image_id: &str) -> Result<L
 
 /// Streams a build's output after `last_entry_id` (a byte offset in its log), then its result.
 pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinStreamingRequest>) -> RpcStream<api::ImageJoinStreamingResponse> {
-    const BATCH: usize = 256 * 1024;
     let req = r.into_inner();
     check_id(&req.image_id, "im", "Image")?;
     let record = s.store.image(&req.image_id).await.or_status()?;
@@ -381,16 +397,9 @@ pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinSt
         let Some(build) = build else {
             // Finished before this server started: the kept log (when asked for), then the outcome.
             if req.include_logs_for_finished {
-                loop {
-                    let (batch, next) = read_log(&path, offset, BATCH).await;
-                    if batch.is_empty() {
-                        break;
-                    }
-                    offset = next;
-                    let msg = api::ImageJoinStreamingResponse { task_logs: batch, entry_id: offset.to_string(), ..Default::default() };
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
+                match send_log(&path, offset, &tx).await {
+                    Some(next) => offset = next,
+                    None => return,
                 }
             }
             let result = match record.status {
@@ -415,16 +424,9 @@ pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinSt
             notified.as_mut().enable();
             // Read the result before the log: every line written before the result is then sent.
             let result = build.result.lock().unwrap().clone();
-            loop {
-                let (batch, next) = read_log(&path, offset, BATCH).await;
-                if batch.is_empty() {
-                    break;
-                }
-                offset = next;
-                let msg = api::ImageJoinStreamingResponse { task_logs: batch, entry_id: offset.to_string(), ..Default::default() };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
+            match send_log(&path, offset, &tx).await {
+                Some(next) => offset = next,
+                None => return,
             }
             if let Some((result, meta)) = result {
                 let _ = tx
