@@ -104,8 +104,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
-    let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), router_tls).await?;
-    let modal = ModalService::new(store.clone(), config.clone())?.with_sandboxes(sandboxes);
+    let modal = ModalService::new(store.clone(), config.clone())?;
+    let volumes = (*modal.volumes).clone();
+    let (sandboxes, router) = start_sandboxes(&store, volumes, &config, listener.local_addr()?.ip(), router_tls).await?;
+    let modal = modal.with_sandboxes(sandboxes);
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();
@@ -181,6 +183,7 @@ pub async fn serve(
 /// accepts plain http for it only when that host is local).
 async fn start_sandboxes(
     store: &Store,
+    volumes: ferry_volumes::Volumes,
     config: &ApiConfig,
     ip: std::net::IpAddr,
     tls: Option<(Vec<u8>, Vec<u8>)>,
@@ -208,7 +211,7 @@ async fn start_sandboxes(
         ..Default::default()
     };
     let images = ferry_runtime::ImageStore::open(store.data_dir())?;
-    let sandboxes = ferry_sandbox::Sandboxes::open(store.clone(), images, sandbox_config).await?;
+    let sandboxes = ferry_sandbox::Sandboxes::open(store.clone(), images, volumes, sandbox_config).await?;
     let router = {
         let sandboxes = sandboxes.clone();
         tokio::spawn(async move {

@@ -167,7 +167,12 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         volumes: def
             .volume_mounts
             .iter()
-            .map(|v| VolumeMount { volume_id: v.volume_id.clone(), mount_path: v.mount_path.clone(), read_only: v.read_only })
+            .map(|v| VolumeMount {
+                volume_id: v.volume_id.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only,
+                sub_path: v.sub_path.clone().filter(|p| !p.is_empty()),
+            })
             .collect(),
         tty,
         v2,
