@@ -28,6 +28,7 @@ mod service;
 mod status;
 mod web;
 mod volumes;
+mod workspace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

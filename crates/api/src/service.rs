@@ -98,6 +98,9 @@ macro_rules! modal_client_impl {
 modal_client_impl! {
     unary {
         client_hello(()) -> api::ClientHelloResponse => crate::environments::client_hello;
+        workspace_name_lookup(()) -> api::WorkspaceNameLookupResponse => crate::workspace::name_lookup;
+        token_info_get(api::TokenInfoGetRequest) -> api::TokenInfoGetResponse => crate::workspace::token_info;
+        workspace_dashboard_url_get(api::WorkspaceDashboardUrlRequest) -> api::WorkspaceDashboardUrlResponse => crate::workspace::dashboard_url;
         environment_get_or_create(api::EnvironmentGetOrCreateRequest) -> api::EnvironmentGetOrCreateResponse => crate::environments::get_or_create;
         environment_list(()) -> api::EnvironmentListResponse => crate::environments::list;
         environment_create(api::EnvironmentCreateRequest) -> () => crate::environments::create;
