@@ -261,3 +261,30 @@ def test_unknown_ids_are_404(client):
         with pytest.raises(openai.NotFoundError) as e:
             call()
         assert e.value.body["code"] == "response_not_found"
+
+
+def test_responses_in_a_batch(client, model):
+    import io
+    import time
+
+    lines = [
+        {"custom_id": "ok", "method": "POST", "url": "/v1/responses",
+         "body": {"model": model, "input": "Name a fish.", "max_output_tokens": 5, "temperature": 0}},
+        {"custom_id": "bad", "method": "POST", "url": "/v1/responses",
+         "body": {"model": model, "input": "Hi", "max_output_tokens": 0}},
+    ]
+    f = client.files.create(file=("r.jsonl", io.BytesIO("".join(json.dumps(l) + "\n" for l in lines).encode()), "application/jsonl"),
+                            purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h")
+    deadline = time.time() + 120
+    while b.status not in ("completed", "failed", "cancelled") and time.time() < deadline:
+        time.sleep(0.2)
+        b = client.batches.retrieve(b.id)
+    assert b.status == "completed"
+    assert b.request_counts.completed == 1 and b.request_counts.failed == 1
+    out = [json.loads(l) for l in client.files.content(b.output_file_id).read().splitlines()]
+    body = out[0]["response"]["body"]
+    assert out[0]["custom_id"] == "ok" and body["object"] == "response"
+    assert body["output"][0]["content"][0]["text"] == ask(client, model, input="Name a fish.", max_output_tokens=5).output_text
+    errs = [json.loads(l) for l in client.files.content(b.error_file_id).read().splitlines()]
+    assert errs[0]["custom_id"] == "bad" and errs[0]["response"]["status_code"] == 400
