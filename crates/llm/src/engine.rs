@@ -88,7 +88,15 @@ pub struct Timings {
 #[derive(Debug)]
 pub enum GenEvent {
     Token { id: u32, logprob: Option<TokenLogprob> },
-    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize, timings: Timings },
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        /// Of `prompt_tokens`, how many were reused from the KV cache instead of decoded
+        /// (OpenAI's `usage.prompt_tokens_details.cached_tokens`); 0 without prefix reuse.
+        cached_tokens: usize,
+        completion_tokens: usize,
+        timings: Timings,
+    },
     Error(String),
 }
 
@@ -293,6 +301,7 @@ impl Slot {
         let _ = self.job.events.send(GenEvent::Done {
             finish,
             prompt_tokens: self.job.req.prompt.len(),
+            cached_tokens: 0,
             completion_tokens: self.generated,
             timings: Timings {
                 queued_ms: self.queued_ms,

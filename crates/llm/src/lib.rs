@@ -1,6 +1,6 @@
 //! Ferry's model-serving pillar: `ferry llm serve` runs a GGUF model behind an OpenAI-compatible
-//! API (chat completions with streaming, tools and structured outputs, files, batches,
-//! moderations).
+//! API (chat completions and the Responses API with streaming, tools and structured outputs,
+//! files, batches, moderations).
 //!
 //! Code map:
 //! - `engine`: llama.cpp model + context on a dedicated thread, continuous batching, priorities.
@@ -9,7 +9,7 @@
 //! - `template`: chat templates (GGUF metadata or Ferry's Gemma default) with minijinja.
 //! - `text`: incremental UTF-8 and stop sequences.
 //! - `api`: the HTTP routes; the only module that knows OpenAI's wire format.
-//! - `store`: files and batches on disk. `moderation`: the text classifier.
+//! - `store`: files, batches and stored responses on disk. `moderation`: the text classifier.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

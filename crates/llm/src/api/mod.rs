@@ -7,6 +7,7 @@ pub mod batches;
 pub mod chat;
 pub mod files;
 pub mod moderations;
+pub mod responses;
 
 use std::sync::Arc;
 
@@ -45,6 +46,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/models", get(list_models))
         .route("/models/{model}", get(get_model))
         .route("/chat/completions", post(chat::create))
+        .route("/responses", post(responses::create))
+        .route("/responses/{id}", get(responses::retrieve).delete(responses::delete))
+        .route("/responses/{id}/cancel", post(responses::cancel))
+        .route("/responses/{id}/input_items", get(responses::input_items))
         .route("/moderations", post(moderations::create))
         .route("/files", post(files::upload).get(files::list))
         .route("/files/{id}", get(files::retrieve).delete(files::delete))
@@ -109,6 +114,82 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
         ApiError::bad_request(format!("We could not parse the JSON body of your request: {e}"))
     })?;
     from_value(v)
+}
+
+/// JSON type a top-level request field must have.
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    Str,
+    Num,
+    Int,
+    Bool,
+    Arr,
+    Obj,
+    StrOrArr,
+    StrOrObj,
+}
+
+impl Ty {
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Ty::Str => v.is_string(),
+            Ty::Num => v.is_number(),
+            Ty::Int => v.is_i64() || v.is_u64(),
+            Ty::Bool => v.is_boolean(),
+            Ty::Arr => v.is_array(),
+            Ty::Obj => v.is_object(),
+            Ty::StrOrArr => v.is_string() || v.is_array(),
+            Ty::StrOrObj => v.is_string() || v.is_object(),
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Str => "a string",
+            Ty::Num => "a decimal",
+            Ty::Int => "an integer",
+            Ty::Bool => "a boolean",
+            Ty::Arr => "an array",
+            Ty::Obj => "an object",
+            Ty::StrOrArr => "a string or an array",
+            Ty::StrOrObj => "a string or an object",
+        }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a decimal",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks a request body's shape before it is deserialised, so a wrong type names its parameter
+/// (`param`, code `invalid_type`) as OpenAI does; `null` fields count as absent and are dropped.
+pub fn check_fields(v: &mut Value, required: &[&str], fields: &[(&str, Ty)]) -> ApiResult<()> {
+    let Some(obj) = v.as_object_mut() else {
+        return Err(ApiError::bad_request(format!("The request body must be a JSON object, not {}.", json_kind(v))).code("invalid_type"));
+    };
+    obj.retain(|_, x| !x.is_null());
+    for r in required {
+        if !obj.contains_key(*r) {
+            return Err(ApiError::bad_request(format!("Missing required parameter: '{r}'.")).param(*r).code("missing_required_parameter"));
+        }
+    }
+    for (name, ty) in fields {
+        if let Some(x) = obj.get(*name) {
+            if !ty.accepts(x) {
+                return Err(ApiError::bad_request(format!("Invalid type for '{name}': expected {}, but got {} instead.", ty.name(), json_kind(x)))
+                    .param(*name)
+                    .code("invalid_type"));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn from_value<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
