@@ -401,6 +401,8 @@ struct ChoiceResult {
     stopped_by_sequence: bool,
     logprobs: Vec<Value>,
     completion_tokens: usize,
+    /// Prompt tokens served from the prompt cache.
+    cached_tokens: usize,
     timings: Timings,
 }
 
@@ -409,8 +411,10 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
     let mut text = TextStream::new(stops);
     let mut logprobs = Vec::new();
     let mut completion_tokens = 0;
+    let mut cached_tokens = 0;
     while let Some(ev) = rx.recv().await {
         match ev {
+            GenEvent::Admitted { cached_tokens: c } => cached_tokens = c,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 text.push(&state.engine.token_bytes[id as usize]);
@@ -425,13 +429,14 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
                         stopped_by_sequence: true,
                         logprobs,
                         completion_tokens,
+                        cached_tokens,
                         timings: Timings::default(),
                     });
                 }
             }
             GenEvent::Done { finish, completion_tokens, timings, .. } => {
                 text.finish();
-                return Ok(ChoiceResult { text: text.text().to_string(), finish, stopped_by_sequence: false, logprobs, completion_tokens, timings });
+                return Ok(ChoiceResult { text: text.text().to_string(), finish, stopped_by_sequence: false, logprobs, completion_tokens, cached_tokens, timings });
             }
             GenEvent::Error(e) => return Err(ApiError::internal(e)),
         }
@@ -443,10 +448,10 @@ fn overloaded() -> ApiError {
     ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "The server is at capacity; retry shortly.").code("server_overloaded")
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
     json!({
         "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     })
 }
@@ -473,10 +478,12 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
     let results = join_all(futs).await;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
+    let mut cached_tokens = 0;
     let mut timings = Timings::default();
     for (i, r) in results.into_iter().enumerate() {
         let r = r?;
         completion_tokens += r.completion_tokens;
+        cached_tokens = cached_tokens.max(r.cached_tokens);
         if i == 0 {
             timings = r.timings.clone();
         }
@@ -503,7 +510,7 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
         "system_fingerprint": "fp_ferry",
         "service_tier": "default",
         "choices": choices,
-        "usage": usage(p.prompt.len(), completion_tokens),
+        "usage": usage(p.prompt.len(), completion_tokens, cached_tokens),
         "timings": {"queued_ms": timings.queued_ms, "prompt_ms": timings.prompt_ms, "generation_ms": timings.generation_ms, "grammar_ms": timings.grammar_ms},
     }))
 }
@@ -563,9 +570,11 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
     tokio::spawn(async move {
         let mut rx = rx;
         let mut completion = 0usize;
+        let mut cached = 0usize;
         while let Some(v) = rx.recv().await {
             if let Some(c) = v.get("_completion_tokens").and_then(|c| c.as_u64()) {
                 completion += c as usize;
+                cached = cached.max(v.get("_cached_tokens").and_then(|c| c.as_u64()).unwrap_or(0) as usize);
                 continue;
             }
             if out_tx.send(v.to_string()).await.is_err() {
@@ -573,7 +582,7 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
             }
         }
         if include_usage {
-            let _ = out_tx.send(chunk(json!([]), Some(usage(prompt_tokens, completion))).to_string()).await;
+            let _ = out_tx.send(chunk(json!([]), Some(usage(prompt_tokens, completion, cached))).to_string()).await;
         }
         let _ = out_tx.send("[DONE]".to_string()).await;
     });
@@ -604,6 +613,7 @@ async fn stream_choice(
     let mut completion_tokens = 0usize;
     let mut finish = Finish::Stop;
     let mut pending_lp: Vec<Value> = Vec::new();
+    let mut cached_tokens = 0usize;
     let send_text = |s: String, lps: Vec<Value>| {
         let lp = if want_lp { json!({"content": lps, "refusal": null}) } else { Value::Null };
         chunk(json!([{"index": index, "delta": {"content": s}, "logprobs": lp, "finish_reason": null}]), None)
@@ -614,6 +624,7 @@ async fn stream_choice(
             return;
         };
         match ev {
+            GenEvent::Admitted { cached_tokens: c } => cached_tokens = c,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 if let (true, Some(lp)) = (want_lp, logprob) {
@@ -678,5 +689,5 @@ async fn stream_choice(
         }
     }
     let _ = tx.send(chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]), None)).await;
-    let _ = tx.send(json!({"_completion_tokens": completion_tokens})).await;
+    let _ = tx.send(json!({"_completion_tokens": completion_tokens, "_cached_tokens": cached_tokens})).await;
 }
