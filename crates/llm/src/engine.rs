@@ -546,7 +546,11 @@ fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, p
                 s.started = Some(Instant::now());
             }
             let left = s.job.req.prompt.len() - s.prefilled;
-            let take = left.min(BATCH_TOKENS - used);
+            // The prompt's last token (the one whose logits are sampled) always goes in a step of
+            // its own: llama.cpp's results for a row depend slightly on the rows computed with it,
+            // so this keeps a repeated request's output identical whether its prefix came from
+            // the prompt cache or not (greedy and seeded sampling stay reproducible).
+            let take = if left > 1 { left - 1 } else { 1 }.min(BATCH_TOKENS - used);
             if take == 0 {
                 break;
             }
