@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import re
+import shutil
 import socket
 import urllib.request
 import time
@@ -41,6 +43,28 @@ def llama_bench(bin_dir: Path, model: Path, threads: int, pp: int, tg: int, reps
         kind = "pp" if row["n_prompt"] > 0 else "tg"
         res[kind] = row["avg_ts"]
     return res
+
+
+def pinned_bin_dir(bin_dir: Path, variant: str | None) -> Path:
+    """A copy of the reference bin dir with only one CPU module, the one Ferry chose, so both
+    engines run the same kernels (ggml alone would pick by CPUID, which on a VM whose OS or
+    hypervisor does not really support AMX ends in SIGILL)."""
+    if not variant:
+        return bin_dir
+    out = bin_dir.parent / f"bin-{variant}"
+    out.mkdir(exist_ok=True)
+    for f in bin_dir.iterdir():
+        if f.name.startswith("libggml-cpu-") and f.name != f"libggml-cpu-{variant}.so":
+            continue
+        dst = out / f.name
+        if not dst.exists():
+            shutil.copy2(f, dst, follow_symlinks=True)  # a copy, not a link: ggml searches the real exe's dir
+    return out
+
+
+def ferry_variant(log: Path) -> str | None:
+    m = re.search(r"llama.cpp CPU backend: libggml-cpu-([a-z0-9_]+)\.so", log.read_text())
+    return m.group(1) if m else None
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 600) -> dict:
@@ -102,6 +126,9 @@ def main():
     data = Path(tempfile.mkdtemp(prefix="ferry-llm-bench-"))
     ctx = 4096
     server = conftest.Server(data, extra=["--threads", str(args.threads), "--parallel", str(args.streams), "--ctx-size", str(ctx)])
+    # A build without `cpu-variants` has ggml compiled in for AVX2 (haswell level).
+    variant = ferry_variant(data / "server.log") or "haswell"
+    bin_dir = pinned_bin_dir(bin_dir, variant)
     ref_server = LlamaServer(bin_dir, model, args.threads, args.streams, ctx)
     client, name = server.client, server.model
     try:
@@ -226,7 +253,8 @@ def main():
         t1 = med([ttft(1)[0] for _ in range(3)])
         t8 = [x for _ in range(2) for x in ttft(args.streams)]
 
-        print(f"model: {model.name}, threads: {args.threads}, reps: {args.reps} (medians), load average: {os.getloadavg()[0]:.2f}")
+        print(f"model: {model.name}, threads: {args.threads}, reps: {args.reps} (medians), load average: {os.getloadavg()[0]:.2f}, "
+              f"CPU module: {variant} for both")
         print("| measure | llama.cpp | ferry llm serve | ratio |")
         print("|---|---|---|---|")
         print(f"| prompt tok/s (llama-bench pp{args.pp} vs a {prompt_tokens}-token chat prompt) | {ref['pp']:.1f} | {pp:.1f} | {pp / ref['pp']:.2f}x |")
