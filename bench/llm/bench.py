@@ -185,7 +185,7 @@ def main():
             return sum(toks) / wall
 
         # A ~2,000-token document shared by every request; each question differs.
-        doc_words = " ".join(f"Rule {i}: vessels of class {i % 7} keep {i % 5 + 1} cables from the pier." for i in range(400)).split()
+        doc_words = " ".join(f"Rule {i}: vessels of class {i % 7} keep {i % 5 + 1} cables from the pier." for i in range(200)).split()
         probe = client.chat.completions.create(model=name, messages=[{"role": "user", "content": " ".join(doc_words)}], max_tokens=1)
         doc = " ".join(doc_words[: int(len(doc_words) * args.prefix / probe.usage.prompt_tokens)])
 
