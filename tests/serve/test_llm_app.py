@@ -53,6 +53,7 @@ def deployed():
         yield server
     finally:
         server.modal("app", "stop", "ferry-llm", "--yes")
+        server.modal("volume", "delete", volume, "--yes")  # 253 MB per run otherwise
         server.stop()
 
 
