@@ -519,8 +519,10 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
     let mut text = TextStream::new(stops);
     let mut logprobs = Vec::new();
     let mut completion_tokens = 0;
+    let mut cached_tokens = 0;
     while let Some(ev) = rx.recv().await {
         match ev {
+            GenEvent::Admitted { cached_tokens: c } => cached_tokens = c,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 text.push(&state.engine.token_bytes[id as usize]);
@@ -535,7 +537,7 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
                         stopped_by_sequence: true,
                         logprobs,
                         completion_tokens,
-                        cached_tokens: 0,
+                        cached_tokens,
                         timings: Timings::default(),
                     });
                 }
@@ -734,6 +736,7 @@ async fn stream_choice(
             return;
         };
         match ev {
+            GenEvent::Admitted { cached_tokens: c } => cached_tokens = c,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 if let (true, Some(lp)) = (want_lp, logprob) {

@@ -5,6 +5,7 @@
 
 pub mod batches;
 pub mod chat;
+pub mod embeddings;
 pub mod files;
 pub mod moderations;
 pub mod responses;
@@ -21,6 +22,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::embed::Embedder;
 use crate::engine::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::moderation::Moderator;
@@ -29,6 +31,8 @@ use crate::template::ChatTemplate;
 
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// The `--embedding-model`, when one is loaded.
+    pub embedder: Option<Arc<Embedder>>,
     pub template: ChatTemplate,
     pub api_key: String,
     pub store: Arc<Store>,
@@ -51,6 +55,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/responses/{id}/cancel", post(responses::cancel))
         .route("/responses/{id}/input_items", get(responses::input_items))
         .route("/moderations", post(moderations::create))
+        .route("/embeddings", post(embeddings::create))
         .route("/files", post(files::upload).get(files::list))
         .route("/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/files/{id}/content", get(files::content))
@@ -97,15 +102,24 @@ fn model_object(state: &AppState) -> Value {
     json!({"id": state.engine.info.id, "object": "model", "created": state.engine.info.created, "owned_by": "ferry"})
 }
 
+/// The chat model first, then the embedding model when one is loaded.
+fn model_objects(state: &AppState) -> Vec<Value> {
+    let mut v = vec![model_object(state)];
+    if let Some(e) = &state.embedder {
+        v.push(json!({"id": e.info.id, "object": "model", "created": e.info.created, "owned_by": "ferry"}));
+    }
+    v
+}
+
 async fn list_models(State(state): State<SharedState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_object(&state)]}))
+    Json(json!({"object": "list", "data": model_objects(&state)}))
 }
 
 async fn get_model(State(state): State<SharedState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
-    if model != state.engine.info.id {
-        return Err(ApiError::not_found(format!("The model `{model}` does not exist or you do not have access to it.")).code("model_not_found"));
+    match model_objects(&state).into_iter().find(|m| m["id"] == model.as_str()) {
+        Some(m) => Ok(Json(m)),
+        None => Err(ApiError::not_found(format!("The model `{model}` does not exist or you do not have access to it.")).code("model_not_found")),
     }
-    Ok(Json(model_object(&state)))
 }
 
 /// Parses a JSON body with OpenAI-style errors instead of axum's plain-text rejections.

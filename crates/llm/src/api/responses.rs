@@ -689,6 +689,7 @@ async fn run_stream(
             return None;
         };
         match ev {
+            GenEvent::Admitted { cached_tokens: k } => cached_tokens = k,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 if let (true, Some(lp)) = (echo.want_logprobs, logprob) {
