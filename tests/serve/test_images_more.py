@@ -4,6 +4,7 @@ logs` (one layer and all of them), names surviving a restart, and the AWS ECR er
 
 import json
 import os
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Ferry
-from imagekit import Registry, busybox_layout
+from imagekit import BUSYBOX_APPLETS, OciLayout, Registry, busybox_layout, tar_layer
 
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
 
@@ -169,3 +170,92 @@ def test_aws_ecr_names_the_setting(kit):
     assert rc != 0, text[-3000:]
     assert "--registry-mirror 000000000000.dkr.ecr.us-east-1.amazonaws.com=URL" in text, text[-3000:]
     assert "AWS" in text and "ferry-not-a-key" not in text
+
+
+def test_python_without_a_ferry_base_is_installed_from_the_image(kit, tmp_path):
+    """A registry image whose Python is a series Ferry has no base for (3.12 here, as
+    `python:3.12-slim` says in PYTHON_VERSION) gets the client installed with the image's own
+    Python; this image has none, so the call fails saying which Python and why."""
+    busybox = Path("/bin/busybox").read_bytes()
+    entries = [("dir", "bin", None), ("exe", "bin/busybox", busybox), ("dir", "tmp", None)]
+    entries += [("link", f"bin/{a}", "busybox") for a in BUSYBOX_APPLETS]
+    layer, diff = tar_layer(entries)
+    layout = OciLayout(tmp_path / "py312")
+    digest, size = layout.blob(layer)
+    desc = layout.image([(digest, size, "application/vnd.oci.image.layer.v1.tar+gzip", diff)], ["PATH=/bin", "PYTHON_VERSION=3.12.7"])
+    layout.tag("1", [desc])
+    kit["registry"].push(tmp_path / "py312", "1", "ferrytest/py312:1")
+    rc, text = run(kit["server"], """
+    import modal
+    app = modal.App("ferry-py312-registry")
+
+    @app.function(image=modal.Image.from_registry("ferrytest/py312:1"))
+    def hello():
+        return "hi"
+
+    with app.run():
+        hello.remote()
+    """, timeout=300)
+    assert rc != 0, text[-3000:]
+    assert "Python is 3.12" in text and "image's own Python" in text and "3.11, 3.13" in text, text[-3000:]
+
+
+def test_volume_in_a_build_step(kit):
+    """`run_commands(..., volumes=...)`: the step reads the volume, its writes are committed,
+    and the volume's files are not part of the layer."""
+    stamp = time.time_ns()
+    rc, text = run(kit["server"], f"""
+    import io, modal
+    vol = modal.Volume.from_name("build-vol-{stamp}", create_if_missing=True)
+    with vol.batch_upload() as b:
+        b.put_file(io.BytesIO(b"seed-{stamp}"), "/seed")
+    app = modal.App("ferry-build-volume")
+    image = modal.Image.debian_slim().run_commands(
+        "cat /vol/seed > /from-volume && echo written-{stamp} > /vol/written", volumes={{"/vol": vol}}
+    )
+
+    @app.function(image=image)
+    def look():
+        import os
+        return open("/from-volume").read() + " " + str(os.path.exists("/vol/seed"))
+
+    with app.run():
+        print("LOOK", look.remote())
+    print("WRITTEN", b"".join(vol.read_file("written")).decode().strip())
+    """)
+    assert rc == 0, text[-3000:]
+    assert f"LOOK seed-{stamp} False" in text, text[-3000:]
+    assert f"WRITTEN written-{stamp}" in text, text[-3000:]
+
+
+def test_add_python_on_an_image_without_python(kit, tmp_path):
+    """`add_python="3.11"` on a registry image with no Python and no libc (static busybox):
+    Ferry's standalone Python runs there, with pip, and so do functions."""
+    busybox = Path("/bin/busybox").read_bytes()
+    entries = [("dir", "bin", None), ("exe", "bin/busybox", busybox), ("dir", "tmp", None), ("dir", "root", None)]
+    entries += [("link", f"bin/{a}", "busybox") for a in BUSYBOX_APPLETS + ["ln", "env"]]
+    layer, diff = tar_layer(entries)
+    layout = OciLayout(tmp_path / "nopython")
+    digest, size = layout.blob(layer)
+    path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    desc = layout.image([(digest, size, "application/vnd.oci.image.layer.v1.tar+gzip", diff)], [path])
+    layout.tag("1", [desc])
+    kit["registry"].push(tmp_path / "nopython", "1", "ferrytest/nopython:1")
+    stamp = time.time_ns()
+    rc, text = run(kit["server"], f"""
+    import modal
+    app = modal.App("ferry-add-python")
+    image = modal.Image.from_registry("ferrytest/nopython:1", add_python="3.11").run_commands(
+        "python -m pip --version > /pip-version", "echo {stamp}"
+    )
+
+    @app.function(image=image)
+    def where():
+        import ctypes, json, sqlite3, ssl, sys
+        return sys.executable + " " + sys.version.split()[0] + " " + open("/pip-version").read().split()[0]
+
+    with app.run():
+        print("WHERE", where.remote())
+    """, timeout=900)
+    assert rc == 0, text[-4000:]
+    assert re.search(r"WHERE /usr/local/bin/python 3\.11\.\d+ pip", text), text[-4000:]

@@ -171,9 +171,6 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
     } else if image.dockerfile_commands.is_empty() {
         return Err(invalid("the image definition has no Dockerfile commands"));
     }
-    if !image.volume_mounts.is_empty() {
-        return Err(Status::unimplemented("Ferry does not implement Volumes in image build steps yet"));
-    }
     crate::gpus::check_gpu_config(image.gpu_config.as_ref())?;
     let id = image_id(&image, &req.builder_version);
     let (record, _) = s.store.get_or_create_image(&id, &image.encode_to_vec()).await.or_status()?;
@@ -302,10 +299,43 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
             }
         })
     };
+    // `run_commands(..., volumes=...)`: each volume is a view bound into the build's steps
+    // (not part of the layer); the steps' writes are committed when the build succeeds.
+    let volume_task = format!("build-{}", &hex::encode(Sha256::digest(image.encode_to_vec()))[..16]);
+    let mut spec = spec;
+    if !image.volume_mounts.is_empty() {
+        let requests: Vec<ferry_volumes::MountRequest> = image
+            .volume_mounts
+            .iter()
+            .map(|m| ferry_volumes::MountRequest {
+                volume_id: m.volume_id.clone(),
+                target: m.mount_path.clone(),
+                read_only: m.read_only,
+                sub_path: m.sub_path.clone(),
+            })
+            .collect();
+        let binds = s.volumes.prepare_task(&volume_task, &requests).await.map_err(|e| format!("cannot mount the build step's volumes: {e}"))?;
+        spec.build_mounts.extend(binds.into_iter().map(|b| {
+            if b.read_only { ferry_runtime::BindMount::read_only(b.source, b.target) } else { ferry_runtime::BindMount::read_write(b.source, b.target) }
+        }));
+    }
     let options = ferry_runtime::BuildOptions { force, ..Default::default() };
     let built = s.images.builder.build_with(&spec, options, &sink).await;
     drop(sink);
     let _ = forward.await;
+    if !image.volume_mounts.is_empty() {
+        let mut committed = Ok(());
+        if built.is_ok() {
+            for m in image.volume_mounts.iter().filter(|m| !m.read_only) {
+                if let Err(e) = s.volumes.commit_task(&volume_task, &m.volume_id).await {
+                    committed = Err(format!("the build succeeded but committing volume {} failed: {e}", m.volume_id));
+                    break;
+                }
+            }
+        }
+        s.volumes.release_task(&volume_task).await;
+        committed?;
+    }
     built.map(|b| b.id.to_string()).map_err(|e| match e {
         ferry_runtime::Error::RegistryNotConfigured { .. } if aws => format!(
             "{e}. AWS ECR credentials (`Image.from_aws_ecr`, AWS_* keys in the registry secret) need a token from AWS's API, \
