@@ -115,6 +115,7 @@ modal_client_impl! {
         app_stop(api::AppStopRequest) -> () => crate::apps::stop;
         app_client_disconnect(api::AppClientDisconnectRequest) -> () => crate::apps::client_disconnect;
         app_fetch_logs(api::AppFetchLogsRequest) -> api::AppFetchLogsResponse => crate::apps::fetch_logs;
+        app_count_logs(api::AppCountLogsRequest) -> api::AppCountLogsResponse => crate::apps::count_logs;
         app_get_lifecycle(api::AppGetLifecycleRequest) -> api::AppGetLifecycleResponse => crate::apps::get_lifecycle;
         task_list(api::TaskListRequest) -> api::TaskListResponse => crate::apps::task_list;
         task_get_info(api::TaskGetInfoRequest) -> api::TaskGetInfoResponse => crate::apps::task_get_info;
@@ -126,6 +127,12 @@ modal_client_impl! {
         blob_get(api::BlobGetRequest) -> api::BlobGetResponse => crate::blobs::get;
         image_get_or_create(api::ImageGetOrCreateRequest) -> api::ImageGetOrCreateResponse => crate::images::get_or_create;
         image_from_id(api::ImageFromIdRequest) -> api::ImageFromIdResponse => crate::images::from_id;
+        image_publish(api::ImagePublishRequest) -> api::ImagePublishResponse => crate::images::publish;
+        image_get_by_tag(api::ImageGetByTagRequest) -> api::ImageGetByTagResponse => crate::images::get_by_tag;
+        image_list_tags(api::ImageListTagsRequest) -> api::ImageListTagsResponse => crate::images::list_tags;
+        image_tag_revisions(api::ImageTagRevisionsRequest) -> api::ImageTagRevisionsResponse => crate::images::tag_revisions;
+        image_name_delete(api::ImageNameDeleteRequest) -> () => crate::images::name_delete;
+        image_build_chain_get(api::ImageBuildChainGetRequest) -> api::ImageBuildChainGetResponse => crate::images::build_chain_get;
         function_precreate(api::FunctionPrecreateRequest) -> api::FunctionPrecreateResponse => crate::functions::precreate;
         function_create(api::FunctionCreateRequest) -> api::FunctionCreateResponse => crate::functions::create;
         function_get(api::FunctionGetRequest) -> api::FunctionGetResponse => crate::functions::get;

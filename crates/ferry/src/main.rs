@@ -116,6 +116,19 @@ enum ImagesCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write an image (an `im-...` id, a name published with `Image.publish` as
+    /// `[ENV/]NAME:TAG`, or a layer id) with every layer under it as an OCI image layout of
+    /// zstd layers, which `skopeo copy oci:DIR:TAG docker://...` pushes to a registry.
+    Export {
+        /// The image id, published name or layer id.
+        image: String,
+        /// The OCI layout directory (created; blobs already there are shared).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The tag inside the layout.
+        #[arg(long, default_value = "latest")]
+        tag: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +181,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Images { data_dir, cmd: ImagesCommand::List } => images_list(&data_dir.resolve()),
             Command::Images { data_dir, cmd: ImagesCommand::Gc { budget, dry_run } } => images_gc(&data_dir.resolve(), &budget, dry_run),
+            Command::Images { data_dir, cmd: ImagesCommand::Export { image, out, tag } } => images_export(&data_dir.resolve(), &image, &out, &tag).await,
             Command::Gpus { args } => gpus::list(&args),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
             Command::Status { data_dir } => ops::status(&data_dir.resolve()).await,
@@ -282,6 +296,41 @@ fn images_list(data_dir: &std::path::Path) -> anyhow::Result<()> {
         println!("{:<14} {:>10} {:<22} {:<14} {what}", &l.record.id.as_str()[..12], human(l.bytes), config::format_time(l.last_used as f64), parent);
     }
     println!("{} layers, {} in all", layers.len(), human(total));
+    Ok(())
+}
+
+async fn images_export(data_dir: &std::path::Path, image: &str, out: &std::path::Path, tag: &str) -> anyhow::Result<()> {
+    let layer = match ferry_runtime::LayerId::parse(image) {
+        Some(layer) => layer,
+        None => {
+            let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+            let image_id = if image.starts_with("im-") {
+                image.to_string()
+            } else {
+                let (env, name) = image.split_once('/').unwrap_or(("", image));
+                let name = if name.contains(':') { name.to_string() } else { format!("{name}:latest") };
+                let env = store.environment(env).await?;
+                store.image_name(&env.id, &name).await?.ok_or_else(|| anyhow::anyhow!("no image is published as {name} in environment {}", env.name))?.image_id
+            };
+            let record = store.image(&image_id).await?;
+            let layer = record.layer_id.filter(|_| record.status == 1);
+            layer.as_deref().and_then(ferry_runtime::LayerId::parse).ok_or_else(|| anyhow::anyhow!("image {image_id} has not been built"))?
+        }
+    };
+    let images = ferry_runtime::ImageStore::open(data_dir)?;
+    let started = std::time::Instant::now();
+    let (layer2, out2, tag2) = (layer.clone(), out.to_path_buf(), tag.to_string());
+    let exported = tokio::task::spawn_blocking(move || images.export_image(&layer2, &out2, &tag2)).await??;
+    for l in &exported.layers {
+        println!("layer {} -> {} ({})", &l.layer.as_str()[..12], l.digest, human(l.size));
+    }
+    println!(
+        "exported {} layers to {} (tag {tag}, manifest {}) in {:.1}s",
+        exported.layers.len(),
+        out.display(),
+        exported.manifest_digest,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

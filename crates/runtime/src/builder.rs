@@ -400,6 +400,11 @@ impl ImageBuilder {
         }
         remove_tree(&work);
         remove_tree(&context);
+        if config.python_version.is_none() {
+            // A Python this layer added (`add_python=`'s standalone tree, a RUN that installed
+            // one): the worker runs the client with it.
+            config.python_version = crate::registry::python_in(&upper);
+        }
         Ok(LayerRecord {
             id: id.clone(),
             parent,

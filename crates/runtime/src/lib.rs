@@ -16,6 +16,7 @@ mod cgroup;
 mod container;
 mod dockerfile;
 mod error;
+mod export;
 mod gpu;
 mod inject;
 mod launch;
@@ -23,6 +24,7 @@ mod logs;
 mod net;
 mod packages;
 mod registry;
+mod standalone;
 mod store;
 
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
@@ -31,10 +33,12 @@ pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, RawOutput, Scratch, Signal};
 pub use dockerfile::{CommandForm, Instruction};
 pub use error::{Error, Result};
+pub use export::{ExportedImage, ExportedLayer, OCI_ZSTD_LAYER};
 pub use gpu::{detect_gpus, Gpu, GpuDevice, DRIVER_LIB_DIR};
 pub use inject::{replace_mount, ReplaceMountError};
 pub use logs::{LogLine, LogSink, Stream};
 pub use packages::{redact, PackageAccess};
+pub use standalone::standalone_python;
 pub use registry::{RegistryConfig, RegistryCredentials, DEFAULT_REGISTRY};
 pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord, LayerUsage};
 

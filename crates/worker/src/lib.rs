@@ -281,7 +281,13 @@ impl Worker {
     /// the base too if needed. Idempotent and serialised; a crash never leaves a half runtime
     /// (it is built in a staging directory and renamed into place). Progress goes to `progress`.
     pub async fn prepare_client_runtime(&self, client_version: &str, python: &str, progress: &LogSink) -> Result<ClientRuntime> {
-        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, progress).await
+        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, None, progress).await
+    }
+
+    /// As [`Worker::prepare_client_runtime`], for a task of `image`: a Python series without a
+    /// Ferry base is installed with the image's own Python and pip.
+    pub async fn prepare_client_runtime_for(&self, client_version: &str, python: &str, image: &ferry_runtime::LayerId, progress: &LogSink) -> Result<ClientRuntime> {
+        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, Some(image), progress).await
     }
 
     /// Starts one task container. Installs the client runtime first if this is the first task
@@ -300,7 +306,7 @@ impl Worker {
             .python_version
             .clone()
             .ok_or_else(|| Error::NoPython { task_id: spec.task_id.clone(), layer: spec.layer.to_string() })?;
-        let client = self.client_runtime(&spec.client_version, &python).await?;
+        let client = self.client_runtime(&spec.client_version, &python, &spec.layer).await?;
 
         let dir = self.tasks_dir().join(format!("{}-{}-{}", std::process::id(), next_seq(), path_safe(&spec.task_id)));
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { context: "creating the task directory".into(), path: dir.clone(), source })?;
@@ -331,14 +337,14 @@ impl Worker {
         Ok(Task { task_id: spec.task_id, container, killer, _files: dir })
     }
 
-    async fn client_runtime(&self, client_version: &str, python: &str) -> Result<ClientRuntime> {
+    async fn client_runtime(&self, client_version: &str, python: &str, image: &ferry_runtime::LayerId) -> Result<ClientRuntime> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
         let logger = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 tracing::info!(target: "ferry_worker::client_runtime", "{}", line.text);
             }
         });
-        let result = self.prepare_client_runtime(client_version, python, &tx).await;
+        let result = self.prepare_client_runtime_for(client_version, python, image, &tx).await;
         drop(tx);
         let _ = logger.await;
         result
