@@ -16,6 +16,7 @@ mod images;
 mod launch;
 mod live;
 mod mounts;
+mod nfs;
 mod scheduler;
 mod schedules;
 mod dicts;
@@ -26,6 +27,7 @@ mod sandboxes;
 mod secrets;
 mod service;
 mod status;
+mod tunnels;
 mod web;
 mod volumes;
 

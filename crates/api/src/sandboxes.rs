@@ -146,6 +146,7 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         (p.winsz_rows.min(u16::MAX as u32) as u16, p.winsz_cols.min(u16::MAX as u32) as u16)
     });
     let command = if def.entrypoint_args.is_empty() { vec!["sleep".into(), "infinity".into()] } else { def.entrypoint_args.clone() };
+    let binds = crate::nfs::binds(s, &def.nfs_mounts).await.map_err(Status::invalid_argument)?;
     let spec = SandboxSpec {
         app_id: app.id.clone(),
         environment_id: app.environment_id.clone(),
@@ -174,6 +175,7 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
                 sub_path: v.sub_path.clone().filter(|p| !p.is_empty()),
             })
             .collect(),
+        binds,
         tty,
         v2,
     };
