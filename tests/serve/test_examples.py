@@ -92,10 +92,6 @@ except FileNotFoundError:
 big = bytes(range(256)) * (5 * 4096 + 3)
 nfs.write_file("runs/{name}/big.bin", io.BytesIO(big))
 print(b"".join(nfs.read_file("runs/{name}/big.bin")) == big)
-sb = modal.Sandbox.create("cat", "/shared/runs/{name}/b.txt", app=modal.App.lookup("ferry-examples"),
-                          network_file_systems={{"/shared": nfs}})
-sb.wait()
-print(sb.stdout.read())
 with modal.NetworkFileSystem.ephemeral() as tmp:
     tmp.write_file("x", io.BytesIO(b"1"))
     print([e.path for e in tmp.listdir("/")])
@@ -110,7 +106,6 @@ with modal.NetworkFileSystem.ephemeral() as tmp:
         f"['runs/{name}/a.txt', 'runs/{name}/b.txt']",
         "removed",
         "True",
-        "from the client",
         "['x']",
     ]
     listed = examples.modal("nfs", "list")
@@ -134,12 +129,29 @@ for attempt in (lambda: b"".join(nfs.read_file("runs/{name}/escape/hostname")),
     assert not Path("/etc/planted").exists()
 
 
+def test_network_file_system_in_a_sandbox(examples):
+    name = unique("nfs-sb")
+    code = f"""
+import io, modal
+nfs = modal.NetworkFileSystem.from_name("ferry-examples-nfs")
+nfs.write_file("runs/{name}/in.txt", io.BytesIO(b"from the client"))
+sb = modal.Sandbox.create("sh", "-c", "cat /shared/runs/{name}/in.txt; echo -n back > /shared/runs/{name}/out.txt",
+                          app=modal.App.lookup("ferry-examples"), network_file_systems={{"/shared": nfs}})
+sb.wait()
+print(sb.stdout.read())
+print(b"".join(nfs.read_file("runs/{name}/out.txt")).decode())
+"""
+    out = examples.python(code, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["from the client", "back"]
+
+
 def test_forward_exposes_a_container_port(examples):
     name = unique("fwd")
     code = f"""
 import modal
 q = modal.Queue.from_name({name!r}, create_if_missing=True)
-call = modal.Function.from_name("ferry-examples", "forwarded").spawn(q)
+call = modal.Function.from_name("ferry-examples", "forwarded").spawn({name!r})
 print(call.object_id)
 print(q.get(partition="address", timeout=120))
 """

@@ -68,8 +68,8 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
     if crate::gpus::check_resources(s, "Sandbox", def.resources.as_ref())?.is_some() {
         return Err(Status::unimplemented("Ferry does not implement GPUs in Sandboxes yet; use a function with gpu= instead"));
     }
-    if !def.nfs_mounts.is_empty() || !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
-        return Err(Status::unimplemented("Ferry does not implement network file systems or cloud bucket mounts in Sandboxes yet"));
+    if !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
+        return Err(Status::unimplemented("Ferry does not implement cloud bucket mounts in Sandboxes yet"));
     }
     if !def.mount_ids.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement mounts in Sandboxes yet; add the files to the image instead"));

@@ -91,9 +91,10 @@ def _echo_server(port: int) -> None:
 
 
 @app.function()
-def forwarded(q: modal.Queue) -> str:
+def forwarded(queue_name: str) -> str:
     """Serves a TCP echo on a port of its own loopback, forwards it, hands the address to the
     test through the queue and keeps the forward open until the test is done with it."""
+    q = modal.Queue.from_name(queue_name)
     _echo_server(FORWARD_PORT)
     try:
         with modal.forward(FORWARD_PORT + 1):
