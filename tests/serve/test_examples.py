@@ -146,6 +146,20 @@ print(b"".join(nfs.read_file("runs/{name}/out.txt")).decode())
     assert out.stdout.splitlines() == ["from the client", "back"]
 
 
+def test_with_options_volumes(examples):
+    name = unique("stage")
+    code = f"""
+import modal
+vol = modal.Volume.from_name("ferry-examples-out", create_if_missing=True)
+stage = modal.Function.from_name("ferry-examples", "stage_write").with_options(volumes={{"/out": vol}})
+stage.remote("/out/{name}.txt", "staged")
+print(b"".join(vol.read_file("{name}.txt")).decode())
+"""
+    out = examples.python(code, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "staged"
+
+
 def test_forward_exposes_a_container_port(examples):
     name = unique("fwd")
     code = f"""

@@ -74,6 +74,14 @@ def nfs_link(path: str, target: str) -> None:
     os.symlink(target, f"/shared/{path}")
 
 
+@app.function()
+def stage_write(path: str, text: str) -> None:
+    """A pipeline stage whose volume comes from `with_options(volumes=...)`."""
+    with open(path, "w") as f:
+        f.write(text)
+    modal.Volume.from_name("ferry-examples-out").commit()
+
+
 def _echo_server(port: int) -> None:
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
