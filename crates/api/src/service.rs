@@ -220,6 +220,16 @@ modal_client_impl! {
         sandbox_get_tunnels(api::SandboxGetTunnelsRequest) -> api::SandboxGetTunnelsResponse => crate::sandboxes::get_tunnels;
         sandbox_stdin_write(api::SandboxStdinWriteRequest) -> api::SandboxStdinWriteResponse => crate::sandboxes::stdin_write;
         sandbox_snapshot_fs(api::SandboxSnapshotFsRequest) -> api::SandboxSnapshotFsResponse => crate::sandboxes::snapshot_fs;
+        shared_volume_get_or_create(api::SharedVolumeGetOrCreateRequest) -> api::SharedVolumeGetOrCreateResponse => crate::nfs::get_or_create;
+        shared_volume_heartbeat(api::SharedVolumeHeartbeatRequest) -> () => crate::nfs::heartbeat;
+        shared_volume_list(api::SharedVolumeListRequest) -> api::SharedVolumeListResponse => crate::nfs::list;
+        shared_volume_delete(api::SharedVolumeDeleteRequest) -> () => crate::nfs::delete;
+        shared_volume_put_file(api::SharedVolumePutFileRequest) -> api::SharedVolumePutFileResponse => crate::nfs::put_file;
+        shared_volume_get_file(api::SharedVolumeGetFileRequest) -> api::SharedVolumeGetFileResponse => crate::nfs::get_file;
+        shared_volume_list_files(api::SharedVolumeListFilesRequest) -> api::SharedVolumeListFilesResponse => crate::nfs::list_files;
+        shared_volume_remove_file(api::SharedVolumeRemoveFileRequest) -> () => crate::nfs::remove_file;
+        tunnel_start(api::TunnelStartRequest) -> api::TunnelStartResponse => crate::tunnels::start;
+        tunnel_stop(api::TunnelStopRequest) -> api::TunnelStopResponse => crate::tunnels::stop;
     }
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
@@ -229,5 +239,6 @@ modal_client_impl! {
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
         volume_list_files2(api::VolumeListFiles2Request) -> api::VolumeListFiles2Response => crate::volumes::list_files;
         sandbox_get_logs(api::SandboxGetLogsRequest) -> api::TaskLogsBatch => crate::sandboxes::get_logs;
+        shared_volume_list_files_stream(api::SharedVolumeListFilesRequest) -> api::SharedVolumeListFilesResponse => crate::nfs::list_files_stream;
     }
 }

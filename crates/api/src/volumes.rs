@@ -348,9 +348,11 @@ pub(crate) async fn get_block(State(blobs): State<Arc<BlobStore>>, UrlPath(name)
 // --- containers ------------------------------------------------------------------------
 
 /// The views of the function's volumes (`Function.volume_mounts`) for a task about to start.
+/// The function's network file systems (`shared_volume_mounts`) come along, bound as they are.
 pub(crate) async fn task_mounts(s: &ModalService, task_id: &str, def: &api::Function) -> Result<Vec<ferry_runtime::BindMount>, String> {
+    let shared = crate::nfs::binds(s, &def.shared_volume_mounts).await?;
     if def.volume_mounts.is_empty() {
-        return Ok(Vec::new());
+        return Ok(shared);
     }
     let requests: Vec<ferry_volumes::MountRequest> = def
         .volume_mounts
@@ -366,5 +368,6 @@ pub(crate) async fn task_mounts(s: &ModalService, task_id: &str, def: &api::Func
     Ok(binds
         .into_iter()
         .map(|b| if b.read_only { ferry_runtime::BindMount::read_only(b.source, b.target) } else { ferry_runtime::BindMount::read_write(b.source, b.target) })
+        .chain(shared)
         .collect())
 }

@@ -332,7 +332,14 @@ impl Backend for WebBackend {
     async fn start(&self, endpoint: &Endpoint, head: RequestHead) -> Result<Call, BackendError> {
         let s = &self.s;
         let (function_id, method) = endpoint.target.split_once('#').unwrap_or((&endpoint.target, ""));
-        crate::launch::definition(s, function_id).await.map_err(backend_error(500))?;
+        let (_, def) = crate::launch::definition(s, function_id).await.map_err(backend_error(500))?;
+        let mut head = head;
+        if !head.root_path.is_empty() && !is_web_server(&def, method) {
+            // ASGI's `path` includes `root_path` (frameworks strip it to route): the app's own
+            // URLs (`request.url`, redirects, WebSocket URLs) then keep the `/<label>` prefix.
+            // A `web_server` proxy forwards `path` to its port as is, so it keeps the inner path.
+            head.path = format!("{}{}", head.root_path, head.path);
+        }
         let call_id = ferry_store::new_id("fc");
         let input = api::FunctionInput {
             args_oneof: Some(api::function_input::ArgsOneof::Args(pickle::asgi_args(&head))),
@@ -361,6 +368,12 @@ impl Backend for WebBackend {
         }
         Ok(Call { id: call_id, to_app, from_app })
     }
+}
+
+/// Whether the endpoint (the function's, or its class method's) is a `web_server`.
+fn is_web_server(def: &api::Function, method: &str) -> bool {
+    let config = def.method_definitions.get(method).and_then(|m| m.webhook_config.as_ref()).or(def.webhook_config.as_ref());
+    config.is_some_and(|c| c.r#type == api::WebhookType::WebServer as i32)
 }
 
 /// Moves the gateway's messages (request body, disconnects, WebSocket frames) into the call's

@@ -20,6 +20,7 @@
 
 mod error;
 mod exec;
+pub mod forward;
 pub mod fs_tools;
 mod net;
 mod output;
@@ -110,6 +111,8 @@ pub struct SandboxSpec {
     pub probe: Option<Probe>,
     /// Volumes to mount; their writes are committed when the sandbox ends (or at `sync PATH`).
     pub volumes: Vec<VolumeMount>,
+    /// Host directories bound as they are (network file systems: shared, no commit).
+    pub binds: Vec<BindMount>,
     /// Run the main process on a terminal of (rows, columns).
     pub tty: Option<(u16, u16)>,
     /// The id shape tells the client which protocol version to use for it.
@@ -285,7 +288,7 @@ impl Sandboxes {
 
         let mut cs = ContainerSpec::new(layer, spec.command.clone());
         cs.mounts = match self.prepare_volumes(&task_id, &spec.volumes).await {
-            Ok(m) => m,
+            Ok(m) => m.into_iter().chain(spec.binds.iter().cloned()).collect(),
             Err(e) => {
                 let message = format!("the Sandbox could not start: {e}");
                 self.inner.store.finish_sandbox(&sandbox_id, Status::InitFailure as i32, None, &message).await?;
