@@ -150,9 +150,9 @@ def test_token_use_is_logged_by_id_never_by_secret(server):
     assert status_of(server, tok, "DictClear", api_pb2.DictClearRequest(dict_id="di-x")) == Status.PERMISSION_DENIED
     time.sleep(0.3)
     server.log.flush()
-    log = Path(server.log.name).read_text()
-    assert re.search(rf"token used.*token_id={tok[0]}|token_id={tok[0]}.*token used", log), log[-2000:]
-    assert re.search(rf"refused a call outside the token's scope.*token_id={tok[0]}", log), log[-2000:]
+    log = re.sub(r"\x1b\[[0-9;]*m", "", Path(server.log.name).read_text())
+    assert re.search(rf'token used token_id="{tok[0]}" rpc="DictList" scope=read-only', log), log[-2000:]
+    assert re.search(rf'refused a call outside the token\'s scope token_id="{tok[0]}" rpc=DictClear', log), log[-2000:]
     assert tok[1] not in log
     for line in (server.data_dir / "client.env").read_text().splitlines():
         if line.startswith("MODAL_TOKEN_SECRET="):
@@ -178,9 +178,12 @@ def limited(tmp_path_factory):
 def test_rate_limit_answers_resource_exhausted_with_a_retry_policy(limited):
     tok = (limited.client_env()["MODAL_TOKEN_ID"], limited.client_env()["MODAL_TOKEN_SECRET"])
 
+    from modal._utils.grpc_utils import custom_detail_codec, get_server_retry_policy
+
     async def burst():
         host, port = host_port(limited.url)
-        channel = Channel(host, port)
+        # The client's own decoder of status details.
+        channel = Channel(host, port, status_details_codec=custom_detail_codec)
         stub = api_grpc.ModalClientStub(channel)
         results = []
         for _ in range(30):
@@ -200,8 +203,6 @@ def test_rate_limit_answers_resource_exhausted_with_a_retry_policy(limited):
     e = refused[0]
     assert "rate limit" in e.message and "--rate-limit" in e.message, e.message
     # Modal's server-side retry instruction, as the client reads it (`get_server_retry_policy`).
-    from modal._utils.grpc_utils import get_server_retry_policy
-
     policy = get_server_retry_policy(e)
     assert policy is not None and 0 <= policy.retry_after_secs <= 1, e.details
 
@@ -439,7 +440,7 @@ def mutate(rng: random.Random, data: bytes, pool: list) -> bytes:
         elif op == 5 and b:
             del b[rng.randrange(len(b)) :]
         elif op == 6:
-            b += bytes([rng.randint(1, 63) << 3 | 2, rng.randint(0, 127)]) + rng.randbytes(rng.randint(0, 20))
+            b += bytes([rng.randint(1, 15) << 3 | rng.choice([0, 2, 5]), rng.randint(0, 127)]) + rng.randbytes(rng.randint(0, 20))
         else:
             b = bytearray(rng.randbytes(rng.randint(0, 40)))
     return bytes(b)
@@ -510,10 +511,10 @@ def test_protocol_fuzzer_keeps_the_server_serving_valid_statuses(tmp_path):
         text = Path(server.log.name).read_text()
         ports = [int(m) for m in re.findall(r"http://127\.0\.0\.1:(\d+)", text)]
         for p in set(ports) - {port}:
-            for _ in range(30):
+            for _ in range(15):
                 junk = mutate(rng, b"GET /ferry--x-y/a?b=c HTTP/1.1\r\nHost: ferry--x-y.localhost\r\n\r\n", [])
                 try:
-                    with socket.create_connection(("127.0.0.1", p), timeout=2) as c:
+                    with socket.create_connection(("127.0.0.1", p), timeout=0.3) as c:
                         c.sendall(junk)
                         c.recv(100)
                 except OSError:
