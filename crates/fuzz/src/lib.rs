@@ -54,6 +54,8 @@ pub fn rng(target: &str) -> StdRng {
 }
 
 const INTERESTING: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, 0x08, 0x10, 0x12, 0x1a, 0x22];
+/// Bytes that mean something in paths, names and encodings.
+const SPECIAL: &[u8] = b"../\0\xff-_:/%";
 
 /// Applies one to four random mutations to `data`; `others` supplies splice material.
 pub fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, others: &[&[u8]]) {
@@ -139,7 +141,7 @@ fn append_field(rng: &mut StdRng, data: &mut Vec<u8>) {
             for _ in 0..n {
                 data.push(match choice {
                     0 => rng.gen_range(b'a'..=b'z'),
-                    1 => b"../\0\xff-_:/%"[rng.gen_range(0..11)],
+                    1 => SPECIAL[rng.gen_range(0..SPECIAL.len())],
                     _ => rng.gen(),
                 });
             }
@@ -160,7 +162,7 @@ mod tests {
         let mut distinct = std::collections::HashSet::new();
         for _ in 0..1000 {
             let mut d = seed.clone();
-            mutate(&mut rng, &mut d, &[&seed]);
+            mutate(&mut rng, &mut d, &[seed.as_slice()]);
             assert!(d.len() < 4096);
             distinct.insert(d);
         }
