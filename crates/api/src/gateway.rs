@@ -181,7 +181,7 @@ where
             let limit = state.limits.max_request_bytes;
             let Some(key) = replay_key else {
                 let resp = inner.call(req).await?;
-                return Ok(explain_size_limit(rename_unimplemented(resp, &method), limit));
+                return Ok(explain_size_limit(rename_unimplemented(resp, &method), limit, &method));
             };
             // A retried call with a key we have seen gets the first call's answer.
             let tx = match state.claim(&key) {
@@ -192,11 +192,11 @@ where
                         return Ok(rebuild(&stored));
                     }
                     let resp = inner.call(req).await?;
-                    return Ok(explain_size_limit(rename_unimplemented(resp, &method), limit));
+                    return Ok(explain_size_limit(rename_unimplemented(resp, &method), limit, &method));
                 }
                 Claim::First(tx) => tx,
             };
-            let resp = explain_size_limit(rename_unimplemented(inner.call(req).await?, &method), limit);
+            let resp = explain_size_limit(rename_unimplemented(inner.call(req).await?, &method), limit, &method);
             let (parts, body) = resp.into_parts();
             let collected = match body.collect().await {
                 Ok(c) => c,
@@ -487,17 +487,45 @@ fn too_large(found: Option<&str>, limit: usize) -> Status {
 }
 
 /// tonic refuses a too-large message with OUT_OF_RANGE and a text about decoding; answer
-/// RESOURCE_EXHAUSTED, as gRPC does for messages over the limit, with a message a user can act on.
-fn explain_size_limit(resp: Response<Body>, limit: usize) -> Response<Body> {
-    if grpc_status(resp.headers()) != Some("11") {
+/// RESOURCE_EXHAUSTED, as gRPC does for messages over the limit, with a message a user can act
+/// on. A request that does not decode gets INTERNAL from tonic, which the client retries as a
+/// server fault; it is the caller's: INVALID_ARGUMENT.
+fn explain_size_limit(resp: Response<Body>, limit: usize, method: &str) -> Response<Body> {
+    let code = grpc_status(resp.headers());
+    if code != Some("11") && code != Some("13") {
         return resp;
     }
-    let Some(message) = header(resp.headers(), "grpc-message").map(|m| m.replace("%20", " ")) else { return resp };
-    if !message.contains("decoded message length too large") {
-        return resp;
+    let Some(message) = header(resp.headers(), "grpc-message").map(percent_decode) else { return resp };
+    if code == Some("11") && message.contains("decoded message length too large") {
+        let found = message.split("found ").nth(1).and_then(|rest| rest.split(' ').next()).map(str::to_string);
+        return too_large(found.as_deref(), limit).into_http();
     }
-    let found = message.split("found ").nth(1).and_then(|rest| rest.split(' ').next()).map(str::to_string);
-    too_large(found.as_deref(), limit).into_http()
+    let undecodable = ["failed to decode Protobuf message", "protocol error: received message with", "Unexpected EOF decoding stream", "Missing request message", "compress"];
+    if code == Some("13") && undecodable.iter().any(|m| message.contains(m)) {
+        let expected = crate::access::CATALOG.input_types.get(method).map(String::as_str).unwrap_or("request");
+        return Status::invalid_argument(format!("{method}: the request is not a valid {expected} message ({message})")).into_http();
+    }
+    resp
+}
+
+/// Decodes a `grpc-message` header (percent-encoded UTF-8).
+fn percent_decode(m: &str) -> String {
+    let bytes = m.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

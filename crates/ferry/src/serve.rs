@@ -185,7 +185,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let dashboard = if args.no_dashboard {
         None
     } else {
-        let port = args.dashboard_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(2) });
+        let port = args.dashboard_port.unwrap_or(if port == 0 || args.port == 0 { 0 } else { port.saturating_add(2) });
         let listener = ferry_api::bind(SocketAddr::new(args.host, port))
             .await
             .map_err(|e| anyhow::anyhow!("{e}; choose another with --dashboard-port, or --no-dashboard"))?;
