@@ -402,8 +402,9 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         .map_err(|e| format!("cannot prepare the modal client runtime: {e}"))?;
     let _ = client;
 
-    // Without a network, the container reaches the API through the unix socket bound into it.
-    let server_url = if def.block_network {
+    // Without a network, or when the API speaks TLS (whose authority containers do not
+    // trust), the container reaches the API through the unix socket bound into it.
+    let server_url = if def.block_network || s.config.containers_use_socket {
         files.push((crate::container_socket(s.store.data_dir()), CONTAINER_SOCKET.to_string()));
         format!("unix://{CONTAINER_SOCKET}")
     } else {

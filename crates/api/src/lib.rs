@@ -5,7 +5,9 @@
 //! mapped to gRPC statuses in one place ([`status`]). The [`gateway`] layer in front of the
 //! service authenticates every call and replays retried calls by their idempotency key.
 
+pub mod access;
 pub mod gateway;
+pub mod tls;
 mod apps;
 mod blobs;
 mod classes;
@@ -70,6 +72,11 @@ pub struct ApiConfig {
     pub gpu_inventory: ferry_gpu::Inventory,
     /// Base URL of the web dashboard; app links the client prints point there.
     pub dashboard_url: Option<String>,
+    /// Per-token rate limits and the largest request accepted.
+    pub limits: gateway::Limits,
+    /// Containers reach the API through the data dir's unix socket even with a network (set by
+    /// [`serve`] when the API speaks TLS).
+    pub containers_use_socket: bool,
 }
 
 impl Default for ApiConfig {
@@ -83,6 +90,8 @@ impl Default for ApiConfig {
             images: Default::default(),
             gpu_inventory: ferry_gpu::Inventory::none(),
             dashboard_url: None,
+            limits: gateway::Limits::default(),
+            containers_use_socket: false,
         }
     }
 }
@@ -105,6 +114,8 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    config.containers_use_socket |= tls.is_some();
     let config = Arc::new(config);
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
     let modal = ModalService::new(store.clone(), config.clone())?;
@@ -128,8 +139,9 @@ pub async fn serve(
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
     let web_server = web_listener.map(|l| web::spawn(&modal, l));
+    let gateway = gateway::GatewayLayer::with_limits(store.clone(), config.limits);
     let service = ModalClientServer::new(modal)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(config.limits.max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let builder = || {
         tonic::transport::Server::builder()
@@ -146,7 +158,7 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
     let unix_server = tokio::spawn(
         builder()
-            .layer(gateway::GatewayLayer::new(store.clone()))
+            .layer(gateway.clone())
             .add_service(service.clone())
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds)),
     );
@@ -156,7 +168,7 @@ pub async fn serve(
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     builder
-        .layer(gateway::GatewayLayer::new(store))
+        .layer(gateway)
         .add_service(service)
         // Socket options must be set on each accepted connection: without TCP_NODELAY, a
         // response of more than a packet waits for the client's delayed ACK (~40 ms).

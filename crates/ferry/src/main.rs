@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         cmd: ProxyTokenCommand,
     },
+    /// Manage the key that seals Secret values at rest (DATA_DIR/secret.key).
+    SecretKey {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(subcommand)]
+        cmd: SecretKeyCommand,
+    },
     /// Prepare, list and collect the images containers run on.
     Images {
         #[command(flatten)]
@@ -146,12 +153,25 @@ enum ProxyTokenCommand {
 }
 
 #[derive(Subcommand)]
+enum SecretKeyCommand {
+    /// Re-seal every Secret value under a fresh key, then replace the key file. Stop
+    /// `ferry serve` first; a crash part-way loses nothing (the next start finishes or undoes it).
+    Rotate,
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token and print its id and secret (the secret is shown only once).
     Create {
         /// A note saying who or what the token is for.
         #[arg(long, default_value = "")]
         label: String,
+        /// Allow only calls that change nothing (listing, reading, looking up).
+        #[arg(long)]
+        read_only: bool,
+        /// Allow only calls on this environment's apps and objects.
+        #[arg(long, value_name = "NAME")]
+        environment: Option<String>,
     },
     /// List tokens (ids and labels; secrets are never stored).
     List,
@@ -172,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { data_dir, args } => serve::run(&data_dir.resolve(), args).await,
             Command::Token { data_dir, cmd } => token(&data_dir.resolve(), cmd).await,
+            Command::SecretKey { data_dir, cmd: SecretKeyCommand::Rotate } => secret_key_rotate(&data_dir.resolve()).await,
             Command::ProxyToken { data_dir, cmd } => proxy_token(&data_dir.resolve(), cmd).await,
             Command::Images { data_dir, cmd: ImagesCommand::Prepare { python, base_only, images } } => {
                 for series in &python {
@@ -233,15 +254,31 @@ async fn images_prepare(data_dir: &std::path::Path, python: &str, default_image:
 async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<()> {
     let store = ferry_store::Store::open(data_dir, Default::default()).await?;
     match cmd {
-        TokenCommand::Create { label } => {
-            let (id, secret) = store.create_token(&label).await?;
+        TokenCommand::Create { label, read_only, environment } => {
+            let scope = ferry_store::TokenScope { read_only, environment };
+            let (id, secret) = store.create_scoped_token(&label, &scope).await?;
             println!("MODAL_TOKEN_ID={id}\nMODAL_TOKEN_SECRET={secret}");
+            if let Some(env) = &scope.environment {
+                println!("MODAL_ENVIRONMENT={env}");
+            }
+            if !scope.is_unrestricted() {
+                eprintln!("token {id} may make {} calls only", scope.describe());
+            }
         }
         TokenCommand::List => {
-            println!("{:<28} {:<12} {:<22} label", "token id", "state", "created");
+            println!("{:<28} {:<9} {:<22} {:<22} {:<28} label", "token id", "state", "created", "last used", "scope");
             for t in store.list_tokens().await? {
                 let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{:<28} {:<12} {:<22} {}", t.token_id, state, config::format_time(t.created_at), t.label);
+                let used = t.last_used_at.map(config::format_time).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<28} {:<9} {:<22} {:<22} {:<28} {}",
+                    t.token_id,
+                    state,
+                    config::format_time(t.created_at),
+                    used,
+                    t.scope.describe(),
+                    t.label
+                );
             }
         }
         TokenCommand::Revoke { token_id } => {
@@ -249,6 +286,17 @@ async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<
             println!("revoked {token_id}");
         }
     }
+    Ok(())
+}
+
+/// `ferry secret-key rotate`: refuses while a server uses the data dir (it holds the old key).
+async fn secret_key_rotate(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(data_dir.join("ferry.sock")).is_ok() {
+        anyhow::bail!("a `ferry serve` is using {}: stop it first, then rotate the key", data_dir.display());
+    }
+    let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+    let n = store.rotate_secret_key().await?;
+    println!("re-sealed {n} secret(s) under a new key in {}", data_dir.join("secret.key").display());
     Ok(())
 }
 

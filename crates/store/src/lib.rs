@@ -34,7 +34,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use apps::{App, AppState, LogEntry};
-pub use auth::{Principal, TokenInfo};
+pub use auth::{Principal, TokenInfo, TokenScope};
 pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;
 pub use image_names::{ImageBuildTimes, ImageName, ImageNameRevision};
@@ -65,7 +65,7 @@ pub struct Store {
     pool: SqlitePool,
     data_dir: std::path::PathBuf,
     notify: Arc<Notifier>,
-    seal: Arc<seal::SecretSeal>,
+    seal: Arc<std::sync::RwLock<Arc<seal::SecretSeal>>>,
     /// Serialises multi-statement write transactions: SQLite has one writer, and taking turns
     /// here avoids the busy errors of upgrading a read transaction to a write one.
     write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -95,12 +95,12 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let seal = seal::SecretSeal::load_or_create(&data_dir.join("secret.key"))?;
+        let seal = seal::SecretSeal::load(data_dir, &pool).await?;
         let store = Store {
             pool,
             data_dir: data_dir.to_path_buf(),
             notify: Arc::new(Notifier::default()),
-            seal: Arc::new(seal),
+            seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         store.default_environment().await?;
