@@ -105,7 +105,9 @@ pub async fn serve(
     let config = Arc::new(config);
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
     let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), router_tls).await?;
-    let modal = ModalService::new(store.clone(), config.clone())?.with_sandboxes(sandboxes);
+    let modal = ModalService::new(store.clone(), config.clone()).await?.with_sandboxes(sandboxes);
+    // Inputs queued before a restart (those that were running included) get containers again.
+    launch::resume(&modal);
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();

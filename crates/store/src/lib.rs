@@ -7,6 +7,7 @@
 
 mod apps;
 mod auth;
+mod calls;
 mod deployments;
 mod dicts;
 mod environments;
@@ -34,6 +35,7 @@ use sqlx::SqlitePool;
 
 pub use apps::{App, AppState, LogEntry};
 pub use auth::{Principal, TokenInfo};
+pub use calls::{AnswerRecord, CallRecord, CallWrite, QueuedRecord, WriteOutcome};
 pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;
 pub use functions::{FunctionRecord, ImageRecord, Mount, MountEntry};
