@@ -490,7 +490,7 @@ impl Scheduler {
             answered: rec.num_inputs - rec.num_unfinished,
             last_seq: rec.last_seq,
             cancelled: rec.cancelled,
-            has_data_out: true,
+            has_data_out: rec.has_data_out,
             changed: Arc::default(),
             touched: Instant::now(),
         });

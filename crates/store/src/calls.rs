@@ -66,6 +66,8 @@ pub struct CallRecord {
     pub num_unfinished: usize,
     /// The highest answer sequence number of the call (0 when none).
     pub last_seq: i64,
+    /// Whether it has generator items.
+    pub has_data_out: bool,
 }
 
 /// An input waiting to run, as stored.
@@ -214,6 +216,7 @@ impl Store {
         .bind(call_id)
         .fetch_one(&self.pool)
         .await?;
+        let items: Option<i64> = sqlx::query_scalar("SELECT 1 FROM function_call_data_out WHERE call_id = $1 LIMIT 1").bind(call_id).fetch_optional(&self.pool).await?;
         Ok(Some(CallRecord {
             id: row.get(0),
             function_id: row.get(1),
@@ -223,6 +226,7 @@ impl Store {
             num_inputs: counts.get::<i64, _>(0) as usize,
             num_unfinished: counts.get::<i64, _>(1) as usize,
             last_seq: counts.get::<i64, _>(2),
+            has_data_out: items.is_some(),
         }))
     }
 
