@@ -1134,24 +1134,32 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         let mut n = jobs[0].writes.len();
-        let mut lingered = false;
-        loop {
+        while n < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.writes.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        // Nobody waits for these writes (forgetting read calls, retry counts): let more join
+        // them so they cost one commit, until a write somebody waits for arrives.
+        if !jobs.iter().any(|j| j.reply.is_some()) {
+            let deadline = tokio::time::Instant::now() + LINGER;
             while n < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(j) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(j)) => {
                         n += j.writes.len();
+                        let urgent = j.reply.is_some();
                         jobs.push(j);
+                        if urgent {
+                            break;
+                        }
                     }
-                    Err(_) => break,
+                    _ => break,
                 }
             }
-            // Nobody waits for these writes (forgetting read calls, retry counts): let a few
-            // more join them so they cost one commit.
-            if lingered || n >= MAX_BATCH || jobs.iter().any(|j| j.reply.is_some()) {
-                break;
-            }
-            lingered = true;
-            tokio::time::sleep(LINGER).await;
         }
         let mut all = Vec::with_capacity(n);
         let mut sizes = Vec::with_capacity(jobs.len());
