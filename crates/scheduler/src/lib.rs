@@ -1091,7 +1091,22 @@ impl Scheduler {
     /// stay in the store.
     fn forget_idle_calls(&self) {
         let mut st = self.inner.state.lock().unwrap();
+        let before = st.calls.len();
         st.calls.retain(|_, c| c.answered < c.num_inputs || Arc::strong_count(&c.changed) > 1 || c.touched.elapsed() < CALL_IDLE);
+        if st.calls.is_empty() && st.calls.capacity() > 1024 {
+            st.calls.shrink_to_fit();
+        }
+        let queued: usize = st.queues.values().map(|q| q.pending.len()).sum();
+        if queued == 0 {
+            for q in st.queues.values_mut() {
+                q.pending.shrink_to_fit();
+            }
+        }
+        let forgotten = before - st.calls.len();
+        drop(st);
+        if forgotten >= 1000 {
+            release_free_memory();
+        }
     }
 
     /// Deletes calls older than `before` (Unix seconds) whose inputs are all answered.
@@ -1106,6 +1121,18 @@ impl Scheduler {
                     return total;
                 }
             }
+        }
+    }
+}
+
+/// Hands memory the allocator keeps after a large backlog drained back to the system, so the
+/// server's resident size follows the work in flight.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }
