@@ -23,8 +23,13 @@ use tower::{Layer, Service};
 
 const SERVICE_PREFIX: &str = "/modal.client.ModalClient/";
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
-const REPLAY_TTL: Duration = Duration::from_secs(600);
+/// How long a recorded answer is replayed. The client retries a lost answer within seconds
+/// (its backoff tops out at a few seconds for the calls it retries with the same key).
+const REPLAY_TTL: Duration = Duration::from_secs(120);
 const REPLAY_MAX_BODY: usize = 4 * 1024 * 1024;
+/// The recorded answers are bounded in number and bytes too; the oldest go first.
+const REPLAY_MAX_ENTRIES: usize = 20_000;
+const REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Limits on what one caller may send.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +101,26 @@ struct Bucket {
 struct Replays {
     by_key: HashMap<String, Replay>,
     order: VecDeque<(Instant, String)>,
+    /// Body bytes of the recorded answers.
+    bytes: usize,
+}
+
+impl Replays {
+    /// Drops recorded answers older than the TTL, then the oldest while over the bounds.
+    fn evict(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            let expired = now.duration_since(*at) > REPLAY_TTL;
+            if !expired && self.order.len() <= REPLAY_MAX_ENTRIES && self.bytes <= REPLAY_MAX_BYTES {
+                break;
+            }
+            let (at, old) = self.order.pop_front().expect("front exists");
+            if matches!(self.by_key.get(&old), Some(Replay::Done(_, done_at)) if *done_at == at) {
+                if let Some(Replay::Done(stored, _)) = self.by_key.remove(&old) {
+                    self.bytes = self.bytes.saturating_sub(stored.body.len());
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -268,13 +293,7 @@ enum Claim {
 impl GatewayState {
     fn claim(&self, key: &str) -> Claim {
         let mut replays = self.replays.lock().unwrap();
-        let now = Instant::now();
-        while replays.order.front().is_some_and(|(at, _)| now.duration_since(*at) > REPLAY_TTL) {
-            let (_, old) = replays.order.pop_front().expect("front exists");
-            if matches!(replays.by_key.get(&old), Some(Replay::Done(_, at)) if now.duration_since(*at) > REPLAY_TTL) {
-                replays.by_key.remove(&old);
-            }
-        }
+        replays.evict(Instant::now());
         match replays.by_key.get(key) {
             Some(Replay::Done(stored, at)) if at.elapsed() < REPLAY_TTL => return Claim::Replay(stored.clone()),
             Some(Replay::InFlight(rx)) => return Claim::Wait(rx.clone()),
@@ -288,8 +307,12 @@ impl GatewayState {
     fn complete(&self, key: &str, stored: Arc<StoredResponse>) {
         let mut replays = self.replays.lock().unwrap();
         let now = Instant::now();
-        replays.by_key.insert(key.to_string(), Replay::Done(stored, now));
+        replays.bytes += stored.body.len();
+        if let Some(Replay::Done(old, _)) = replays.by_key.insert(key.to_string(), Replay::Done(stored, now)) {
+            replays.bytes = replays.bytes.saturating_sub(old.body.len());
+        }
         replays.order.push_back((now, key.to_string()));
+        replays.evict(now);
     }
 
     fn release(&self, key: &str) {
@@ -562,4 +585,38 @@ fn rebuild(stored: &StoredResponse) -> Response<Body> {
     }
     let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
     Response::from_parts(stored.parts.clone(), Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(bytes: usize) -> Arc<StoredResponse> {
+        let (parts, _) = http::Response::new(()).into_parts();
+        Arc::new(StoredResponse { parts, body: Bytes::from(vec![0u8; bytes]), trailers: None })
+    }
+
+    #[test]
+    fn replays_are_bounded_in_number_and_bytes() {
+        let mut r = Replays::default();
+        let now = Instant::now();
+        for i in 0..REPLAY_MAX_ENTRIES + 10 {
+            let key = format!("k{i}");
+            r.bytes += 10;
+            r.by_key.insert(key.clone(), Replay::Done(stored(10), now));
+            r.order.push_back((now, key));
+            r.evict(now);
+        }
+        assert_eq!(r.by_key.len(), REPLAY_MAX_ENTRIES);
+        assert!(!r.by_key.contains_key("k0") && r.by_key.contains_key(&format!("k{}", REPLAY_MAX_ENTRIES + 9)));
+        // One large answer pushes older ones out by bytes.
+        r.bytes += REPLAY_MAX_BYTES;
+        r.by_key.insert("big".into(), Replay::Done(stored(REPLAY_MAX_BYTES), now));
+        r.order.push_back((now, "big".into()));
+        r.evict(now);
+        assert!(r.bytes <= REPLAY_MAX_BYTES);
+        // Everything goes once the TTL has passed.
+        r.evict(now + REPLAY_TTL + Duration::from_secs(1));
+        assert!(r.by_key.is_empty() && r.bytes == 0);
+    }
 }

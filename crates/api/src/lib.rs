@@ -118,10 +118,12 @@ pub async fn serve(
     config.containers_use_socket |= tls.is_some();
     let config = Arc::new(config);
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
-    let modal = ModalService::new(store.clone(), config.clone())?;
+    let modal = ModalService::new(store.clone(), config.clone()).await?;
     let volumes = (*modal.volumes).clone();
     let (sandboxes, router) = start_sandboxes(&store, volumes, &config, listener.local_addr()?.ip(), router_tls).await?;
     let modal = modal.with_sandboxes(sandboxes);
+    // Inputs queued before a restart (those that were running included) get containers again.
+    launch::resume(&modal);
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();

@@ -32,17 +32,19 @@ pub struct ModalService {
 }
 
 impl ModalService {
-    pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
+    /// Opens the service; inputs not answered before the last stop are queued again.
+    pub async fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
         let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
         let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
+        let (scheduler, _) = crate::scheduler::Scheduler::open(store.clone()).await?;
         Ok(ModalService {
             volumes,
             store,
             config,
             images: Arc::new(images),
-            scheduler: Default::default(),
+            scheduler,
             launcher: Arc::new(launcher),
             web: Default::default(),
             sandboxes: None,
@@ -150,6 +152,7 @@ modal_client_impl! {
         function_bind_params(api::FunctionBindParamsRequest) -> api::FunctionBindParamsResponse => crate::classes::bind_params;
         app_get_layout(api::AppGetLayoutRequest) -> api::AppGetLayoutResponse => crate::classes::app_get_layout;
         function_call_from_id(api::FunctionCallFromIdRequest) -> api::FunctionCallFromIdResponse => crate::functions::call_from_id;
+        function_call_cancel(api::FunctionCallCancelRequest) -> () => crate::functions::cancel;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
         app_deployment_history(api::AppDeploymentHistoryRequest) -> api::AppDeploymentHistoryResponse => crate::apps::deployment_history;
         app_rollback(api::AppRollbackRequest) -> api::AppRollbackResponse => crate::apps::rollback;

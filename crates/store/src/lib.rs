@@ -7,6 +7,7 @@
 
 mod apps;
 mod auth;
+mod calls;
 mod deployments;
 mod dicts;
 mod environments;
@@ -35,6 +36,7 @@ use sqlx::SqlitePool;
 
 pub use apps::{App, AppState, LogEntry};
 pub use auth::{Principal, TokenInfo, TokenScope};
+pub use calls::{AnswerRecord, CallRecord, CallWrite, QueuedRecord, WriteOutcome};
 pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;
 pub use image_names::{ImageBuildTimes, ImageName, ImageNameRevision};
