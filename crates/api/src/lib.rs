@@ -67,6 +67,8 @@ pub struct ApiConfig {
     pub gpu_inventory: ferry_gpu::Inventory,
     /// Base URL of the web dashboard; app links the client prints point there.
     pub dashboard_url: Option<String>,
+    /// Standby task containers kept ready per image (cold starts); off by default.
+    pub pool: ferry_worker::PoolConfig,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +82,7 @@ impl Default for ApiConfig {
             images: Default::default(),
             gpu_inventory: ferry_gpu::Inventory::none(),
             dashboard_url: None,
+            pool: ferry_worker::PoolConfig::off(),
         }
     }
 }

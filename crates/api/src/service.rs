@@ -34,7 +34,7 @@ pub struct ModalService {
 impl ModalService {
     pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
-        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
+        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone(), config.pool.clone());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
         let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
         Ok(ModalService {
