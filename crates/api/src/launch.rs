@@ -427,8 +427,11 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         tracing::info!(task_id, function_id, "container gets {} x {}", lease.cards().len(), lease.model());
     }
     spec.volumes = crate::volumes::task_mounts(s, task_id, &def).await?;
-    // enable_memory_snapshot: tasks of one definition fork from one zygote (ferry-worker).
-    if def.checkpointing_enabled && build_log.is_none() {
+    // enable_memory_snapshot: tasks of one definition fork from one zygote (ferry-worker). A
+    // build step's writes become a layer: it gets a container of its own.
+    if build_log.is_some() {
+        spec.standby = false;
+    } else if def.checkpointing_enabled {
         spec.memory_snapshot = Some(snapshot_key(function_id, record.definition.as_deref().unwrap_or_default()));
     }
     let mut task = match launcher.worker.start(spec).await {

@@ -136,6 +136,9 @@ pub struct TaskSpec {
     /// its id and a hash of its definition). Ignored for tasks the zygote cannot serve (GPUs,
     /// no network, volumes, a command override): they start the usual way.
     pub memory_snapshot: Option<String>,
+    /// Whether a standby container may take the task (true by default). Build steps whose
+    /// writes become a layer (`Task::wait_into_layer`) must start in a container of their own.
+    pub standby: bool,
 }
 
 impl TaskSpec {
@@ -158,6 +161,7 @@ impl TaskSpec {
             command: None,
             volumes: Vec::new(),
             memory_snapshot: None,
+            standby: true,
         }
     }
 }
@@ -457,7 +461,8 @@ impl Worker {
         if !for_snapshot {
             self.inner.pool.as_ref()?;
         }
-        let plain = spec.command.is_none()
+        let plain = spec.standby
+            && spec.command.is_none()
             && spec.gpus.is_empty()
             && !spec.block_network
             && spec.volumes.is_empty()
