@@ -34,8 +34,8 @@ pub(crate) struct Launcher {
 }
 
 impl Launcher {
-    pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore) -> Self {
-        let worker = ferry_worker::Worker::new(data_dir, images);
+    pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore, pool: ferry_worker::PoolConfig) -> Self {
+        let worker = ferry_worker::Worker::with_pool(data_dir, images, pool);
         let swept = worker.sweep_stale();
         if swept > 0 {
             tracing::info!("removed {swept} leftovers of containers from an earlier run");
@@ -460,6 +460,13 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         tracing::info!(task_id, function_id, "container gets {} x {}", lease.cards().len(), lease.model());
     }
     spec.volumes = crate::volumes::task_mounts(s, task_id, &def).await?;
+    // enable_memory_snapshot: tasks of one definition fork from one zygote (ferry-worker). A
+    // build step's writes become a layer: it gets a container of its own.
+    if build_log.is_some() {
+        spec.standby = false;
+    } else if def.checkpointing_enabled {
+        spec.memory_snapshot = Some(snapshot_key(function_id, record.definition.as_deref().unwrap_or_default()));
+    }
     let mut task = match launcher.worker.start(spec).await {
         Ok(t) => t,
         Err(e) => {
@@ -567,6 +574,14 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         fail_or_retry(s, function_id, task_id, lost, failure(message)).await;
     }
     Ok(layer)
+}
+
+/// Names a function's memory snapshot: a new definition (code, image, settings) gets a new one.
+fn snapshot_key(function_id: &str, definition: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    definition.hash(&mut h);
+    format!("{function_id}-{:016x}", h.finish())
 }
 
 /// Every function and class of the app with its handle metadata, plus the ids the function

@@ -77,6 +77,8 @@ pub struct ApiConfig {
     /// Containers reach the API through the data dir's unix socket even with a network (set by
     /// [`serve`] when the API speaks TLS).
     pub containers_use_socket: bool,
+    /// Standby task containers kept ready per image (cold starts); off by default.
+    pub pool: ferry_worker::PoolConfig,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +94,7 @@ impl Default for ApiConfig {
             dashboard_url: None,
             limits: gateway::Limits::default(),
             containers_use_socket: false,
+            pool: ferry_worker::PoolConfig::off(),
         }
     }
 }

@@ -35,7 +35,7 @@ impl ModalService {
     /// Opens the service; inputs not answered before the last stop are queued again.
     pub async fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
-        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
+        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone(), config.pool.clone());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
         let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
         let (scheduler, _) = crate::scheduler::Scheduler::open(store.clone()).await?;

@@ -82,6 +82,30 @@ pub struct ServeArgs {
     gpu: crate::gpus::GpuArgs,
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// Standby task containers: containers started before a task needs them, whose Python has
+/// already imported the modal container runtime, so a cold start skips that import.
+#[derive(Args, Clone)]
+pub struct PoolArgs {
+    /// Standby containers kept ready per image and resource shape, once a function on that
+    /// image has run; 0 turns the pool off.
+    #[arg(long, default_value_t = 1)]
+    pool_per_image: usize,
+    /// Standby containers at most, all images together.
+    #[arg(long, default_value_t = 4)]
+    pool_max: usize,
+    /// Seconds without a task for an image before its standby containers are stopped.
+    #[arg(long, default_value_t = 300)]
+    pool_idle_secs: u64,
+}
+
+impl PoolArgs {
+    fn config(&self) -> ferry_worker::PoolConfig {
+        ferry_worker::PoolConfig { per_image: self.pool_per_image, max_total: self.pool_max, idle: Duration::from_secs(self.pool_idle_secs.max(1)) }
+    }
 }
 
 /// Where image builds get packages and registry images from.
@@ -224,6 +248,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             max_request_bytes: args.max_request_mib.clamp(1, 2047) * 1024 * 1024,
         },
         containers_use_socket: false,
+        pool: args.pool.config(),
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),
