@@ -259,3 +259,42 @@ def test_add_python_on_an_image_without_python(kit, tmp_path):
     """, timeout=900)
     assert rc == 0, text[-4000:]
     assert re.search(r"WHERE /usr/local/bin/python 3\.11\.\d+ pip", text), text[-4000:]
+
+
+def test_export_round_trips_through_a_registry(kit, tmp_path):
+    """`ferry images export` writes an image as an OCI layout of zstd layers; pushed to a
+    registry with skopeo and pulled back by `from_registry`, it runs functions, and a file the
+    build deleted stays deleted (whiteouts survive the round trip)."""
+    server = kit["server"]
+    stamp = time.time_ns()
+    rc, text = run(server, f"""
+    import modal
+    app = modal.App("ferry-export")
+    image = modal.Image.debian_slim().run_commands("echo exported-{stamp} > /exported && rm /etc/debian_version")
+    with app.run():
+        image.build(app)
+        image.publish("exp-{stamp}:v1")
+    """)
+    assert rc == 0, text[-3000:]
+    layout = tmp_path / "oci"
+    out = server.ferry("images", "export", f"exp-{stamp}:v1", "--out", str(layout), "--tag", "v1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "exported" in out.stdout and "sha256:" in out.stdout, out.stdout
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / manifest_digest).read_text())
+    assert {l["mediaType"] for l in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    kit["registry"].push(layout, "v1", f"exported/app:{stamp}")
+    rc, text = run(server, f"""
+    import os, modal
+    app = modal.App("ferry-export-pull")
+
+    @app.function(image=modal.Image.from_registry("exported/app:{stamp}"))
+    def read():
+        return open("/exported").read().strip() + " " + str(os.path.exists("/etc/debian_version"))
+
+    with app.run():
+        print("READ", read.remote())
+    """)
+    assert rc == 0, text[-3000:]
+    assert f"READ exported-{stamp} False" in text, text[-3000:]
