@@ -12,7 +12,7 @@ async fn service(dir: &std::path::Path, limits: ferry_api::gateway::Limits) -> (
     let store = ferry_store::Store::open(dir, Default::default()).await.unwrap();
     let (id, secret) = store.create_token("regressions").await.unwrap();
     let config = Arc::new(ferry_api::ApiConfig { public_url: "http://127.0.0.1:1".into(), ..Default::default() });
-    let modal = ferry_api::ModalService::new(store.clone(), config).unwrap();
+    let modal = ferry_api::ModalService::new(store.clone(), config).await.unwrap();
     let svc = ferry_api::gateway::GatewayLayer::with_limits(store, limits).layer(
         ferry_proto::api::modal_client_server::ModalClientServer::new(modal).max_decoding_message_size(limits.max_request_bytes),
     );

@@ -77,7 +77,7 @@ async fn grpc_requests() {
         .await
         .unwrap();
     let config = Arc::new(ferry_api::ApiConfig { public_url: "http://127.0.0.1:1".into(), ..Default::default() });
-    let modal = ferry_api::ModalService::new(store.clone(), config).unwrap();
+    let modal = ferry_api::ModalService::new(store.clone(), config).await.unwrap();
     let service = ferry_api::gateway::GatewayLayer::new(store.clone()).layer(
         ferry_proto::api::modal_client_server::ModalClientServer::new(modal).max_decoding_message_size(8 * 1024 * 1024),
     );
