@@ -461,6 +461,14 @@ impl Worker {
         Ok(TaskDir(dir))
     }
 
+    /// Tells builds of one layer id apart (see [`pool::PoolKey::build`]).
+    fn layer_build(&self, layer: &LayerId) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(self.inner.store.layer_fs(layer)).map(|m| m.ino()).unwrap_or(0);
+        let created = self.inner.store.layer(layer).map(|r| r.created_at).unwrap_or(0);
+        (inode, created)
+    }
+
     /// The pool's key for a task it can serve: the usual entrypoint on the host network, no
     /// GPUs, no volumes, plain files and the image's own PYTHONPATH.
     fn pool_key(&self, spec: &TaskSpec, client: &ClientRuntime, for_snapshot: bool) -> Option<pool::PoolKey> {
@@ -476,6 +484,7 @@ impl Worker {
             && spec.files.iter().all(|(host, _)| host.is_file());
         plain.then(|| pool::PoolKey {
             layer: spec.layer.clone(),
+            build: self.layer_build(&spec.layer),
             client_dir: client.dir.clone(),
             memory_mib: spec.memory_mib,
             cpu_millis: spec.cpu_cores.map(|c| (c * 1000.0).round() as u64),

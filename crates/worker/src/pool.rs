@@ -61,6 +61,9 @@ impl PoolConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
     pub layer: LayerId,
+    /// Which build of the layer (a forced rebuild replaces the layer's files under the same
+    /// id): the inode of its root and its record's time. A standby holds the build it started on.
+    pub build: (u64, u64),
     pub client_dir: PathBuf,
     pub memory_mib: Option<u64>,
     pub cpu_millis: Option<u64>,
