@@ -513,7 +513,10 @@ fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, p
                 }
             };
             clock += 1;
-            let (i, reused) = place(&mut ctx, &mut kv, &free, &job.req.prompt, use_cache, clock);
+            // A seeded request decodes its whole prompt: reused KV rounds differently, and the same
+            // seed must give the same output whatever the cache holds.
+            let reuse_ok = use_cache && job.req.sampling.seed.is_none();
+            let (i, reused) = place(&mut ctx, &mut kv, &free, &job.req.prompt, reuse_ok, clock);
             let mut slot = new_slot(i as i32, job);
             slot.prefilled = reused;
             slot.n_past = reused as i32;
