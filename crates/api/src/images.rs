@@ -304,20 +304,10 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
     let volume_task = format!("build-{}", &hex::encode(Sha256::digest(image.encode_to_vec()))[..16]);
     let mut spec = spec;
     if !image.volume_mounts.is_empty() {
-        let requests: Vec<ferry_volumes::MountRequest> = image
-            .volume_mounts
-            .iter()
-            .map(|m| ferry_volumes::MountRequest {
-                volume_id: m.volume_id.clone(),
-                target: m.mount_path.clone(),
-                read_only: m.read_only,
-                sub_path: m.sub_path.clone(),
-            })
-            .collect();
-        let binds = s.volumes.prepare_task(&volume_task, &requests).await.map_err(|e| format!("cannot mount the build step's volumes: {e}"))?;
-        spec.build_mounts.extend(binds.into_iter().map(|b| {
-            if b.read_only { ferry_runtime::BindMount::read_only(b.source, b.target) } else { ferry_runtime::BindMount::read_write(b.source, b.target) }
-        }));
+        let binds = crate::volumes::volume_binds(s, &volume_task, &image.volume_mounts)
+            .await
+            .map_err(|e| format!("cannot mount the build step's volumes: {e}"))?;
+        spec.build_mounts.extend(binds);
     }
     let options = ferry_runtime::BuildOptions { force, ..Default::default() };
     let built = s.images.builder.build_with(&spec, options, &sink).await;

@@ -16,18 +16,7 @@ use crate::status::{check_id, invalid, OrStatus};
 const INLINE_LIMIT: u64 = 4 * 1024 * 1024;
 
 fn to_grpc(e: VolumeError) -> Status {
-    match e {
-        VolumeError::Invalid(m) => Status::invalid_argument(m),
-        VolumeError::NotFound(m) => Status::not_found(m),
-        VolumeError::AlreadyExists(m) => Status::already_exists(m),
-        VolumeError::Conflict(m) => Status::failed_precondition(m),
-        VolumeError::DiskFull(m) => Status::resource_exhausted(m),
-        VolumeError::Io(m) => {
-            tracing::error!("network file system failure: {m}");
-            Status::internal(format!("Ferry's network file system storage failed: {m}"))
-        }
-        VolumeError::Store(e) => crate::status::to_status(e),
-    }
+    crate::volumes::volume_status(e, "network file system")
 }
 
 fn dirs(s: &ModalService) -> Result<SharedDirs, Status> {
