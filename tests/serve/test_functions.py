@@ -1,5 +1,6 @@
 """`modal run` of real app files: functions run in containers built from the app's images."""
 
+import json
 import re
 from pathlib import Path
 
@@ -119,3 +120,51 @@ with app.run():
     out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
     assert out.returncode == 0, out.stderr
     assert "network blocked" in out.stdout
+
+
+def test_autoscaler_overrides_and_current_stats(runner):
+    out = runner.modal("deploy", str(APPS / "autoscale.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = """
+import json, time, warnings
+import modal
+warnings.simplefilter("ignore")
+f = modal.Function.from_name("ferry-autoscale", "hello")
+before = f.get_current_stats()
+s = f.update_autoscaler(min_containers=1, scaledown_window=30)
+deadline = time.time() + 300
+while f.get_current_stats().num_total_runners < 1 and time.time() < deadline:
+    time.sleep(0.5)
+warm = f.get_current_stats()
+value = f.remote(1)
+settings = f.autoscaler.settings()
+try:
+    f.autoscaler.update(min_containers=3, max_containers=2)
+    bad = "accepted"
+except Exception as e:
+    bad = f"{type(e).__name__}: {e}"
+after = f.autoscaler.update(max_containers=None, min_containers=0)
+print("RESULT " + json.dumps(dict(
+    before=[before.backlog, before.num_total_runners], set_min=s.min_containers, set_window=s.scaledown_window,
+    warm=warm.num_total_runners, value=value, min=settings.min_containers, window=settings.scaledown_window,
+    bad=bad, after_min=after.min_containers, after_max=after.max_containers)))
+"""
+    res = runner.python(code, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads(res.stdout.split("RESULT ", 1)[1])
+    assert r["before"] == [0, 0]
+    assert (r["set_min"], r["set_window"]) == (1, 30)
+    assert r["warm"] == 1, "min_containers=1 started a container without any call"
+    assert r["value"] == 2
+    assert (r["min"], r["window"]) == (1, 30), "the override is kept"
+    assert "min_containers (3) cannot be greater than max_containers (2)" in r["bad"]
+    assert (r["after_min"], r["after_max"]) == (0, None)
+    # A new deployment goes back to what the decorator says.
+    out = runner.modal("deploy", str(APPS / "autoscale.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = runner.python(
+        "import modal\nprint('MIN', modal.Function.from_name('ferry-autoscale', 'hello').autoscaler.settings().min_containers)",
+        timeout=120,
+    )
+    assert res.returncode == 0 and "MIN 0" in res.stdout, res.stdout + res.stderr
+    runner.modal("app", "stop", "ferry-autoscale", "--yes")

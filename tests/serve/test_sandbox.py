@@ -282,6 +282,27 @@ def test_snapshot_then_start_from_it(runner):
     assert r["content"] == "remembered\n"
 
 
+def test_local_files_of_the_image_are_in_the_sandbox(runner, tmp_path):
+    """`add_local_dir`/`add_local_file` without copy=True reach a Sandbox as mounts, as they
+    reach a function."""
+    src = tmp_path / "proj"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "data.txt").write_text("from the laptop\n")
+    (src / "pkg" / "mod.py").write_text("VALUE = 42\n")
+    single = tmp_path / "one.cfg"
+    single.write_text("single file\n")
+    r = run(runner, f"""
+        img = image.add_local_dir({str(src / "pkg")!r}, "/opt/pkg").add_local_file({str(single)!r}, "/etc/one.cfg")
+        sb = modal.Sandbox.create(app=app, image=img)
+        data = sb.exec("cat", "/opt/pkg/data.txt").stdout.read()
+        value = sb.exec("python", "-c", "import sys; sys.path.insert(0, '/opt'); from pkg.mod import VALUE; print(VALUE)").stdout.read()
+        cfg = sb.exec("cat", "/etc/one.cfg").stdout.read()
+        sb.terminate()
+        out(data=data, value=value, cfg=cfg)
+    """)
+    assert r == {"data": "from the laptop\n", "value": "42\n", "cfg": "single file\n"}
+
+
 def test_rm_rf_inside_leaves_host_and_other_sandboxes_intact(runner, tmp_path):
     canary = tmp_path / "canary.txt"
     canary.write_text("still here")

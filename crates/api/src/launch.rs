@@ -17,7 +17,7 @@ use crate::scheduler::{cancelled_result, status, Input, NewInput, Outcome, TaskI
 use crate::service::ModalService;
 
 const DEFAULT_MAX_CONTAINERS: usize = 8;
-const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
 /// After `kill_switch`, how long a container gets to run `@modal.exit` before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Where the API's unix socket appears inside a container without a network.
@@ -368,17 +368,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
 
     let layer = crate::images::wait_for_layer(s, &def.image_id).await?;
 
-    let mut files = Vec::new();
-    for mount_id in &def.mount_ids {
-        let mount = s.store.mount(mount_id).await.map_err(|e| e.to_string())?;
-        if mount.name.as_deref().is_some_and(crate::mounts::is_client_mount) {
-            continue;
-        }
-        for f in mount.files {
-            let host = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
-            files.push((host, f.path));
-        }
-    }
+    let mut files = crate::mounts::container_files(s, &def.mount_ids).await?;
     let mut env_vars = Vec::new();
     for secret_id in &def.secret_ids {
         env_vars.extend(s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?);

@@ -9,6 +9,7 @@ pub mod access;
 pub mod gateway;
 pub mod tls;
 mod apps;
+mod autoscaler;
 mod blobs;
 mod classes;
 mod container;

@@ -13,6 +13,23 @@ pub(crate) fn is_client_mount(name: &str) -> bool {
     name.starts_with("modal-client-mount-")
 }
 
+/// The files of `mount_ids` as (file in the data dir, path in the container), the pairs a
+/// container binds read-only; the client's own mount is left out (the worker provides it).
+pub(crate) async fn container_files(s: &ModalService, mount_ids: &[String]) -> Result<Vec<(std::path::PathBuf, String)>, String> {
+    let mut files = Vec::new();
+    for mount_id in mount_ids {
+        let mount = s.store.mount(mount_id).await.map_err(|e| format!("mount {mount_id}: {e}"))?;
+        if mount.name.as_deref().is_some_and(is_client_mount) {
+            continue;
+        }
+        for f in mount.files {
+            let host = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
+            files.push((host, f.path));
+        }
+    }
+    Ok(files)
+}
+
 const MAX_INLINE_FILE: usize = 4 * 1024 * 1024;
 
 pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::MountGetOrCreateRequest>) -> Rpc<api::MountGetOrCreateResponse> {

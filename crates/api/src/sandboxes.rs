@@ -71,9 +71,8 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
     if !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement cloud bucket mounts in Sandboxes yet"));
     }
-    if !def.mount_ids.is_empty() {
-        return Err(Status::unimplemented("Ferry does not implement mounts in Sandboxes yet; add the files to the image instead"));
-    }
+    // Local files of the image (`add_local_*` without copy) and `mounts=`: bound read-only.
+    let files = crate::mounts::container_files(s, &def.mount_ids).await.map_err(|e| Status::not_found(format!("the Sandbox's files: {e}")))?;
     if def.proxy_id.is_some() || def.experimental_outbound_policy.is_some() || def.outbound_policy.is_some() {
         return Err(Status::unimplemented("Ferry does not implement proxies or outbound policies for Sandboxes yet"));
     }
@@ -176,6 +175,7 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
             })
             .collect(),
         binds,
+        files,
         tty,
         v2,
     };

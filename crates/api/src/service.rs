@@ -141,6 +141,9 @@ modal_client_impl! {
         function_map(api::FunctionMapRequest) -> api::FunctionMapResponse => crate::functions::map;
         function_put_inputs(api::FunctionPutInputsRequest) -> api::FunctionPutInputsResponse => crate::functions::put_inputs;
         function_get_outputs(api::FunctionGetOutputsRequest) -> api::FunctionGetOutputsResponse => crate::functions::get_outputs;
+        function_update_scheduling_params(api::FunctionUpdateSchedulingParamsRequest) -> api::FunctionUpdateSchedulingParamsResponse => crate::autoscaler::update;
+        function_get_scheduling_params(api::FunctionGetSchedulingParamsRequest) -> api::FunctionGetSchedulingParamsResponse => crate::autoscaler::get;
+        function_get_current_stats(api::FunctionGetCurrentStatsRequest) -> api::FunctionStats => crate::autoscaler::current_stats;
         container_hello(()) -> () => crate::container::hello;
         container_heartbeat(api::ContainerHeartbeatRequest) -> api::ContainerHeartbeatResponse => crate::container::heartbeat;
         function_get_inputs(api::FunctionGetInputsRequest) -> api::FunctionGetInputsResponse => crate::container::get_inputs;

@@ -113,6 +113,9 @@ pub struct SandboxSpec {
     pub volumes: Vec<VolumeMount>,
     /// Host directories bound as they are (network file systems: shared, no commit).
     pub binds: Vec<BindMount>,
+    /// Files bound read-only as (file on the host, path in the sandbox): the image's local files
+    /// (`add_local_*` without `copy=True`) and `mounts=`.
+    pub files: Vec<(std::path::PathBuf, String)>,
     /// Run the main process on a terminal of (rows, columns).
     pub tty: Option<(u16, u16)>,
     /// The id shape tells the client which protocol version to use for it.
@@ -288,7 +291,11 @@ impl Sandboxes {
 
         let mut cs = ContainerSpec::new(layer, spec.command.clone());
         cs.mounts = match self.prepare_volumes(&task_id, &spec.volumes).await {
-            Ok(m) => m.into_iter().chain(spec.binds.iter().cloned()).collect(),
+            Ok(m) => m
+                .into_iter()
+                .chain(spec.binds.iter().cloned())
+                .chain(spec.files.iter().map(|(host, target)| BindMount::read_only(host, target.as_str())))
+                .collect(),
             Err(e) => {
                 let message = format!("the Sandbox could not start: {e}");
                 self.inner.store.finish_sandbox(&sandbox_id, Status::InitFailure as i32, None, &message).await?;

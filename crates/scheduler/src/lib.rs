@@ -1050,6 +1050,21 @@ impl Scheduler {
         self.inner.state.lock().unwrap().running.get(task_id).map_or(0, |r| r.len())
     }
 
+    /// One function's (queued inputs, running inputs, containers), for `get_current_stats()`.
+    pub fn function_stats(&self, function_id: &str) -> (usize, usize, usize) {
+        let st = self.inner.state.lock().unwrap();
+        let queued = st.queues.get(function_id).map_or(0, |q| q.pending.len());
+        let mut running = 0;
+        let mut tasks = 0;
+        for (task_id, t) in &st.tasks {
+            if t.function_id == function_id {
+                tasks += 1;
+                running += st.running.get(task_id).map_or(0, |r| r.len());
+            }
+        }
+        (queued, running, tasks)
+    }
+
     /// Queued and running inputs by function, for the dashboard and `/metrics`.
     pub fn loads(&self) -> Vec<(String, usize, usize)> {
         let st = self.inner.state.lock().unwrap();
