@@ -205,16 +205,27 @@ def test_tunnel_reaches_a_web_server_from_the_host(runner):
         sb.exec("sh", "-c", "echo tunnelled > /index.html").wait()
         host, port = sb.tunnels()[8000].tcp_socket
         body = urllib.request.urlopen(f"http://{host}:{port}/index.html", timeout=10).read().decode()
+        # encrypted_ports on a plain-http server: TLS with the data dir's own authority.
+        import ssl
+        sb2 = modal.Sandbox.create("python", "-m", "http.server", "8443", app=app, image=image,
+                                   encrypted_ports=[8443], readiness_probe=modal.Probe.with_tcp(8443))
+        sb2.wait_until_ready(timeout=60)
+        sb2.exec("sh", "-c", "echo encrypted > /index.html").wait()
+        url = sb2.tunnels()[8443].url
+        ctx = ssl.create_default_context(cafile=CA)
+        secure = urllib.request.urlopen(url + "/index.html", timeout=10, context=ctx).read().decode()
         try:
-            modal.Sandbox.create(app=app, image=image, encrypted_ports=[8443])
-            tls = None
+            urllib.request.urlopen(url + "/index.html", timeout=10).read()
+            unverified = "accepted"
         except Exception as e:
-            tls = type(e).__name__
-        sb.terminate()
-        out(host=host, body=body, tls=tls)
-    """)
+            unverified = type(e).__name__
+        sb.terminate(); sb2.terminate()
+        out(host=host, body=body, url=url, secure=secure, unverified=unverified)
+    """, prefix=f"CA = {str(runner.data_dir / 'tls' / 'ca.pem')!r}\n")
     assert r["body"] == "tunnelled\n"
-    assert r["tls"] == "UnimplementedError"
+    assert r["url"].startswith("https://")
+    assert r["secure"] == "encrypted\n"
+    assert r["unverified"] == "URLError", "the certificate is not one a default trust store accepts"
 
 
 def test_filesystem_round_trip_of_a_large_file(runner, tmp_path):

@@ -224,11 +224,21 @@ async fn start_sandboxes(
         })
         .unwrap_or_else(|| ip.to_string());
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let tunnel_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    // `encrypted_ports` terminate TLS with the server's certificate; a server without one
+    // (plain http on loopback) uses a certificate of its data dir's own authority for them.
+    let tunnel_tls = match &tls {
+        Some(t) => Some(t.clone()),
+        None => {
+            let own = crate::tls::self_signed(store.data_dir(), std::slice::from_ref(&tunnel_host))?;
+            Some((own.files.cert_pem, own.files.key_pem))
+        }
+    };
     let sandbox_config = ferry_sandbox::SandboxConfig {
         router_url: format!("{scheme}://{host}:{port}"),
         tunnel_bind: ip,
-        tunnel_host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
-        tls: tls.clone(),
+        tunnel_host,
+        tls: tunnel_tls,
         ..Default::default()
     };
     let images = ferry_runtime::ImageStore::open(store.data_dir())?;
