@@ -330,3 +330,37 @@ def test_redeploy_drops_removed_endpoints_and_stop_drops_all(web, tmp_path):
     out = web.modal("app", "stop", "ferry-web-gone", "--yes")
     assert out.returncode == 0, out.stdout + out.stderr
     assert request(base + "/ferry--ferry-web-gone-kept")[0] == 404
+
+
+def test_http_server_class_serves_its_own_port(runner):
+    """`@modal.experimental.http_server`: the URL answers 503 while no container is ready and
+    starts one; then requests (GET with query, POST with a body) reach the container's server."""
+    out = runner.modal("deploy", str(APPS / "flash.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = """
+import json, time, urllib.error, urllib.request
+import modal, modal.experimental
+Server = modal.Cls.from_name("ferry-flash", "Server")
+url = Server._experimental_get_flash_urls()[0]
+statuses = []
+deadline = time.time() + 300
+while time.time() < deadline:
+    try:
+        body = urllib.request.urlopen(url + "/hello%20there?x=1", timeout=30).read().decode()
+        break
+    except urllib.error.HTTPError as e:
+        statuses.append(e.code)
+        time.sleep(0.5)
+posted = urllib.request.urlopen(urllib.request.Request(url + "/echo", data=b"payload", method="POST"), timeout=30).read().decode()
+containers = [(c.task_id, c.host, c.port) for c in modal.experimental.flash_get_containers("ferry-flash", "Server")]
+print("RESULT " + json.dumps(dict(url=url, statuses=sorted(set(statuses)), body=body, posted=posted, containers=containers)))
+"""
+    res = runner.python(code, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads(res.stdout.split("RESULT ", 1)[1])
+    assert r["url"].startswith("http")
+    assert set(r["statuses"]) <= {503}, "only 'not ready yet' before the first container answers"
+    assert r["body"].startswith("GET /hello%20there?x=1 from ta-"), r["body"]
+    assert r["posted"] == "POST /echo payload"
+    assert len(r["containers"]) == 1 and r["body"].endswith(r["containers"][0][0])
+    runner.modal("app", "stop", "ferry-flash", "--yes")

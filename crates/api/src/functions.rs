@@ -53,6 +53,7 @@ pub(crate) fn handle_metadata(f: &api::Function, function_id: &str, app_id: &str
         supported_input_formats: f.supported_input_formats.clone(),
         supported_output_formats: f.supported_output_formats.clone(),
         app_id: app_id.to_string(),
+        experimental_flash_urls: f.flash_service_urls.clone(),
         ..Default::default()
     }
 }

@@ -157,7 +157,7 @@ pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration 
     match definition(s, function_id).await {
         Ok((_, def)) => {
             let sc = scaling(&def);
-            if s.scheduler.tasks_of_function(function_id) <= sc.min {
+            if s.scheduler.tasks_of_function(function_id) <= sc.min || crate::flash::requested_within(function_id, sc.scaledown) {
                 Duration::from_secs(365 * 24 * 3600)
             } else {
                 sc.scaledown
@@ -231,6 +231,18 @@ pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Resu
         let needed = pending.div_ceil(per_container).saturating_sub(idle);
         (total + needed).max(busy + pending.div_ceil(per_container) + sc.buffer).max(sc.min)
     });
+    for task_id in started {
+        start_task(s.clone(), function_id.to_string(), task_id);
+    }
+    Ok(())
+}
+
+/// Starts a container of the function if it has none (a request for an `http_server` that has
+/// scaled to zero).
+pub(crate) async fn ensure_one(s: &ModalService, function_id: &str) -> Result<(), Status> {
+    let (record, def) = definition(s, function_id).await.map_err(Status::internal)?;
+    let sc = scaling(&def);
+    let started = s.scheduler.reserve_tasks(function_id, &record.app_id, sc.max, |_, _, total| total.max(1).max(sc.min));
     for task_id in started {
         start_task(s.clone(), function_id.to_string(), task_id);
     }

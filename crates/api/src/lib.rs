@@ -13,6 +13,7 @@ mod autoscaler;
 mod blobs;
 mod classes;
 mod container;
+mod flash;
 mod functions;
 mod gpus;
 mod images;

@@ -144,6 +144,9 @@ modal_client_impl! {
         function_update_scheduling_params(api::FunctionUpdateSchedulingParamsRequest) -> api::FunctionUpdateSchedulingParamsResponse => crate::autoscaler::update;
         function_get_scheduling_params(api::FunctionGetSchedulingParamsRequest) -> api::FunctionGetSchedulingParamsResponse => crate::autoscaler::get;
         function_get_current_stats(api::FunctionGetCurrentStatsRequest) -> api::FunctionStats => crate::autoscaler::current_stats;
+        flash_container_register(api::FlashContainerRegisterRequest) -> api::FlashContainerRegisterResponse => crate::flash::register;
+        flash_container_deregister(api::FlashContainerDeregisterRequest) -> () => crate::flash::deregister;
+        flash_container_list(api::FlashContainerListRequest) -> api::FlashContainerListResponse => crate::flash::list;
         container_hello(()) -> () => crate::container::hello;
         container_heartbeat(api::ContainerHeartbeatRequest) -> api::ContainerHeartbeatResponse => crate::container::heartbeat;
         function_get_inputs(api::FunctionGetInputsRequest) -> api::FunctionGetInputsResponse => crate::container::get_inputs;

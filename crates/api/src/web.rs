@@ -176,6 +176,15 @@ pub(crate) async fn prepare_definition(s: &ModalService, app: &App, function: &m
         def.web_url_info = Some(info);
         routes.push((label, method.clone(), config.requires_proxy_auth));
     }
+    // `@modal.experimental.http_server`: one URL that reaches the containers' own HTTP server.
+    function.flash_service_urls.clear();
+    if function.http_config.as_ref().is_some_and(|h| h.port > 0) {
+        let config = api::WebhookConfig::default();
+        let (label, _) = label_of(&config, &class_name);
+        function.flash_service_urls = vec![s.config.web.url(&label)];
+        function.flash_service_label = label.clone();
+        routes.push((label, crate::flash::ROUTE_METHOD.to_string(), false));
+    }
     let mut labels: Vec<&String> = routes.iter().map(|(l, _, _)| l).collect();
     labels.sort();
     if labels.windows(2).any(|w| w[0] == w[1]) {
@@ -332,6 +341,9 @@ impl Backend for WebBackend {
     async fn start(&self, endpoint: &Endpoint, head: RequestHead) -> Result<Call, BackendError> {
         let s = &self.s;
         let (function_id, method) = endpoint.target.split_once('#').unwrap_or((&endpoint.target, ""));
+        if method == crate::flash::ROUTE_METHOD {
+            return crate::flash::start(s, function_id, head).await;
+        }
         let (_, def) = crate::launch::definition(s, function_id).await.map_err(backend_error(500))?;
         let mut head = head;
         if !head.root_path.is_empty() && !is_web_server(&def, method) {

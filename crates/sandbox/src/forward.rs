@@ -54,6 +54,18 @@ pub fn task_process(task_id: &str) -> Option<u32> {
     })
 }
 
+/// Connects to `port` inside the container of `task_id` (its own loopback, in its network
+/// namespace), as the web gateway does for `http_server` containers.
+pub async fn connect_to_task(task_id: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let task = task_id.to_string();
+    let pid = tokio::task::spawn_blocking(move || task_process(&task))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no running container of task {task_id}")))?;
+    crate::net::connect_in(pid, port).await
+}
+
 /// The inode of a process's network namespace (it changes, or vanishes, when the process goes).
 fn netns(pid: u32) -> Option<u64> {
     std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())

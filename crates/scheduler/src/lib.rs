@@ -559,6 +559,14 @@ impl Scheduler {
         }
     }
 
+    /// Counts a task as active now (it served a request that bypasses inputs), so scale-down
+    /// measures its idleness from here.
+    pub fn touch(&self, task_id: &str) {
+        if let Some(t) = self.inner.state.lock().unwrap().tasks.get_mut(task_id) {
+            t.last_active = Instant::now();
+        }
+    }
+
     pub fn tasks_of_function(&self, function_id: &str) -> usize {
         self.inner.state.lock().unwrap().tasks.values().filter(|t| t.function_id == function_id).count()
     }
