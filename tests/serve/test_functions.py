@@ -168,3 +168,34 @@ print("RESULT " + json.dumps(dict(
     )
     assert res.returncode == 0 and "MIN 0" in res.stdout, res.stdout + res.stderr
     runner.modal("app", "stop", "ferry-autoscale", "--yes")
+
+
+def test_call_graph_of_calls_made_inside_inputs(runner):
+    out = runner.modal("deploy", str(APPS / "callgraph.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = """
+import json
+import modal
+parent = modal.Function.from_name("ferry-callgraph", "parent")
+fc = parent.spawn(20)
+inside = fc.get()
+graph = fc.get_call_graph()
+root = graph[0]
+kids = [(c.function_name, c.status.name, len(c.children)) for c in root.children]
+print("RESULT " + json.dumps(dict(inside=inside, roots=len(graph), root=[root.function_name, root.status.name, root.function_call_id == fc.object_id, root.task_id.startswith("ta-")], kids=kids)))
+try:
+    modal.FunctionCall.from_id("fc-doesnotexist").get_call_graph()
+    missing = "found"
+except Exception as e:
+    missing = type(e).__name__
+print("MISSING " + missing)
+"""
+    res = runner.python(code, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    r = json.loads(res.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert r["inside"] == {"root_function": "parent", "root_status": "PENDING", "child_call_is_fc": True, "value": 41}
+    assert r["roots"] == 1
+    assert r["root"] == ["parent", "SUCCESS", True, True]
+    assert r["kids"] and r["kids"][0][:2] == ["child", "SUCCESS"]
+    assert "MISSING NotFoundError" in res.stdout
+    runner.modal("app", "stop", "ferry-callgraph", "--yes")

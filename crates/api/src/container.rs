@@ -76,6 +76,7 @@ pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOut
     let function_id = s.scheduler.task(&task_id).map(|t| t.function_id).unwrap_or_default();
     for out in r.into_inner().outputs {
         let result = out.result.unwrap_or_default();
+        crate::call_graph::input_finished(s, &out.input_id, result.status);
         let outcome = outcome_of(&result);
         if outcome == Outcome::Failed {
             // A failed attempt is retried while the function's retry policy allows.

@@ -158,6 +158,7 @@ fn accepted(ids: Vec<(i32, String)>) -> Vec<api::FunctionPutInputsResponseItem> 
 }
 
 pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -> Rpc<api::FunctionMapResponse> {
+    let caller = crate::service::principal(&r);
     let req = r.into_inner();
     check_id(&req.function_id, "fu", "Function")?;
     let (record, _) = crate::launch::definition(s, &req.function_id).await.map_err(|e| Status::not_found(e))?;
@@ -167,6 +168,7 @@ pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -
     let call_id = ferry_store::new_id("fc");
     let inputs = to_inputs(req.pipelined_inputs)?;
     let ids = crate::launch::submit(s, &call_id, &record.id, req.function_call_invocation_type, inputs).await?;
+    crate::call_graph::record(s, &call_id, &record.id, &req.parent_input_id, &caller);
     Ok(Response::new(api::FunctionMapResponse {
         function_call_id: call_id,
         pipelined_inputs: accepted(ids),

@@ -11,6 +11,7 @@ pub mod tls;
 mod apps;
 mod autoscaler;
 mod blobs;
+mod call_graph;
 mod classes;
 mod container;
 mod flash;

@@ -144,6 +144,7 @@ modal_client_impl! {
         function_update_scheduling_params(api::FunctionUpdateSchedulingParamsRequest) -> api::FunctionUpdateSchedulingParamsResponse => crate::autoscaler::update;
         function_get_scheduling_params(api::FunctionGetSchedulingParamsRequest) -> api::FunctionGetSchedulingParamsResponse => crate::autoscaler::get;
         function_get_current_stats(api::FunctionGetCurrentStatsRequest) -> api::FunctionStats => crate::autoscaler::current_stats;
+        function_get_call_graph(api::FunctionGetCallGraphRequest) -> api::FunctionGetCallGraphResponse => crate::call_graph::get;
         flash_container_register(api::FlashContainerRegisterRequest) -> api::FlashContainerRegisterResponse => crate::flash::register;
         flash_container_deregister(api::FlashContainerDeregisterRequest) -> () => crate::flash::deregister;
         flash_container_list(api::FlashContainerListRequest) -> api::FlashContainerListResponse => crate::flash::list;

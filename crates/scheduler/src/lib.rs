@@ -1134,6 +1134,9 @@ impl Scheduler {
 
     /// Deletes calls older than `before` (Unix seconds) whose inputs are all answered.
     pub async fn expire(&self, before: f64) -> usize {
+        if let Err(e) = self.inner.store.expire_call_edges(before).await {
+            tracing::warn!("cannot expire old call graph edges: {e}");
+        }
         let mut total = 0;
         loop {
             match self.inner.store.expire_calls(before, 1000).await {

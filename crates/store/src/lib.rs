@@ -7,6 +7,7 @@
 
 mod apps;
 mod auth;
+mod call_graph;
 mod calls;
 mod deployments;
 mod dicts;
@@ -36,6 +37,7 @@ use sqlx::SqlitePool;
 
 pub use apps::{App, AppState, LogEntry};
 pub use auth::{Principal, TokenInfo, TokenScope};
+pub use call_graph::{GraphCall, GraphInput};
 pub use calls::{AnswerRecord, CallRecord, CallWrite, QueuedRecord, WriteOutcome};
 pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;

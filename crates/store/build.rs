@@ -1,0 +1,4 @@
+fn main() {
+    // Migrations are embedded at compile time: a new or changed file rebuilds the crate.
+    println!("cargo:rerun-if-changed=migrations");
+}
