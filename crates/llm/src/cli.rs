@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// (`usage.prompt_tokens_details.cached_tokens` is then always 0).
     #[arg(long)]
     pub no_prompt_cache: bool,
+    /// The model's multimodal projector (a `mmproj` GGUF made for this model): enables
+    /// `image_url` content parts through llama.cpp's vision support.
+    #[arg(long, env = "FERRY_LLM_MMPROJ")]
+    pub mmproj: Option<PathBuf>,
+    /// A host whose `http(s)` image URLs the server may fetch (repeatable). Without it only data
+    /// URLs are accepted: the server never fetches URLs a client names on hosts not listed here.
+    #[arg(long = "allow-image-host", value_name = "HOST")]
+    pub allow_image_hosts: Vec<String>,
     /// An embedding model (encoder GGUF, e.g. BERT with mean pooling) served at `/v1/embeddings`.
     #[arg(long, env = "FERRY_LLM_EMBEDDING_MODEL")]
     pub embedding_model: Option<PathBuf>,

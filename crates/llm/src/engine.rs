@@ -7,8 +7,9 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::mtmd::{MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType, MtmdInputChunks, MtmdInputText};
 use llama_cpp_2::token::LlamaToken;
 use llguidance::{Matcher, ParserFactory};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -38,6 +40,26 @@ pub struct EngineConfig {
     pub gpu_layers: u32,
     /// Keep each slot's KV after its request and reuse the longest common token prefix.
     pub prompt_cache: bool,
+    /// llama.cpp multimodal projector (`--mmproj`): the vision encoder that goes with the model.
+    pub mmproj: Option<PathBuf>,
+}
+
+/// Where an image goes in the rendered prompt text; the API layer writes one per image part.
+pub const MEDIA_MARKER: &str = "<__ferry_image__>";
+
+/// Token id that stands for an image position in a [`GenRequest::prompt`]: never a real token,
+/// so no prompt-cache prefix ever extends across an image.
+pub const IMAGE_TOKEN: u32 = u32::MAX;
+
+/// Why a prompt with images could not be tokenized (each is the client's fault: a 400).
+#[derive(Debug)]
+pub enum MediaError {
+    /// The loaded model has no projector.
+    NoVision,
+    /// Image `index` (0-based, in prompt order) is not a picture llama.cpp can decode.
+    Decode(usize),
+    /// Tokenizing or preprocessing failed (e.g. the marker text appeared in the prompt itself).
+    Tokenize(String),
 }
 
 /// Whether this build can offload to NVIDIA GPUs.
@@ -68,6 +90,9 @@ pub struct GenRequest {
     /// Token-level constraint (JSON schema, tool-call grammar); `None` for free text.
     pub constraint: Option<Matcher>,
     pub priority: Priority,
+    /// A prompt with images: llama.cpp's text and image chunks, in order. `prompt` then holds the
+    /// same sequence with [`IMAGE_TOKEN`] for each image position.
+    pub media: Option<Arc<MtmdInputChunks>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +131,7 @@ pub struct ModelInfo {
     pub chat_template: Option<String>,
     pub bos_text: String,
     pub eos_text: String,
-    /// llama.cpp loads vision encoders from a separate projector file; Ferry serves text-only GGUFs.
+    /// A vision projector (`--mmproj`) is loaded: `image_url` parts are accepted.
     pub has_vision: bool,
 }
 
@@ -118,6 +143,9 @@ pub struct Engine {
     pub token_bytes: Vec<Vec<u8>>,
     pub parser_factory: Arc<ParserFactory>,
     tx: std_mpsc::Sender<Job>,
+    /// The multimodal context (vision encoder + projector), when `--mmproj` was given. Tokenizing
+    /// (API side) and encoding (engine thread) take turns through the lock.
+    mtmd: Option<Arc<Mutex<MtmdContext>>>,
     /// Generations submitted and not yet finished; bounds memory under overload.
     in_flight: Arc<AtomicUsize>,
 }
@@ -174,17 +202,40 @@ impl Engine {
             eos_text: special(vocab.eos()),
             has_vision: false,
         };
+        let threads = if cfg.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
+        } else {
+            cfg.threads as i32
+        };
+        let mtmd = match &cfg.mmproj {
+            Some(p) => {
+                let params = MtmdContextParams {
+                    use_gpu: cfg.gpu_layers > 0,
+                    print_timings: false,
+                    n_threads: threads,
+                    media_marker: std::ffi::CString::new(MEDIA_MARKER).expect("no NUL in the marker"),
+                    image_min_tokens: -1,
+                    image_max_tokens: -1,
+                };
+                let ctx = MtmdContext::init_from_file(&p.to_string_lossy(), model, &params).map_err(|e| {
+                    anyhow!("loading the projector {}: {e} (is it the projector made for this model? llama.cpp's log says more with FERRY_LLM_VERBOSE=1)", p.display())
+                })?;
+                if !ctx.support_vision() {
+                    anyhow::bail!("the projector {} has no vision encoder", p.display());
+                }
+                Some(Arc::new(Mutex::new(ctx)))
+            }
+            None => None,
+        };
+        let mut info = info;
+        info.has_vision = mtmd.is_some();
+        let engine_mtmd = mtmd.clone();
         let (tx, rx) = std_mpsc::channel::<Job>();
         let ctx_per_seq = info.ctx_per_seq as u32;
         let (ready_tx, ready_rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("llm-engine".into())
             .spawn(move || {
-                let threads = if cfg.threads == 0 {
-                    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
-                } else {
-                    cfg.threads as i32
-                };
                 let n_ctx = ctx_per_seq * cfg.parallel.max(1);
                 let params = LlamaContextParams::default()
                     .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -200,7 +251,7 @@ impl Engine {
                 match model.new_context(backend, params) {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
-                        run_loop(model, ctx, rx, cfg.parallel.max(1) as usize, cfg.prompt_cache);
+                        run_loop(model, ctx, rx, cfg.parallel.max(1) as usize, cfg.prompt_cache, engine_mtmd);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow!("creating llama.cpp context: {e}")));
@@ -208,7 +259,37 @@ impl Engine {
                 }
             })?;
         ready_rx.recv().map_err(|_| anyhow!("engine thread died"))??;
-        Ok(Arc::new(Engine { model, info, token_bytes, parser_factory: Arc::new(factory), tx, in_flight: Arc::new(AtomicUsize::new(0)) }))
+        Ok(Arc::new(Engine { model, info, token_bytes, parser_factory: Arc::new(factory), tx, mtmd, in_flight: Arc::new(AtomicUsize::new(0)) }))
+    }
+
+    /// Tokenizes templated text in which each image is a [`MEDIA_MARKER`], with the images'
+    /// encoded bytes (PNG, JPEG, GIF, BMP; what llama.cpp's loader decodes) in marker order.
+    /// Returns the prompt (image positions as [`IMAGE_TOKEN`]) and llama.cpp's chunks.
+    pub fn tokenize_media(&self, text: &str, images: &[Vec<u8>]) -> Result<(Vec<u32>, Arc<MtmdInputChunks>), MediaError> {
+        let Some(mtmd) = &self.mtmd else { return Err(MediaError::NoVision) };
+        let ctx = mtmd.lock().unwrap_or_else(|e| e.into_inner());
+        let bitmaps = images
+            .iter()
+            .enumerate()
+            .map(|(i, b)| MtmdBitmap::from_buffer(&ctx, b, false).map_err(|_| MediaError::Decode(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&MtmdBitmap> = bitmaps.iter().collect();
+        let input = MtmdInputText { text: text.to_string(), add_special: false, parse_special: true };
+        let chunks = ctx.tokenize(input, &refs).map_err(|e| MediaError::Tokenize(e.to_string()))?;
+        let mut prompt = Vec::with_capacity(chunks.total_tokens());
+        for i in 0..chunks.len() {
+            let c = chunks.get(i).expect("index in range");
+            match c.chunk_type() {
+                MtmdInputChunkType::Text => prompt.extend(c.text_tokens().unwrap_or(&[]).iter().map(|t| t.0 as u32)),
+                MtmdInputChunkType::Image => prompt.extend(std::iter::repeat(IMAGE_TOKEN).take(c.n_tokens())),
+                _ => return Err(MediaError::Tokenize("only images are supported".into())),
+            }
+        }
+        // The engine decodes the prompt's last token itself (for its logits): it must be text.
+        if prompt.last().is_none_or(|&t| t == IMAGE_TOKEN) {
+            return Err(MediaError::Tokenize("the prompt must end with text after the last image".into()));
+        }
+        Ok((prompt, Arc::new(chunks)))
     }
 
     /// Tokenizes already-templated text: special tokens written as text (`<start_of_turn>`) are
@@ -457,7 +538,7 @@ fn release(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], seq: i32, use_cache: bool) {
     }
 }
 
-fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, parallel: usize, use_cache: bool) {
+fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, parallel: usize, use_cache: bool, mtmd: Option<Arc<Mutex<MtmdContext>>>) {
     let mut interactive: VecDeque<Job> = VecDeque::new();
     let mut batch_q: VecDeque<Job> = VecDeque::new();
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
@@ -515,12 +596,45 @@ fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, p
             clock += 1;
             // A seeded request decodes its whole prompt: reused KV rounds differently, and the same
             // seed must give the same output whatever the cache holds.
-            let reuse_ok = use_cache && job.req.sampling.seed.is_none();
+            // A prompt with images is computed whole (its image positions match no cached prefix).
+            let reuse_ok = use_cache && job.req.sampling.seed.is_none() && job.req.media.is_none();
             let (i, reused) = place(&mut ctx, &mut kv, &free, &job.req.prompt, reuse_ok, clock);
             let mut slot = new_slot(i as i32, job);
             slot.prefilled = reused;
             slot.n_past = reused as i32;
             slot.cached = reused;
+            if let Some(chunks) = slot.job.req.media.clone() {
+                // Images (and the text around them) go through llama.cpp's multimodal helper in
+                // steps of their own; then the last position is dropped again so that the prompt's
+                // last token is decoded in the shared batch like any other prompt's.
+                slot.started = Some(Instant::now());
+                let evaluated = match &mtmd {
+                    Some(m) => {
+                        let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                        chunks.eval_chunks(&mut m, &mut ctx, 0, i as i32, BATCH_TOKENS as i32, false).map_err(|e| e.to_string())
+                    }
+                    None => Err("the model has no vision encoder".to_string()),
+                };
+                match evaluated {
+                    Ok(n_past) if n_past >= 1 => {
+                        let _ = ctx.clear_kv_cache_seq(Some(i as u32), Some((n_past - 1) as u32), None);
+                        let n = slot.job.req.prompt.len();
+                        kv[i].tokens = slot.job.req.prompt[..n - 1].to_vec();
+                        slot.prefilled = n - 1;
+                        slot.n_past = n_past - 1;
+                    }
+                    other => {
+                        let msg = match other {
+                            Err(e) => format!("encoding the images failed: {e}"),
+                            Ok(_) => "encoding the images produced nothing".to_string(),
+                        };
+                        let _ = slot.job.events.send(GenEvent::Error(msg));
+                        let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+                        kv[i].tokens.clear();
+                        continue;
+                    }
+                }
+            }
             let _ = slot.job.events.send(GenEvent::Admitted { cached_tokens: reused });
             slots[i] = Some(slot);
         }

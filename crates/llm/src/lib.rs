@@ -79,6 +79,8 @@ fn api_key(dir: &std::path::Path, given: Option<String>) -> anyhow::Result<Strin
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     engine::check_gpu_layers(args.gpu_layers)?;
+    // TLS for fetching allowed image URLs: the ring provider, as the rest of Ferry uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into())).try_init();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -86,7 +88,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_id = args.model_name.clone().unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     });
-    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers, prompt_cache: !args.no_prompt_cache };
+    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers, prompt_cache: !args.no_prompt_cache, mmproj: args.mmproj.clone() };
     let model_path = args.model.clone();
     let engine = tokio::task::spawn_blocking(move || engine::Engine::load(&model_path, model_id, cfg)).await??;
     let embedder = match args.embedding_model.clone() {
@@ -109,6 +111,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         embedder,
         template,
         api_key: key.clone(),
+        image_hosts: args.allow_image_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect(),
         store: Arc::new(store::Store::open(&data_dir)?),
         moderator: Arc::new(moderator),
         batch_wakeup: tokio::sync::Notify::new(),

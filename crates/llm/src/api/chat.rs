@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,8 +17,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{check_fields, from_value, new_id, now, parse_json, AppState, SharedState, Ty};
-use crate::engine::{Finish, GenEvent, GenRequest, Priority, Timings};
+use llama_cpp_2::mtmd::MtmdInputChunks;
+
+use super::{check_fields, from_value, images, new_id, now, parse_json, AppState, SharedState, Ty};
+use crate::engine::{self, Finish, GenEvent, GenRequest, MediaError, Priority, Timings};
 use crate::error::{ApiError, ApiResult};
 use crate::grammar::{self, ToolMode, ToolSpec};
 use crate::sampling::{SamplingParams, TokenLogprob};
@@ -118,6 +121,8 @@ pub struct Prepared {
     pub tools: Option<ToolMode>,
     pub stream: bool,
     pub include_usage: bool,
+    /// With image parts: llama.cpp's text and image chunks (`prompt` marks image positions).
+    pub media: Option<Arc<MtmdInputChunks>>,
 }
 
 /// Bounds check with OpenAI's wording and codes (`integer_above_max_value`,
@@ -140,7 +145,9 @@ fn range<T: PartialOrd + std::fmt::Display + Copy>(v: Option<T>, lo: T, hi: T, n
         .code(format!("{kind}_{side}_value")))
 }
 
-fn content_text(content: Option<&Value>, i: usize, has_vision: bool, model: &str) -> ApiResult<String> {
+/// The text of a message's content; each image part becomes an [`engine::MEDIA_MARKER`] in the
+/// text and its decoded bytes are appended to `images`.
+fn content_text(content: Option<&Value>, i: usize, has_vision: bool, model: &str, images: &mut Vec<Vec<u8>>) -> ApiResult<String> {
     match content {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -154,7 +161,8 @@ fn content_text(content: Option<&Value>, i: usize, has_vision: bool, model: &str
                     Some("image_url") => {
                         // `{"url": ...}` as OpenAI sends it; a bare string is accepted too.
                         let url = p.get("image_url").and_then(|u| u.get("url").or(Some(u))).and_then(|u| u.as_str());
-                        check_image(url, false, &param, has_vision, model)?;
+                        images.push(check_image(url, false, &param, has_vision, model)?);
+                        out.push(engine::MEDIA_MARKER.to_string());
                     }
                     Some("input_audio") => {
                         return Err(ApiError::bad_request(format!("The model `{model}` does not accept audio input.")).param(param).code("unsupported_content"))
@@ -176,11 +184,12 @@ fn content_text(content: Option<&Value>, i: usize, has_vision: bool, model: &str
 /// Largest decoded image accepted in a data URL (OpenAI's limit per image).
 const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
 
-/// Checks an image input (chat `image_url` part or Responses `input_image`): a `data:` URL must
-/// be base64 PNG, JPEG, WebP or GIF whose bytes are that format; `http(s)` URLs are recognised;
-/// anything else is a 400. Then, since the loaded model has no vision encoder, every image is a
-/// 400 `image_input_not_supported`.
-pub(crate) fn check_image(url: Option<&str>, has_file_id: bool, param: &str, has_vision: bool, model: &str) -> ApiResult<()> {
+/// Checks an image input (chat `image_url` part or Responses `input_image`) and returns its bytes:
+/// a `data:` URL must be base64 PNG, JPEG, WebP or GIF whose bytes are that format; an `http(s)`
+/// URL reaching this point was not fetched (its host is not allowed: see `api::images`);
+/// anything else is a 400. A model without a vision projector answers 400
+/// `image_input_not_supported` for any well-formed image.
+pub(crate) fn check_image(url: Option<&str>, has_file_id: bool, param: &str, has_vision: bool, model: &str) -> ApiResult<Vec<u8>> {
     let bad = |msg: String, code: &str| ApiError::bad_request(msg).param(param).code(code);
     let Some(url) = url else {
         if has_file_id {
@@ -210,30 +219,51 @@ pub(crate) fn check_image(url: Option<&str>, has_file_id: bool, param: &str, has
         if !want.iter().any(|m| bytes.starts_with(m)) {
             return Err(bad(format!("The image data is not a valid {mime} image."), "invalid_image_format"));
         }
-    } else if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(bad("Invalid image URL: expected a data: URL or an http(s) URL.".into(), "invalid_image_url"));
+        if !has_vision {
+            return Err(no_vision(param, model));
+        }
+        Ok(bytes)
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        if !has_vision {
+            return Err(no_vision(param, model));
+        }
+        Err(bad(
+            format!(
+                "Image URLs from the host '{}' are not fetched by this server; send the image as a data URL (data:image/png;base64,...), or ask the operator to allow the host with --allow-image-host.",
+                images::url_host(url).unwrap_or_default()
+            ),
+            "invalid_image_url",
+        ))
+    } else {
+        Err(bad("Invalid image URL: expected a data: URL or an http(s) URL.".into(), "invalid_image_url"))
     }
-    if !has_vision {
-        return Err(bad(
-            format!("The model `{model}` has no vision encoder, so image inputs are not supported. Send text only."),
-            "image_input_not_supported",
-        ));
-    }
-    Ok(())
+}
+
+fn no_vision(param: &str, model: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "The model `{model}` has no vision encoder, so image inputs are not supported. Send text only, or start the server with --mmproj (the model's projector file)."
+    ))
+    .param(param)
+    .code("image_input_not_supported")
 }
 
 /// OpenAI messages → template messages (system first; tool traffic written inline).
-fn normalise(messages: &[Value], tools_block: Option<String>, has_vision: bool, model: &str) -> ApiResult<Vec<TemplateMessage>> {
+/// `images` receives the images' bytes in the order their markers appear in the rendered prompt
+/// (system turn first, then the conversation).
+fn normalise(messages: &[Value], tools_block: Option<String>, has_vision: bool, model: &str, images: &mut Vec<Vec<u8>>) -> ApiResult<Vec<TemplateMessage>> {
     if messages.is_empty() {
         return Err(ApiError::bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.").param("messages").code("empty_array"));
     }
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<TemplateMessage> = Vec::new();
+    let mut system_images: Vec<Vec<u8>> = Vec::new();
+    let mut turn_images: Vec<Vec<u8>> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| {
             ApiError::bad_request(format!("Missing required parameter: 'messages.[{i}].role'.")).param(format!("messages.[{i}].role")).code("missing_required_parameter")
         })?;
-        let text = content_text(m.get("content"), i, has_vision, model)?;
+        let target = if matches!(role, "system" | "developer") { &mut system_images } else { &mut turn_images };
+        let text = content_text(m.get("content"), i, has_vision, model, target)?;
         let (role, text) = match role {
             "system" | "developer" => {
                 system.push(text);
@@ -287,6 +317,8 @@ fn normalise(messages: &[Value], tools_block: Option<String>, has_vision: bool, 
         out.push(TemplateMessage { role: "system".into(), content: system.join("\n\n") });
     }
     out.extend(turns);
+    images.extend(system_images);
+    images.extend(turn_images);
     Ok(out)
 }
 
@@ -424,12 +456,24 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
     }
     let tools_block = tool_mode.as_ref().map(|m| grammar::tools_prompt(&tools, m));
 
-    let messages = normalise(&req.messages, tools_block, info.has_vision, &info.id)?;
+    let mut images = Vec::new();
+    let messages = normalise(&req.messages, tools_block, info.has_vision, &info.id, &mut images)?;
     let text = state
         .template
         .render(&messages, &info.bos_text, &info.eos_text)
         .map_err(|e| ApiError::bad_request(format!("The chat template rejected these messages: {e}")).param("messages"))?;
-    let prompt = state.engine.tokenize(&text);
+    let (prompt, media) = if images.is_empty() {
+        (state.engine.tokenize(&text), None)
+    } else {
+        let (prompt, chunks) = state.engine.tokenize_media(&text, &images).map_err(|e| match e {
+            MediaError::NoVision => no_vision("messages", &info.id),
+            MediaError::Decode(k) => ApiError::bad_request(format!("Image {} of this request could not be decoded (PNG, JPEG, GIF and BMP are supported).", k + 1))
+                .param("messages")
+                .code("invalid_image_format"),
+            MediaError::Tokenize(e) => ApiError::bad_request(format!("The images could not be placed in the prompt: {e}.")).param("messages").code("invalid_image_url"),
+        })?;
+        (prompt, Some(chunks))
+    };
     let room = info.ctx_per_seq.saturating_sub(prompt.len());
     let max_tokens = max_tokens.unwrap_or(room);
     if prompt.len() + max_tokens > info.ctx_per_seq || room == 0 {
@@ -463,6 +507,7 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
         tools: tool_mode,
         stream: req.stream,
         include_usage: req.stream_options.map(|o| o.include_usage).unwrap_or(false),
+        media,
     })
 }
 
@@ -488,7 +533,7 @@ pub(crate) async fn matchers(state: &SharedState, p: &Prepared) -> ApiResult<Vec
 pub(crate) fn gen_request(p: &Prepared, index: usize, constraint: Option<Matcher>, priority: Priority) -> GenRequest {
     let mut sampling = p.sampling.clone();
     sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
-    GenRequest { prompt: p.prompt.clone(), sampling, max_tokens: p.max_tokens, constraint, priority }
+    GenRequest { prompt: p.prompt.clone(), sampling, max_tokens: p.max_tokens, constraint, priority, media: p.media.clone() }
 }
 
 fn logprob_entry(state: &AppState, tok: u32, lp: f32) -> Value {
@@ -624,7 +669,14 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
 }
 
 pub async fn create(State(state): State<SharedState>, body: Bytes) -> Response {
-    let req: ChatRequest = match parse_json::<Value>(&body).and_then(parse_request) {
+    let mut body = match parse_json::<Value>(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = images::inline_remote_images(&state, &mut body).await {
+        return e.into_response();
+    }
+    let req: ChatRequest = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };

@@ -7,6 +7,7 @@ pub mod batches;
 pub mod chat;
 pub mod embeddings;
 pub mod files;
+pub mod images;
 pub mod moderations;
 pub mod responses;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub embedder: Option<Arc<Embedder>>,
     pub template: ChatTemplate,
     pub api_key: String,
+    /// Hosts whose `http(s)` image URLs are fetched (`--allow-image-host`), lower-case.
+    pub image_hosts: Vec<String>,
     pub store: Arc<Store>,
     pub moderator: Arc<Moderator>,
     /// Wakes the batch runner when a batch is created or cancelled.

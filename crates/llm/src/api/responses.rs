@@ -81,6 +81,24 @@ fn content_text(content: &Value) -> String {
     }
 }
 
+/// A message's content as chat content: plain text, or chat parts when it carries images
+/// (`input_image` → `image_url`, in place, so the chat path puts each image where it was).
+fn chat_content(content: &Value) -> Value {
+    let Value::Array(parts) = content else { return Value::String(content_text(content)) };
+    if !parts.iter().any(|p| p.get("type").and_then(|t| t.as_str()) == Some("input_image")) {
+        return Value::String(content_text(content));
+    }
+    Value::Array(
+        parts
+            .iter()
+            .filter_map(|p| match p.get("type").and_then(|t| t.as_str()) {
+                Some("input_image") => Some(json!({"type": "image_url", "image_url": {"url": p.get("image_url").cloned().unwrap_or(Value::Null)}})),
+                _ => p.get("text").or_else(|| p.get("refusal")).and_then(|t| t.as_str()).map(|t| json!({"type": "text", "text": t})),
+            })
+            .collect(),
+    )
+}
+
 /// Validates the request's `input` and returns it as stored items (each with an `id`), in
 /// OpenAI's item shapes.
 fn parse_input(state: &SharedState, input: Option<Value>) -> ApiResult<Vec<Value>> {
@@ -194,7 +212,7 @@ fn to_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> {
     }
     for it in items {
         match it["type"].as_str() {
-            Some("message") => out.push(json!({"role": it["role"], "content": content_text(&it["content"])})),
+            Some("message") => out.push(json!({"role": it["role"], "content": chat_content(&it["content"])})),
             Some("function_call") => {
                 let call = json!({"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": it["arguments"]}});
                 match out.last_mut() {
@@ -538,7 +556,14 @@ pub async fn run_batch(state: &SharedState, body: Value) -> ApiResult<Value> {
 }
 
 pub async fn create(State(state): State<SharedState>, body: Bytes) -> Response {
-    let req: ResponsesRequest = match parse_json::<Value>(&body).and_then(parse_request) {
+    let mut body = match parse_json::<Value>(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = super::images::inline_remote_images(&state, &mut body).await {
+        return e.into_response();
+    }
+    let req: ResponsesRequest = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
