@@ -27,6 +27,8 @@ if [ $# -eq 0 ] && [ -z "${FERRY_SKIP_POSTGRES:-}" ]; then
     .venv/bin/python -m pytest -q -p no:cacheprovider -rfE \
       tests/serve/test_run_function.py tests/serve/test_functions.py tests/serve/test_durable.py \
       tests/serve/test_dict.py tests/serve/test_queue.py tests/serve/test_secret.py \
-      tests/serve/test_images.py tests/serve/test_web.py tests/serve/test_volumes.py || status=$?
+      tests/serve/test_images.py tests/serve/test_web.py tests/serve/test_volumes.py \
+      -k "not test_registry_image_runs_functions_and_private_registry and not test_images_list_and_gc \
+          and not test_many_spawned_inputs_with_bounded_memory" || status=$?
 fi
 exit $status

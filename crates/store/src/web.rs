@@ -82,7 +82,7 @@ impl Store {
             app_id: r.get(1),
             function_id: r.get(2),
             method_name: r.get(3),
-            requires_proxy_auth: r.get(4),
+            requires_proxy_auth: r.get::<i64, _>(4) != 0,
             app_live: AppState::from_i32(r.get(5)).is_some_and(AppState::is_live),
         }))
     }

@@ -305,7 +305,21 @@ async fn environments_are_unique_by_name(b: Backend) {
     assert!(matches!(s.delete_environment("main").await, Err(StoreError::FailedPrecondition(_))));
 }
 
+async fn web_routes_point_labels_at_functions(b: Backend) {
+    let (s, _d) = store(b).await;
+    let app = s.create_app("", Some("web"), "web", AppState::Deployed, "", "t").await.unwrap();
+    let routes = vec![("hello".to_string(), String::new(), true), ("other".to_string(), "m".to_string(), false)];
+    s.set_web_routes(&app.id, "fu-1", &routes).await.unwrap();
+    let r = s.web_route("hello").await.unwrap().unwrap();
+    assert!(r.requires_proxy_auth && r.app_live && r.function_id == "fu-1");
+    let r = s.web_route("other").await.unwrap().unwrap();
+    assert!(!r.requires_proxy_auth && r.method_name == "m");
+    s.retain_web_routes(&app.id, &[]).await.unwrap();
+    assert!(s.web_route("hello").await.unwrap().is_none());
+}
+
 ferry_store::backend_tests!(
+    web_routes_point_labels_at_functions,
     queue_is_fifo_per_partition,
     queue_partition_limit_is_resource_exhausted,
     queue_partition_expires_after_ttl,
