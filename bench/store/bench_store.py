@@ -95,7 +95,7 @@ class Server:
             [ferry_bin(), "serve", "--data-dir", str(self.data_dir), "--port", "0", "--no-modal-profile", "--no-dashboard"],
             stdout=open(log, "w"),
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, **self.env),
+            env={**{k: v for k, v in os.environ.items() if k != "FERRY_DATABASE"}, **self.env},
         )
         deadline = time.time() + 60
         while time.time() < deadline:
