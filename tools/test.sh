@@ -11,4 +11,24 @@ export FERRY_BIN="$PWD/target/release/ferry"
 # Built images are kept between runs here (shared with the runtime's own tests).
 export FERRY_TEST_DATA_DIR="${FERRY_TEST_DATA_DIR:-/var/tmp/ferry-test}"
 "$FERRY_BIN" images prepare --data-dir "$FERRY_TEST_DATA_DIR"
-.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+status=0
+.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@" || status=$?
+
+# The store on PostgreSQL (docs/cluster.md): after the full run, the end-to-end tests of the
+# areas that lean on the store (functions and their durability across kill -9, Dicts, Queues,
+# Secrets, images, web endpoints, volumes) again with every server on a throwaway cluster.
+# The store crate's own tests ran on both backends under cargo test above.
+if [ $# -eq 0 ] && [ -z "${FERRY_SKIP_POSTGRES:-}" ]; then
+  pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-pg.XXXXXX")
+  trap 'bash tools/pg-test-cluster.sh stop "$pg_dir"' EXIT
+  pg_url=$(bash tools/pg-test-cluster.sh start "$pg_dir" 2>/dev/null)
+  echo "tools/test.sh: end-to-end tests with the store on PostgreSQL"
+  FERRY_TEST_DATABASE=postgres FERRY_TEST_POSTGRES_URL="$pg_url" \
+    .venv/bin/python -m pytest -q -p no:cacheprovider -rfE \
+      tests/serve/test_run_function.py tests/serve/test_functions.py tests/serve/test_durable.py \
+      tests/serve/test_dict.py tests/serve/test_queue.py tests/serve/test_secret.py \
+      tests/serve/test_images.py tests/serve/test_web.py tests/serve/test_volumes.py \
+      -k "not test_registry_image_runs_functions_and_private_registry and not test_images_list_and_gc \
+          and not test_many_spawned_inputs_with_bounded_memory" || status=$?
+fi
+exit $status

@@ -1,6 +1,9 @@
 """Fixtures that run the real `ferry` binary and point the real pinned modal client at it."""
 
+import atexit
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +27,58 @@ def ferry_bin() -> str:
     raise RuntimeError("no ferry binary: run `cargo build --release` or set FERRY_BIN")
 
 
+# FERRY_TEST_DATABASE=postgres runs every server on PostgreSQL: one throwaway cluster per
+# session (tools/pg-test-cluster.sh, or FERRY_TEST_POSTGRES_URL), one database per data dir
+# (a server restarted on the same data dir finds its state again).
+POSTGRES = os.environ.get("FERRY_TEST_DATABASE", "") == "postgres"
+_pg_cluster: list = []
+_pg_databases: dict = {}
+
+
+def _pg_server() -> str:
+    url = os.environ.get("FERRY_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if not _pg_cluster:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "tools" / "pg-test-cluster.sh"), "run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        url = proc.stdout.readline().strip()
+        if not url.startswith("postgres://"):
+            raise RuntimeError("tools/pg-test-cluster.sh did not start PostgreSQL (tools/setup.d/postgres.sh installs it)")
+        _pg_cluster.extend([proc, url])
+
+        def stop():
+            proc.stdin.close()
+            proc.wait(60)
+
+        atexit.register(stop)
+    return _pg_cluster[1]
+
+
+def psql(url: str, sql: str) -> list[tuple]:
+    """Runs one statement with the real `psql`; rows as tuples (integers as int)."""
+    exe = shutil.which("psql") or max(Path("/usr/lib/postgresql").glob("*/bin/psql"))
+    out = subprocess.run([str(exe), url, "-AtX", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed: {out.stderr}")
+    convert = lambda v: int(v) if v.lstrip("-").isdigit() else v
+    return [tuple(convert(v) for v in line.split("\t")) for line in out.stdout.splitlines()]
+
+
+def database_env(data_dir: Path) -> dict:
+    """What a `ferry` command on `data_dir` needs in its environment to use its database."""
+    if not POSTGRES:
+        return {}
+    key = str(Path(data_dir).resolve())
+    if key not in _pg_databases:
+        server = _pg_server()
+        name = f"ferry_{secrets.token_hex(6)}"
+        psql(server, f"CREATE DATABASE {name}")
+        _pg_databases[key] = server.rsplit("/", 1)[0] + "/" + name
+    return {"FERRY_DATABASE": _pg_databases[key]}
+
+
 class Ferry:
     """One `ferry serve` process on a free port with its own data dir."""
 
@@ -38,7 +93,7 @@ class Ferry:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / f"serve-{time.time_ns()}.log"
         self.log = open(log_path, "w+")
-        env = dict(os.environ, MODAL_CONFIG_PATH=str(self.data_dir / "modal.toml"))
+        env = dict(os.environ, MODAL_CONFIG_PATH=str(self.data_dir / "modal.toml"), **database_env(self.data_dir))
         self.proc = subprocess.Popen(
             [ferry_bin(), "serve", "--data-dir", str(self.data_dir), "--port", "0", *self.extra],
             stdout=self.log,
@@ -94,7 +149,8 @@ class Ferry:
         return subprocess.run([cli, *args], env=self.env(**env), capture_output=True, text=True, timeout=timeout)
 
     def ferry(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([ferry_bin(), *args, "--data-dir", str(self.data_dir)], capture_output=True, text=True, timeout=60)
+        env = dict(os.environ, **database_env(self.data_dir))
+        return subprocess.run([ferry_bin(), *args, "--data-dir", str(self.data_dir)], capture_output=True, text=True, timeout=60, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Ferry
+from conftest import POSTGRES, Ferry, database_env, psql
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -44,8 +44,9 @@ class FixedPortFerry(Ferry):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / f"serve-{time.time_ns()}.log"
         self.log = open(log_path, "w+")
-        env = dict(os.environ, MODAL_CONFIG_PATH=str(self.data_dir / "modal.toml"))
         from conftest import ferry_bin
+
+        env = dict(os.environ, MODAL_CONFIG_PATH=str(self.data_dir / "modal.toml"), **database_env(self.data_dir))
 
         self.proc = subprocess.Popen(
             [ferry_bin(), "serve", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.extra],
@@ -70,6 +71,9 @@ class FixedPortFerry(Ferry):
         self.proc = None
 
     def db(self, sql: str, *args):
+        if POSTGRES:
+            quoted = ["'" + str(a).replace("'", "''") + "'" for a in args]
+            return psql(database_env(self.data_dir)["FERRY_DATABASE"], sql.replace("?", "%s") % tuple(quoted))
         con = sqlite3.connect(f"file:{self.data_dir / 'ferry.db'}?mode=ro", uri=True, timeout=30)
         try:
             return con.execute(sql, args).fetchall()

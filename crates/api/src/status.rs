@@ -10,6 +10,7 @@ pub(crate) fn to_status(e: StoreError) -> Status {
         StoreError::Invalid(m) => Status::invalid_argument(m),
         StoreError::ResourceExhausted(m) => Status::resource_exhausted(m),
         StoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+        StoreError::Unavailable(m) => Status::unavailable(m),
         e @ (StoreError::Io(_) | StoreError::Db(_) | StoreError::Migrate(_)) => {
             tracing::error!("store failure: {e}");
             Status::internal(format!("Ferry's store failed: {e}"))

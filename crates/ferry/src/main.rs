@@ -14,6 +14,25 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PostgreSQL for Ferry's state instead of the SQLite database in the data dir:
+    /// postgres://USER:PASSWORD@HOST:PORT/DBNAME (prefer the environment variable: a command
+    /// line is visible to every user of the host). See docs/cluster.md.
+    #[arg(long, env = "FERRY_DATABASE", global = true, hide_env_values = true)]
+    database: Option<String>,
+}
+
+/// The database `--database` (`FERRY_DATABASE`) names, for every command that opens the store.
+static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Opens the store: on `--database` when given, else in the data dir.
+pub(crate) async fn open_store(data_dir: &std::path::Path, durability: ferry_store::Durability) -> anyhow::Result<ferry_store::Store> {
+    let database = DATABASE.get().and_then(|d| d.as_deref()).filter(|d| !d.is_empty());
+    Ok(ferry_store::Store::connect(data_dir, durability, database).await?)
+}
+
+/// Whether the store lives on a database server rather than in the data dir.
+pub(crate) fn database_server() -> bool {
+    DATABASE.get().and_then(|d| d.as_deref()).is_some_and(|d| !d.is_empty())
 }
 
 /// The data dir option every subcommand that touches state takes.
@@ -181,6 +200,7 @@ enum TokenCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    DATABASE.set(cli.database.clone()).expect("set once");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info,sqlx=warn,h2=warn".into()),
@@ -252,7 +272,7 @@ async fn images_prepare(data_dir: &std::path::Path, python: &str, default_image:
 }
 
 async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<()> {
-    let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+    let store = open_store(data_dir, Default::default()).await?;
     match cmd {
         TokenCommand::Create { label, read_only, environment } => {
             let scope = ferry_store::TokenScope { read_only, environment };
@@ -294,14 +314,14 @@ async fn secret_key_rotate(data_dir: &std::path::Path) -> anyhow::Result<()> {
     if std::os::unix::net::UnixStream::connect(data_dir.join("ferry.sock")).is_ok() {
         anyhow::bail!("a `ferry serve` is using {}: stop it first, then rotate the key", data_dir.display());
     }
-    let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+    let store = open_store(data_dir, Default::default()).await?;
     let n = store.rotate_secret_key().await?;
     println!("re-sealed {n} secret(s) under a new key in {}", data_dir.join("secret.key").display());
     Ok(())
 }
 
 async fn proxy_token(data_dir: &std::path::Path, cmd: ProxyTokenCommand) -> anyhow::Result<()> {
-    let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+    let store = open_store(data_dir, Default::default()).await?;
     match cmd {
         ProxyTokenCommand::Create { label } => {
             let (id, secret) = store.create_proxy_token(&label).await?;
@@ -351,7 +371,7 @@ async fn images_export(data_dir: &std::path::Path, image: &str, out: &std::path:
     let layer = match ferry_runtime::LayerId::parse(image) {
         Some(layer) => layer,
         None => {
-            let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+            let store = open_store(data_dir, Default::default()).await?;
             let image_id = if image.starts_with("im-") {
                 image.to_string()
             } else {

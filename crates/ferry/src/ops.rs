@@ -8,15 +8,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_store::Store;
-
 /// `ferry status`: apps from the store, live load from a running server's `/metrics`, and the
 /// data dir's disk use and the server's memory.
 pub async fn status(data_dir: &Path) -> anyhow::Result<()> {
-    if !data_dir.join("ferry.db").exists() {
+    if !crate::database_server() && !data_dir.join("ferry.db").exists() {
         anyhow::bail!("{} holds no Ferry database: start one with `ferry serve --data-dir {}`", data_dir.display(), data_dir.display());
     }
-    let store = Store::open(data_dir, Default::default()).await?;
+    let store = crate::open_store(data_dir, Default::default()).await?;
     println!("Data dir {}", data_dir.display());
 
     // What a running server holds in memory, from its /metrics.

@@ -173,7 +173,8 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         DurabilityArg::Full => Durability::Full,
         DurabilityArg::Normal => Durability::Normal,
     };
-    let store = Store::open(data_dir, durability).await?;
+    let store = crate::open_store(data_dir, durability).await?;
+    tracing::info!("state in {}", store.database());
     let env_path = data_dir.join("client.env");
     let (token_id, token_secret) = client_token(&store, &env_path).await?;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use crate::{new_id, now, Result, Store, StoreError};
+use crate::{Backend, new_id, now, Result, Store, StoreError};
 
 /// App lifecycle states; the numbers are those of the Modal protocol's `AppState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub struct LogEntry {
     pub timestamp: f64,
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> App {
+fn from_row(r: &sqlx::any::AnyRow) -> App {
     App {
         id: r.get("id"),
         environment_id: r.get("environment_id"),
@@ -71,7 +71,7 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> App {
     }
 }
 
-fn log_from_row(r: &sqlx::sqlite::SqliteRow) -> LogEntry {
+fn log_from_row(r: &sqlx::any::AnyRow) -> LogEntry {
     LogEntry {
         id: r.get("id"),
         task_id: r.get("task_id"),
@@ -101,7 +101,7 @@ impl Store {
         let t = now();
         sqlx::query(
             "INSERT INTO apps (id, environment_id, name, description, state, client_id, created_by, created_at, last_heartbeat) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(&env.id)
@@ -118,7 +118,7 @@ impl Store {
     }
 
     pub async fn app(&self, id: &str) -> Result<App> {
-        let row = sqlx::query("SELECT * FROM apps WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM apps WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         row.map(|r| from_row(&r)).ok_or_else(|| StoreError::NotFound(format!("App {id} not found")))
     }
 
@@ -126,7 +126,7 @@ impl Store {
     pub async fn app_by_name(&self, environment: &str, name: &str) -> Result<Option<App>> {
         let env = self.environment(environment).await?;
         let row = sqlx::query(
-            "SELECT * FROM apps WHERE environment_id = ? AND name = ? AND state NOT IN (4, 5) ORDER BY created_at DESC LIMIT 1",
+            "SELECT * FROM apps WHERE environment_id = $1 AND name = $2 AND state NOT IN (4, 5) ORDER BY created_at DESC LIMIT 1",
         )
         .bind(&env.id)
         .bind(name)
@@ -138,7 +138,7 @@ impl Store {
     /// The most recent app ever deployed under `name`, live or stopped.
     pub async fn last_app_by_name(&self, environment: &str, name: &str) -> Result<Option<App>> {
         let env = self.environment(environment).await?;
-        let row = sqlx::query("SELECT * FROM apps WHERE environment_id = ? AND name = ? ORDER BY created_at DESC LIMIT 1")
+        let row = sqlx::query("SELECT * FROM apps WHERE environment_id = $1 AND name = $2 ORDER BY created_at DESC LIMIT 1")
             .bind(&env.id)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -148,7 +148,7 @@ impl Store {
 
     pub async fn list_apps(&self, environment: &str) -> Result<Vec<App>> {
         let env = self.environment(environment).await?;
-        let rows = sqlx::query("SELECT * FROM apps WHERE environment_id = ? ORDER BY created_at DESC LIMIT 1000")
+        let rows = sqlx::query("SELECT * FROM apps WHERE environment_id = $1 ORDER BY created_at DESC LIMIT 1000")
             .bind(&env.id)
             .fetch_all(&self.pool)
             .await?;
@@ -156,7 +156,7 @@ impl Store {
     }
 
     pub async fn heartbeat_app(&self, id: &str) -> Result<App> {
-        sqlx::query("UPDATE apps SET last_heartbeat = ? WHERE id = ?").bind(now()).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE apps SET last_heartbeat = $1 WHERE id = $2").bind(now()).bind(id).execute(&self.pool).await?;
         self.app(id).await
     }
 
@@ -167,7 +167,7 @@ impl Store {
             return Ok(app);
         }
         let stopped_at = (state == AppState::Stopped).then(now);
-        sqlx::query("UPDATE apps SET state = ?, stopped_at = COALESCE(?, stopped_at) WHERE id = ?")
+        sqlx::query("UPDATE apps SET state = $1, stopped_at = COALESCE($2, stopped_at) WHERE id = $3")
             .bind(state as i64)
             .bind(stopped_at)
             .bind(id)
@@ -178,13 +178,13 @@ impl Store {
     }
 
     pub async fn set_app_name(&self, id: &str, name: &str) -> Result<()> {
-        sqlx::query("UPDATE apps SET name = ? WHERE id = ?").bind(name).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE apps SET name = $1 WHERE id = $2").bind(name).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     /// Stops ephemeral apps whose client stopped sending heartbeats `ttl_secs` ago.
     pub async fn reap_apps(&self, ttl_secs: f64) -> Result<Vec<String>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apps WHERE state IN (1, 6) AND last_heartbeat < ?")
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apps WHERE state IN (1, 6) AND last_heartbeat < $1")
             .bind(now() - ttl_secs)
             .fetch_all(&self.pool)
             .await?;
@@ -197,7 +197,7 @@ impl Store {
     /// The last `limit` log entries with `since <= timestamp < until`, oldest first.
     pub async fn logs_in_range(&self, app_id: &str, since: f64, until: f64, limit: i64) -> Result<Vec<LogEntry>> {
         let rows = sqlx::query(
-            "SELECT * FROM (SELECT * FROM app_logs WHERE app_id = ? AND timestamp >= ? AND timestamp < ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            "SELECT * FROM (SELECT * FROM app_logs WHERE app_id = $1 AND timestamp >= $2 AND timestamp < $3 ORDER BY id DESC LIMIT $4) AS recent ORDER BY id",
         )
         .bind(app_id)
         .bind(since)
@@ -209,8 +209,14 @@ impl Store {
     }
 
     pub async fn append_log(&self, app_id: &str, task_id: &str, function_id: &str, fd: i32, data: &str) -> Result<i64> {
+        // Followers read `id > after`: on PostgreSQL, where replicas append at once, an app's
+        // lines commit in id order (one writer per app at a time), so none is skipped.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(app_id).execute(&mut *tx).await?;
+        }
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO app_logs (app_id, task_id, function_id, fd, data, timestamp) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO app_logs (app_id, task_id, function_id, fd, data, timestamp) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(app_id)
         .bind(task_id)
@@ -218,8 +224,9 @@ impl Store {
         .bind(fd)
         .bind(data)
         .bind(now())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.notify.fire(&log_topic(app_id));
         Ok(id)
     }
@@ -234,7 +241,7 @@ impl Store {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let app = self.app(app_id).await?;
-            let rows = sqlx::query("SELECT * FROM app_logs WHERE app_id = ? AND id > ? ORDER BY id LIMIT 1000")
+            let rows = sqlx::query("SELECT * FROM app_logs WHERE app_id = $1 AND id > $2 ORDER BY id LIMIT 1000")
                 .bind(app_id)
                 .bind(after)
                 .fetch_all(&self.pool)

@@ -111,7 +111,7 @@ impl Store {
         let (id_prefix, secret_prefix) = kind.prefixes();
         let id = format!("{id_prefix}{}", random_secret(22));
         let secret = format!("{secret_prefix}{}", random_secret(32));
-        sqlx::query(&format!("INSERT INTO {} (token_id, secret_sha256, label, created_at) VALUES (?, ?, ?, ?)", kind.table()))
+        sqlx::query(&format!("INSERT INTO {} (token_id, secret_sha256, label, created_at) VALUES ($1, $2, $3, $4)", kind.table()))
             .bind(&id)
             .bind(digest(&secret))
             .bind(label)
@@ -123,7 +123,7 @@ impl Store {
 
     /// Whether `secret` is the secret of an active token `token_id` of `kind`.
     pub(crate) async fn verify_token_of(&self, kind: TokenKind, token_id: &str, secret: &str) -> Result<bool> {
-        let row = sqlx::query(&format!("SELECT secret_sha256 FROM {} WHERE token_id = ? AND revoked_at IS NULL", kind.table()))
+        let row = sqlx::query(&format!("SELECT secret_sha256 FROM {} WHERE token_id = $1 AND revoked_at IS NULL", kind.table()))
             .bind(token_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -146,7 +146,7 @@ impl Store {
     }
 
     pub(crate) async fn revoke_token_of(&self, kind: TokenKind, token_id: &str) -> Result<()> {
-        let done = sqlx::query(&format!("UPDATE {} SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL", kind.table()))
+        let done = sqlx::query(&format!("UPDATE {} SET revoked_at = $1 WHERE token_id = $2 AND revoked_at IS NULL", kind.table()))
             .bind(now())
             .bind(token_id)
             .execute(&self.pool)
@@ -194,7 +194,7 @@ impl Store {
             None => None,
         };
         let (id, secret) = self.create_token_of(TokenKind::Client, label).await?;
-        sqlx::query("UPDATE tokens SET read_only = ?, environment_id = ? WHERE token_id = ?")
+        sqlx::query("UPDATE tokens SET read_only = $1, environment_id = $2 WHERE token_id = $3")
             .bind(scope.read_only as i64)
             .bind(environment_id)
             .bind(&id)
@@ -208,7 +208,7 @@ impl Store {
     pub async fn verify_token_scope(&self, token_id: &str, secret: &str) -> Result<Option<TokenScope>> {
         let row = sqlx::query(
             "SELECT t.secret_sha256, t.read_only, t.environment_id, e.name FROM tokens t \
-             LEFT JOIN environments e ON e.id = t.environment_id WHERE t.token_id = ? AND t.revoked_at IS NULL",
+             LEFT JOIN environments e ON e.id = t.environment_id WHERE t.token_id = $1 AND t.revoked_at IS NULL",
         )
         .bind(token_id)
         .fetch_optional(&self.pool)
@@ -218,7 +218,7 @@ impl Store {
 
     /// Records that a token was just used.
     pub async fn mark_token_used(&self, token_id: &str) -> Result<()> {
-        sqlx::query("UPDATE tokens SET last_used_at = ? WHERE token_id = ?").bind(now()).bind(token_id).execute(&self.pool).await?;
+        sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE token_id = $2").bind(now()).bind(token_id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -227,11 +227,11 @@ impl Store {
     /// environment-bound.
     pub async fn environment_of(&self, id: &str) -> Result<Option<String>> {
         let name = sqlx::query_scalar(
-            "SELECT e.name FROM apps a JOIN environments e ON e.id = a.environment_id WHERE a.id = ?1 \
-             UNION ALL SELECT e.name FROM objects o JOIN environments e ON e.id = o.environment_id WHERE o.id = ?1 \
-             UNION ALL SELECT e.name FROM functions f JOIN apps a ON a.id = f.app_id JOIN environments e ON e.id = a.environment_id WHERE f.id = ?1 \
-             UNION ALL SELECT e.name FROM classes c JOIN apps a ON a.id = c.app_id JOIN environments e ON e.id = a.environment_id WHERE c.id = ?1 \
-             UNION ALL SELECT e.name FROM sandboxes s JOIN environments e ON e.id = s.environment_id WHERE s.id = ?1 \
+            "SELECT e.name FROM apps a JOIN environments e ON e.id = a.environment_id WHERE a.id = $1 \
+             UNION ALL SELECT e.name FROM objects o JOIN environments e ON e.id = o.environment_id WHERE o.id = $1 \
+             UNION ALL SELECT e.name FROM functions f JOIN apps a ON a.id = f.app_id JOIN environments e ON e.id = a.environment_id WHERE f.id = $1 \
+             UNION ALL SELECT e.name FROM classes c JOIN apps a ON a.id = c.app_id JOIN environments e ON e.id = a.environment_id WHERE c.id = $1 \
+             UNION ALL SELECT e.name FROM sandboxes s JOIN environments e ON e.id = s.environment_id WHERE s.id = $1 \
              LIMIT 1",
         )
         .bind(id)
@@ -247,7 +247,7 @@ impl Store {
     /// Issues the credential a task's container presents on every RPC; returns its secret.
     pub async fn create_task_credential(&self, task_id: &str, app_id: &str) -> Result<String> {
         let secret = random_secret(40);
-        sqlx::query("INSERT INTO task_credentials (task_id, app_id, secret_sha256, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO task_credentials (task_id, app_id, secret_sha256, created_at) VALUES ($1, $2, $3, $4)")
             .bind(task_id)
             .bind(app_id)
             .bind(digest(&secret))
@@ -258,7 +258,7 @@ impl Store {
     }
 
     pub async fn verify_task(&self, task_id: &str, secret: &str) -> Result<Option<Principal>> {
-        let row = sqlx::query("SELECT app_id, secret_sha256 FROM task_credentials WHERE task_id = ? AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT app_id, secret_sha256 FROM task_credentials WHERE task_id = $1 AND revoked_at IS NULL")
             .bind(task_id)
             .fetch_optional(&self.pool)
             .await?;
@@ -269,7 +269,7 @@ impl Store {
     }
 
     pub async fn revoke_task_credential(&self, task_id: &str) -> Result<()> {
-        sqlx::query("UPDATE task_credentials SET revoked_at = ? WHERE task_id = ?").bind(now()).bind(task_id).execute(&self.pool).await?;
+        sqlx::query("UPDATE task_credentials SET revoked_at = $1 WHERE task_id = $2").bind(now()).bind(task_id).execute(&self.pool).await?;
         Ok(())
     }
 }
@@ -279,10 +279,9 @@ mod tests {
     use super::*;
     use crate::{CreationMode, ObjectKind};
 
-    #[tokio::test]
-    async fn scoped_tokens_keep_their_scope_and_never_pass_as_full_ones() {
+    async fn scoped_tokens_keep_their_scope_and_never_pass_as_full_ones(b: crate::testing::Backend) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), Default::default()).await.unwrap();
+        let s = crate::testing::TestDatabase::new(b).await.open(dir.path()).await;
         s.create_environment("dev").await.unwrap();
         let scope = TokenScope { read_only: true, environment: Some("dev".into()) };
         let (id, secret) = s.create_scoped_token("ci", &scope).await.unwrap();
@@ -304,4 +303,6 @@ mod tests {
         assert_eq!(s.environment_of(&obj.id).await.unwrap().as_deref(), Some("dev"));
         assert_eq!(s.environment_of("di-unknown").await.unwrap(), None);
     }
+
+    crate::backend_tests!(scoped_tokens_keep_their_scope_and_never_pass_as_full_ones);
 }

@@ -84,7 +84,7 @@ pub struct QueuedRecord {
 
 const ANSWER_COLUMNS: &str = "id, call_id, idx, state, retry_count, task_id, result, data_format, finished_at, duration, seq";
 
-fn answer(r: &sqlx::sqlite::SqliteRow) -> AnswerRecord {
+fn answer(r: &sqlx::any::AnyRow) -> AnswerRecord {
     AnswerRecord {
         input_id: r.get(0),
         call_id: r.get(1),
@@ -104,7 +104,7 @@ impl Store {
     /// Applies a batch of call changes in one transaction; one outcome per write, in order.
     pub async fn calls_write(&self, writes: &[CallWrite]) -> Result<Vec<WriteOutcome>> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for w in writes {
             let outcome = match w {
@@ -211,7 +211,7 @@ impl Store {
             return Ok(None);
         };
         let counts = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0), COALESCE(MAX(seq), 0) FROM function_inputs WHERE call_id = $1",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0) AS BIGINT), COALESCE(MAX(seq), 0) FROM function_inputs WHERE call_id = $1",
         )
         .bind(call_id)
         .fetch_one(&self.pool)

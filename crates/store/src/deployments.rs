@@ -57,7 +57,7 @@ pub struct ScheduleRecord {
 /// App states whose schedules fire: ephemeral, detached, deployed, detached-disconnected.
 const LIVE_STATES: &str = "(1, 2, 3, 8)";
 
-fn deployment_row(r: &sqlx::sqlite::SqliteRow) -> Deployment {
+fn deployment_row(r: &sqlx::any::AnyRow) -> Deployment {
     Deployment {
         app_id: r.get("app_id"),
         version: r.get("version"),
@@ -84,8 +84,8 @@ impl Store {
         classes: &BTreeMap<String, String>,
     ) -> Result<VersionChange> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM app_deployments WHERE app_id = ?")
+        let mut tx = self.begin_write().await?;
+        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM app_deployments WHERE app_id = $1")
             .bind(app_id)
             .fetch_one(&mut *tx)
             .await?;
@@ -93,7 +93,7 @@ impl Store {
         insert_deployment(&mut tx, app_id, version, deployed_at, info, None).await?;
         for (tag, id) in functions {
             let definition: Option<Option<Vec<u8>>> =
-                sqlx::query_scalar("SELECT definition FROM functions WHERE id = ? AND app_id = ?").bind(id).bind(app_id).fetch_optional(&mut *tx).await?;
+                sqlx::query_scalar("SELECT definition FROM functions WHERE id = $1 AND app_id = $2").bind(id).bind(app_id).fetch_optional(&mut *tx).await?;
             let Some(Some(definition)) = definition else {
                 return Err(StoreError::FailedPrecondition(format!("function '{tag}' ({id}) of app {app_id} was never created")));
             };
@@ -119,16 +119,16 @@ impl Store {
     /// containers).
     pub async fn rollover_deployment(&self, app_id: &str, deployed_by: &str) -> Result<VersionChange> {
         let current: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM app_deployments WHERE app_id = ?").bind(app_id).fetch_one(&self.pool).await?;
+            sqlx::query_scalar("SELECT MAX(version) FROM app_deployments WHERE app_id = $1").bind(app_id).fetch_one(&self.pool).await?;
         let current = current.ok_or_else(|| StoreError::FailedPrecondition(format!("App {app_id} has no deployed version")))?;
         self.redeploy_version(app_id, current, deployed_by, false).await
     }
 
     async fn redeploy_version(&self, app_id: &str, version: i64, deployed_by: &str, is_rollback: bool) -> Result<VersionChange> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let source: Option<(String, String)> =
-            sqlx::query_as("SELECT client_version, tag FROM app_deployments WHERE app_id = ? AND version = ?")
+            sqlx::query_as("SELECT client_version, tag FROM app_deployments WHERE app_id = $1 AND version = $2")
                 .bind(app_id)
                 .bind(version)
                 .fetch_optional(&mut *tx)
@@ -136,14 +136,14 @@ impl Store {
         let Some((client_version, tag)) = source else {
             return Err(StoreError::NotFound(format!("App {app_id} has no version v{version}")));
         };
-        let new_version: i64 = sqlx::query_scalar("SELECT MAX(version) + 1 FROM app_deployments WHERE app_id = ?")
+        let new_version: i64 = sqlx::query_scalar("SELECT MAX(version) + 1 FROM app_deployments WHERE app_id = $1")
             .bind(app_id)
             .fetch_one(&mut *tx)
             .await?;
         let deployed_at = now();
         let info = DeploymentInfo { deployed_by: deployed_by.to_string(), client_version, tag, commit_info: None };
         insert_deployment(&mut tx, app_id, new_version, deployed_at, &info, is_rollback.then_some(version)).await?;
-        let objects = sqlx::query("SELECT object_id, tag, definition FROM app_deployment_objects WHERE app_id = ? AND version = ?")
+        let objects = sqlx::query("SELECT object_id, tag, definition FROM app_deployment_objects WHERE app_id = $1 AND version = $2")
             .bind(app_id)
             .bind(version)
             .fetch_all(&mut *tx)
@@ -153,11 +153,11 @@ impl Store {
             let (id, tag, definition): (String, String, Option<Vec<u8>>) = (o.get(0), o.get(1), o.get(2));
             match &definition {
                 Some(def) => {
-                    sqlx::query("UPDATE functions SET definition = ? WHERE id = ?").bind(def).bind(&id).execute(&mut *tx).await?;
+                    sqlx::query("UPDATE functions SET definition = $1 WHERE id = $2").bind(def).bind(&id).execute(&mut *tx).await?;
                     function_ids.push(id.clone());
                 }
                 None => {
-                    sqlx::query("UPDATE classes SET tag = ?, app_id = ? WHERE id = ?").bind(&tag).bind(app_id).bind(&id).execute(&mut *tx).await?;
+                    sqlx::query("UPDATE classes SET tag = $1, app_id = $2 WHERE id = $3").bind(&tag).bind(app_id).bind(&id).execute(&mut *tx).await?;
                 }
             }
             insert_object(&mut tx, app_id, new_version, &id, &tag, definition.as_deref()).await?;
@@ -169,7 +169,7 @@ impl Store {
 
     /// An app's versions, newest first.
     pub async fn deployments(&self, app_id: &str) -> Result<Vec<Deployment>> {
-        let rows = sqlx::query("SELECT * FROM app_deployments WHERE app_id = ? ORDER BY version DESC")
+        let rows = sqlx::query("SELECT * FROM app_deployments WHERE app_id = $1 ORDER BY version DESC")
             .bind(app_id)
             .fetch_all(&self.pool)
             .await?;
@@ -185,15 +185,15 @@ impl Store {
     /// from now; the last tick a function fired is kept, so a tick never fires twice.
     pub async fn set_schedules(&self, app_id: &str, schedules: &BTreeMap<String, String>) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing: Vec<String> = sqlx::query_scalar("SELECT function_id FROM schedules WHERE app_id = ?").bind(app_id).fetch_all(&mut *tx).await?;
+        let mut tx = self.begin_write().await?;
+        let existing: Vec<String> = sqlx::query_scalar("SELECT function_id FROM schedules WHERE app_id = $1").bind(app_id).fetch_all(&mut *tx).await?;
         for id in existing.iter().filter(|id| !schedules.contains_key(*id)) {
-            sqlx::query("DELETE FROM schedules WHERE function_id = ?").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM schedules WHERE function_id = $1").bind(id).execute(&mut *tx).await?;
         }
         let anchor = now();
         for (function_id, spec) in schedules {
             sqlx::query(
-                "INSERT INTO schedules (function_id, app_id, spec, anchor) VALUES (?, ?, ?, ?) \
+                "INSERT INTO schedules (function_id, app_id, spec, anchor) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT(function_id) DO UPDATE SET app_id = excluded.app_id, spec = excluded.spec, anchor = excluded.anchor",
             )
             .bind(function_id)
@@ -231,7 +231,7 @@ impl Store {
     /// recorded or the app is no longer live: then it must not run.
     pub async fn record_schedule_tick(&self, function_id: &str, tick: f64) -> Result<bool> {
         let done = sqlx::query(&format!(
-            "UPDATE schedules SET last_tick = ? WHERE function_id = ? AND (last_tick IS NULL OR last_tick < ?) \
+            "UPDATE schedules SET last_tick = $1 WHERE function_id = $2 AND (last_tick IS NULL OR last_tick < $3) \
              AND app_id IN (SELECT id FROM apps WHERE state IN {LIVE_STATES})"
         ))
         .bind(tick)
@@ -249,7 +249,7 @@ impl Store {
 }
 
 async fn insert_deployment(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     app_id: &str,
     version: i64,
     deployed_at: f64,
@@ -258,7 +258,7 @@ async fn insert_deployment(
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO app_deployments (app_id, version, deployed_at, deployed_by, client_version, tag, commit_info, rollback_version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(app_id)
     .bind(version)
@@ -273,8 +273,8 @@ async fn insert_deployment(
     Ok(())
 }
 
-async fn insert_object(tx: &mut sqlx::SqliteConnection, app_id: &str, version: i64, id: &str, tag: &str, definition: Option<&[u8]>) -> Result<()> {
-    sqlx::query("INSERT INTO app_deployment_objects (app_id, version, object_id, tag, definition) VALUES (?, ?, ?, ?, ?)")
+async fn insert_object(tx: &mut sqlx::AnyConnection, app_id: &str, version: i64, id: &str, tag: &str, definition: Option<&[u8]>) -> Result<()> {
+    sqlx::query("INSERT INTO app_deployment_objects (app_id, version, object_id, tag, definition) VALUES ($1, $2, $3, $4, $5)")
         .bind(app_id)
         .bind(version)
         .bind(id)
@@ -288,19 +288,19 @@ async fn insert_object(tx: &mut sqlx::SqliteConnection, app_id: &str, version: i
 /// Clears the definition of the app's functions that `version` does not contain (a function
 /// without a definition is not found by lookups) and unnames its classes likewise. Returns the
 /// retired function ids.
-async fn retire_functions_outside(tx: &mut sqlx::SqliteConnection, app_id: &str, version: i64) -> Result<Vec<String>> {
-    let keep = "SELECT object_id FROM app_deployment_objects WHERE app_id = ?1 AND version = ?2";
+async fn retire_functions_outside(tx: &mut sqlx::AnyConnection, app_id: &str, version: i64) -> Result<Vec<String>> {
+    let keep = "SELECT object_id FROM app_deployment_objects WHERE app_id = $1 AND version = $2";
     let retired: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT id FROM functions WHERE app_id = ?1 AND base_id IS NULL AND definition IS NOT NULL AND id NOT IN ({keep})"
+        "SELECT id FROM functions WHERE app_id = $1 AND base_id IS NULL AND definition IS NOT NULL AND id NOT IN ({keep})"
     ))
     .bind(app_id)
     .bind(version)
     .fetch_all(&mut *tx)
     .await?;
     for id in &retired {
-        sqlx::query("UPDATE functions SET definition = NULL WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE functions SET definition = NULL WHERE id = $1").bind(id).execute(&mut *tx).await?;
     }
-    sqlx::query(&format!("UPDATE classes SET tag = '' WHERE app_id = ?1 AND id NOT IN ({keep})"))
+    sqlx::query(&format!("UPDATE classes SET tag = '' WHERE app_id = $1 AND id NOT IN ({keep})"))
         .bind(app_id)
         .bind(version)
         .execute(&mut *tx)

@@ -11,7 +11,7 @@ const MAX_REPORTED_LEN: i64 = 100_000;
 
 impl Store {
     pub(crate) async fn ensure_object(&self, kind: ObjectKind, id: &str) -> Result<()> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = ? AND kind = ?")
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = $1 AND kind = $2")
             .bind(id)
             .bind(kind.as_str())
             .fetch_optional(&self.pool)
@@ -36,8 +36,8 @@ impl Store {
             }
         }
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = ? AND kind = 'dict'")
+        let mut tx = self.begin_write().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = $1 AND kind = 'dict'")
             .bind(dict_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -45,9 +45,10 @@ impl Store {
             return Err(StoreError::NotFound(format!("Dict {dict_id} not found")));
         }
         let sql = if if_not_exists {
-            "INSERT OR IGNORE INTO dict_entries (dict_id, key, value) VALUES (?, ?, ?)"
+            "INSERT INTO dict_entries (dict_id, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
         } else {
-            "INSERT OR REPLACE INTO dict_entries (dict_id, key, value) VALUES (?, ?, ?)"
+            "INSERT INTO dict_entries (dict_id, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (dict_id, key) DO UPDATE SET value = excluded.value"
         };
         let mut created = false;
         for (k, v) in entries {
@@ -59,11 +60,11 @@ impl Store {
     }
 
     pub async fn dict_get(&self, dict_id: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.dict_value("SELECT value FROM dict_entries WHERE dict_id = ? AND key = ?", dict_id, key).await
+        self.dict_value("SELECT value FROM dict_entries WHERE dict_id = $1 AND key = $2", dict_id, key).await
     }
 
     pub async fn dict_pop(&self, dict_id: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.dict_value("DELETE FROM dict_entries WHERE dict_id = ? AND key = ? RETURNING value", dict_id, key).await
+        self.dict_value("DELETE FROM dict_entries WHERE dict_id = $1 AND key = $2 RETURNING value", dict_id, key).await
     }
 
     /// Runs a statement yielding one key's value; a miss checks that the Dict itself exists.
@@ -77,7 +78,7 @@ impl Store {
 
     pub async fn dict_len(&self, dict_id: &str) -> Result<i64> {
         self.ensure_object(ObjectKind::Dict, dict_id).await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM dict_entries WHERE dict_id = ? LIMIT ?)")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM dict_entries WHERE dict_id = $1 LIMIT $2) AS page")
             .bind(dict_id)
             .bind(MAX_REPORTED_LEN)
             .fetch_one(&self.pool)
@@ -87,7 +88,7 @@ impl Store {
 
     pub async fn dict_clear(&self, dict_id: &str) -> Result<()> {
         self.ensure_object(ObjectKind::Dict, dict_id).await?;
-        sqlx::query("DELETE FROM dict_entries WHERE dict_id = ?").bind(dict_id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM dict_entries WHERE dict_id = $1").bind(dict_id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -98,7 +99,7 @@ impl Store {
         }
         let rows = match after {
             Some(k) => {
-                sqlx::query("SELECT key, value FROM dict_entries WHERE dict_id = ? AND key > ? ORDER BY key LIMIT ?")
+                sqlx::query("SELECT key, value FROM dict_entries WHERE dict_id = $1 AND key > $2 ORDER BY key LIMIT $3")
                     .bind(dict_id)
                     .bind(k)
                     .bind(limit)
@@ -106,7 +107,7 @@ impl Store {
                     .await?
             }
             None => {
-                sqlx::query("SELECT key, value FROM dict_entries WHERE dict_id = ? ORDER BY key LIMIT ?")
+                sqlx::query("SELECT key, value FROM dict_entries WHERE dict_id = $1 ORDER BY key LIMIT $2")
                     .bind(dict_id)
                     .bind(limit)
                     .fetch_all(&self.pool)

@@ -14,7 +14,7 @@ pub struct Environment {
     pub created_at: f64,
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> Environment {
+fn from_row(r: &sqlx::any::AnyRow) -> Environment {
     Environment {
         id: r.get("id"),
         name: r.get("name"),
@@ -30,7 +30,7 @@ impl Store {
         if let Some(r) = sqlx::query("SELECT * FROM environments WHERE is_default = 1").fetch_optional(&self.pool).await? {
             return Ok(from_row(&r));
         }
-        sqlx::query("INSERT OR IGNORE INTO environments (id, name, is_default, created_at) VALUES (?, ?, 1, ?)")
+        sqlx::query("INSERT INTO environments (id, name, is_default, created_at) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING")
             .bind(new_id("en"))
             .bind(DEFAULT_ENVIRONMENT)
             .bind(now())
@@ -45,7 +45,7 @@ impl Store {
         if name.is_empty() {
             return self.default_environment().await;
         }
-        match sqlx::query("SELECT * FROM environments WHERE name = ?").bind(name).fetch_optional(&self.pool).await? {
+        match sqlx::query("SELECT * FROM environments WHERE name = $1").bind(name).fetch_optional(&self.pool).await? {
             Some(r) => Ok(from_row(&r)),
             None => Err(StoreError::NotFound(format!(
                 "Environment '{name}' not found. Create it with `modal environment create {name}` or use one of `modal environment list`."
@@ -55,7 +55,7 @@ impl Store {
 
     pub async fn create_environment(&self, name: &str) -> Result<Environment> {
         crate::objects::check_name(name, "Environment")?;
-        let res = sqlx::query("INSERT INTO environments (id, name, is_default, created_at) VALUES (?, ?, 0, ?)")
+        let res = sqlx::query("INSERT INTO environments (id, name, is_default, created_at) VALUES ($1, $2, 0, $3)")
             .bind(new_id("en"))
             .bind(name)
             .bind(now())
@@ -81,11 +81,11 @@ impl Store {
             return Err(StoreError::FailedPrecondition(format!("Environment '{}' is the default and cannot be deleted", env.name)));
         }
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for table in ["objects", "apps"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE environment_id = ?")).bind(&env.id).execute(&mut *tx).await?;
+            sqlx::query(&format!("DELETE FROM {table} WHERE environment_id = $1")).bind(&env.id).execute(&mut *tx).await?;
         }
-        sqlx::query("DELETE FROM environments WHERE id = ?").bind(&env.id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM environments WHERE id = $1").bind(&env.id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -94,14 +94,14 @@ impl Store {
         let env = self.environment(current).await?;
         if let Some(n) = new_name {
             crate::objects::check_name(n, "Environment")?;
-            sqlx::query("UPDATE environments SET name = ? WHERE id = ?").bind(n).bind(&env.id).execute(&self.pool).await
+            sqlx::query("UPDATE environments SET name = $1 WHERE id = $2").bind(n).bind(&env.id).execute(&self.pool).await
                 .map_err(|e| match e {
                     sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::AlreadyExists(format!("Environment '{n}' already exists")),
                     e => e.into(),
                 })?;
         }
         if let Some(s) = web_suffix {
-            sqlx::query("UPDATE environments SET webhook_suffix = ? WHERE id = ?").bind(s).bind(&env.id).execute(&self.pool).await?;
+            sqlx::query("UPDATE environments SET webhook_suffix = $1 WHERE id = $2").bind(s).bind(&env.id).execute(&self.pool).await?;
         }
         self.environment(new_name.unwrap_or(current)).await
     }
@@ -109,7 +109,7 @@ impl Store {
 
 impl Store {
     pub async fn environment_by_id(&self, id: &str) -> Result<Environment> {
-        let r = sqlx::query("SELECT * FROM environments WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM environments WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         r.map(|r| from_row(&r)).ok_or_else(|| StoreError::NotFound(format!("Environment {id} not found")))
     }
 }

@@ -42,13 +42,13 @@ pub struct FunctionRecord {
     pub params: Option<Vec<u8>>,
 }
 
-fn mount_row(r: &sqlx::sqlite::SqliteRow) -> Result<Mount> {
+fn mount_row(r: &sqlx::any::AnyRow) -> Result<Mount> {
     let files: Vec<MountEntry> =
         serde_json::from_str(&r.get::<String, _>("files")).map_err(|e| StoreError::Io(format!("corrupt mount record: {e}")))?;
     Ok(Mount { id: r.get("id"), name: r.get("name"), files })
 }
 
-fn image_row(r: &sqlx::sqlite::SqliteRow) -> ImageRecord {
+fn image_row(r: &sqlx::any::AnyRow) -> ImageRecord {
     ImageRecord {
         id: r.get("id"),
         definition: r.get("definition"),
@@ -58,7 +58,7 @@ fn image_row(r: &sqlx::sqlite::SqliteRow) -> ImageRecord {
     }
 }
 
-fn function_row(r: &sqlx::sqlite::SqliteRow) -> FunctionRecord {
+fn function_row(r: &sqlx::any::AnyRow) -> FunctionRecord {
     FunctionRecord {
         id: r.get("id"),
         app_id: r.get("app_id"),
@@ -73,7 +73,7 @@ impl Store {
     pub async fn create_mount(&self, name: Option<&str>, namespace: i32, environment_id: Option<&str>, app_id: Option<&str>, files: &[MountEntry]) -> Result<Mount> {
         let id = new_id("mo");
         let json = serde_json::to_string(files).expect("mount entries serialise");
-        let res = sqlx::query("INSERT INTO mounts (id, name, namespace, environment_id, app_id, files, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        let res = sqlx::query("INSERT INTO mounts (id, name, namespace, environment_id, app_id, files, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&id)
             .bind(name)
             .bind(namespace)
@@ -93,7 +93,7 @@ impl Store {
     }
 
     pub async fn mount(&self, id: &str) -> Result<Mount> {
-        let r = sqlx::query("SELECT * FROM mounts WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM mounts WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         match r {
             Some(r) => mount_row(&r),
             None => Err(StoreError::NotFound(format!("Mount {id} not found"))),
@@ -101,7 +101,7 @@ impl Store {
     }
 
     pub async fn mount_by_name(&self, name: &str, namespace: i32, environment_id: Option<&str>) -> Result<Option<Mount>> {
-        let r = sqlx::query("SELECT * FROM mounts WHERE name = ? AND namespace = ? AND environment_id IS ?")
+        let r = sqlx::query("SELECT * FROM mounts WHERE name = $1 AND namespace = $2 AND environment_id IS NOT DISTINCT FROM $3")
             .bind(name)
             .bind(namespace)
             .bind(environment_id)
@@ -112,7 +112,7 @@ impl Store {
 
     /// Records an image definition under its id, or returns the existing record.
     pub async fn get_or_create_image(&self, id: &str, definition: &[u8]) -> Result<(ImageRecord, bool)> {
-        let done = sqlx::query("INSERT OR IGNORE INTO images (id, definition, status, created_at) VALUES (?, ?, 0, ?)")
+        let done = sqlx::query("INSERT INTO images (id, definition, status, created_at) VALUES ($1, $2, 0, $3) ON CONFLICT DO NOTHING")
             .bind(id)
             .bind(definition)
             .bind(now())
@@ -122,14 +122,14 @@ impl Store {
     }
 
     pub async fn image(&self, id: &str) -> Result<ImageRecord> {
-        let r = sqlx::query("SELECT * FROM images WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM images WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         r.map(|r| image_row(&r)).ok_or_else(|| StoreError::NotFound(format!("Image {id} not found")))
     }
 
     /// Records a build's outcome: a layer on success, an error message on failure.
     pub async fn finish_image(&self, id: &str, layer_id: Option<&str>, error: Option<&str>) -> Result<()> {
         let status = if error.is_some() { 2 } else { 1 };
-        sqlx::query("UPDATE images SET layer_id = ?, status = ?, error = ? WHERE id = ?")
+        sqlx::query("UPDATE images SET layer_id = $1, status = $2, error = $3 WHERE id = $4")
             .bind(layer_id)
             .bind(status)
             .bind(error)
@@ -141,13 +141,13 @@ impl Store {
 
     /// Forgets a failed build so the next request for the same definition builds again.
     pub async fn reset_image(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE images SET status = 0, error = NULL, layer_id = NULL WHERE id = ?").bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE images SET status = 0, error = NULL, layer_id = NULL WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn create_function(&self, app_id: &str, tag: &str) -> Result<FunctionRecord> {
         let id = new_id("fu");
-        sqlx::query("INSERT INTO functions (id, app_id, tag, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO functions (id, app_id, tag, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&id)
             .bind(app_id)
             .bind(tag)
@@ -158,7 +158,7 @@ impl Store {
     }
 
     pub async fn set_function_definition(&self, id: &str, definition: &[u8]) -> Result<()> {
-        let done = sqlx::query("UPDATE functions SET definition = ? WHERE id = ?").bind(definition).bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("UPDATE functions SET definition = $1 WHERE id = $2").bind(definition).bind(id).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("Function {id} not found")));
         }
@@ -166,13 +166,13 @@ impl Store {
     }
 
     pub async fn function(&self, id: &str) -> Result<FunctionRecord> {
-        let r = sqlx::query("SELECT * FROM functions WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM functions WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         r.map(|r| function_row(&r)).ok_or_else(|| StoreError::NotFound(format!("Function {id} not found")))
     }
 
     /// The defined function with `tag` in an app, newest first.
     pub async fn function_by_tag(&self, app_id: &str, tag: &str) -> Result<Option<FunctionRecord>> {
-        let r = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND tag = ? AND definition IS NOT NULL AND base_id IS NULL ORDER BY created_at DESC LIMIT 1")
+        let r = sqlx::query("SELECT * FROM functions WHERE app_id = $1 AND tag = $2 AND definition IS NOT NULL AND base_id IS NULL ORDER BY created_at DESC LIMIT 1")
             .bind(app_id)
             .bind(tag)
             .fetch_optional(&self.pool)
@@ -181,7 +181,7 @@ impl Store {
     }
 
     pub async fn functions_of_app(&self, app_id: &str) -> Result<Vec<FunctionRecord>> {
-        let rows = sqlx::query("SELECT * FROM functions WHERE app_id = ? AND definition IS NOT NULL AND base_id IS NULL ORDER BY created_at")
+        let rows = sqlx::query("SELECT * FROM functions WHERE app_id = $1 AND definition IS NOT NULL AND base_id IS NULL ORDER BY created_at")
             .bind(app_id)
             .fetch_all(&self.pool)
             .await?;
@@ -192,7 +192,7 @@ impl Store {
     /// (the base's, with any options the caller overrides).
     pub async fn create_bound_function(&self, base: &FunctionRecord, definition: &[u8], params: &[u8]) -> Result<FunctionRecord> {
         let id = new_id("fu");
-        sqlx::query("INSERT INTO functions (id, app_id, tag, definition, created_at, base_id, params) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO functions (id, app_id, tag, definition, created_at, base_id, params) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(&id)
             .bind(&base.app_id)
             .bind(&base.tag)
@@ -207,18 +207,18 @@ impl Store {
 
     /// Names a class when its app is published.
     pub async fn set_class_tag(&self, id: &str, app_id: &str, tag: &str) -> Result<()> {
-        sqlx::query("UPDATE classes SET tag = ?, app_id = ? WHERE id = ?").bind(tag).bind(app_id).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE classes SET tag = $1, app_id = $2 WHERE id = $3").bind(tag).bind(app_id).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn classes_of_app(&self, app_id: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT id, tag FROM classes WHERE app_id = ? AND tag != '' ORDER BY created_at").bind(app_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id, tag FROM classes WHERE app_id = $1 AND tag != '' ORDER BY created_at").bind(app_id).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn create_class(&self, app_id: &str, tag: &str) -> Result<String> {
         let id = new_id("cs");
-        sqlx::query("INSERT INTO classes (id, app_id, tag, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO classes (id, app_id, tag, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&id)
             .bind(app_id)
             .bind(tag)
@@ -229,7 +229,7 @@ impl Store {
     }
 
     pub async fn class_by_tag(&self, app_id: &str, tag: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM classes WHERE app_id = ? AND tag = ? ORDER BY created_at DESC LIMIT 1")
+        Ok(sqlx::query_scalar("SELECT id FROM classes WHERE app_id = $1 AND tag = $2 ORDER BY created_at DESC LIMIT 1")
             .bind(app_id)
             .bind(tag)
             .fetch_optional(&self.pool)

@@ -32,7 +32,7 @@ pub struct ImageBuildTimes {
     pub finished_at: Option<f64>,
 }
 
-fn name_row(r: &sqlx::sqlite::SqliteRow) -> ImageName {
+fn name_row(r: &sqlx::any::AnyRow) -> ImageName {
     ImageName {
         name: r.get("name"),
         image_id: r.get("image_id"),
@@ -49,10 +49,10 @@ impl Store {
         let _w = self.write_lock.lock().await;
         let revision = new_id("ir");
         let t = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO image_names (environment_id, name, image_id, revision_id, created_at, updated_at, published_by)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (environment_id, name) DO UPDATE SET image_id = excluded.image_id,
                  revision_id = excluded.revision_id, updated_at = excluded.updated_at, published_by = excluded.published_by",
         )
@@ -65,7 +65,7 @@ impl Store {
         .bind(by)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO image_name_revisions (revision_id, environment_id, name, image_id, published_at, published_by) VALUES (?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO image_name_revisions (revision_id, environment_id, name, image_id, published_at, published_by) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&revision)
             .bind(environment_id)
             .bind(name)
@@ -80,7 +80,7 @@ impl Store {
     }
 
     pub async fn image_name(&self, environment_id: &str, name: &str) -> Result<Option<ImageName>> {
-        let r = sqlx::query("SELECT * FROM image_names WHERE environment_id = ? AND name = ?")
+        let r = sqlx::query("SELECT * FROM image_names WHERE environment_id = $1 AND name = $2")
             .bind(environment_id)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -92,8 +92,8 @@ impl Store {
     /// in name order, after `after` (a name; empty for the first page), at most `limit`.
     pub async fn image_names(&self, environment_id: &str, prefix: &str, image_id: Option<&str>, after: &str, limit: i64) -> Result<Vec<ImageName>> {
         let rows = sqlx::query(
-            "SELECT * FROM image_names WHERE environment_id = ? AND substr(name, 1, length(?)) = ? AND name > ?
-             AND (? IS NULL OR image_id = ?) ORDER BY name LIMIT ?",
+            "SELECT * FROM image_names WHERE environment_id = $1 AND substr(name, 1, length($2)) = $3 AND name > $4
+             AND ($5 IS NULL OR image_id = $6) ORDER BY name LIMIT $7",
         )
         .bind(environment_id)
         .bind(prefix)
@@ -110,8 +110,8 @@ impl Store {
     /// The publishes of `name`, newest first, starting `offset` entries in, at most `limit`.
     pub async fn image_name_revisions(&self, environment_id: &str, name: &str, offset: i64, limit: i64) -> Result<Vec<ImageNameRevision>> {
         let rows = sqlx::query(
-            "SELECT * FROM image_name_revisions WHERE environment_id = ? AND name = ?
-             ORDER BY published_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            "SELECT * FROM image_name_revisions WHERE environment_id = $1 AND name = $2
+             ORDER BY published_at DESC, rowid DESC LIMIT $3 OFFSET $4",
         )
         .bind(environment_id)
         .bind(name)
@@ -133,13 +133,13 @@ impl Store {
     /// Deletes a name and its history; NotFound when the environment has no such name.
     pub async fn delete_image_name(&self, environment_id: &str, name: &str) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM image_names WHERE environment_id = ? AND name = ?")
+        let mut tx = self.begin_write().await?;
+        let gone = sqlx::query("DELETE FROM image_names WHERE environment_id = $1 AND name = $2")
             .bind(environment_id)
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM image_name_revisions WHERE environment_id = ? AND name = ?")
+        sqlx::query("DELETE FROM image_name_revisions WHERE environment_id = $1 AND name = $2")
             .bind(environment_id)
             .bind(name)
             .execute(&mut *tx)
@@ -153,7 +153,7 @@ impl Store {
 
     /// Records that a build of `image_id` starts now (and has not finished).
     pub async fn image_build_started(&self, image_id: &str) -> Result<()> {
-        sqlx::query("UPDATE images SET build_started_at = ?, build_finished_at = NULL WHERE id = ?")
+        sqlx::query("UPDATE images SET build_started_at = $1, build_finished_at = NULL WHERE id = $2")
             .bind(now())
             .bind(image_id)
             .execute(&self.pool)
@@ -163,12 +163,12 @@ impl Store {
 
     /// Records that the build of `image_id` ended now.
     pub async fn image_build_finished(&self, image_id: &str) -> Result<()> {
-        sqlx::query("UPDATE images SET build_finished_at = ? WHERE id = ?").bind(now()).bind(image_id).execute(&self.pool).await?;
+        sqlx::query("UPDATE images SET build_finished_at = $1 WHERE id = $2").bind(now()).bind(image_id).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn image_build_times(&self, image_id: &str) -> Result<ImageBuildTimes> {
-        let r = sqlx::query("SELECT build_started_at, build_finished_at FROM images WHERE id = ?")
+        let r = sqlx::query("SELECT build_started_at, build_finished_at FROM images WHERE id = $1")
             .bind(image_id)
             .fetch_optional(&self.pool)
             .await?
@@ -179,12 +179,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::Store;
 
-    #[tokio::test]
-    async fn publish_list_history_delete() {
+
+    async fn publish_list_history_delete(b: crate::testing::Backend) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).await.unwrap();
+        let store = crate::testing::TestDatabase::new(b).await.open(dir.path()).await;
         let env = store.default_environment().await.unwrap();
         store.publish_image(&env.id, "web:v1", "im-a", "tok").await.unwrap();
         let second = store.publish_image(&env.id, "web:v1", "im-b", "tok").await.unwrap();
@@ -203,4 +202,6 @@ mod tests {
         assert!(store.image_name_revisions(&env.id, "web:v1", 0, 10).await.unwrap().is_empty());
         assert!(store.delete_image_name(&env.id, "web:v1").await.is_err());
     }
+
+    crate::backend_tests!(publish_list_history_delete);
 }

@@ -3,7 +3,8 @@
 //! One [`Store`] owns the database (SQLite inside the data dir for the embedded default) and is
 //! the only component that speaks SQL. It knows nothing of the Modal wire types: the protocol
 //! adapter translates requests into these calls. Blocking reads (queue gets, log tails) wait on
-//! in-process notifications that every write fires.
+//! notifications that every write fires: in-process on SQLite, and on PostgreSQL also relayed
+//! to every other replica on the same database with `NOTIFY`.
 
 mod apps;
 mod auth;
@@ -23,17 +24,19 @@ mod sandboxes;
 mod secrets;
 pub use secrets::SecretInfo;
 mod seal;
+mod notify;
 mod util;
+#[doc(hidden)]
+pub mod testing;
 mod web;
 mod volumes;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use apps::{App, AppState, LogEntry};
 pub use auth::{Principal, TokenInfo, TokenScope};
@@ -52,6 +55,10 @@ pub use web::{ProxyTokenInfo, WebRoute};
 pub use volumes::{EntryKind, VolumeChange, VolumeEntry};
 
 use util::Notifier;
+pub use util::redact_database_url;
+
+/// The PostgreSQL advisory lock that multi-statement writers hold ("ferry" in ASCII).
+const WRITE_LOCK_KEY: i64 = 0x6665_7272_79;
 
 /// How hard the store works to keep a committed write across a power loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -63,15 +70,34 @@ pub enum Durability {
     Normal,
 }
 
+/// The database engine a store runs on; the few statements whose dialects differ match on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// The embedded default: `DATA_DIR/ferry.db`.
+    Sqlite,
+    /// A PostgreSQL server (`--database postgres://…`), which several replicas may share.
+    Postgres,
+}
+
+/// How long a caller waits for a database connection before the store reports the database
+/// unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one statement may run on PostgreSQL before the server cancels it.
+const STATEMENT_TIMEOUT: &str = "60s";
+
 /// The handle every server component shares. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// The database as messages name it: the SQLite file, or the URL without its password.
+    location: Arc<str>,
     data_dir: std::path::PathBuf,
     notify: Arc<Notifier>,
     seal: Arc<std::sync::RwLock<Arc<seal::SecretSeal>>>,
     /// Serialises multi-statement write transactions: SQLite has one writer, and taking turns
-    /// here avoids the busy errors of upgrading a read transaction to a write one.
+    /// here avoids the busy errors of upgrading a read transaction to a write one. On
+    /// PostgreSQL [`Store::begin_write`] also takes a lock all replicas share.
     write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -85,30 +111,120 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub async fn open(data_dir: &Path, durability: Durability) -> Result<Store> {
+        Store::connect(data_dir, durability, None).await
+    }
+
+    /// Opens the store on `database`, a `postgres://user:password@host:port/dbname` URL, or
+    /// without one on the embedded SQLite database in `data_dir`. The data dir holds the secret
+    /// key either way (replicas sharing a database share that key). `durability` applies to
+    /// SQLite; PostgreSQL's is the server's own setting.
+    pub async fn connect(data_dir: &Path, durability: Durability, database: Option<&str>) -> Result<Store> {
+        sqlx::any::install_default_drivers();
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Io(format!("cannot create data dir {}: {e}", data_dir.display())))?;
-        let db = data_dir.join("ferry.db");
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            })
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        let (pool, backend, location) = match database {
+            None => {
+                let db = data_dir.join("ferry.db");
+                let synchronous = match durability {
+                    Durability::Full => "FULL",
+                    Durability::Normal => "NORMAL",
+                };
+                let pragmas: Arc<str> = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                     PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;"
+                )
+                .into();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(move |conn, _| {
+                        let pragmas = pragmas.clone();
+                        Box::pin(async move { conn.execute(&*pragmas).await.map(|_| ()) })
+                    })
+                    .connect(&format!("sqlite://{}?mode=rwc", db.display()))
+                    .await?;
+                sqlx::migrate!("./migrations").run(&pool).await?;
+                (pool, Backend::Sqlite, db.display().to_string())
+            }
+            Some(url) => {
+                let location = redact_database_url(url);
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(StoreError::Invalid(format!(
+                        "unsupported database URL {location}: Ferry speaks postgres://user:password@host:port/dbname \
+                         (leave --database out for the embedded SQLite database)"
+                    )));
+                }
+                // One attempt first: a refused connection or a wrong password is reported at
+                // once rather than retried until the pool gives up.
+                match tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect(url)).await {
+                    Ok(Ok(probe)) => probe.close().await.unwrap_or(()),
+                    Ok(Err(e)) => return Err(StoreError::Unavailable(format!("cannot connect to the database {location}: {e}"))),
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "cannot connect to the database {location}: no answer within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        )))
+                    }
+                }
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(format!("SET statement_timeout = '{STATEMENT_TIMEOUT}'").as_str()).await.map(|_| ())
+                        })
+                    })
+                    .connect(url);
+                let pool = match tokio::time::timeout(CONNECT_TIMEOUT, pool).await {
+                    Ok(Ok(pool)) => pool,
+                    Ok(Err(e)) => return Err(StoreError::Unavailable(format!("cannot connect to the database {location}: {e}"))),
+                    Err(_) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "cannot connect to the database {location}: no answer within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        )))
+                    }
+                };
+                error::set_server(&location);
+                sqlx::migrate!("./migrations-postgres").run(&pool).await?;
+                (pool, Backend::Postgres, location)
+            }
+        };
         let seal = seal::SecretSeal::load(data_dir, &pool).await?;
+        let notify = Arc::new(Notifier::default());
+        if let (Backend::Postgres, Some(url)) = (backend, database) {
+            notify::relay(&notify, &pool, url, &location).await?;
+        }
         let store = Store {
             pool,
+            backend,
+            location: location.into(),
             data_dir: data_dir.to_path_buf(),
-            notify: Arc::new(Notifier::default()),
+            notify,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         store.default_environment().await?;
         Ok(store)
+    }
+
+    /// The database this store runs on, as logs may name it: the SQLite file, or the
+    /// PostgreSQL URL without its password.
+    pub fn database(&self) -> &str {
+        &self.location
+    }
+
+    /// Begins a transaction that writes after reading: the writers take turns, in this process
+    /// (the caller holds `write_lock`) and on PostgreSQL across every replica on the database
+    /// (a transaction-scoped advisory lock), so what it read stays true until it commits.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *tx).await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// The data dir this store lives in.

@@ -87,7 +87,7 @@ pub(crate) fn check_name(name: &str, what: &str) -> Result<()> {
 
 const SELECT: &str = "SELECT o.*, e.name AS environment_name FROM objects o JOIN environments e ON e.id = o.environment_id";
 
-fn from_row(kind: ObjectKind, r: &sqlx::sqlite::SqliteRow) -> NamedObject {
+fn from_row(kind: ObjectKind, r: &sqlx::any::AnyRow) -> NamedObject {
     NamedObject {
         id: r.get("id"),
         kind,
@@ -122,7 +122,7 @@ impl Store {
             let t = now();
             sqlx::query(
                 "INSERT INTO objects (id, kind, environment_id, name, created_by, created_at, ephemeral, app_id, last_heartbeat) \
-                 VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, NULL, $4, $5, $6, $7, $8)",
             )
             .bind(&id)
             .bind(kind.as_str())
@@ -138,7 +138,7 @@ impl Store {
         }
 
         check_name(name, kind.title())?;
-        let existing = sqlx::query(&format!("{SELECT} WHERE o.kind = ? AND o.environment_id = ? AND o.name = ?"))
+        let existing = sqlx::query(&format!("{SELECT} WHERE o.kind = $1 AND o.environment_id = $2 AND o.name = $3"))
             .bind(kind.as_str())
             .bind(&env.id)
             .bind(name)
@@ -162,7 +162,7 @@ impl Store {
                 let t = now();
                 let res = sqlx::query(
                     "INSERT INTO objects (id, kind, environment_id, name, created_by, created_at, ephemeral, app_id, last_heartbeat) \
-                     VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?)",
+                     VALUES ($1, $2, $3, $4, $5, $6, 0, NULL, $7)",
                 )
                 .bind(&id)
                 .bind(kind.as_str())
@@ -176,7 +176,7 @@ impl Store {
                 match res {
                     // Lost a race with a concurrent create of the same name: the winner's object is the answer.
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        let r = sqlx::query(&format!("{SELECT} WHERE o.kind = ? AND o.environment_id = ? AND o.name = ?"))
+                        let r = sqlx::query(&format!("{SELECT} WHERE o.kind = $1 AND o.environment_id = $2 AND o.name = $3"))
                             .bind(kind.as_str())
                             .bind(&env.id)
                             .bind(name)
@@ -193,7 +193,7 @@ impl Store {
 
     /// The object with this id, which must be of `kind`.
     pub async fn object(&self, kind: ObjectKind, id: &str) -> Result<NamedObject> {
-        let row = sqlx::query(&format!("{SELECT} WHERE o.id = ? AND o.kind = ?"))
+        let row = sqlx::query(&format!("{SELECT} WHERE o.id = $1 AND o.kind = $2"))
             .bind(id)
             .bind(kind.as_str())
             .fetch_optional(&self.pool)
@@ -208,7 +208,7 @@ impl Store {
 
     /// The ids of every object of a kind, named or not (to sweep what they left behind).
     pub async fn object_ids(&self, kind: ObjectKind) -> Result<std::collections::HashSet<String>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM objects WHERE kind = ?").bind(kind.as_str()).fetch_all(&self.pool).await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM objects WHERE kind = $1").bind(kind.as_str()).fetch_all(&self.pool).await?;
         Ok(ids.into_iter().collect())
     }
 
@@ -224,8 +224,8 @@ impl Store {
         let before = if created_before > 0.0 { created_before } else { f64::MAX };
         let limit = if limit <= 0 { i64::MAX } else { limit };
         let rows = sqlx::query(&format!(
-            "{SELECT} WHERE o.kind = ? AND o.environment_id = ? AND o.name IS NOT NULL AND o.created_at < ? \
-             ORDER BY o.created_at DESC LIMIT ?"
+            "{SELECT} WHERE o.kind = $1 AND o.environment_id = $2 AND o.name IS NOT NULL AND o.created_at < $3 \
+             ORDER BY o.created_at DESC LIMIT $4"
         ))
         .bind(kind.as_str())
         .bind(&env.id)
@@ -240,7 +240,7 @@ impl Store {
     pub async fn delete_object(&self, kind: ObjectKind, id: &str) -> Result<()> {
         self.object(kind, id).await?;
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         delete_contents(&mut tx, id).await?;
         tx.commit().await?;
         self.notify.fire(id);
@@ -250,7 +250,7 @@ impl Store {
 
     /// Records a heartbeat of an ephemeral object, keeping it alive.
     pub async fn heartbeat_object(&self, kind: ObjectKind, id: &str) -> Result<()> {
-        let done = sqlx::query("UPDATE objects SET last_heartbeat = ? WHERE id = ? AND kind = ?")
+        let done = sqlx::query("UPDATE objects SET last_heartbeat = $1 WHERE id = $2 AND kind = $3")
             .bind(now())
             .bind(id)
             .bind(kind.as_str())
@@ -267,7 +267,7 @@ impl Store {
     pub async fn reap(&self, ttl_secs: f64) -> Result<usize> {
         let cutoff = now() - ttl_secs;
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM objects WHERE (ephemeral = 1 AND last_heartbeat < ?) \
+            "SELECT id FROM objects WHERE (ephemeral = 1 AND last_heartbeat < $1) \
              OR (app_id IS NOT NULL AND app_id IN (SELECT id FROM apps WHERE state = 5))",
         )
         .bind(cutoff)
@@ -275,7 +275,7 @@ impl Store {
         .await?;
         for id in &ids {
             let _w = self.write_lock.lock().await;
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.begin_write().await?;
             delete_contents(&mut tx, id).await?;
             tx.commit().await?;
             self.notify.fire(id);
@@ -286,15 +286,15 @@ impl Store {
     }
 }
 
-async fn delete_contents(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, id: &str) -> Result<()> {
+async fn delete_contents(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<()> {
     for sql in [
-        "DELETE FROM dict_entries WHERE dict_id = ?",
-        "DELETE FROM queue_items WHERE queue_id = ?",
-        "DELETE FROM queue_partitions WHERE queue_id = ?",
-        "DELETE FROM secrets WHERE secret_id = ?",
-        "DELETE FROM volume_entries WHERE volume_id = ?",
-        "DELETE FROM volume_state WHERE volume_id = ?",
-        "DELETE FROM objects WHERE id = ?",
+        "DELETE FROM dict_entries WHERE dict_id = $1",
+        "DELETE FROM queue_items WHERE queue_id = $1",
+        "DELETE FROM queue_partitions WHERE queue_id = $1",
+        "DELETE FROM secrets WHERE secret_id = $1",
+        "DELETE FROM volume_entries WHERE volume_id = $1",
+        "DELETE FROM volume_state WHERE volume_id = $1",
+        "DELETE FROM objects WHERE id = $1",
     ] {
         sqlx::query(sql).bind(id).execute(&mut **tx).await?;
     }

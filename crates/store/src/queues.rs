@@ -80,8 +80,8 @@ impl Store {
         let t = now();
         {
             let _w = self.write_lock.lock().await;
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = ? AND kind = 'queue'")
+            let mut tx = self.begin_write().await?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = $1 AND kind = 'queue'")
                 .bind(queue_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -89,7 +89,7 @@ impl Store {
                 return Err(StoreError::NotFound(format!("Queue {queue_id} not found")));
             }
             expire_partition(&mut tx, queue_id, partition, t).await?;
-            let current = sqlx::query("SELECT item_count, byte_size FROM queue_partitions WHERE queue_id = ? AND partition_key = ?")
+            let current = sqlx::query("SELECT item_count, byte_size FROM queue_partitions WHERE queue_id = $1 AND partition_key = $2")
                 .bind(queue_id)
                 .bind(partition)
                 .fetch_optional(&mut *tx)
@@ -97,7 +97,7 @@ impl Store {
             let (count, bytes) = match &current {
                 Some(r) => (r.get::<i64, _>(0), r.get::<i64, _>(1)),
                 None => {
-                    let partitions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_partitions WHERE queue_id = ?")
+                    let partitions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_partitions WHERE queue_id = $1")
                         .bind(queue_id)
                         .fetch_one(&mut *tx)
                         .await?;
@@ -125,9 +125,9 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO queue_partitions (queue_id, partition_key, ttl_seconds, last_put_at, item_count, byte_size) \
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (queue_id, partition_key) DO UPDATE SET \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (queue_id, partition_key) DO UPDATE SET \
                  ttl_seconds = excluded.ttl_seconds, last_put_at = excluded.last_put_at, \
-                 item_count = item_count + excluded.item_count, byte_size = byte_size + excluded.byte_size",
+                 item_count = queue_partitions.item_count + excluded.item_count, byte_size = queue_partitions.byte_size + excluded.byte_size",
             )
             .bind(queue_id)
             .bind(partition)
@@ -138,7 +138,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             for v in values {
-                sqlx::query("INSERT INTO queue_items (queue_id, partition_key, value) VALUES (?, ?, ?)")
+                sqlx::query("INSERT INTO queue_items (queue_id, partition_key, value) VALUES ($1, $2, $3)")
                     .bind(queue_id)
                     .bind(partition)
                     .bind(v)
@@ -155,11 +155,11 @@ impl Store {
     pub async fn queue_take(&self, queue_id: &str, partition: &[u8], n: i64) -> Result<Vec<Vec<u8>>> {
         check_partition(partition)?;
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         expire_partition(&mut tx, queue_id, partition, now()).await?;
         let rows = sqlx::query(
             "DELETE FROM queue_items WHERE id IN \
-             (SELECT id FROM queue_items WHERE queue_id = ? AND partition_key = ? ORDER BY id LIMIT ?) RETURNING id, value",
+             (SELECT id FROM queue_items WHERE queue_id = $1 AND partition_key = $2 ORDER BY id LIMIT $3) RETURNING id, value",
         )
         .bind(queue_id)
         .bind(partition)
@@ -171,8 +171,8 @@ impl Store {
         if !items.is_empty() {
             let bytes: i64 = items.iter().map(|(_, v)| v.len() as i64).sum();
             sqlx::query(
-                "UPDATE queue_partitions SET item_count = item_count - ?, byte_size = byte_size - ? \
-                 WHERE queue_id = ? AND partition_key = ?",
+                "UPDATE queue_partitions SET item_count = item_count - $1, byte_size = byte_size - $2 \
+                 WHERE queue_id = $3 AND partition_key = $4",
             )
             .bind(items.len() as i64)
             .bind(bytes)
@@ -225,7 +225,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT i.id, i.value FROM queue_items i JOIN queue_partitions p \
                  ON p.queue_id = i.queue_id AND p.partition_key = i.partition_key \
-                 WHERE i.queue_id = ? AND i.partition_key = ? AND i.id > ? AND p.last_put_at + p.ttl_seconds >= ? \
+                 WHERE i.queue_id = $1 AND i.partition_key = $2 AND i.id > $3 AND p.last_put_at + p.ttl_seconds >= $4 \
                  ORDER BY i.id LIMIT 100",
             )
             .bind(queue_id)
@@ -249,12 +249,12 @@ impl Store {
         check_partition(partition)?;
         self.ensure_object(ObjectKind::Queue, queue_id).await?;
         let q = if total {
-            sqlx::query_scalar("SELECT COALESCE(SUM(item_count), 0) FROM queue_partitions WHERE queue_id = ? AND last_put_at + ttl_seconds >= ?")
+            sqlx::query_scalar("SELECT CAST(COALESCE(SUM(item_count), 0) AS BIGINT) FROM queue_partitions WHERE queue_id = $1 AND last_put_at + ttl_seconds >= $2")
                 .bind(queue_id)
                 .bind(now())
         } else {
             sqlx::query_scalar(
-                "SELECT COALESCE(SUM(item_count), 0) FROM queue_partitions WHERE queue_id = ? AND partition_key = ? AND last_put_at + ttl_seconds >= ?",
+                "SELECT CAST(COALESCE(SUM(item_count), 0) AS BIGINT) FROM queue_partitions WHERE queue_id = $1 AND partition_key = $2 AND last_put_at + ttl_seconds >= $3",
             )
             .bind(queue_id)
             .bind(partition)
@@ -267,17 +267,17 @@ impl Store {
         check_partition(partition)?;
         self.ensure_object(ObjectKind::Queue, queue_id).await?;
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         if all {
-            sqlx::query("DELETE FROM queue_items WHERE queue_id = ?").bind(queue_id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM queue_partitions WHERE queue_id = ?").bind(queue_id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM queue_items WHERE queue_id = $1").bind(queue_id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM queue_partitions WHERE queue_id = $1").bind(queue_id).execute(&mut *tx).await?;
         } else {
-            sqlx::query("DELETE FROM queue_items WHERE queue_id = ? AND partition_key = ?")
+            sqlx::query("DELETE FROM queue_items WHERE queue_id = $1 AND partition_key = $2")
                 .bind(queue_id)
                 .bind(partition)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM queue_partitions WHERE queue_id = ? AND partition_key = ?")
+            sqlx::query("DELETE FROM queue_partitions WHERE queue_id = $1 AND partition_key = $2")
                 .bind(queue_id)
                 .bind(partition)
                 .execute(&mut *tx)
@@ -290,7 +290,7 @@ impl Store {
     /// Partition count and item total of a queue, for listings.
     pub async fn queue_summary(&self, queue_id: &str, total_limit: i64) -> Result<QueueSummary> {
         let r = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(item_count), 0) FROM queue_partitions WHERE queue_id = ? AND item_count > 0 AND last_put_at + ttl_seconds >= ?",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(item_count), 0) AS BIGINT) FROM queue_partitions WHERE queue_id = $1 AND item_count > 0 AND last_put_at + ttl_seconds >= $2",
         )
         .bind(queue_id)
         .bind(now())
@@ -307,29 +307,29 @@ impl Store {
     pub(crate) async fn expire_queue_partitions(&self) -> Result<()> {
         let t = now();
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "DELETE FROM queue_items WHERE (queue_id, partition_key) IN \
-             (SELECT queue_id, partition_key FROM queue_partitions WHERE last_put_at + ttl_seconds < ?)",
+             (SELECT queue_id, partition_key FROM queue_partitions WHERE last_put_at + ttl_seconds < $1)",
         )
         .bind(t)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM queue_partitions WHERE last_put_at + ttl_seconds < ?").bind(t).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM queue_partitions WHERE last_put_at + ttl_seconds < $1").bind(t).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
 }
 
-async fn expire_partition(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, queue_id: &str, partition: &[u8], t: f64) -> Result<()> {
-    let expired = sqlx::query("DELETE FROM queue_partitions WHERE queue_id = ? AND partition_key = ? AND last_put_at + ttl_seconds < ?")
+async fn expire_partition(tx: &mut sqlx::Transaction<'_, sqlx::Any>, queue_id: &str, partition: &[u8], t: f64) -> Result<()> {
+    let expired = sqlx::query("DELETE FROM queue_partitions WHERE queue_id = $1 AND partition_key = $2 AND last_put_at + ttl_seconds < $3")
         .bind(queue_id)
         .bind(partition)
         .bind(t)
         .execute(&mut **tx)
         .await?;
     if expired.rows_affected() > 0 {
-        sqlx::query("DELETE FROM queue_items WHERE queue_id = ? AND partition_key = ?")
+        sqlx::query("DELETE FROM queue_items WHERE queue_id = $1 AND partition_key = $2")
             .bind(queue_id)
             .bind(partition)
             .execute(&mut **tx)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use crate::{now, Result, Store, StoreError};
+use crate::{now, Backend, Result, Store, StoreError};
 
 /// A sandbox as recorded. `status` is 0 while it runs, then the protocol's result status.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +49,7 @@ pub struct SandboxFilter {
     pub limit: u32,
 }
 
-fn row(r: &sqlx::sqlite::SqliteRow) -> SandboxRecord {
+fn row(r: &sqlx::any::AnyRow) -> SandboxRecord {
     let tags: String = r.get("tags");
     SandboxRecord {
         id: r.get("id"),
@@ -82,7 +82,7 @@ impl Store {
         let tags = serde_json::to_string(&rec.tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let done = sqlx::query(
             "INSERT INTO sandboxes (id, app_id, environment_id, name, tags, image_id, task_id, timeout_secs, idle_timeout_secs, \
-             status, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+             status, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11)",
         )
         .bind(&rec.id)
         .bind(&rec.app_id)
@@ -108,21 +108,21 @@ impl Store {
     }
 
     pub async fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
-        let r = sqlx::query("SELECT * FROM sandboxes WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM sandboxes WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         r.map(|r| row(&r)).ok_or_else(|| StoreError::NotFound(format!("Sandbox {id} not found")))
     }
 
     pub async fn sandbox_by_task(&self, task_id: &str) -> Result<SandboxRecord> {
-        let r = sqlx::query("SELECT * FROM sandboxes WHERE task_id = ?").bind(task_id).fetch_optional(&self.pool).await?;
+        let r = sqlx::query("SELECT * FROM sandboxes WHERE task_id = $1").bind(task_id).fetch_optional(&self.pool).await?;
         r.map(|r| row(&r)).ok_or_else(|| StoreError::NotFound(format!("no Sandbox runs as task {task_id}")))
     }
 
     /// The running sandbox of an app with this name, else (if asked) the last finished one.
     pub async fn sandbox_by_name(&self, app_id: &str, name: &str, include_finished: bool) -> Result<Option<SandboxRecord>> {
         let sql = if include_finished {
-            "SELECT * FROM sandboxes WHERE app_id = ? AND name = ? ORDER BY finished_at IS NULL DESC, created_at DESC LIMIT 1"
+            "SELECT * FROM sandboxes WHERE app_id = $1 AND name = $2 ORDER BY finished_at IS NULL DESC, created_at DESC LIMIT 1"
         } else {
-            "SELECT * FROM sandboxes WHERE app_id = ? AND name = ? AND finished_at IS NULL LIMIT 1"
+            "SELECT * FROM sandboxes WHERE app_id = $1 AND name = $2 AND finished_at IS NULL LIMIT 1"
         };
         let r = sqlx::query(sql).bind(app_id).bind(name).fetch_optional(&self.pool).await?;
         Ok(r.map(|r| row(&r)))
@@ -131,22 +131,32 @@ impl Store {
     /// Sandboxes newest first.
     pub async fn list_sandboxes(&self, f: &SandboxFilter) -> Result<Vec<SandboxRecord>> {
         let mut sql = String::from("SELECT * FROM sandboxes WHERE 1 = 1");
+        let mut n = 0;
+        let mut param = || {
+            n += 1;
+            format!("${n}")
+        };
         if f.app_id.is_some() {
-            sql.push_str(" AND app_id = ?");
+            sql.push_str(&format!(" AND app_id = {}", param()));
         }
         if f.environment_id.is_some() {
-            sql.push_str(" AND environment_id = ?");
+            sql.push_str(&format!(" AND environment_id = {}", param()));
         }
         if f.before.is_some() {
-            sql.push_str(" AND created_at < ?");
+            sql.push_str(&format!(" AND created_at < {}", param()));
         }
         if !f.include_finished {
             sql.push_str(" AND finished_at IS NULL");
         }
         for _ in &f.tags {
-            sql.push_str(" AND json_extract(tags, ?) IS ?");
+            // The tag's value in the JSON object `tags`: a path on SQLite, a key on PostgreSQL.
+            let member = match self.backend {
+                Backend::Sqlite => format!("json_extract(tags, {})", param()),
+                Backend::Postgres => format!("(CAST(tags AS JSONB) ->> {})", param()),
+            };
+            sql.push_str(&format!(" AND {member} = {}", param()));
         }
-        sql.push_str(" ORDER BY created_at DESC LIMIT ?");
+        sql.push_str(&format!(" ORDER BY created_at DESC LIMIT {}", param()));
         let mut q = sqlx::query(&sql);
         if let Some(a) = &f.app_id {
             q = q.bind(a);
@@ -158,8 +168,12 @@ impl Store {
             q = q.bind(b);
         }
         for (k, v) in &f.tags {
-            // A quoted JSON path member, so any key (dots included) names one member.
-            q = q.bind(format!("$.\"{}\"", k.replace('"', "\\\""))).bind(v);
+            let member = match self.backend {
+                // A quoted JSON path member, so any key (dots included) names one member.
+                Backend::Sqlite => format!("$.\"{}\"", k.replace('"', "\\\"")),
+                Backend::Postgres => k.clone(),
+            };
+            q = q.bind(member).bind(v);
         }
         let limit = if f.limit == 0 { 100 } else { f.limit };
         let rows = q.bind(limit as i64).fetch_all(&self.pool).await?;
@@ -168,7 +182,7 @@ impl Store {
 
     pub async fn set_sandbox_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
         let json = serde_json::to_string(tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let done = sqlx::query("UPDATE sandboxes SET tags = ? WHERE id = ?").bind(json).bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("UPDATE sandboxes SET tags = $1 WHERE id = $2").bind(json).bind(id).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("Sandbox {id} not found")));
         }
@@ -177,7 +191,7 @@ impl Store {
 
     /// Records that the sandbox's container is running.
     pub async fn start_sandbox(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE sandboxes SET started_at = ? WHERE id = ?").bind(now()).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE sandboxes SET started_at = $1 WHERE id = $2").bind(now()).bind(id).execute(&self.pool).await?;
         self.notify.fire(&topic(id));
         Ok(())
     }
@@ -185,7 +199,7 @@ impl Store {
     /// Records a sandbox's outcome once; later calls keep the first outcome and return false.
     pub async fn finish_sandbox(&self, id: &str, status: i32, exit_code: Option<i32>, exception: &str) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE sandboxes SET status = ?, exit_code = ?, exception = ?, finished_at = ? WHERE id = ? AND finished_at IS NULL",
+            "UPDATE sandboxes SET status = $1, exit_code = $2, exception = $3, finished_at = $4 WHERE id = $5 AND finished_at IS NULL",
         )
         .bind(status as i64)
         .bind(exit_code.map(|c| c as i64))
@@ -219,7 +233,7 @@ impl Store {
     /// Marks every sandbox still recorded as running as failed: their containers ended with
     /// the previous server process. Returns how many there were.
     pub async fn fail_orphaned_sandboxes(&self, status: i32, message: &str) -> Result<u64> {
-        let done = sqlx::query("UPDATE sandboxes SET status = ?, exception = ?, finished_at = ? WHERE finished_at IS NULL")
+        let done = sqlx::query("UPDATE sandboxes SET status = $1, exception = $2, finished_at = $3 WHERE finished_at IS NULL")
             .bind(status as i64)
             .bind(message)
             .bind(now())
@@ -254,10 +268,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn names_tags_and_outcomes() {
+    async fn names_tags_and_outcomes(b: crate::testing::Backend) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).await.unwrap();
+        let store = crate::testing::TestDatabase::new(b).await.open(dir.path()).await;
         store.create_sandbox(&rec("sb-a", Some("web"), &[("team", "x"), ("a.b", "1")])).await.unwrap();
         // A running sandbox's name is taken; a finished one frees it.
         let e = store.create_sandbox(&rec("sb-b", Some("web"), &[])).await.unwrap_err();
@@ -286,4 +299,6 @@ mod tests {
         let w = store.wait_sandbox("sb-c", std::time::Duration::from_millis(10)).await.unwrap();
         assert_eq!(w.status, 6);
     }
+
+    crate::backend_tests!(names_tags_and_outcomes);
 }

@@ -32,7 +32,7 @@ impl SecretSeal {
 
     /// Loads the data dir's key (creating it on first start), after finishing or discarding a
     /// rotation a crash interrupted.
-    pub(crate) async fn load(data_dir: &Path, pool: &sqlx::SqlitePool) -> Result<SecretSeal> {
+    pub(crate) async fn load(data_dir: &Path, pool: &sqlx::AnyPool) -> Result<SecretSeal> {
         let path = data_dir.join(KEY_FILE);
         recover_rotation(data_dir, pool).await?;
         let key = match read_key(&path) {
@@ -94,7 +94,7 @@ fn read_key(path: &Path) -> Result<Vec<u8>> {
 
 /// Finishes a rotation whose values were re-sealed under `secret.key.new` (the database opens
 /// with it) or discards one that never committed.
-async fn recover_rotation(data_dir: &Path, pool: &sqlx::SqlitePool) -> Result<()> {
+async fn recover_rotation(data_dir: &Path, pool: &sqlx::AnyPool) -> Result<()> {
     let new_path = data_dir.join(NEW_KEY_FILE);
     let new_key = match read_key(&new_path) {
         Ok(k) => k,
@@ -175,12 +175,12 @@ impl Store {
         let old = self.sealer();
         let new = SecretSeal::from_key(&new_key);
         let resealed = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             let rows = sqlx::query("SELECT secret_id, sealed FROM secrets").fetch_all(&mut *tx).await?;
             for r in &rows {
                 let id: String = r.get(0);
                 let plain = old.open(&r.get::<Vec<u8>, _>(1)).map_err(|e| StoreError::Io(format!("secret {id}: {e}")))?;
-                sqlx::query("UPDATE secrets SET sealed = ? WHERE secret_id = ?").bind(new.seal(&plain)).bind(&id).execute(&mut *tx).await?;
+                sqlx::query("UPDATE secrets SET sealed = $1 WHERE secret_id = $2").bind(new.seal(&plain)).bind(&id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok::<usize, StoreError>(rows.len())

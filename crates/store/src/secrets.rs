@@ -65,7 +65,8 @@ impl Store {
     async fn write_secret(&self, id: &str, env: &BTreeMap<String, String>) -> Result<()> {
         let plain = serde_json::to_vec(env).expect("a string map serialises");
         let keys = serde_json::to_string(&env.keys().collect::<Vec<_>>()).expect("a string list serialises");
-        sqlx::query("INSERT OR REPLACE INTO secrets (secret_id, sealed, keys, last_used_at) VALUES (?, ?, ?, NULL)")
+        sqlx::query("INSERT INTO secrets (secret_id, sealed, keys, last_used_at) VALUES ($1, $2, $3, NULL) \
+             ON CONFLICT (secret_id) DO UPDATE SET sealed = excluded.sealed, keys = excluded.keys, last_used_at = NULL")
             .bind(id)
             .bind(self.sealer().seal(&plain))
             .bind(keys)
@@ -76,7 +77,7 @@ impl Store {
 
     pub async fn secret_info(&self, id: &str) -> Result<SecretInfo> {
         let object = self.object(ObjectKind::Secret, id).await?;
-        let row = sqlx::query("SELECT keys, last_used_at FROM secrets WHERE secret_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT keys, last_used_at FROM secrets WHERE secret_id = $1").bind(id).fetch_optional(&self.pool).await?;
         let (keys, last_used_at) = match row {
             Some(r) => (serde_json::from_str(&r.get::<String, _>(0)).unwrap_or_default(), r.get(1)),
             None => (Vec::new(), None),
@@ -87,7 +88,7 @@ impl Store {
     /// The decrypted variables, for injection into a container; marks the secret used.
     pub async fn secret_values(&self, id: &str) -> Result<BTreeMap<String, String>> {
         self.object(ObjectKind::Secret, id).await?;
-        let sealed: Option<Vec<u8>> = sqlx::query_scalar("UPDATE secrets SET last_used_at = ? WHERE secret_id = ? RETURNING sealed")
+        let sealed: Option<Vec<u8>> = sqlx::query_scalar("UPDATE secrets SET last_used_at = $1 WHERE secret_id = $2 RETURNING sealed")
             .bind(now())
             .bind(id)
             .fetch_optional(&self.pool)

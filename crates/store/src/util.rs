@@ -55,10 +55,35 @@ pub(crate) fn random_secret(len: usize) -> String {
     rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
 }
 
+/// A database URL as logs and errors may show it: scheme, user, host, port and database name,
+/// never the password or the query (which may carry one).
+///
+/// ```
+/// assert_eq!(ferry_store::redact_database_url("postgres://ferry:s3cret@db:5432/ferry?sslmode=disable"), "postgres://ferry@db:5432/ferry");
+/// ```
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(a database URL that is not of the form scheme://…)".to_string();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
 /// Wakes waiters blocked on a topic (a queue, an app's log) when a write lands on it.
 #[derive(Default)]
 pub(crate) struct Notifier {
     topics: Mutex<HashMap<String, Arc<Notify>>>,
+    /// On PostgreSQL: where fired topics go to reach the other replicas (see `notify.rs`).
+    pub(crate) outbox: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Dropped with the notifier, which ends the relay's listening task.
+    pub(crate) relay_stop: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Notifier {
@@ -67,14 +92,46 @@ impl Notifier {
         topics.entry(key.to_string()).or_default().clone()
     }
 
+    /// Wakes this process's waiters on `key` and, on PostgreSQL, every other replica's.
     pub(crate) fn fire(&self, key: &str) {
+        self.fire_local(key);
+        if let Some(outbox) = self.outbox.get() {
+            let _ = outbox.send(key.to_string());
+        }
+    }
+
+    /// Wakes this process's waiters on `key` only.
+    pub(crate) fn fire_local(&self, key: &str) {
         let topic = self.topics.lock().unwrap().get(key).cloned();
         if let Some(n) = topic {
             n.notify_waiters();
         }
     }
 
+    /// Wakes every waiter of this process (after notifications may have been missed): each
+    /// reads the database again and waits anew.
+    pub(crate) fn fire_all_local(&self) {
+        let topics: Vec<Arc<Notify>> = self.topics.lock().unwrap().values().cloned().collect();
+        for n in topics {
+            n.notify_waiters();
+        }
+    }
+
     pub(crate) fn forget(&self, key: &str) {
         self.topics.lock().unwrap().remove(key);
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_database_url as r;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(r("postgres://u:pw@h:5432/d"), "postgres://u@h:5432/d");
+        assert_eq!(r("postgres://u:p%40w@h/d?password=x"), "postgres://u@h/d");
+        assert_eq!(r("postgresql://h/d"), "postgresql://h/d");
+        assert_eq!(r("postgres://u:p@ss@h/d"), "postgres://u@h/d");
+        assert!(!r("nonsense:pw").contains("pw"));
     }
 }

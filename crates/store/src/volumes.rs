@@ -50,7 +50,7 @@ pub enum VolumeChange {
     Remove { path: String, recursive: bool },
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> VolumeEntry {
+fn from_row(r: &sqlx::any::AnyRow) -> VolumeEntry {
     let raw: Vec<u8> = r.get("blocks");
     VolumeEntry {
         path: r.get("path"),
@@ -76,7 +76,7 @@ fn subtree_bounds(path: &str) -> (String, String) {
 impl Store {
     /// Records a new volume's filesystem version (idempotent).
     pub async fn volume_init(&self, volume_id: &str, fs_version: i32) -> Result<()> {
-        sqlx::query("INSERT OR IGNORE INTO volume_state (volume_id, fs_version, version) VALUES (?, ?, 0)")
+        sqlx::query("INSERT INTO volume_state (volume_id, fs_version, version) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING")
             .bind(volume_id)
             .bind(fs_version)
             .execute(&self.pool)
@@ -86,7 +86,7 @@ impl Store {
 
     /// `(filesystem version, change counter)` of a volume.
     pub async fn volume_state(&self, volume_id: &str) -> Result<(i32, i64)> {
-        let row = sqlx::query("SELECT fs_version, version FROM volume_state WHERE volume_id = ?")
+        let row = sqlx::query("SELECT fs_version, version FROM volume_state WHERE volume_id = $1")
             .bind(volume_id)
             .fetch_optional(&self.pool)
             .await?
@@ -96,7 +96,7 @@ impl Store {
 
     /// The entry at `path`, if any.
     pub async fn volume_entry(&self, volume_id: &str, path: &str) -> Result<Option<VolumeEntry>> {
-        let row = sqlx::query("SELECT * FROM volume_entries WHERE volume_id = ? AND path = ?")
+        let row = sqlx::query("SELECT * FROM volume_entries WHERE volume_id = $1 AND path = $2")
             .bind(volume_id)
             .bind(path)
             .fetch_optional(&self.pool)
@@ -109,24 +109,24 @@ impl Store {
     pub async fn volume_list(&self, volume_id: &str, path: &str, recursive: bool, after: &str, limit: i64) -> Result<Vec<VolumeEntry>> {
         let (low, high) = subtree_bounds(path);
         let low = if after > low.as_str() { after.to_string() } else { low };
-        let depth_filter = if recursive { "" } else { " AND instr(substr(path, ?), '/') = 0" };
+        // Direct children have no '/' after "<path>/" (substr is 1-based; $5 skips the prefix).
+        let depth_filter = if recursive { "" } else { " AND substr(path, $5) NOT LIKE '%/%'" };
         let sql = format!(
-            "SELECT * FROM volume_entries WHERE volume_id = ? AND path > ? AND path < ?{depth_filter} ORDER BY path LIMIT ?"
+            "SELECT * FROM volume_entries WHERE volume_id = $1 AND path > $2 AND path < $3{depth_filter} ORDER BY path LIMIT $4"
         );
-        let mut q = sqlx::query(&sql).bind(volume_id).bind(&low).bind(&high);
+        let mut q = sqlx::query(&sql).bind(volume_id).bind(&low).bind(&high).bind(limit);
         if !recursive {
-            // substr is 1-based: skip "<path>/".
-            let skip = if path.is_empty() { 1 } else { path.len() as i64 + 2 };
+            let skip = if path.is_empty() { 1 } else { path.len() as i32 + 2 };
             q = q.bind(skip);
         }
-        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(from_row).collect())
     }
 
     /// Whether anything lies below directory `path`.
     pub async fn volume_has_children(&self, volume_id: &str, path: &str) -> Result<bool> {
         let (low, high) = subtree_bounds(path);
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM volume_entries WHERE volume_id = ? AND path > ? AND path < ? LIMIT 1)")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM (SELECT 1 FROM volume_entries WHERE volume_id = $1 AND path > $2 AND path < $3 LIMIT 1) AS found")
             .bind(volume_id)
             .bind(&low)
             .bind(&high)
@@ -139,14 +139,16 @@ impl Store {
     /// returns the new counter. Nothing is applied if any change fails.
     pub async fn volume_apply(&self, volume_id: &str, changes: &[VolumeChange]) -> Result<i64> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for change in changes {
             match change {
                 VolumeChange::Put(e) => {
                     let blocks: Vec<u8> = e.blocks.iter().flatten().copied().collect();
                     sqlx::query(
-                        "INSERT OR REPLACE INTO volume_entries (volume_id, path, kind, mode, size, mtime, blocks, target) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO volume_entries (volume_id, path, kind, mode, size, mtime, blocks, target) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (volume_id, path) DO UPDATE SET \
+                         kind = excluded.kind, mode = excluded.mode, size = excluded.size, mtime = excluded.mtime, \
+                         blocks = excluded.blocks, target = excluded.target",
                     )
                     .bind(volume_id)
                     .bind(&e.path)
@@ -160,14 +162,14 @@ impl Store {
                     .await?;
                 }
                 VolumeChange::Remove { path, recursive } => {
-                    sqlx::query("DELETE FROM volume_entries WHERE volume_id = ? AND path = ?")
+                    sqlx::query("DELETE FROM volume_entries WHERE volume_id = $1 AND path = $2")
                         .bind(volume_id)
                         .bind(path)
                         .execute(&mut *tx)
                         .await?;
                     if *recursive {
                         let (low, high) = subtree_bounds(path);
-                        sqlx::query("DELETE FROM volume_entries WHERE volume_id = ? AND path > ? AND path < ?")
+                        sqlx::query("DELETE FROM volume_entries WHERE volume_id = $1 AND path > $2 AND path < $3")
                             .bind(volume_id)
                             .bind(&low)
                             .bind(&high)
@@ -177,7 +179,7 @@ impl Store {
                 }
             }
         }
-        let version: i64 = sqlx::query_scalar("UPDATE volume_state SET version = version + 1 WHERE volume_id = ? RETURNING version")
+        let version: i64 = sqlx::query_scalar("UPDATE volume_state SET version = version + 1 WHERE volume_id = $1 RETURNING version")
             .bind(volume_id)
             .fetch_optional(&mut *tx)
             .await?
@@ -196,7 +198,7 @@ impl Store {
     pub async fn rename_object(&self, kind: crate::ObjectKind, id: &str, new_name: &str) -> Result<()> {
         crate::objects::check_name(new_name, kind.title())?;
         let obj = self.object(kind, id).await?;
-        let res = sqlx::query("UPDATE objects SET name = ? WHERE id = ? AND name IS NOT NULL")
+        let res = sqlx::query("UPDATE objects SET name = $1 WHERE id = $2 AND name IS NOT NULL")
             .bind(new_name)
             .bind(id)
             .execute(&self.pool)
@@ -222,10 +224,9 @@ mod tests {
         VolumeEntry { path: path.into(), kind: EntryKind::File, mode: 0o644, size: 3, mtime: 1, blocks: vec![[7; 32]], target: None }
     }
 
-    #[tokio::test]
-    async fn lists_children_or_subtrees_and_removes_recursively() {
+    async fn lists_children_or_subtrees_and_removes_recursively(b: crate::testing::Backend) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).await.unwrap();
+        let store = crate::testing::TestDatabase::new(b).await.open(dir.path()).await;
         store.volume_init("vo-1", 2).await.unwrap();
         let mut d = file("a");
         d.kind = EntryKind::Directory;
@@ -242,4 +243,6 @@ mod tests {
         assert_eq!(names(store.volume_list("vo-1", "", true, "", 100).await.unwrap()), ["a0", "z"]);
         assert_eq!(store.volume_state("vo-1").await.unwrap(), (2, 2));
     }
+
+    crate::backend_tests!(lists_children_or_subtrees_and_removes_recursively);
 }

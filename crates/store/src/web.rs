@@ -28,18 +28,20 @@ impl Store {
     /// function's routes under other labels (a renamed endpoint or a changed `label=`).
     pub async fn set_web_routes(&self, app_id: &str, function_id: &str, routes: &[(String, String, bool)]) -> Result<()> {
         let _turn = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM web_routes WHERE function_id = ?").bind(function_id).execute(&mut *tx).await?;
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM web_routes WHERE function_id = $1").bind(function_id).execute(&mut *tx).await?;
         for (label, method_name, requires_proxy_auth) in routes {
             sqlx::query(
-                "INSERT OR REPLACE INTO web_routes (label, app_id, function_id, method_name, requires_proxy_auth, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO web_routes (label, app_id, function_id, method_name, requires_proxy_auth, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (label) DO UPDATE SET app_id = excluded.app_id,
+                 function_id = excluded.function_id, method_name = excluded.method_name,
+                 requires_proxy_auth = excluded.requires_proxy_auth, created_at = excluded.created_at",
             )
             .bind(label)
             .bind(app_id)
             .bind(function_id)
             .bind(method_name)
-            .bind(*requires_proxy_auth)
+            .bind(*requires_proxy_auth as i64)
             .bind(now())
             .execute(&mut *tx)
             .await?;
@@ -51,11 +53,12 @@ impl Store {
     /// Drops the routes of an app's functions that are not in `functions` (endpoints removed
     /// from the app's code by a redeploy).
     pub async fn retain_web_routes(&self, app_id: &str, functions: &[String]) -> Result<()> {
-        let placeholders = vec!["?"; functions.len()].join(", ");
+        let placeholders: Vec<String> = (2..functions.len() + 2).map(|i| format!("${i}")).collect();
+        let placeholders = placeholders.join(", ");
         let sql = if functions.is_empty() {
-            "DELETE FROM web_routes WHERE app_id = ?".to_string()
+            "DELETE FROM web_routes WHERE app_id = $1".to_string()
         } else {
-            format!("DELETE FROM web_routes WHERE app_id = ? AND function_id NOT IN ({placeholders})")
+            format!("DELETE FROM web_routes WHERE app_id = $1 AND function_id NOT IN ({placeholders})")
         };
         let mut query = sqlx::query(&sql).bind(app_id);
         for f in functions {
@@ -69,7 +72,7 @@ impl Store {
     pub async fn web_route(&self, label: &str) -> Result<Option<WebRoute>> {
         let row = sqlx::query(
             "SELECT r.label, r.app_id, r.function_id, r.method_name, r.requires_proxy_auth, a.state
-             FROM web_routes r JOIN apps a ON a.id = r.app_id WHERE r.label = ?",
+             FROM web_routes r JOIN apps a ON a.id = r.app_id WHERE r.label = $1",
         )
         .bind(label)
         .fetch_optional(&self.pool)
@@ -79,7 +82,7 @@ impl Store {
             app_id: r.get(1),
             function_id: r.get(2),
             method_name: r.get(3),
-            requires_proxy_auth: r.get(4),
+            requires_proxy_auth: r.get::<i64, _>(4) != 0,
             app_live: AppState::from_i32(r.get(5)).is_some_and(AppState::is_live),
         }))
     }

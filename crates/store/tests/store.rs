@@ -1,13 +1,15 @@
-//! The store's rules, checked against a real SQLite database in a temporary data dir.
+//! The store's rules, checked on both backends: a real SQLite database in a temporary data dir,
+//! and a real PostgreSQL database on a throwaway cluster (see `ferry_store::testing`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ferry_store::{CreationMode, ObjectKind, Store, StoreError};
+use ferry_store::testing::{Backend, TestDatabase};
+use ferry_store::{AppState, CallWrite, CreationMode, DeploymentInfo, ObjectKind, Store, StoreError, WriteOutcome};
 
-async fn store() -> (Store, tempfile::TempDir) {
+async fn store(b: Backend) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (Store::open(dir.path(), Default::default()).await.unwrap(), dir)
+    (TestDatabase::new(b).await.open(dir.path()).await, dir)
 }
 
 async fn queue(store: &Store) -> String {
@@ -15,9 +17,8 @@ async fn queue(store: &Store) -> String {
     q.id
 }
 
-#[tokio::test]
-async fn queue_is_fifo_per_partition() {
-    let (s, _d) = store().await;
+async fn queue_is_fifo_per_partition(b: Backend) {
+    let (s, _d) = store(b).await;
     let q = queue(&s).await;
     s.queue_put(&q, b"", &[b"1".to_vec(), b"2".to_vec()], 60).await.unwrap();
     s.queue_put(&q, b"p", &[b"x".to_vec()], 60).await.unwrap();
@@ -29,9 +30,8 @@ async fn queue_is_fifo_per_partition() {
     assert!(s.queue_take(&q, b"", 5).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn queue_partition_limit_is_resource_exhausted() {
-    let (s, _d) = store().await;
+async fn queue_partition_limit_is_resource_exhausted(b: Backend) {
+    let (s, _d) = store(b).await;
     let q = queue(&s).await;
     let items: Vec<Vec<u8>> = (0..5000).map(|i| i.to_string().into_bytes()).collect();
     s.queue_put(&q, b"", &items, 60).await.unwrap();
@@ -43,9 +43,8 @@ async fn queue_partition_limit_is_resource_exhausted() {
     assert!(matches!(s.queue_put(&q, b"other", &[big], 60).await.unwrap_err(), StoreError::Invalid(_)));
 }
 
-#[tokio::test]
-async fn queue_partition_expires_after_ttl() {
-    let (s, _d) = store().await;
+async fn queue_partition_expires_after_ttl(b: Backend) {
+    let (s, _d) = store(b).await;
     let q = queue(&s).await;
     s.queue_put(&q, b"short", &[b"v".to_vec()], 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -53,9 +52,8 @@ async fn queue_partition_expires_after_ttl() {
     assert!(s.queue_take(&q, b"short", 1).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn blocking_get_wakes_on_put() {
-    let (s, _d) = store().await;
+async fn blocking_get_wakes_on_put(b: Backend) {
+    let (s, _d) = store(b).await;
     let q = queue(&s).await;
     let getter = {
         let (s, q) = (s.clone(), q.clone());
@@ -67,9 +65,8 @@ async fn blocking_get_wakes_on_put() {
     assert_eq!(got, vec![b"late".to_vec()]);
 }
 
-#[tokio::test]
-async fn named_objects_follow_creation_modes() {
-    let (s, _d) = store().await;
+async fn named_objects_follow_creation_modes(b: Backend) {
+    let (s, _d) = store(b).await;
     let lookup = s.get_or_create_object(ObjectKind::Dict, "", "d", CreationMode::Lookup, "t").await;
     assert!(matches!(lookup, Err(StoreError::NotFound(_))));
     let (a, created) = s.get_or_create_object(ObjectKind::Dict, "", "d", CreationMode::CreateIfMissing, "t").await.unwrap();
@@ -82,9 +79,8 @@ async fn named_objects_follow_creation_modes() {
     assert!(matches!(bad, Err(StoreError::Invalid(_))));
 }
 
-#[tokio::test]
-async fn ephemeral_objects_are_reaped_without_heartbeats() {
-    let (s, _d) = store().await;
+async fn ephemeral_objects_are_reaped_without_heartbeats(b: Backend) {
+    let (s, _d) = store(b).await;
     let (e, _) = s.get_or_create_object(ObjectKind::Dict, "", "", CreationMode::Ephemeral, "t").await.unwrap();
     s.dict_update(&e.id, &[(b"k".to_vec(), b"v".to_vec())], false).await.unwrap();
     assert_eq!(s.reap(60.0).await.unwrap(), 0);
@@ -93,9 +89,8 @@ async fn ephemeral_objects_are_reaped_without_heartbeats() {
     assert!(matches!(s.dict_get(&e.id, b"k").await, Err(StoreError::NotFound(_))));
 }
 
-#[tokio::test]
-async fn secrets_are_sealed_and_updatable() {
-    let (s, d) = store().await;
+async fn secrets_are_sealed_and_updatable(b: Backend) {
+    let (s, d) = store(b).await;
     let env: BTreeMap<String, String> = [("TOKEN".to_string(), "plain-marker-123".to_string())].into();
     let info = s.secret_get_or_create("", "s", CreationMode::CreateFailIfExists, &env, &[], "t").await.unwrap();
     assert_eq!(info.keys, vec!["TOKEN".to_string()]);
@@ -118,9 +113,8 @@ async fn secrets_are_sealed_and_updatable() {
     }
 }
 
-#[tokio::test]
-async fn tokens_verify_and_revoke() {
-    let (s, _d) = store().await;
+async fn tokens_verify_and_revoke(b: Backend) {
+    let (s, _d) = store(b).await;
     let (id, secret) = s.create_token("ci").await.unwrap();
     assert!(s.verify_token(&id, &secret).await.unwrap());
     assert!(!s.verify_token(&id, "as-wrong").await.unwrap());
@@ -129,80 +123,217 @@ async fn tokens_verify_and_revoke() {
     assert!(matches!(s.revoke_token(&id).await, Err(StoreError::NotFound(_))));
 }
 
-mod deployments {
-    use std::collections::BTreeMap;
-
-    use ferry_store::{AppState, DeploymentInfo};
-
-    use super::store;
-
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[tokio::test]
-    async fn versions_keep_definitions_and_rollback_restores_them() {
-        let (s, _d) = store().await;
-        let app = s.create_app("", Some("svc"), "svc", AppState::Deployed, "", "t").await.unwrap();
-        let f = s.create_function(&app.id, "f").await.unwrap();
-        let g = s.create_function(&app.id, "g").await.unwrap();
-        s.set_function_definition(&f.id, b"f-v1").await.unwrap();
-        s.set_function_definition(&g.id, b"g-v1").await.unwrap();
-        let info = DeploymentInfo { deployed_by: "t".into(), tag: "first".into(), ..Default::default() };
-        let v1 = s.record_deployment(&app.id, &info, &map(&[("f", &f.id), ("g", &g.id)]), &BTreeMap::new()).await.unwrap();
-        assert_eq!(v1.version, 1);
-
-        // v2 changes f and drops g: g is no longer found.
-        s.set_function_definition(&f.id, b"f-v2").await.unwrap();
-        let v2 = s.record_deployment(&app.id, &DeploymentInfo::default(), &map(&[("f", &f.id)]), &BTreeMap::new()).await.unwrap();
-        assert_eq!(v2.version, 2);
-        assert!(v2.function_ids.contains(&g.id));
-        assert!(s.function_by_tag(&app.id, "g").await.unwrap().is_none());
-
-        // Rolling back to v1 restores both definitions and is version 3.
-        let v3 = s.rollback_deployment(&app.id, 1, "t").await.unwrap();
-        assert_eq!(v3.version, 3);
-        assert_eq!(s.function(&f.id).await.unwrap().definition.unwrap(), b"f-v1");
-        assert_eq!(s.function_by_tag(&app.id, "g").await.unwrap().unwrap().definition.unwrap(), b"g-v1");
-        let history = s.deployments(&app.id).await.unwrap();
-        assert_eq!(history.iter().map(|d| d.version).collect::<Vec<_>>(), vec![3, 2, 1]);
-        assert_eq!(history[0].rollback_version, Some(1));
-        assert_eq!(history[0].info.tag, "first");
-        assert_eq!(history[2].info.tag, "first");
-        assert!(s.rollback_deployment(&app.id, 9, "t").await.is_err());
-    }
-
-    #[tokio::test]
-    async fn a_tick_is_recorded_once_and_only_for_live_apps() {
-        let (s, _d) = store().await;
-        let app = s.create_app("", None, "run", AppState::Ephemeral, "", "t").await.unwrap();
-        let f = s.create_function(&app.id, "tick").await.unwrap();
-        s.set_schedules(&app.id, &map(&[(&f.id, "{}")])).await.unwrap();
-        assert_eq!(s.live_schedules().await.unwrap().len(), 1);
-        assert!(s.record_schedule_tick(&f.id, 10.0).await.unwrap());
-        assert!(!s.record_schedule_tick(&f.id, 10.0).await.unwrap(), "the same tick fires once");
-        assert!(!s.record_schedule_tick(&f.id, 9.0).await.unwrap(), "an earlier tick never fires");
-        assert!(s.record_schedule_tick(&f.id, 12.0).await.unwrap());
-        // Publishing again keeps the last tick.
-        s.set_schedules(&app.id, &map(&[(&f.id, "{}")])).await.unwrap();
-        assert_eq!(s.live_schedules().await.unwrap()[0].last_tick, Some(12.0));
-        s.set_app_state(&app.id, AppState::Stopped).await.unwrap();
-        assert!(s.live_schedules().await.unwrap().is_empty());
-        assert!(!s.record_schedule_tick(&f.id, 14.0).await.unwrap(), "a stopped app's schedule does not fire");
-        s.set_schedules(&app.id, &BTreeMap::new()).await.unwrap();
-    }
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-#[tokio::test]
-async fn gpu_fallback_lists_survive_a_reopen() {
+async fn versions_keep_definitions_and_rollback_restores_them(b: Backend) {
+    let (s, _d) = store(b).await;
+    let app = s.create_app("", Some("svc"), "svc", AppState::Deployed, "", "t").await.unwrap();
+    let f = s.create_function(&app.id, "f").await.unwrap();
+    let g = s.create_function(&app.id, "g").await.unwrap();
+    s.set_function_definition(&f.id, b"f-v1").await.unwrap();
+    s.set_function_definition(&g.id, b"g-v1").await.unwrap();
+    let info = DeploymentInfo { deployed_by: "t".into(), tag: "first".into(), ..Default::default() };
+    let v1 = s.record_deployment(&app.id, &info, &map(&[("f", &f.id), ("g", &g.id)]), &BTreeMap::new()).await.unwrap();
+    assert_eq!(v1.version, 1);
+
+    // v2 changes f and drops g: g is no longer found.
+    s.set_function_definition(&f.id, b"f-v2").await.unwrap();
+    let v2 = s.record_deployment(&app.id, &DeploymentInfo::default(), &map(&[("f", &f.id)]), &BTreeMap::new()).await.unwrap();
+    assert_eq!(v2.version, 2);
+    assert!(v2.function_ids.contains(&g.id));
+    assert!(s.function_by_tag(&app.id, "g").await.unwrap().is_none());
+
+    // Rolling back to v1 restores both definitions and is version 3.
+    let v3 = s.rollback_deployment(&app.id, 1, "t").await.unwrap();
+    assert_eq!(v3.version, 3);
+    assert_eq!(s.function(&f.id).await.unwrap().definition.unwrap(), b"f-v1");
+    assert_eq!(s.function_by_tag(&app.id, "g").await.unwrap().unwrap().definition.unwrap(), b"g-v1");
+    let history = s.deployments(&app.id).await.unwrap();
+    assert_eq!(history.iter().map(|d| d.version).collect::<Vec<_>>(), vec![3, 2, 1]);
+    assert_eq!(history[0].rollback_version, Some(1));
+    assert_eq!(history[0].info.tag, "first");
+    assert_eq!(history[2].info.tag, "first");
+    assert!(s.rollback_deployment(&app.id, 9, "t").await.is_err());
+}
+
+async fn a_tick_is_recorded_once_and_only_for_live_apps(b: Backend) {
+    let (s, _d) = store(b).await;
+    let app = s.create_app("", None, "run", AppState::Ephemeral, "", "t").await.unwrap();
+    let f = s.create_function(&app.id, "tick").await.unwrap();
+    s.set_schedules(&app.id, &map(&[(&f.id, "{}")])).await.unwrap();
+    assert_eq!(s.live_schedules().await.unwrap().len(), 1);
+    assert!(s.record_schedule_tick(&f.id, 10.0).await.unwrap());
+    assert!(!s.record_schedule_tick(&f.id, 10.0).await.unwrap(), "the same tick fires once");
+    assert!(!s.record_schedule_tick(&f.id, 9.0).await.unwrap(), "an earlier tick never fires");
+    assert!(s.record_schedule_tick(&f.id, 12.0).await.unwrap());
+    // Publishing again keeps the last tick.
+    s.set_schedules(&app.id, &map(&[(&f.id, "{}")])).await.unwrap();
+    assert_eq!(s.live_schedules().await.unwrap()[0].last_tick, Some(12.0));
+    s.set_app_state(&app.id, AppState::Stopped).await.unwrap();
+    assert!(s.live_schedules().await.unwrap().is_empty());
+    assert!(!s.record_schedule_tick(&f.id, 14.0).await.unwrap(), "a stopped app's schedule does not fire");
+    s.set_schedules(&app.id, &BTreeMap::new()).await.unwrap();
+}
+
+async fn gpu_fallback_lists_survive_a_reopen(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(b).await;
     {
-        let store = Store::open(dir.path(), ferry_store::Durability::Full).await.unwrap();
+        let store = db.open(dir.path()).await;
         store.set_function_gpu_choices("fu-1", Some("H100:1,A100:1")).await.unwrap();
         store.set_function_gpu_choices("fu-2", Some("T4:1")).await.unwrap();
         store.set_function_gpu_choices("fu-2", None).await.unwrap();
     }
-    let store = Store::open(dir.path(), ferry_store::Durability::Full).await.unwrap();
+    let store = db.open(dir.path()).await;
     assert_eq!(store.function_gpu_choices("fu-1").await.unwrap().as_deref(), Some("H100:1,A100:1"));
     assert_eq!(store.function_gpu_choices("fu-2").await.unwrap(), None);
 }
+
+async fn dicts_keep_bytes_and_order_pages(b: Backend) {
+    let (s, _d) = store(b).await;
+    let (d, _) = s.get_or_create_object(ObjectKind::Dict, "", "dd", CreationMode::CreateIfMissing, "t").await.unwrap();
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = (0u8..5).map(|i| (vec![i, 0xff], vec![0, i])).collect();
+    assert!(s.dict_update(&d.id, &entries, false).await.unwrap());
+    assert!(!s.dict_update(&d.id, &[(vec![0, 0xff], b"new".to_vec())], true).await.unwrap(), "if_not_exists keeps the key");
+    assert_eq!(s.dict_get(&d.id, &[0, 0xff]).await.unwrap(), Some(vec![0, 0]));
+    s.dict_update(&d.id, &[(vec![0, 0xff], b"new".to_vec())], false).await.unwrap();
+    assert_eq!(s.dict_get(&d.id, &[0, 0xff]).await.unwrap(), Some(b"new".to_vec()));
+    assert_eq!(s.dict_len(&d.id).await.unwrap(), 5);
+    let page = s.dict_page(&d.id, None, 2).await.unwrap();
+    assert_eq!(page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![0, 1]);
+    let next = s.dict_page(&d.id, Some(&page[1].0), 10).await.unwrap();
+    assert_eq!(next.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(s.dict_pop(&d.id, &[4, 0xff]).await.unwrap(), Some(vec![0, 4]));
+    assert_eq!(s.dict_pop(&d.id, &[4, 0xff]).await.unwrap(), None);
+    s.dict_clear(&d.id).await.unwrap();
+    assert_eq!(s.dict_len(&d.id).await.unwrap(), 0);
+    assert!(matches!(s.dict_get("di-missing", b"k").await, Err(StoreError::NotFound(_))));
+}
+
+async fn queue_iteration_follows_a_cursor(b: Backend) {
+    let (s, _d) = store(b).await;
+    let q = queue(&s).await;
+    s.queue_put(&q, b"", &[b"a".to_vec(), b"b".to_vec()], 60).await.unwrap();
+    let items = s.queue_next_items(&q, b"", "", Duration::from_millis(10)).await.unwrap();
+    assert_eq!(items.iter().map(|i| i.value.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec()]);
+    let after = items[1].entry_id.clone();
+    let waiter = {
+        let (s, q, after) = (s.clone(), q.clone(), after.clone());
+        tokio::spawn(async move { s.queue_next_items(&q, b"", &after, Duration::from_secs(10)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.queue_put(&q, b"", &[b"c".to_vec()], 60).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("woken by the put").unwrap();
+    assert_eq!(got.iter().map(|i| i.value.clone()).collect::<Vec<_>>(), vec![b"c".to_vec()]);
+    let summary = s.queue_summary(&q, 0).await.unwrap();
+    assert_eq!((summary.num_partitions, summary.total_items), (1, 3));
+    s.queue_clear(&q, b"", true).await.unwrap();
+    assert_eq!(s.queue_len(&q, b"", true).await.unwrap(), 0);
+}
+
+async fn calls_record_inputs_answers_and_items(b: Backend) {
+    let (s, _d) = store(b).await;
+    let input_with_id = |id: String, idx: i32| CallWrite::Input {
+        id,
+        call_id: "fc-1".into(),
+        function_id: "fu-1".into(),
+        idx,
+        payload: vec![idx as u8; 3],
+        created_at: 1.0 + idx as f64,
+    };
+    let input = |idx: i32| input_with_id(format!("in-{idx}"), idx);
+    let call = CallWrite::Call { id: "fc-1".into(), function_id: "fu-1".into(), invocation_type: 4, created_at: 1.0 };
+    let out = s.calls_write(&[call, input(0), input(1)]).await.unwrap();
+    assert_eq!(out, vec![WriteOutcome::Done; 3]);
+    let retried = input_with_id("in-other".into(), 1);
+    assert_eq!(s.calls_write(&[retried]).await.unwrap(), vec![WriteOutcome::Existing("in-1".into())]);
+    assert_eq!(s.queued_inputs().await.unwrap().len(), 2);
+    let answer = ferry_store::AnswerRecord {
+        input_id: "in-0".into(),
+        call_id: "fc-1".into(),
+        idx: 0,
+        state: "done".into(),
+        retry_count: 0,
+        task_id: "ta-1".into(),
+        result: b"r0".to_vec(),
+        data_format: 1,
+        finished_at: 5.0,
+        duration: Some(0.5),
+        seq: 7,
+    };
+    assert_eq!(s.calls_write(&[CallWrite::Answer(answer.clone())]).await.unwrap(), vec![WriteOutcome::Done]);
+    assert_eq!(s.calls_write(&[CallWrite::Answer(answer)]).await.unwrap(), vec![WriteOutcome::Ignored], "answered once");
+    let c = s.call("fc-1").await.unwrap().unwrap();
+    assert_eq!((c.num_inputs, c.num_unfinished, c.last_seq, c.cancelled), (2, 1, 7, false));
+    let answers = s.call_answers_after("fc-1", 0, 10).await.unwrap();
+    assert_eq!((answers.len(), answers[0].result.as_slice(), answers[0].duration), (1, &b"r0"[..], Some(0.5)));
+    assert_eq!(s.call_answers_in_range("fc-1", 0, 1).await.unwrap().len(), 1);
+    assert_eq!(s.last_answer_seq().await.unwrap(), 7);
+    s.calls_write(&[CallWrite::DataOut { call_id: "fc-1".into(), idx: 1, chunk: b"x".to_vec() }]).await.unwrap();
+    assert_eq!(s.call_data_out("fc-1", 0, 10).await.unwrap(), vec![(1, b"x".to_vec())]);
+    assert_eq!(s.input_payload("in-1").await.unwrap(), Some(vec![1, 1, 1]));
+    s.calls_write(&[CallWrite::Forget { call_id: "fc-1".into() }]).await.unwrap();
+    assert!(s.call("fc-1").await.unwrap().is_none());
+}
+
+async fn logs_follow_waits_for_new_lines(b: Backend) {
+    let (s, _d) = store(b).await;
+    let app = s.create_app("", None, "run", AppState::Ephemeral, "", "t").await.unwrap();
+    let first = s.append_log(&app.id, "ta-1", "fu-1", 1, "one\n").await.unwrap();
+    let follower = {
+        let (s, id) = (s.clone(), app.id.clone());
+        tokio::spawn(async move { s.follow_logs(&id, first, Duration::from_secs(10)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.append_log(&app.id, "ta-1", "fu-1", 2, "two\n").await.unwrap();
+    let (entries, _) = tokio::time::timeout(Duration::from_secs(2), follower).await.expect("woken by the line").unwrap();
+    assert_eq!(entries.iter().map(|e| (e.fd, e.data.as_str())).collect::<Vec<_>>(), vec![(2, "two\n")]);
+    assert_eq!(s.logs_in_range(&app.id, 0.0, f64::MAX, 1).await.unwrap()[0].data, "two\n");
+}
+
+async fn environments_are_unique_by_name(b: Backend) {
+    let (s, _d) = store(b).await;
+    assert_eq!(s.default_environment().await.unwrap().name, "main");
+    s.create_environment("dev").await.unwrap();
+    assert!(matches!(s.create_environment("dev").await, Err(StoreError::AlreadyExists(_))));
+    let renamed = s.rename_environment("dev", Some("staging"), Some("stg")).await.unwrap();
+    assert_eq!((renamed.name.as_str(), renamed.webhook_suffix.as_str(), renamed.is_default), ("staging", "stg", false));
+    assert_eq!(s.list_environments().await.unwrap().len(), 2);
+    s.delete_environment("staging").await.unwrap();
+    assert!(matches!(s.delete_environment("main").await, Err(StoreError::FailedPrecondition(_))));
+}
+
+async fn web_routes_point_labels_at_functions(b: Backend) {
+    let (s, _d) = store(b).await;
+    let app = s.create_app("", Some("web"), "web", AppState::Deployed, "", "t").await.unwrap();
+    let routes = vec![("hello".to_string(), String::new(), true), ("other".to_string(), "m".to_string(), false)];
+    s.set_web_routes(&app.id, "fu-1", &routes).await.unwrap();
+    let r = s.web_route("hello").await.unwrap().unwrap();
+    assert!(r.requires_proxy_auth && r.app_live && r.function_id == "fu-1");
+    let r = s.web_route("other").await.unwrap().unwrap();
+    assert!(!r.requires_proxy_auth && r.method_name == "m");
+    s.retain_web_routes(&app.id, &[]).await.unwrap();
+    assert!(s.web_route("hello").await.unwrap().is_none());
+}
+
+ferry_store::backend_tests!(
+    web_routes_point_labels_at_functions,
+    queue_is_fifo_per_partition,
+    queue_partition_limit_is_resource_exhausted,
+    queue_partition_expires_after_ttl,
+    blocking_get_wakes_on_put,
+    named_objects_follow_creation_modes,
+    ephemeral_objects_are_reaped_without_heartbeats,
+    secrets_are_sealed_and_updatable,
+    tokens_verify_and_revoke,
+    versions_keep_definitions_and_rollback_restores_them,
+    a_tick_is_recorded_once_and_only_for_live_apps,
+    gpu_fallback_lists_survive_a_reopen,
+    dicts_keep_bytes_and_order_pages,
+    queue_iteration_follows_a_cursor,
+    calls_record_inputs_answers_and_items,
+    logs_follow_waits_for_new_lines,
+    environments_are_unique_by_name,
+);
