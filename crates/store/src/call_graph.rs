@@ -55,7 +55,7 @@ impl Store {
     pub async fn set_parent_status(&self, parent_input_id: &str, status: i32) -> Result<()> {
         sqlx::query("UPDATE function_call_edges SET parent_status = $2 WHERE parent_input_id = $1")
             .bind(parent_input_id)
-            .bind(status)
+            .bind(status as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -120,7 +120,8 @@ impl Store {
             .await?;
             for r in &remembered {
                 let id: String = r.get(0);
-                let (task_id, status, parent_function): (Option<String>, Option<i32>, Option<String>) = (r.get(1), r.get(2), r.get(3));
+                let (task_id, status, parent_function): (Option<String>, Option<i64>, Option<String>) = (r.get(1), r.get(2), r.get(3));
+                let status = status.map(|s| s as i32);
                 if let Some(f) = parent_function {
                     function_id.get_or_insert(f);
                 }

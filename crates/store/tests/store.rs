@@ -278,6 +278,38 @@ async fn calls_record_inputs_answers_and_items(b: Backend) {
     assert!(s.call("fc-1").await.unwrap().is_none());
 }
 
+async fn call_graph_survives_the_parent_call_being_forgotten(b: Backend) {
+    let (s, _d) = store(b).await;
+    let call = |id: &str, f: &str| CallWrite::Call { id: id.into(), function_id: f.into(), invocation_type: 4, created_at: 1.0 };
+    let input = |id: &str, call_id: &str, f: &str| CallWrite::Input {
+        id: id.into(),
+        call_id: call_id.into(),
+        function_id: f.into(),
+        idx: 0,
+        payload: vec![1],
+        created_at: 1.0,
+    };
+    s.calls_write(&[call("fc-root", "fu-web"), input("in-root", "fc-root", "fu-web")]).await.unwrap();
+    s.calls_write(&[call("fc-kid", "fu-job"), input("in-kid", "fc-kid", "fu-job")]).await.unwrap();
+    assert!(s.record_call_edge("fc-kid", "fu-job", "in-root", Some("ta-web")).await.unwrap());
+    assert!(!s.record_call_edge("fc-other", "fu-job", "in-unknown", None).await.unwrap(), "no parent, no edge");
+    let (calls, inputs, cut) = s.call_graph("fc-kid", 100).await.unwrap();
+    assert!(!cut);
+    assert_eq!(calls.iter().map(|c| (c.call_id.as_str(), c.function_id.as_str())).collect::<Vec<_>>(), vec![("fc-root", "fu-web"), ("fc-kid", "fu-job")]);
+    assert_eq!(calls[1].parent_input_id.as_deref(), Some("in-root"));
+    assert_eq!(inputs.len(), 2);
+    // The parent finishes, its call is read and forgotten: the edge keeps what the graph needs.
+    s.set_parent_status("in-root", 1).await.unwrap();
+    s.calls_write(&[CallWrite::Forget { call_id: "fc-root".into() }]).await.unwrap();
+    let (calls, inputs, _) = s.call_graph("fc-kid", 100).await.unwrap();
+    assert_eq!(calls[0].function_id, "fu-web");
+    let root = inputs.iter().find(|i| i.input_id == "in-root").expect("the parent input is remembered");
+    assert_eq!((root.status, root.task_id.as_str(), root.state.as_deref()), (Some(1), "ta-web", None));
+    let kid = inputs.iter().find(|i| i.input_id == "in-kid").unwrap();
+    assert_eq!(kid.state.as_deref(), Some("queued"));
+    assert_eq!(s.expire_call_edges(f64::MAX).await.unwrap(), 1);
+}
+
 async fn logs_follow_waits_for_new_lines(b: Backend) {
     let (s, _d) = store(b).await;
     let app = s.create_app("", None, "run", AppState::Ephemeral, "", "t").await.unwrap();
@@ -334,6 +366,7 @@ ferry_store::backend_tests!(
     dicts_keep_bytes_and_order_pages,
     queue_iteration_follows_a_cursor,
     calls_record_inputs_answers_and_items,
+    call_graph_survives_the_parent_call_being_forgotten,
     logs_follow_waits_for_new_lines,
     environments_are_unique_by_name,
 );
