@@ -159,7 +159,8 @@ fn accepted(ids: Vec<(i32, String)>) -> Vec<api::FunctionPutInputsResponseItem> 
 pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -> Rpc<api::FunctionMapResponse> {
     let req = r.into_inner();
     check_id(&req.function_id, "fu", "Function")?;
-    let (record, _) = crate::launch::definition(s, &req.function_id).await.map_err(|e| Status::not_found(e))?;
+    let found = crate::launch::shared_definition(s, &req.function_id).await.map_err(Status::not_found)?;
+    let record = &found.0;
     if record.definition.is_none() {
         return Err(Status::failed_precondition(format!("function {} was never created", record.id)));
     }

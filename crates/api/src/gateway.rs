@@ -379,9 +379,10 @@ impl GatewayState {
         if rate <= 0.0 {
             return Ok(());
         }
-        let (key, who) = match principal {
-            Principal::User { token_id } => (token_id.clone(), format!("token {token_id}")),
-            Principal::Task { task_id, .. } => (format!("task:{task_id}"), format!("task {task_id}")),
+        // Token ids and task ids have distinct prefixes, so one map holds both.
+        let key = match principal {
+            Principal::User { token_id } => token_id.as_str(),
+            Principal::Task { task_id, .. } => task_id.as_str(),
         };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap();
@@ -390,7 +391,10 @@ impl GatewayState {
             let full_after = Duration::from_secs_f64(burst / rate);
             buckets.retain(|_, b| now.duration_since(b.at) < full_after);
         }
-        let bucket = buckets.entry(key).or_insert(Bucket { level: burst.max(1.0), at: now });
+        if !buckets.contains_key(key) {
+            buckets.insert(key.to_string(), Bucket { level: burst.max(1.0), at: now });
+        }
+        let bucket = buckets.get_mut(key).expect("inserted above");
         bucket.level = (bucket.level + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst.max(1.0));
         bucket.at = now;
         if bucket.level >= 1.0 {
@@ -399,6 +403,10 @@ impl GatewayState {
         }
         let wait = (1.0 - bucket.level) / rate;
         drop(buckets);
+        let who = match principal {
+            Principal::User { token_id } => format!("token {token_id}"),
+            Principal::Task { task_id, .. } => format!("task {task_id}"),
+        };
         tracing::debug!(%who, wait, "rate limit reached");
         Err(rate_limited(
             format!(
