@@ -357,8 +357,9 @@ def ferry_bin() -> Path:
 
 
 class FerryServer:
-    def __init__(self, binary: Path, data_dir: Path, log_dir: Path):
+    def __init__(self, binary: Path, data_dir: Path, log_dir: Path, extra: list | None = None):
         self.binary, self.data_dir, self.log_dir = binary, data_dir, log_dir
+        self.extra = extra or []
         self.proc = None
         self.url = None
 
@@ -366,7 +367,7 @@ class FerryServer:
         self.log_path = self.log_dir / "ferry-serve.log"
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(self.binary), "serve", "--data-dir", str(self.data_dir), "--port", "0", "--no-modal-profile"],
+            [str(self.binary), "serve", "--data-dir", str(self.data_dir), "--port", "0", "--no-modal-profile", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, MODAL_CONFIG_PATH=str(self.log_dir / "modal.toml")),
         )
         deadline = time.time() + timeout
@@ -505,6 +506,7 @@ def main():
     ap.add_argument("--cold-budget", type=float, default=240, help="seconds at most for Ferry's cold starts")
     ap.add_argument("--max-containers", type=int, default=0, help="max_containers of Ferry's function (0: the server's default)")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--durability", choices=["full", "normal"], help="`ferry serve --durability` (default: the server's, full)")
     ap.add_argument("--ray-path", default=os.environ.get("FERRY_BENCH_RAY_PATH"), help="a directory with Ray installed (pip --target), put on PYTHONPATH for Ray's children only")
     ap.add_argument("--data-dir", default=os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -527,7 +529,7 @@ def main():
 
     errors = []
     with tempfile.TemporaryDirectory(prefix="ferry-bench-functions-") as tmp:
-        server = FerryServer(binary, data_dir, Path(tmp))
+        server = FerryServer(binary, data_dir, Path(tmp), ["--durability", a.durability] if a.durability else [])
         try:
             server.start()
             print(f"serving at {server.url}", flush=True)

@@ -27,6 +27,10 @@ const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 /// (its backoff tops out at a few seconds for the calls it retries with the same key).
 const REPLAY_TTL: Duration = Duration::from_secs(120);
 const REPLAY_MAX_BODY: usize = 4 * 1024 * 1024;
+/// RPCs whose retry does exactly what replaying the first answer would, so their answers are
+/// not recorded: an output is accepted once from the task holding its input, and a repeated
+/// one is dropped either way.
+const NOT_REPLAYED: &[&str] = &["FunctionPutOutputs"];
 /// The recorded answers are bounded in number and bytes too; the oldest go first.
 const REPLAY_MAX_ENTRIES: usize = 20_000;
 const REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -194,7 +198,7 @@ where
                     };
                 }
             }
-            let replay_key = header(req.headers(), "x-idempotency-key").map(|k| {
+            let replay_key = header(req.headers(), "x-idempotency-key").filter(|_| !NOT_REPLAYED.contains(&method.as_str())).map(|k| {
                 let who = match &principal {
                     Principal::User { token_id } => token_id.clone(),
                     Principal::Task { task_id, .. } => task_id.clone(),

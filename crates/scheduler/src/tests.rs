@@ -231,3 +231,34 @@ async fn a_new_calls_input_can_be_taken_while_its_commit_is_in_flight() {
     assert_eq!(taken[0].call_id, call);
     assert_eq!(taken[0].payload, b"payload 0");
 }
+
+#[tokio::test]
+async fn answers_of_a_group_commit_go_in_one_statement_and_each_input_is_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, ids) = new_call(&s, "fu-1", ASYNC, inputs(3)).await.unwrap();
+    let answer = |i: usize, result: &[u8], seq: i64| {
+        CallWrite::Answer(AnswerRecord {
+            input_id: ids[i].1.clone(),
+            call_id: call.clone(),
+            idx: i as i32,
+            state: "done".into(),
+            retry_count: 0,
+            task_id: "ta-1".into(),
+            result: result.to_vec(),
+            data_format: 1,
+            finished_at: 1.0,
+            duration: if i == 1 { None } else { Some(0.5) },
+            seq,
+        })
+    };
+    let first = s.inner.store.calls_write(&[answer(0, b"a", 1), answer(1, b"b", 2)]).await.unwrap();
+    assert_eq!(first, vec![WriteOutcome::Done, WriteOutcome::Done]);
+    let second = s.inner.store.calls_write(&[answer(0, b"again", 3), answer(2, b"c", 4)]).await.unwrap();
+    assert_eq!(second, vec![WriteOutcome::Ignored, WriteOutcome::Done]);
+    let stored = s.inner.store.call_answers_in_range(&call, 0, 2).await.unwrap();
+    let got: Vec<(i32, Vec<u8>, i64, Option<f64>)> = stored.iter().map(|a| (a.idx, a.result.clone(), a.seq, a.duration)).collect();
+    assert_eq!(got, vec![(0, b"a".to_vec(), 1, Some(0.5)), (1, b"b".to_vec(), 2, None), (2, b"c".to_vec(), 4, Some(0.5))]);
+    assert!(stored.iter().all(|a| a.state == "done" && a.task_id == "ta-1" && a.data_format == 1));
+    assert!(s.inner.store.queued_inputs().await.unwrap().is_empty());
+}
