@@ -388,6 +388,11 @@ impl Scheduler {
         rx.await.map_err(|_| Error::Store("the scheduler's writer stopped".into()))?.map_err(Error::Store)
     }
 
+    /// Commits every write queued so far (answers already shown included); for a graceful stop.
+    pub async fn flush(&self) -> Result<()> {
+        self.write(Vec::new()).await.map(|_| ())
+    }
+
     /// Sends writes without waiting (their effect is not promised to anyone yet).
     fn write_later(&self, writes: Vec<CallWrite>) {
         let _ = self.inner.writes.send(Job { writes, reply: None, urgent: false });

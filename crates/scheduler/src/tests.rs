@@ -262,3 +262,16 @@ async fn answers_of_a_group_commit_go_in_one_statement_and_each_input_is_answere
     assert!(stored.iter().all(|a| a.state == "done" && a.task_id == "ta-1" && a.data_format == 1));
     assert!(s.inner.store.queued_inputs().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn flush_commits_answers_already_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, _) = new_call(&s, "fu-1", SYNC, inputs(1)).await.unwrap();
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taken = take(&s, "ta-1", 1).await;
+    assert!(s.complete("ta-1", &taken[0].input_id, b"r".to_vec(), 1, Outcome::Done).await.unwrap());
+    s.flush().await.unwrap();
+    assert_eq!(s.inner.store.call_answers_in_range(&call, 0, 0).await.unwrap().len(), 1);
+    assert!(s.inner.store.queued_inputs().await.unwrap().is_empty());
+}
