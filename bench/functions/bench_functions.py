@@ -357,8 +357,9 @@ def ferry_bin() -> Path:
 
 
 class FerryServer:
-    def __init__(self, binary: Path, data_dir: Path, log_dir: Path):
+    def __init__(self, binary: Path, data_dir: Path, log_dir: Path, extra: list | None = None):
         self.binary, self.data_dir, self.log_dir = binary, data_dir, log_dir
+        self.extra = extra or []
         self.proc = None
         self.url = None
 
@@ -366,7 +367,7 @@ class FerryServer:
         self.log_path = self.log_dir / "ferry-serve.log"
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [str(self.binary), "serve", "--data-dir", str(self.data_dir), "--port", "0", "--no-modal-profile"],
+            [str(self.binary), "serve", "--data-dir", str(self.data_dir), "--port", "0", "--no-modal-profile", *self.extra],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, MODAL_CONFIG_PATH=str(self.log_dir / "modal.toml")),
         )
         deadline = time.time() + timeout
@@ -419,7 +420,7 @@ def machine() -> dict:
     return {"nproc": nproc, "cpu": cpu, "mem": f"{mem_kb / 2**20:.0f} GiB", "kernel": platform.release(), "load": " ".join(load)}
 
 
-def versions(binary: Path) -> dict:
+def versions(binary: Path, ray_path: str | None = None) -> dict:
     import modal
 
     try:
@@ -427,7 +428,8 @@ def versions(binary: Path) -> dict:
 
         ray_v = ray.__version__
     except ImportError:
-        ray_v = "not installed"
+        found = sorted(Path(ray_path).glob("ray-*.dist-info")) if ray_path else []
+        ray_v = found[0].name[len("ray-"):-len(".dist-info")] if found else "not installed"
     return {"ferry": str(binary), "modal": modal.__version__, "ray": ray_v, "python": platform.python_version()}
 
 
@@ -504,6 +506,8 @@ def main():
     ap.add_argument("--cold-budget", type=float, default=240, help="seconds at most for Ferry's cold starts")
     ap.add_argument("--max-containers", type=int, default=0, help="max_containers of Ferry's function (0: the server's default)")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--durability", choices=["full", "normal"], help="`ferry serve --durability` (default: the server's, full)")
+    ap.add_argument("--ray-path", default=os.environ.get("FERRY_BENCH_RAY_PATH"), help="a directory with Ray installed (pip --target), put on PYTHONPATH for Ray's children only")
     ap.add_argument("--data-dir", default=os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--address", help=argparse.SUPPRESS)
@@ -525,7 +529,7 @@ def main():
 
     errors = []
     with tempfile.TemporaryDirectory(prefix="ferry-bench-functions-") as tmp:
-        server = FerryServer(binary, data_dir, Path(tmp))
+        server = FerryServer(binary, data_dir, Path(tmp), ["--durability", a.durability] if a.durability else [])
         try:
             server.start()
             print(f"serving at {server.url}", flush=True)
@@ -560,7 +564,8 @@ def main():
     ry = {}
     if not a.skip_ray:
         print("ray: round trips, map and cold starts ...", flush=True)
-        ry = run_child("ray", ["--calls", str(a.calls), "--map", str(a.map), "--ray-cold", str(a.ray_cold), "--ray-cold-budget", str(a.ray_cold_budget)], None, timeout=420)
+        ray_env = dict(os.environ, PYTHONPATH=a.ray_path) if a.ray_path else None
+        ry = run_child("ray", ["--calls", str(a.calls), "--map", str(a.map), "--ray-cold", str(a.ray_cold), "--ray-cold-budget", str(a.ray_cold_budget)], ray_env, timeout=420)
         if "error" in ry:
             errors.append(ry)
         for e in ry.get("cold_errors", []):
@@ -576,7 +581,7 @@ def main():
     cpu_cols = ["Ferry, µs per unit", "wall", "client CPU", "server CPU", "containers CPU"]
     cpu_rows = where_time_goes(fe, a)
     info = machine()
-    ver = versions(binary)
+    ver = versions(binary, a.ray_path)
     cmd = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable, os.path.relpath(SCRIPT, ROOT), *sys.argv[1:]])
     notes = [
         f"Ferry app.run() set-up in the warm child: {ms(fe.get('setup_s'))} ms, its first call {ms(fe.get('first_s'))} ms; "

@@ -161,7 +161,8 @@ pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -
     let caller = crate::service::principal(&r);
     let req = r.into_inner();
     check_id(&req.function_id, "fu", "Function")?;
-    let (record, _) = crate::launch::definition(s, &req.function_id).await.map_err(|e| Status::not_found(e))?;
+    let found = crate::launch::shared_definition(s, &req.function_id).await.map_err(Status::not_found)?;
+    let record = &found.0;
     if record.definition.is_none() {
         return Err(Status::failed_precondition(format!("function {} was never created", record.id)));
     }

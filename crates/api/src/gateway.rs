@@ -27,6 +27,10 @@ const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 /// (its backoff tops out at a few seconds for the calls it retries with the same key).
 const REPLAY_TTL: Duration = Duration::from_secs(120);
 const REPLAY_MAX_BODY: usize = 4 * 1024 * 1024;
+/// RPCs whose retry does exactly what replaying the first answer would, so their answers are
+/// not recorded: an output is accepted once from the task holding its input, and a repeated
+/// one is dropped either way.
+const NOT_REPLAYED: &[&str] = &["FunctionPutOutputs"];
 /// The recorded answers are bounded in number and bytes too; the oldest go first.
 const REPLAY_MAX_ENTRIES: usize = 20_000;
 const REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -194,7 +198,7 @@ where
                     };
                 }
             }
-            let replay_key = header(req.headers(), "x-idempotency-key").map(|k| {
+            let replay_key = header(req.headers(), "x-idempotency-key").filter(|_| !NOT_REPLAYED.contains(&method.as_str())).map(|k| {
                 let who = match &principal {
                     Principal::User { token_id } => token_id.clone(),
                     Principal::Task { task_id, .. } => task_id.clone(),
@@ -379,9 +383,10 @@ impl GatewayState {
         if rate <= 0.0 {
             return Ok(());
         }
-        let (key, who) = match principal {
-            Principal::User { token_id } => (token_id.clone(), format!("token {token_id}")),
-            Principal::Task { task_id, .. } => (format!("task:{task_id}"), format!("task {task_id}")),
+        // Token ids and task ids have distinct prefixes, so one map holds both.
+        let key = match principal {
+            Principal::User { token_id } => token_id.as_str(),
+            Principal::Task { task_id, .. } => task_id.as_str(),
         };
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap();
@@ -390,7 +395,10 @@ impl GatewayState {
             let full_after = Duration::from_secs_f64(burst / rate);
             buckets.retain(|_, b| now.duration_since(b.at) < full_after);
         }
-        let bucket = buckets.entry(key).or_insert(Bucket { level: burst.max(1.0), at: now });
+        if !buckets.contains_key(key) {
+            buckets.insert(key.to_string(), Bucket { level: burst.max(1.0), at: now });
+        }
+        let bucket = buckets.get_mut(key).expect("inserted above");
         bucket.level = (bucket.level + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst.max(1.0));
         bucket.at = now;
         if bucket.level >= 1.0 {
@@ -399,6 +407,10 @@ impl GatewayState {
         }
         let wait = (1.0 - bucket.level) / rate;
         drop(buckets);
+        let who = match principal {
+            Principal::User { token_id } => format!("token {token_id}"),
+            Principal::Task { task_id, .. } => format!("task {task_id}"),
+        };
         tracing::debug!(%who, wait, "rate limit reached");
         Err(rate_limited(
             format!(

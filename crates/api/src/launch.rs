@@ -6,6 +6,7 @@
 //! container dies, the inputs it held are answered with a failure so no caller waits forever.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::api;
@@ -30,7 +31,7 @@ pub(crate) struct Launcher {
     pub(crate) worker: ferry_worker::Worker,
     client: OnceCell<ferry_worker::ClientRuntime>,
     killers: std::sync::Mutex<std::collections::HashMap<String, ferry_worker::TaskKiller>>,
-    definitions: std::sync::Mutex<std::collections::HashMap<String, (ferry_store::FunctionRecord, api::Function)>>,
+    definitions: std::sync::Mutex<std::collections::HashMap<String, Arc<(ferry_store::FunctionRecord, api::Function)>>>,
 }
 
 impl Launcher {
@@ -119,16 +120,25 @@ pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: 
 /// A function's record and decoded definition. Every submitted batch and every container poll
 /// needs them, so they are kept decoded until `FunctionCreate` replaces the definition.
 pub(crate) async fn definition(s: &ModalService, function_id: &str) -> Result<(ferry_store::FunctionRecord, api::Function), String> {
+    let found = shared_definition(s, function_id).await?;
+    Ok((found.0.clone(), found.1.clone()))
+}
+
+/// [`definition`] without copying it: the hot paths (every submitted batch, every container
+/// poll) only read a few fields.
+pub(crate) async fn shared_definition(s: &ModalService, function_id: &str) -> Result<Arc<(ferry_store::FunctionRecord, api::Function)>, String> {
     if let Some(found) = s.launcher.definitions.lock().unwrap().get(function_id) {
         return Ok(found.clone());
     }
     let record = s.store.function(function_id).await.map_err(|e| e.to_string())?;
     let def = api::Function::decode(record.definition.clone().unwrap_or_default().as_slice())
         .map_err(|e| format!("stored definition of {function_id} is unreadable: {e}"))?;
-    if record.definition.is_some() {
-        s.launcher.definitions.lock().unwrap().insert(function_id.to_string(), (record.clone(), def.clone()));
+    let cached = record.definition.is_some();
+    let found = Arc::new((record, def));
+    if cached {
+        s.launcher.definitions.lock().unwrap().insert(function_id.to_string(), found.clone());
     }
-    Ok((record, def))
+    Ok(found)
 }
 
 /// A function's autoscaling settings, from `autoscaler_settings` where the client set them.
@@ -154,9 +164,9 @@ fn scaling(def: &api::Function) -> Scaling {
 /// How long a container of the function may sit idle before it is told to exit; containers
 /// that keep the function at its `min_containers` stay.
 pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration {
-    match definition(s, function_id).await {
-        Ok((_, def)) => {
-            let sc = scaling(&def);
+    match shared_definition(s, function_id).await {
+        Ok(found) => {
+            let sc = scaling(&found.1);
             if s.scheduler.tasks_of_function(function_id) <= sc.min || crate::flash::requested_within(function_id, sc.scaledown) {
                 Duration::from_secs(365 * 24 * 3600)
             } else {
@@ -221,8 +231,9 @@ async fn cancel_calls_of(s: &ModalService, function_id: &str, why: &str) {
 /// Starts containers while inputs wait and the function may have more. The count and the new
 /// tasks are decided in one step, so concurrent submissions never exceed `max_containers`.
 pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Result<(), Status> {
-    let (record, def) = definition(s, function_id).await.map_err(Status::internal)?;
-    let sc = scaling(&def);
+    let found = shared_definition(s, function_id).await.map_err(Status::internal)?;
+    let (record, def) = (&found.0, &found.1);
+    let sc = scaling(def);
     let per_container = def.max_concurrent_inputs.max(1) as usize;
     // Enough containers for the queue, plus `buffer_containers` idle ones, and never fewer
     // than `min_containers`; at most `max_containers`.

@@ -148,6 +148,7 @@ pub async fn serve(
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
     let web_server = web_listener.map(|l| web::spawn(&modal, l));
     let gateway = gateway::GatewayLayer::with_limits(store.clone(), config.limits);
+    let scheduler = modal.scheduler.clone();
     let service = ModalClientServer::new(modal)
         .max_decoding_message_size(config.limits.max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -187,6 +188,10 @@ pub async fn serve(
             shutdown,
         )
         .await?;
+    // Writes nobody waited for (answers already shown, forgotten calls) commit before the exit.
+    if let Err(e) = scheduler.flush().await {
+        tracing::warn!("cannot record the last function call state: {e}");
+    }
     unix_server.abort();
     let _ = stop_schedules.send(());
     let _ = schedule_loop.await;

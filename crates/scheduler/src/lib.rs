@@ -23,8 +23,13 @@
 //! An input is answered once: only the holder of an input (the queue, a task, or a retry
 //! timer) can answer it, and the store ignores a second answer.
 //!
-//! Answers become visible to callers only after their transaction committed; every write goes
-//! through one writer task that commits whatever is waiting in one transaction (group commit).
+//! Every write goes through one writer task that commits whatever is waiting in one transaction
+//! (group commit). A new call's inputs are queued while their commit is in flight (the caller
+//! learns the call only once it committed). Answers become visible to callers only after their
+//! transaction committed, except the answer of a synchronous call's only input (`.remote()`, a
+//! web request): its caller gets it at once and the answer commits with the next write somebody
+//! waits for, so a warm `.remote()` has one commit on its path, not two (a crash before that
+//! commit runs the input again, as for any input that was running).
 //! Memory holds the work in flight: queued and running inputs (payloads up to a budget, then
 //! read back from the store when a container takes them) and calls with a caller waiting or
 //! inputs unanswered. Answers are read from the store.
@@ -235,6 +240,8 @@ struct CallEntry {
     has_data_out: bool,
     changed: Arc<Notify>,
     touched: Instant,
+    /// Answers shown before their commit (see [`Scheduler::answer`]); they leave once committed.
+    early: Vec<Output>,
 }
 
 #[derive(Default)]
@@ -260,15 +267,23 @@ struct State {
     queued_payload_bytes: usize,
 }
 
+/// What the writer calls once a job's transaction committed (or failed).
+type Reply = Box<dyn FnOnce(std::result::Result<Vec<WriteOutcome>, String>) + Send>;
+
 struct Job {
     writes: Vec<CallWrite>,
-    reply: Option<oneshot::Sender<std::result::Result<Vec<WriteOutcome>, String>>>,
+    reply: Option<Reply>,
+    /// Somebody waits for this commit: it goes at once, with whatever else is waiting.
+    /// Other jobs wait up to [`LINGER`] for an urgent one to share its commit.
+    urgent: bool,
 }
 
 struct Inner {
     store: Store,
     state: Mutex<State>,
     writes: mpsc::UnboundedSender<Job>,
+    /// Answer sequence numbers; taken under the state lock together with the job's place in
+    /// the writer's queue, so answers commit in the order of their numbers.
     seq: AtomicI64,
 }
 
@@ -347,47 +362,147 @@ impl Scheduler {
         q.changed.notify_waiters();
     }
 
+    fn push_pending_in_memory(st: &mut State, function_id: &str, mut p: Pending, payload: Vec<u8>) {
+        st.queued_payload_bytes += payload.len();
+        p.payload = Some(payload);
+        Self::push_pending(st, function_id, p, None);
+    }
+
     /// Sends writes to the group-commit writer and waits for their transaction.
     async fn write(&self, writes: Vec<CallWrite>) -> Result<Vec<WriteOutcome>> {
+        let rx = self.send_urgent(writes)?;
+        Self::committed(rx).await
+    }
+
+    /// Queues writes somebody will wait for; the receiver gets the commit's outcome.
+    fn send_urgent(&self, writes: Vec<CallWrite>) -> Result<oneshot::Receiver<std::result::Result<Vec<WriteOutcome>, String>>> {
         let (tx, rx) = oneshot::channel();
-        self.inner.writes.send(Job { writes, reply: Some(tx) }).map_err(|_| Error::Store("the scheduler's writer stopped".into()))?;
+        let reply: Reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner.writes.send(Job { writes, reply: Some(reply), urgent: true }).map_err(|_| Error::Store("the scheduler's writer stopped".into()))?;
+        Ok(rx)
+    }
+
+    async fn committed(rx: oneshot::Receiver<std::result::Result<Vec<WriteOutcome>, String>>) -> Result<Vec<WriteOutcome>> {
         rx.await.map_err(|_| Error::Store("the scheduler's writer stopped".into()))?.map_err(Error::Store)
+    }
+
+    /// Commits every write queued so far (answers already shown included); for a graceful stop.
+    pub async fn flush(&self) -> Result<()> {
+        self.write(Vec::new()).await.map(|_| ())
     }
 
     /// Sends writes without waiting (their effect is not promised to anyone yet).
     fn write_later(&self, writes: Vec<CallWrite>) {
-        let _ = self.inner.writes.send(Job { writes, reply: None });
+        let _ = self.inner.writes.send(Job { writes, reply: None, urgent: false });
     }
 
     /// Creates the call `call_id` with its first inputs (durable before this returns). Returns
     /// each input's id by index.
+    ///
+    /// The inputs are queued while their transaction commits, so a container may start on them
+    /// at once (the call is new: none of its inputs can exist already). The caller learns the
+    /// call only after the commit, so nothing it was told of can be lost; an input that ran
+    /// before a crash prevented the commit was never acknowledged.
     pub async fn create_call(&self, call_id: &str, function_id: &str, invocation_type: i32, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>> {
-        let call_id = call_id.to_string();
-        {
+        let is_async = is_async(invocation_type);
+        let now = ferry_store::now();
+        let mut writes = Vec::with_capacity(inputs.len() + 1);
+        writes.push(CallWrite::Call { id: call_id.to_string(), function_id: function_id.to_string(), invocation_type, created_at: now });
+        let ids: Vec<String> = inputs.iter().map(|_| ferry_store::new_id("in")).collect();
+        for (input, id) in inputs.iter().zip(&ids) {
+            writes.push(CallWrite::Input {
+                id: id.clone(),
+                call_id: call_id.to_string(),
+                function_id: function_id.to_string(),
+                idx: input.idx,
+                payload: input.payload.clone(),
+                created_at: now,
+            });
+        }
+        let rx = {
             let mut st = self.inner.state.lock().unwrap();
+            Self::check_limits(&st, function_id, is_async, inputs.len())?;
+            let rx = self.send_urgent(writes)?;
             st.calls.insert(
-                call_id.clone(),
+                call_id.to_string(),
                 CallEntry {
                     function_id: function_id.to_string(),
                     invocation_type,
-                    num_inputs: 0,
+                    num_inputs: inputs.len(),
                     answered: 0,
                     last_seq: 0,
                     cancelled: false,
                     has_data_out: false,
                     changed: Arc::default(),
                     touched: Instant::now(),
+                    early: Vec::new(),
                 },
             );
-        }
-        let call = CallWrite::Call { id: call_id.clone(), function_id: function_id.to_string(), invocation_type, created_at: ferry_store::now() };
-        match self.put(&call_id, function_id, invocation_type, Some(call), inputs).await {
-            Ok(ids) => Ok(ids),
+            for (input, id) in inputs.iter().zip(&ids) {
+                let p = Pending {
+                    input_id: id.clone(),
+                    call_id: call_id.to_string(),
+                    function_id: function_id.to_string(),
+                    idx: input.idx,
+                    payload: None,
+                    retry_count: 0,
+                    invocation_type,
+                    is_async,
+                    taken_at: None,
+                };
+                // Its row may not be committed yet: the payload stays in memory whatever the budget.
+                Self::push_pending_in_memory(&mut st, function_id, p, input.payload.clone());
+            }
+            rx
+        };
+        match Self::committed(rx).await {
+            Ok(_) => Ok(inputs.iter().zip(ids).map(|(i, id)| (i.idx, id)).collect()),
             Err(e) => {
-                self.inner.state.lock().unwrap().calls.remove(&call_id);
+                // Not recorded: take back what no container took yet; answers of the others are
+                // ignored by the store (their rows do not exist).
+                let mut guard = self.inner.state.lock().unwrap();
+                let st = &mut *guard;
+                st.calls.remove(call_id);
+                if let Some(q) = st.queues.get_mut(function_id) {
+                    let mut kept = VecDeque::with_capacity(q.pending.len());
+                    for p in q.pending.drain(..) {
+                        if p.call_id == call_id {
+                            if p.is_async {
+                                q.async_pending -= 1;
+                            } else {
+                                q.sync_pending -= 1;
+                                q.sync_in_flight = q.sync_in_flight.saturating_sub(1);
+                            }
+                            st.queued_payload_bytes -= p.payload.as_ref().map_or(0, |b| b.len());
+                        } else {
+                            kept.push_back(p);
+                        }
+                    }
+                    q.pending = kept;
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Modal's limits on waiting inputs, for `n` more inputs of a function.
+    fn check_limits(st: &State, function_id: &str, is_async: bool, n: usize) -> Result<()> {
+        let Some(q) = st.queues.get(function_id) else { return Ok(()) };
+        if is_async && q.async_pending + n > MAX_PENDING_ASYNC {
+            return Err(Error::Exhausted(format!(
+                "Function has {} spawned inputs waiting, the limit is {MAX_PENDING_ASYNC}; retry later",
+                q.async_pending
+            )));
+        }
+        if !is_async && (q.sync_pending + n > MAX_PENDING_SYNC || q.sync_in_flight + n > MAX_IN_FLIGHT_SYNC) {
+            return Err(Error::Exhausted(format!(
+                "Function has {} pending and {} in-flight synchronous inputs, the limits are {MAX_PENDING_SYNC} pending and {MAX_IN_FLIGHT_SYNC} in flight; retry later",
+                q.sync_pending, q.sync_in_flight
+            )));
+        }
+        Ok(())
     }
 
     /// Adds inputs to a call (a map's later batches). An input whose index the call already
@@ -398,33 +513,16 @@ impl Scheduler {
         if cancelled {
             return Err(Error::Cancelled(format!("function call {call_id} was cancelled")));
         }
-        let ids = self.put(call_id, &function_id, invocation_type, None, inputs).await?;
+        let ids = self.put(call_id, &function_id, invocation_type, inputs).await?;
         Ok((function_id, ids))
     }
 
-    async fn put(&self, call_id: &str, function_id: &str, invocation_type: i32, call: Option<CallWrite>, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>> {
+    async fn put(&self, call_id: &str, function_id: &str, invocation_type: i32, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>> {
         let is_async = is_async(invocation_type);
-        {
-            let st = self.inner.state.lock().unwrap();
-            if let Some(q) = st.queues.get(function_id) {
-                let n = inputs.len();
-                if is_async && q.async_pending + n > MAX_PENDING_ASYNC {
-                    return Err(Error::Exhausted(format!(
-                        "Function has {} spawned inputs waiting, the limit is {MAX_PENDING_ASYNC}; retry later",
-                        q.async_pending
-                    )));
-                }
-                if !is_async && (q.sync_pending + n > MAX_PENDING_SYNC || q.sync_in_flight + n > MAX_IN_FLIGHT_SYNC) {
-                    return Err(Error::Exhausted(format!(
-                        "Function has {} pending and {} in-flight synchronous inputs, the limits are {MAX_PENDING_SYNC} pending and {MAX_IN_FLIGHT_SYNC} in flight; retry later",
-                        q.sync_pending, q.sync_in_flight
-                    )));
-                }
-            }
-        }
+        Self::check_limits(&self.inner.state.lock().unwrap(), function_id, is_async, inputs.len())?;
         let now = ferry_store::now();
-        let mut writes: Vec<CallWrite> = call.into_iter().collect();
-        let first_input = writes.len();
+        let mut writes: Vec<CallWrite> = Vec::with_capacity(inputs.len());
+        let first_input = 0;
         let ids: Vec<String> = inputs.iter().map(|_| ferry_store::new_id("in")).collect();
         for (i, input) in inputs.iter().enumerate() {
             writes.push(CallWrite::Input {
@@ -493,6 +591,7 @@ impl Scheduler {
             has_data_out: rec.has_data_out,
             changed: Arc::default(),
             touched: Instant::now(),
+            early: Vec::new(),
         });
         Ok((c.function_id.clone(), c.invocation_type, c.cancelled))
     }
@@ -683,7 +782,8 @@ impl Scheduler {
     }
 
     /// Records a task's answer for an input it holds; each input is answered once. Returns
-    /// false when the task does not hold that input (a late or cancelled one).
+    /// false when the task does not hold that input (a late or cancelled one). Returns once the
+    /// answer is durable, except for a synchronous call's only input (see [`Self::answer`]).
     pub async fn complete(&self, task_id: &str, input_id: &str, result: Vec<u8>, data_format: i32, outcome: Outcome) -> Result<bool> {
         let taken = {
             let mut st = self.inner.state.lock().unwrap();
@@ -700,6 +800,14 @@ impl Scheduler {
     }
 
     /// Writes answers (after their inputs left every queue and task), then tells their callers.
+    ///
+    /// The answer of a synchronous call with a single input (`.remote()`, a web request) is
+    /// shown to its caller at once and committed with the next write somebody waits for (one
+    /// fsync shared with the next call's input, instead of one of its own on the caller's path).
+    /// If the server dies before that commit, the input is still queued in the store and runs
+    /// again after the restart (at least once, as for any input that was running); its caller
+    /// had its answer, or gets the new one. Every other answer is visible only once committed,
+    /// so a `.map`'s cursor never points past what a restart keeps and no answer is read twice.
     async fn answer(&self, answers: Vec<(Pending, String, Vec<u8>, i32, Outcome)>) -> Result<()> {
         if answers.is_empty() {
             return Ok(());
@@ -707,55 +815,109 @@ impl Scheduler {
         let now = ferry_store::now();
         let mut writes = Vec::with_capacity(answers.len());
         let mut metas = Vec::with_capacity(answers.len());
-        for (p, task_id, result, data_format, outcome) in answers {
-            let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
-            let duration = p.taken_at.map(|t| t.elapsed());
-            let summary = AnswerSummary {
-                input_id: p.input_id.clone(),
-                call_id: p.call_id.clone(),
-                retry_count: p.retry_count,
-                task_id: task_id.clone(),
-                result: result[..result.len().min(16 << 10)].to_vec(),
-                finished_at: now,
-                duration,
-            };
-            metas.push((p.function_id, p.is_async, seq, summary));
-            writes.push(CallWrite::Answer(AnswerRecord {
-                input_id: p.input_id,
-                call_id: p.call_id,
-                idx: p.idx,
-                state: outcome.as_str().to_string(),
-                retry_count: p.retry_count,
-                task_id,
-                result,
-                data_format,
-                finished_at: now,
-                duration: duration.map(|d| d.as_secs_f64()),
-                seq,
-            }));
+        let mut early = Vec::new();
+        let rx = {
+            let mut guard = self.inner.state.lock().unwrap();
+            let st = &mut *guard;
+            let mut all_early = true;
+            for (p, task_id, result, data_format, outcome) in answers {
+                let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                let duration = p.taken_at.map(|t| t.elapsed());
+                let is_early = st.calls.get(&p.call_id).is_some_and(|c| !is_async(c.invocation_type) && c.num_inputs == 1);
+                all_early &= is_early;
+                if let Some(q) = st.queues.get_mut(&p.function_id) {
+                    if !p.is_async {
+                        q.sync_in_flight = q.sync_in_flight.saturating_sub(1);
+                    }
+                    if q.recent.len() >= RECENT_ANSWERS {
+                        q.recent.pop_front();
+                    }
+                    q.recent.push_back(AnswerSummary {
+                        input_id: p.input_id.clone(),
+                        call_id: p.call_id.clone(),
+                        retry_count: p.retry_count,
+                        task_id: task_id.clone(),
+                        result: result[..result.len().min(16 << 10)].to_vec(),
+                        finished_at: now,
+                        duration,
+                    });
+                }
+                if is_early {
+                    early.push(Output {
+                        input_id: p.input_id.clone(),
+                        idx: p.idx,
+                        retry_count: p.retry_count,
+                        task_id: task_id.clone(),
+                        result: result.clone(),
+                        data_format,
+                        finished_at: now,
+                        duration,
+                        seq,
+                    });
+                }
+                metas.push((p.call_id.clone(), p.input_id.clone(), seq));
+                writes.push(CallWrite::Answer(AnswerRecord {
+                    input_id: p.input_id,
+                    call_id: p.call_id,
+                    idx: p.idx,
+                    state: outcome.as_str().to_string(),
+                    retry_count: p.retry_count,
+                    task_id,
+                    result,
+                    data_format,
+                    finished_at: now,
+                    duration: duration.map(|d| d.as_secs_f64()),
+                    seq,
+                }));
+            }
+            if all_early {
+                for o in early.drain(..) {
+                    let (call_id, _, _) = metas.iter().find(|(_, id, _)| *id == o.input_id).expect("meta of each answer");
+                    if let Some(c) = st.calls.get_mut(call_id) {
+                        c.touched = Instant::now();
+                        c.early.push(o);
+                        c.changed.notify_waiters();
+                    }
+                }
+                let s = self.clone();
+                let reply: Reply = Box::new(move |r| s.committed_answers(metas, r, true));
+                self.inner.writes.send(Job { writes, reply: Some(reply), urgent: false }).map_err(|_| Error::Store("the scheduler's writer stopped".into()))?;
+                return Ok(());
+            }
+            // Sent under the lock that numbered them: answers commit in the order of their numbers.
+            self.send_urgent(writes)?
+        };
+        let r = rx.await.map_err(|_| "the scheduler's writer stopped".to_string()).and_then(|r| r);
+        let failed = r.as_ref().err().cloned();
+        self.committed_answers(metas, r, false);
+        match failed {
+            Some(e) => Err(Error::Store(e)),
+            None => Ok(()),
         }
-        let outcomes = self.write(writes).await?;
+    }
+
+    /// Tells the callers of committed answers; early answers leave memory (the store has them).
+    fn committed_answers(&self, metas: Vec<(String, String, i64)>, r: std::result::Result<Vec<WriteOutcome>, String>, early: bool) {
+        let outcomes = match r {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("cannot record answers: {e}");
+                Vec::new()
+            }
+        };
         let mut st = self.inner.state.lock().unwrap();
-        for ((function_id, is_async, seq, summary), outcome) in metas.into_iter().zip(outcomes) {
-            if let Some(c) = st.calls.get_mut(&summary.call_id) {
-                if outcome == WriteOutcome::Done {
-                    c.answered += 1;
-                    c.last_seq = c.last_seq.max(seq);
-                }
-                c.touched = Instant::now();
-                c.changed.notify_waiters();
+        for (i, (call_id, input_id, seq)) in metas.into_iter().enumerate() {
+            let Some(c) = st.calls.get_mut(&call_id) else { continue };
+            if early {
+                c.early.retain(|o| o.input_id != input_id);
             }
-            if let Some(q) = st.queues.get_mut(&function_id) {
-                if !is_async {
-                    q.sync_in_flight = q.sync_in_flight.saturating_sub(1);
-                }
-                if q.recent.len() >= RECENT_ANSWERS {
-                    q.recent.pop_front();
-                }
-                q.recent.push_back(summary);
+            if outcomes.get(i) == Some(&WriteOutcome::Done) {
+                c.answered += 1;
+                c.last_seq = c.last_seq.max(seq);
             }
+            c.touched = Instant::now();
+            c.changed.notify_waiters();
         }
-        Ok(())
     }
 
     /// Takes back an input a task holds (to retry it), without answering it.
@@ -1018,12 +1180,29 @@ impl Scheduler {
             let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (answered, num_inputs, last_seq) = {
+            let (answered, num_inputs, last_seq, early) = {
                 let st = self.inner.state.lock().unwrap();
                 let Some(c) = st.calls.get(call_id) else { continue };
-                (c.answered, c.num_inputs, c.last_seq)
+                let early: Vec<Output> = c
+                    .early
+                    .iter()
+                    .filter(|o| match range {
+                        Some((lo, hi)) => o.idx >= lo && o.idx <= hi,
+                        None => o.seq > cursor,
+                    })
+                    .cloned()
+                    .collect();
+                (c.answered + c.early.len(), c.num_inputs, c.last_seq, early)
             };
             let unfinished = num_inputs.saturating_sub(answered);
+            if !early.is_empty() {
+                // Answers shown before their commit (a synchronous call's only input).
+                let next = if range.is_some() { cursor } else { early.iter().map(|o| o.seq).max().unwrap_or(cursor) };
+                if clear && unfinished == 0 {
+                    self.forget_call(call_id);
+                }
+                return Ok(Outputs { outputs: early, cursor: next, num_unfinished: unfinished });
+            }
             let last_look = tokio::time::Instant::now() >= deadline;
             // Look in the store only when answers arrived that this caller has not seen.
             let worth_reading = match range {
@@ -1196,15 +1375,16 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        // Nobody waits for these writes (forgetting read calls, retry counts): let more join
-        // them so they cost one commit, until a write somebody waits for arrives.
-        if !jobs.iter().any(|j| j.reply.is_some()) {
+        // Nobody waits for these writes (forgetting read calls, retry counts, answers already
+        // shown): let more join them so they cost one commit, until a write somebody waits for
+        // arrives.
+        if !jobs.iter().any(|j| j.urgent) {
             let deadline = tokio::time::Instant::now() + LINGER;
             while n < MAX_BATCH {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(j)) => {
                         n += j.writes.len();
-                        let urgent = j.reply.is_some();
+                        let urgent = j.urgent;
                         jobs.push(j);
                         if urgent {
                             break;
@@ -1226,7 +1406,7 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
                 for (j, size) in jobs.into_iter().zip(sizes) {
                     let mine: Vec<WriteOutcome> = outcomes.by_ref().take(size).collect();
                     if let Some(reply) = j.reply {
-                        let _ = reply.send(Ok(mine));
+                        reply(Ok(mine));
                     }
                 }
             }
@@ -1241,7 +1421,7 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
                         tracing::error!("cannot record function call state: {e}");
                     }
                     if let Some(reply) = j.reply {
-                        let _ = reply.send(r);
+                        reply(r);
                     }
                 }
             }
@@ -1249,7 +1429,7 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
                 tracing::error!("cannot record function call state: {e}");
                 for j in jobs {
                     if let Some(reply) = j.reply {
-                        let _ = reply.send(Err(e.to_string()));
+                        reply(Err(e.to_string()));
                     }
                 }
             }

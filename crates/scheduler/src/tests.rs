@@ -185,3 +185,93 @@ async fn expiry_by_age() {
     assert!(matches!(s.call(&done).await, Err(Error::NotFound(_))));
     assert!(s.call(&waiting).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_remote_calls_answer_is_shown_before_its_commit_and_shares_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, _) = new_call(&s, "fu-1", SYNC, inputs(1)).await.unwrap();
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taken = take(&s, "ta-1", 1).await;
+    assert!(s.complete("ta-1", &taken[0].input_id, b"r".to_vec(), 1, Outcome::Done).await.unwrap());
+    // The caller sees it at once, by index and by cursor.
+    let out = s.outputs(&call, 0, Some((0, 0)), Duration::ZERO, false).await.unwrap();
+    assert_eq!(out.outputs.len(), 1);
+    assert_eq!(out.outputs[0].result, b"r");
+    assert_eq!(out.num_unfinished, 0);
+    let by_cursor = s.outputs(&call, 0, None, Duration::ZERO, false).await.unwrap();
+    assert_eq!(by_cursor.outputs.len(), 1);
+    assert!(s.outputs(&call, by_cursor.cursor, None, Duration::ZERO, false).await.unwrap().outputs.is_empty());
+    // The next write somebody waits for (a new call) commits the answer with it, at the
+    // latest (until then a crash would run the input again).
+    new_call(&s, "fu-1", SYNC, inputs(1)).await.unwrap();
+    let stored = s.inner.store.call_answers_in_range(&call, 0, 0).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].result, b"r");
+    assert_eq!(stored[0].seq, by_cursor.cursor);
+    // Committed, it leaves memory and is read from the store.
+    let out = s.outputs(&call, 0, Some((0, 0)), Duration::ZERO, true).await.unwrap();
+    assert_eq!(out.outputs.len(), 1);
+    assert_eq!(s.inner.state.lock().unwrap().calls.get(&call).map(|c| c.early.len()), None, "read once: forgotten");
+}
+
+#[tokio::test]
+async fn a_new_calls_input_can_be_taken_while_its_commit_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taker = {
+        let s = s.clone();
+        tokio::spawn(async move { take(&s, "ta-1", 1).await })
+    };
+    let (call, ids) = new_call(&s, "fu-1", SYNC, inputs(1)).await.unwrap();
+    let taken = taker.await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].input_id, ids[0].1);
+    assert_eq!(taken[0].call_id, call);
+    assert_eq!(taken[0].payload, b"payload 0");
+}
+
+#[tokio::test]
+async fn answers_of_a_group_commit_go_in_one_statement_and_each_input_is_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, ids) = new_call(&s, "fu-1", ASYNC, inputs(3)).await.unwrap();
+    let answer = |i: usize, result: &[u8], seq: i64| {
+        CallWrite::Answer(AnswerRecord {
+            input_id: ids[i].1.clone(),
+            call_id: call.clone(),
+            idx: i as i32,
+            state: "done".into(),
+            retry_count: 0,
+            task_id: "ta-1".into(),
+            result: result.to_vec(),
+            data_format: 1,
+            finished_at: 1.0,
+            duration: if i == 1 { None } else { Some(0.5) },
+            seq,
+        })
+    };
+    let first = s.inner.store.calls_write(&[answer(0, b"a", 1), answer(1, b"b", 2)]).await.unwrap();
+    assert_eq!(first, vec![WriteOutcome::Done, WriteOutcome::Done]);
+    let second = s.inner.store.calls_write(&[answer(0, b"again", 3), answer(2, b"c", 4)]).await.unwrap();
+    assert_eq!(second, vec![WriteOutcome::Ignored, WriteOutcome::Done]);
+    let stored = s.inner.store.call_answers_in_range(&call, 0, 2).await.unwrap();
+    let got: Vec<(i32, Vec<u8>, i64, Option<f64>)> = stored.iter().map(|a| (a.idx, a.result.clone(), a.seq, a.duration)).collect();
+    assert_eq!(got, vec![(0, b"a".to_vec(), 1, Some(0.5)), (1, b"b".to_vec(), 2, None), (2, b"c".to_vec(), 4, Some(0.5))]);
+    assert!(stored.iter().all(|a| a.state == "done" && a.task_id == "ta-1" && a.data_format == 1));
+    assert!(s.inner.store.queued_inputs().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn flush_commits_answers_already_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, _) = new_call(&s, "fu-1", SYNC, inputs(1)).await.unwrap();
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taken = take(&s, "ta-1", 1).await;
+    assert!(s.complete("ta-1", &taken[0].input_id, b"r".to_vec(), 1, Outcome::Done).await.unwrap());
+    s.flush().await.unwrap();
+    assert_eq!(s.inner.store.call_answers_in_range(&call, 0, 0).await.unwrap().len(), 1);
+    assert!(s.inner.store.queued_inputs().await.unwrap().is_empty());
+}

@@ -100,13 +100,132 @@ fn answer(r: &sqlx::any::AnyRow) -> AnswerRecord {
     }
 }
 
+/// Most inputs one INSERT statement takes (6 parameters each).
+const INPUTS_PER_INSERT: usize = 128;
+
+/// Inserts a run of [`CallWrite::Input`]s with one statement; pushes one outcome per input.
+async fn insert_inputs(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, inputs: &[CallWrite], outcomes: &mut Vec<WriteOutcome>) -> Result<()> {
+    let mut sql = String::from("INSERT INTO function_inputs (id, call_id, function_id, idx, payload, state, created_at) VALUES ");
+    for n in 0..inputs.len() {
+        let b = n * 6;
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, 'queued', ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+    }
+    sql.push_str(" ON CONFLICT (call_id, idx) DO NOTHING RETURNING id");
+    let mut q = sqlx::query_scalar::<_, String>(&sql);
+    for w in inputs {
+        if let CallWrite::Input { id, call_id, function_id, idx, payload, created_at } = w {
+            q = q.bind(id).bind(call_id).bind(function_id).bind(idx).bind(payload).bind(created_at);
+        }
+    }
+    let inserted: std::collections::HashSet<String> = q.fetch_all(&mut **tx).await?.into_iter().collect();
+    for w in inputs {
+        if let CallWrite::Input { id, call_id, idx, .. } = w {
+            if inserted.contains(id) {
+                outcomes.push(WriteOutcome::Done);
+            } else {
+                // A retried request: the input is stored under its first id.
+                let existing: String = sqlx::query_scalar("SELECT id FROM function_inputs WHERE call_id = $1 AND idx = $2")
+                    .bind(call_id)
+                    .bind(idx)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                outcomes.push(WriteOutcome::Existing(existing));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most answers one UPDATE statement takes (9 parameters each).
+const ANSWERS_PER_UPDATE: usize = 64;
+
+/// How many writes from the start are answers to distinct inputs (at most a statement's worth).
+fn answer_run(writes: &[CallWrite]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    writes
+        .iter()
+        .take(ANSWERS_PER_UPDATE)
+        .take_while(|w| matches!(w, CallWrite::Answer(a) if seen.insert(a.input_id.as_str())))
+        .count()
+}
+
+/// Records a run of [`CallWrite::Answer`]s (distinct inputs) with one statement; pushes one
+/// outcome per answer: `Ignored` for an input that was answered already (or is gone).
+async fn record_answers(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, answers: &[CallWrite], outcomes: &mut Vec<WriteOutcome>) -> Result<()> {
+    let mut sql = String::from("WITH v (id, state, retry_count, task_id, result, data_format, finished_at, duration, seq) AS (VALUES ");
+    for n in 0..answers.len() {
+        let b = n * 9;
+        if n > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for k in 1..=9 {
+            if k > 1 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", b + k));
+        }
+        sql.push(')');
+    }
+    sql.push_str(") UPDATE function_inputs SET ");
+    for (k, col) in ["state", "retry_count", "task_id", "result", "data_format", "finished_at", "duration", "seq"].iter().enumerate() {
+        if k > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("{col} = (SELECT v.{col} FROM v WHERE v.id = function_inputs.id)"));
+    }
+    sql.push_str(", payload = NULL WHERE id IN (SELECT v.id FROM v) AND state = 'queued' RETURNING id");
+    let mut q = sqlx::query_scalar::<_, String>(&sql);
+    for w in answers {
+        if let CallWrite::Answer(a) = w {
+            q = q
+                .bind(&a.input_id)
+                .bind(&a.state)
+                .bind(a.retry_count as i64)
+                .bind(&a.task_id)
+                .bind(&a.result)
+                .bind(a.data_format)
+                .bind(a.finished_at)
+                .bind(a.duration)
+                .bind(a.seq);
+        }
+    }
+    let updated: std::collections::HashSet<String> = q.fetch_all(&mut **tx).await?.into_iter().collect();
+    for w in answers {
+        if let CallWrite::Answer(a) = w {
+            outcomes.push(if updated.contains(&a.input_id) { WriteOutcome::Done } else { WriteOutcome::Ignored });
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Applies a batch of call changes in one transaction; one outcome per write, in order.
     pub async fn calls_write(&self, writes: &[CallWrite]) -> Result<Vec<WriteOutcome>> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(writes.len());
-        for w in writes {
+        let mut i = 0;
+        while i < writes.len() {
+            // A run of new inputs (a map's batch) goes in one statement.
+            let run = writes[i..].iter().take(INPUTS_PER_INSERT).take_while(|w| matches!(w, CallWrite::Input { .. })).count();
+            if run > 1 {
+                insert_inputs(&mut tx, &writes[i..i + run], &mut outcomes).await?;
+                i += run;
+                continue;
+            }
+            // So does a run of answers to distinct inputs (the answers of one group commit).
+            let run = answer_run(&writes[i..]);
+            if run > 1 {
+                record_answers(&mut tx, &writes[i..i + run], &mut outcomes).await?;
+                i += run;
+                continue;
+            }
+            let w = &writes[i];
+            i += 1;
             let outcome = match w {
                 CallWrite::Call { id, function_id, invocation_type, created_at } => {
                     sqlx::query("INSERT INTO function_calls (id, function_id, invocation_type, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
