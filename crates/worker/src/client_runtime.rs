@@ -152,7 +152,7 @@ async fn install(store: &ImageStore, base: &ferry_runtime::LayerId, staging: &Pa
         base.clone(),
         ["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/out", &requirement].map(String::from).to_vec(),
     );
-    spec.network = Network::Host;
+    spec.network = if ferry_runtime::find_tool("slirp4netns").is_some() { Network::Private } else { Network::Host };
     spec.mounts.push(BindMount::read_write(&out, "/out"));
     spec.env.push(("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()));
     spec.env.push(("PIP_ROOT_USER_ACTION".into(), "ignore".into()));
