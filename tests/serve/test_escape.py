@@ -125,8 +125,9 @@ def test_sandbox_escapes_fail(runner, tmp_path):
     code = SANDBOX.replace("APP_NAME", repr(unique("escape"))).replace("PROBES_FILE", repr(str(probes))).replace("BOMB_FILE", repr(str(bomb))) + f"""
 a = modal.Sandbox.create("sleep", "300", app=app, image=image)
 b = modal.Sandbox.create("sleep", "300", app=app, image=image)
-p = a.exec("python", "-c", PROBES + "\\nprint(json.dumps(probe({service.port}, {str(secret)!r})))")
+p = a.exec("python", "-c", PROBES + "\\nimport json\\nprint(json.dumps(probe({service.port}, {str(secret)!r})))")
 print("PROBE " + p.stdout.read().strip())
+print("PROBEERR " + json.dumps(p.stderr.read()[-2000:]))
 p.wait()
 w = a.exec("sh", "-c", "echo hidden > /tmp/escape-secret; ESCAPE_SECRET=sbx-marker sleep 60 >/dev/null 2>&1 & echo started")
 w.stdout.read()
@@ -142,6 +143,7 @@ a.terminate(); b.terminate()
     service.close()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     lines = {l.split(" ", 1)[0]: l.split(" ", 1)[1] for l in out.stdout.splitlines() if " " in l}
+    assert lines["PROBE"], out.stdout[-3000:] + out.stderr[-3000:]
     check_probe(json.loads(lines["PROBE"]), "sandbox")
     assert json.loads(lines["FOUND"]) == ["done"], "another sandbox's file or environment was visible"
     assert lines["FORK"].startswith("stopped after") and lines["FORK"].endswith("errno 11"), lines["FORK"]
