@@ -203,7 +203,8 @@ fn start_slirp(pid: i32, ready: PipePair, exit: PipePair) -> std::io::Result<Sli
     let mut cmd = std::process::Command::new("slirp4netns");
     cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--ready-fd=3", "--exit-fd=4"])
         .arg(pid.to_string())
-        .arg("tap0")
+        // `eth0`: the modal client's web_server proxy connects to the address of eth0.
+        .arg("eth0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

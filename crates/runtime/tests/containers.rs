@@ -570,7 +570,7 @@ for host in ('127.0.0.1', '10.0.2.2'):
     let mut c = runtime.spawn(spec).await.expect("spawn with a private network");
     let (out, err, status) = run(&mut c).await;
     assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo', 'tap0']", "outside", "127.0.0.1 unreachable", "10.0.2.2 unreachable"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["['eth0', 'lo']", "outside", "127.0.0.1 unreachable", "10.0.2.2 unreachable"]);
 }
 
 #[tokio::test]
