@@ -79,3 +79,33 @@ def test_app_stop_and_logs_by_name(ferry):
     assert "already stopped" in out.stdout + out.stderr
     # Following the logs of a stopped app returns once the stream says the app is done.
     ok(ferry.modal("app", "logs", app.app_id, timeout=30))
+
+
+def test_token_set_profile_list_token_info_and_dashboard(ferry, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    creds = ferry.client_env()
+    config = str(tmp_path / "fresh.toml")
+    # A new user points the client at Ferry with `modal token set`: the profile is named after
+    # the workspace the server reports. Only the server URL comes from the environment.
+    env = {k: v for k, v in ferry.env(MODAL_CONFIG_PATH=config).items() if k not in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")}
+    cli = str(Path(__import__("sys").executable).parent / "modal")
+
+    def run(*args):
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    out = ok(run("token", "set", "--token-id", creds["MODAL_TOKEN_ID"], "--token-secret", creds["MODAL_TOKEN_SECRET"]))
+    assert "profile ferry" in " ".join(out.split())
+    text = open(config).read()
+    assert "[ferry]" in text and creds["MODAL_TOKEN_ID"] in text
+    profiles = ok(run("profile", "list"))
+    assert "ferry" in profiles and "Unknown" not in profiles
+    info = ok(run("token", "info"))
+    assert creds["MODAL_TOKEN_ID"] in info and "Workspace: ferry" in " ".join(info.split())
+    assert creds["MODAL_TOKEN_SECRET"] not in info
+    bad = ferry.modal("token", "info", MODAL_TOKEN_SECRET="not-the-secret")
+    assert bad.returncode != 0
+    dash = ferry.modal("dashboard", BROWSER="true")
+    assert dash.returncode == 0, dash.stderr
+    assert "/apps" in dash.stdout

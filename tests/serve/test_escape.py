@@ -45,10 +45,19 @@ def host_state():
     return socket.gethostname(), Path("/proc/sys/kernel/hostname").read_text()
 
 
-def check_probe(result: dict, what: str):
+def user_namespaces(server) -> bool:
+    """Whether the server runs containers in user namespaces: its one isolation line says
+    `full` or `reduced` (a kernel without idmapped layers, or FERRY_USERNS=0)."""
+    text = Path(server.log.name).read_text()
+    assert "container isolation: " in text, "the server logs its isolation level at start"
+    return "container isolation: full" in text
+
+
+def check_probe(result: dict, what: str, userns: bool = True):
     for key in DENIED:
         assert result[key] == "denied", f"{what}: {key} was allowed: {result}"
-    assert result["uid"] == 0 and int(result["host_uid"]) >= 0x40000000, f"{what}: {result}"
+    if userns:
+        assert result["uid"] == 0 and int(result["host_uid"]) >= 0x40000000, f"{what}: {result}"
 
 
 def test_function_escapes_fail(runner, tmp_path):
@@ -59,18 +68,26 @@ def test_function_escapes_fail(runner, tmp_path):
     marker = unique("marker")
     code = f"""
 import json, modal
-from escape import app, probe, leave_secret, look_for, ok
+from escape import app, probe, leave_secret, look_for, ok, pooled_probe, Snapped
 with app.run():
     print("PROBE " + json.dumps(probe.remote({service.port}, {str(secret)!r})))
     leave_secret.remote({marker!r})
     print("FOUND " + json.dumps(look_for.remote({marker!r})))
     print("OK " + str(ok.remote(1)))
+    print("POOLED " + json.dumps(pooled_probe.remote({service.port}, {str(secret)!r})))
+    print("SNAP " + json.dumps(Snapped().probe.remote({service.port}, {str(secret)!r})))
 """
     out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
     service.close()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     lines = {l.split(" ", 1)[0]: l.split(" ", 1)[1] for l in out.stdout.splitlines() if " " in l}
-    check_probe(json.loads(lines["PROBE"]), "function")
+    userns = user_namespaces(runner)
+    check_probe(json.loads(lines["PROBE"]), "function", userns)
+    # Standby and memory-snapshot containers are isolated exactly as fresh ones.
+    for key, what in (("POOLED", "pooled function"), ("SNAP", "memory-snapshot child")):
+        result = json.loads(lines[key])
+        check_probe(result, what, userns)
+        assert result["net"] == ["eth0", "lo"], f"{what}: {result}"
     assert json.loads(lines["FOUND"]) == [], "another container's file or environment was visible"
     assert lines["OK"] == "2"
     assert service.connections == 0
@@ -144,7 +161,7 @@ a.terminate(); b.terminate()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     lines = {l.split(" ", 1)[0]: l.split(" ", 1)[1] for l in out.stdout.splitlines() if " " in l}
     assert lines["PROBE"], out.stdout[-3000:] + out.stderr[-3000:]
-    check_probe(json.loads(lines["PROBE"]), "sandbox")
+    check_probe(json.loads(lines["PROBE"]), "sandbox", user_namespaces(runner))
     assert json.loads(lines["FOUND"]) == ["done"], "another sandbox's file or environment was visible"
     assert lines["FORK"].startswith("stopped after") and lines["FORK"].endswith("errno 11"), lines["FORK"]
     assert lines["OK"] == "still-serving"

@@ -95,9 +95,9 @@ def test_unimplemented_rpc_names_itself(ferry):
         channel, stub, md = stub_for(ferry)
         try:
             with pytest.raises(GRPCError) as e:
-                await stub.WorkspaceNameLookup(Empty(), metadata=md)
+                await stub.WorkspaceMembersList(Empty(), metadata=md)
             assert e.value.status == Status.UNIMPLEMENTED
-            assert e.value.message == "Ferry does not implement WorkspaceNameLookup yet"
+            assert e.value.message == "Ferry does not implement WorkspaceMembersList yet"
         finally:
             channel.close()
 

@@ -105,8 +105,9 @@ def test_asgi_app_paths_and_sse(web):
     base = url_of(web, "api")
     status, _, body = request(base + "/where?x=1")
     assert status == 200
-    # The app sees its own path; the route's prefix is its root_path.
-    assert json.loads(body) == {"path": "/where", "root_path": "/ferry--ferry-web-api", "query": "x=1"}
+    # The app is mounted at the route's prefix (its root_path): it routes on its own paths, and
+    # request.url is the URL the caller used.
+    assert json.loads(body) == {"path": "/ferry--ferry-web-api/where", "root_path": "/ferry--ferry-web-api", "query": "x=1"}
     # Server-sent events arrive one by one while the app is still producing them.
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)

@@ -2,10 +2,12 @@
 # Image builds from registries (crates/runtime, registry module) are tested against a real
 # local registry: Debian's `docker-registry` (started by the tests on a loopback port, never as
 # a service), `skopeo` to push test images into it and `busybox-static` for a small test image.
+# `patchelf` is what `ferry serve` needs for `add_python=` (a relocatable Python made from
+# Ferry's Debian base).
 # Idempotent.
 set -euo pipefail
 need=()
-for p in docker-registry skopeo busybox-static; do
+for p in docker-registry skopeo busybox-static patchelf; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

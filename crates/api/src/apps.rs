@@ -499,6 +499,10 @@ fn seconds(t: Option<prost_types::Timestamp>) -> Option<f64> {
 /// A window of an app's past logs (`modal app logs` on an app that is not running).
 pub(crate) async fn fetch_logs(s: &ModalService, r: Request<api::AppFetchLogsRequest>) -> Rpc<api::AppFetchLogsResponse> {
     let req = r.into_inner();
+    if req.app_id.starts_with("im-") {
+        // An image build step's log (`Image.logs`): its "app" is the image.
+        return crate::images::fetch_build_logs(s, req).await;
+    }
     let app = s.store.app(id(&req.app_id)?).await.or_status()?;
     let since = seconds(req.since).unwrap_or(app.created_at);
     let until = seconds(req.until).unwrap_or(f64::MAX);
@@ -511,4 +515,37 @@ pub(crate) async fn fetch_logs(s: &ModalService, r: Request<api::AppFetchLogsReq
         .filter(|e| req.search_text.is_empty() || e.data.contains(&req.search_text))
         .collect();
     Ok(Response::new(api::AppFetchLogsResponse { batches: batches(&wanted) }))
+}
+
+/// Line counts of an app's past logs per time bucket, by stream: how the client plans a
+/// windowed fetch (`Image.logs`, `modal app logs` over a range).
+pub(crate) async fn count_logs(s: &ModalService, r: Request<api::AppCountLogsRequest>) -> Rpc<api::AppCountLogsResponse> {
+    let req = r.into_inner();
+    if req.app_id.starts_with("im-") {
+        return crate::images::count_build_logs(s, req).await;
+    }
+    let app = s.store.app(id(&req.app_id)?).await.or_status()?;
+    let since = seconds(req.since).unwrap_or(app.created_at);
+    let until = seconds(req.until).unwrap_or(f64::MAX);
+    let bucket = req.bucket_secs.max(1) as i64;
+    let entries = s.store.logs_in_range(&app.id, since, until, 1_000_000).await.or_status()?;
+    let mut buckets: BTreeMap<i64, api::app_count_logs_response::LogBucket> = BTreeMap::new();
+    for e in entries
+        .iter()
+        .filter(|e| req.function_id.is_empty() || e.function_id == req.function_id)
+        .filter(|e| req.task_id.is_empty() || e.task_id == req.task_id)
+        .filter(|e| req.search_text.is_empty() || e.data.contains(&req.search_text))
+    {
+        let start = (e.timestamp.floor() as i64).div_euclid(bucket) * bucket;
+        let b = buckets.entry(start).or_insert_with(|| api::app_count_logs_response::LogBucket {
+            bucket_start_at: Some(prost_types::Timestamp { seconds: start, nanos: 0 }),
+            ..Default::default()
+        });
+        match e.fd {
+            1 => b.stdout_logs += 1,
+            2 => b.stderr_logs += 1,
+            _ => b.system_logs += 1,
+        }
+    }
+    Ok(Response::new(api::AppCountLogsResponse { app_id: app.id, buckets: buckets.into_values().collect() }))
 }

@@ -417,6 +417,37 @@ pub(crate) async fn read(s: &ModalService, id: &str) -> Result<Vec<u8>, Status> 
     }
 }
 
+/// Copies an open host file into a new blob (for RPCs that answer large contents by blob id).
+pub(crate) async fn put_file(s: &ModalService, file: std::fs::File) -> Result<String, Status> {
+    let blobs = store_of(s)?;
+    let id = ferry_store::new_id("bl");
+    let (tmp, dest) = (blobs.dir.join(format!(".{id}.put.tmp")), blobs.bytes_path(&id));
+    let copied = tokio::task::spawn_blocking(move || -> std::io::Result<BlobMeta> {
+        use std::io::{Read, Write};
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut out = std::fs::File::create(&tmp)?;
+        let (mut file, mut buf, mut length) = (file, vec![0u8; 1 << 20], 0u64);
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            sha.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            length += n as u64;
+        }
+        out.sync_all()?;
+        std::fs::rename(&tmp, &dest)?;
+        Ok(BlobMeta { length, md5: md5.finalize().into(), sha256: Some(sha.finalize().into()) })
+    })
+    .await
+    .map_err(|e| Status::internal(format!("blob copy failed: {e}")))?
+    .map_err(|e| Status::internal(format!("cannot write blob {id}: {e}")))?;
+    blobs.write_meta(&id, &copied).await.map_err(|e| Status::internal(format!("cannot record blob {id}: {e}")))?;
+    Ok(id)
+}
+
 /// An HTTP error with a message the client shows ("Put to url ... failed with status 400: ...").
 pub(crate) struct HttpError(pub(crate) StatusCode, pub(crate) String);
 

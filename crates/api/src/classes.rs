@@ -80,6 +80,24 @@ pub(crate) async fn bind_params(s: &ModalService, r: Request<api::FunctionBindPa
         if let Some(v) = o.batch_max_size {
             def.batch_max_size = v;
         }
+        if let Some(v) = o.batch_linger_ms {
+            def.batch_linger_ms = v;
+        }
+        if let Some(v) = o.warm_pool_size {
+            def.warm_pool_size = v;
+        }
+        if let Some(v) = o.target_concurrent_inputs {
+            def.target_concurrent_inputs = v;
+        }
+        if let Some(v) = o.buffer_containers {
+            def.experimental_buffer_containers = v;
+        }
+        // `with_options(volumes=...)`: the variant's containers mount these volumes.
+        if o.replace_volume_mounts {
+            def.volume_mounts = o.volume_mounts;
+        } else {
+            def.volume_mounts.extend(o.volume_mounts);
+        }
     }
     let gpu_choices = crate::gpus::bind_options(s, &base.id, &base_def, &mut def).await?;
     let bound = s.store.create_bound_function(&base, &def.encode_to_vec(), &req.serialized_params).await.or_status()?;

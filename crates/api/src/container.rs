@@ -8,7 +8,7 @@ use ferry_store::Principal;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::scheduler::Work;
+use crate::scheduler::{outcome_of, status, Outcome, Work};
 use crate::service::{principal, ModalService, Rpc};
 
 /// How long `FunctionGetInputs` holds a poll when no input is queued.
@@ -26,9 +26,16 @@ pub(crate) async fn hello(_s: &ModalService, r: Request<()>) -> Rpc<()> {
     Ok(Response::new(()))
 }
 
-pub(crate) async fn heartbeat(_s: &ModalService, r: Request<api::ContainerHeartbeatRequest>) -> Rpc<api::ContainerHeartbeatResponse> {
-    task_of(&r)?;
-    Ok(Response::new(api::ContainerHeartbeatResponse::default()))
+/// Heartbeats carry the inputs of cancelled calls the container is running, so it stops them.
+pub(crate) async fn heartbeat(s: &ModalService, r: Request<api::ContainerHeartbeatRequest>) -> Rpc<api::ContainerHeartbeatResponse> {
+    let task_id = task_of(&r)?;
+    let cancelled = s.scheduler.take_cancelled(&task_id);
+    let cancel_input_event = (!cancelled.is_empty()).then(|| api::CancelInputEvent {
+        input_ids: cancelled,
+        terminate_containers: false,
+        ..Default::default()
+    });
+    Ok(Response::new(api::ContainerHeartbeatResponse { cancel_input_event }))
 }
 
 pub(crate) async fn get_inputs(s: &ModalService, r: Request<api::FunctionGetInputsRequest>) -> Rpc<api::FunctionGetInputsResponse> {
@@ -69,16 +76,15 @@ pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOut
     let function_id = s.scheduler.task(&task_id).map(|t| t.function_id).unwrap_or_default();
     for out in r.into_inner().outputs {
         let result = out.result.unwrap_or_default();
-        let failed = result.status == api::generic_result::GenericStatus::Failure as i32
-            || result.status == api::generic_result::GenericStatus::Timeout as i32;
-        if failed {
+        let outcome = outcome_of(&result);
+        if outcome == Outcome::Failed {
             // A failed attempt is retried while the function's retry policy allows.
             if let Some(input) = s.scheduler.take_back(&task_id, &out.input_id) {
                 crate::launch::fail_or_retry_output(s, &function_id, &task_id, input, result.encode_to_vec(), out.data_format).await;
             }
             continue;
         }
-        if !s.scheduler.complete(&task_id, &out.input_id, result.encode_to_vec(), out.data_format) {
+        if !s.scheduler.complete(&task_id, &out.input_id, result.encode_to_vec(), out.data_format, outcome).await.map_err(status)? {
             tracing::debug!(task_id, input_id = out.input_id, "output for an input the task does not hold; dropped");
         }
     }
@@ -112,8 +118,6 @@ pub(crate) async fn put_data_out(s: &ModalService, r: Request<api::FunctionCallP
         return Ok(Response::new(()));
     }
     let chunks = req.data_chunks.into_iter().map(|c| (c.index, c.encode_to_vec())).collect();
-    if !s.scheduler.put_data_out(&call_id, chunks) {
-        return Err(Status::not_found(format!("function call {call_id} not found")));
-    }
+    s.scheduler.put_data_out(&call_id, chunks).await.map_err(status)?;
     Ok(Response::new(()))
 }

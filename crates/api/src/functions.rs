@@ -7,7 +7,9 @@ use ferry_proto::api;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::scheduler::{Input, Output};
+use ferry_scheduler::Output;
+
+use crate::scheduler::{cancelled_result, status, NewInput};
 use crate::service::{ModalService, Rpc};
 use crate::status::{check_id, invalid, OrStatus};
 
@@ -140,48 +142,33 @@ pub(crate) async fn get(s: &ModalService, r: Request<api::FunctionGetRequest>) -
     }))
 }
 
-fn to_inputs(call_id: &str, invocation_type: i32, items: Vec<api::FunctionPutInputsItem>) -> Result<Vec<Input>, Status> {
+fn to_inputs(items: Vec<api::FunctionPutInputsItem>) -> Result<Vec<NewInput>, Status> {
     items
         .into_iter()
         .map(|item| {
             let input = item.input.ok_or_else(|| invalid(format!("input {} has no payload", item.idx)))?;
-            Ok(Input {
-                input_id: ferry_store::new_id("in"),
-                call_id: call_id.to_string(),
-                idx: item.idx,
-                payload: input.encode_to_vec(),
-                retry_count: 0,
-                invocation_type,
-                taken_at: None,
-            })
+            Ok(NewInput { idx: item.idx, payload: input.encode_to_vec() })
         })
         .collect()
 }
 
-fn accepted(inputs: &[Input]) -> Vec<api::FunctionPutInputsResponseItem> {
-    inputs
-        .iter()
-        .map(|i| api::FunctionPutInputsResponseItem { idx: i.idx, input_id: i.input_id.clone(), input_jwt: String::new() })
-        .collect()
+fn accepted(ids: Vec<(i32, String)>) -> Vec<api::FunctionPutInputsResponseItem> {
+    ids.into_iter().map(|(idx, input_id)| api::FunctionPutInputsResponseItem { idx, input_id, input_jwt: String::new() }).collect()
 }
 
 pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -> Rpc<api::FunctionMapResponse> {
     let req = r.into_inner();
     check_id(&req.function_id, "fu", "Function")?;
-    let record = s.store.function(&req.function_id).await.or_status()?;
+    let (record, _) = crate::launch::definition(s, &req.function_id).await.map_err(|e| Status::not_found(e))?;
     if record.definition.is_none() {
         return Err(Status::failed_precondition(format!("function {} was never created", record.id)));
     }
     let call_id = ferry_store::new_id("fc");
-    s.scheduler.new_call(&call_id, &record.id);
-    let inputs = to_inputs(&call_id, req.function_call_invocation_type, req.pipelined_inputs)?;
-    let pipelined = accepted(&inputs);
-    if !inputs.is_empty() {
-        crate::launch::submit(s, &record.id, inputs).await?;
-    }
+    let inputs = to_inputs(req.pipelined_inputs)?;
+    let ids = crate::launch::submit(s, &call_id, &record.id, req.function_call_invocation_type, inputs).await?;
     Ok(Response::new(api::FunctionMapResponse {
         function_call_id: call_id,
-        pipelined_inputs: pipelined,
+        pipelined_inputs: accepted(ids),
         max_inputs_outstanding: MAX_INPUTS_OUTSTANDING,
         sync_client_retries_enabled: false,
         ..Default::default()
@@ -191,14 +178,9 @@ pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -
 pub(crate) async fn put_inputs(s: &ModalService, r: Request<api::FunctionPutInputsRequest>) -> Rpc<api::FunctionPutInputsResponse> {
     let req = r.into_inner();
     check_id(&req.function_call_id, "fc", "FunctionCall")?;
-    let function_id = s
-        .scheduler
-        .call_function(&req.function_call_id)
-        .ok_or_else(|| Status::not_found(format!("function call {} not found", req.function_call_id)))?;
-    let inputs = to_inputs(&req.function_call_id, api::FunctionCallInvocationType::Sync as i32, req.inputs)?;
-    let response = accepted(&inputs);
-    crate::launch::submit(s, &function_id, inputs).await?;
-    Ok(Response::new(api::FunctionPutInputsResponse { inputs: response }))
+    let inputs = to_inputs(req.inputs)?;
+    let ids = crate::launch::submit_more(s, &req.function_call_id, inputs).await?;
+    Ok(Response::new(api::FunctionPutInputsResponse { inputs: accepted(ids) }))
 }
 
 fn to_item(o: Output) -> Result<api::FunctionGetOutputsItem, Status> {
@@ -214,45 +196,61 @@ fn to_item(o: Output) -> Result<api::FunctionGetOutputsItem, Status> {
     })
 }
 
+/// Answers of a call. `last_entry_id` is the cursor this server issued (`<seq>-0`, the
+/// sequence number of the last answer returned), so a caller that reconnects after a restart
+/// resumes where it was; `start_idx..=end_idx` asks for given inputs instead (`.remote()`,
+/// `FunctionCall.get()`). `clear_on_success` forgets a call whose answers were all read.
 pub(crate) async fn get_outputs(s: &ModalService, r: Request<api::FunctionGetOutputsRequest>) -> Rpc<api::FunctionGetOutputsResponse> {
     let req = r.into_inner();
     check_id(&req.function_call_id, "fc", "FunctionCall")?;
     if !req.timeout.is_finite() || req.timeout < 0.0 {
         return Err(invalid("timeout must be a non-negative number of seconds"));
     }
-    let cursor: usize = req.last_entry_id.split('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let cursor: i64 = req.last_entry_id.split('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
     let range = match (req.start_idx, req.end_idx) {
         (Some(lo), Some(hi)) => Some((lo, hi)),
         _ => None,
     };
     let timeout = Duration::from_secs_f32(req.timeout.min(MAX_OUTPUT_POLL));
-    let (outputs, next, unfinished) = s
-        .scheduler
-        .outputs(&req.function_call_id, cursor, range, timeout)
-        .await
-        .ok_or_else(|| Status::not_found(format!("function call {} not found (calls do not survive a server restart yet)", req.function_call_id)))?;
-    let outputs = outputs.into_iter().map(to_item).collect::<Result<Vec<_>, _>>()?;
+    let found = s.scheduler.outputs(&req.function_call_id, cursor, range, timeout, req.clear_on_success).await.map_err(status)?;
+    let outputs = found.outputs.into_iter().map(to_item).collect::<Result<Vec<_>, _>>()?;
     Ok(Response::new(api::FunctionGetOutputsResponse {
         outputs,
-        last_entry_id: format!("{next}-0"),
-        num_unfinished_inputs: unfinished as i32,
+        last_entry_id: format!("{}-0", found.cursor),
+        num_unfinished_inputs: found.num_unfinished as i32,
         ..Default::default()
     }))
 }
 
-/// `FunctionCall.from_id`: the call must still be known to this server.
+/// `FunctionCall.from_id`: any call whose answers have not expired, across restarts.
 pub(crate) async fn call_from_id(s: &ModalService, r: Request<api::FunctionCallFromIdRequest>) -> Rpc<api::FunctionCallFromIdResponse> {
     let req = r.into_inner();
     check_id(&req.function_call_id, "fc", "FunctionCall")?;
-    let (function_id, num_inputs) = s.scheduler.call_info(&req.function_call_id).ok_or_else(|| {
-        Status::not_found(format!("function call {} not found (calls do not survive a server restart yet)", req.function_call_id))
-    })?;
-    let record = s.store.function(&function_id).await.or_status()?;
+    let call = s.scheduler.call(&req.function_call_id).await.map_err(status)?;
+    let record = s.store.function(&call.function_id).await.or_status()?;
     Ok(Response::new(api::FunctionCallFromIdResponse {
         function_call_id: req.function_call_id,
-        num_inputs: num_inputs as i32,
-        metadata: Some(api::FunctionCallHandleMetadata { app_id: record.app_id, function_id, ..Default::default() }),
+        num_inputs: call.num_inputs as i32,
+        metadata: Some(api::FunctionCallHandleMetadata { app_id: record.app_id, function_id: call.function_id, ..Default::default() }),
     }))
+}
+
+/// `FunctionCall.cancel()`: its waiting and running inputs are answered TERMINATED at once
+/// (recorded in the store); containers running them are told at their next heartbeat, or with
+/// `terminate_containers` killed (their other inputs run again elsewhere).
+pub(crate) async fn cancel(s: &ModalService, r: Request<api::FunctionCallCancelRequest>) -> Rpc<()> {
+    let req = r.into_inner();
+    check_id(&req.function_call_id, "fc", "FunctionCall")?;
+    let why = format!("Function call {} was cancelled", req.function_call_id);
+    let tasks = s.scheduler.cancel_call(&req.function_call_id, "FunctionCall.cancel()", cancelled_result(&why)).await.map_err(status)?;
+    if req.terminate_containers {
+        for task_id in tasks {
+            s.scheduler.preempt(&task_id);
+            s.scheduler.stop_task(&task_id);
+            s.launcher.kill(&task_id);
+        }
+    }
+    Ok(Response::new(()))
 }
 
 /// The items a generator function yields, streamed as the container produces them. The stream
@@ -264,9 +262,7 @@ pub(crate) async fn get_data_out(s: &ModalService, r: Request<api::FunctionCallG
         _ => return Err(invalid("FunctionCallGetDataOut needs a function_call_id")),
     };
     check_id(&call_id, "fc", "FunctionCall")?;
-    if s.scheduler.call_info(&call_id).is_none() {
-        return Err(Status::not_found(format!("function call {call_id} not found")));
-    }
+    s.scheduler.call(&call_id).await.map_err(status)?;
     let scheduler = s.scheduler.clone();
     let mut after = req.last_index;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -274,7 +270,13 @@ pub(crate) async fn get_data_out(s: &ModalService, r: Request<api::FunctionCallG
         let deadline = tokio::time::Instant::now() + Duration::from_secs(55);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(items) = scheduler.data_out(&call_id, after, left).await else { return };
+            let items = match scheduler.data_out(&call_id, after, left).await {
+                Ok(items) => items,
+                Err(e) => {
+                    let _ = tx.send(Err(status(e))).await;
+                    return;
+                }
+            };
             if items.is_empty() {
                 return;
             }

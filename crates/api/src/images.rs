@@ -171,14 +171,6 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
     } else if image.dockerfile_commands.is_empty() {
         return Err(invalid("the image definition has no Dockerfile commands"));
     }
-    if image.image_registry_config.as_ref().is_some_and(|c| c.registry_auth_type == api::RegistryAuthType::Aws as i32) {
-        return Err(Status::unimplemented(
-            "Ferry does not implement AWS ECR credentials (`Image.from_aws_ecr`) yet; give the registry's username and password as REGISTRY_USERNAME/REGISTRY_PASSWORD in the secret instead",
-        ));
-    }
-    if !image.volume_mounts.is_empty() {
-        return Err(Status::unimplemented("Ferry does not implement Volumes in image build steps yet"));
-    }
     crate::gpus::check_gpu_config(image.gpu_config.as_ref())?;
     let id = image_id(&image, &req.builder_version);
     let (record, _) = s.store.get_or_create_image(&id, &image.encode_to_vec()).await.or_status()?;
@@ -218,6 +210,7 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool, build
     let svc = s.clone();
     let id = id.to_string();
     tokio::spawn(async move {
+        let _ = svc.store.image_build_started(&id).await;
         let outcome = if image.build_function.is_some() {
             run_function_layer(&svc, &image, &build_function_id, &build).await
         } else {
@@ -234,6 +227,7 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool, build
                 (api::GenericResult { status: FAILURE, exception: message, ..Default::default() }, None)
             }
         };
+        let _ = svc.store.image_build_finished(&id).await;
         *build.log.lock().unwrap() = None;
         *build.result.lock().unwrap() = Some((result, meta));
         build.changed.notify_waiters();
@@ -270,7 +264,12 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
             context_host_files.push(HostContextFile { path: f.path, source, sha256: f.sha256, mode: f.mode });
         }
     }
+    let aws = image.image_registry_config.as_ref().is_some_and(|c| c.registry_auth_type == api::RegistryAuthType::Aws as i32);
     let registry_credentials = match &image.image_registry_config {
+        // AWS keys buy an ECR token only from AWS's own API, which Ferry does not call: the
+        // image comes through the operator's mirror for that registry, which holds its own
+        // credentials (the pull fails naming `--registry-mirror` when there is none).
+        Some(_) if aws => None,
         Some(c) if !c.secret_id.is_empty() => {
             let values = s.store.secret_values(&c.secret_id).await.map_err(|e| e.to_string())?;
             Some(registry_credentials(c.registry_auth_type, &values)?)
@@ -300,11 +299,42 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
             }
         })
     };
+    // `run_commands(..., volumes=...)`: each volume is a view bound into the build's steps
+    // (not part of the layer); the steps' writes are committed when the build succeeds.
+    let volume_task = format!("build-{}", &hex::encode(Sha256::digest(image.encode_to_vec()))[..16]);
+    let mut spec = spec;
+    if !image.volume_mounts.is_empty() {
+        let binds = crate::volumes::volume_binds(s, &volume_task, &image.volume_mounts)
+            .await
+            .map_err(|e| format!("cannot mount the build step's volumes: {e}"))?;
+        spec.build_mounts.extend(binds);
+    }
     let options = ferry_runtime::BuildOptions { force, ..Default::default() };
     let built = s.images.builder.build_with(&spec, options, &sink).await;
     drop(sink);
     let _ = forward.await;
-    built.map(|b| b.id.to_string()).map_err(|e| e.to_string())
+    if !image.volume_mounts.is_empty() {
+        let mut committed = Ok(());
+        if built.is_ok() {
+            for m in image.volume_mounts.iter().filter(|m| !m.read_only) {
+                if let Err(e) = s.volumes.commit_task(&volume_task, &m.volume_id).await {
+                    committed = Err(format!("the build succeeded but committing volume {} failed: {e}", m.volume_id));
+                    break;
+                }
+            }
+        }
+        s.volumes.release_task(&volume_task).await;
+        committed?;
+    }
+    built.map(|b| b.id.to_string()).map_err(|e| match e {
+        ferry_runtime::Error::RegistryNotConfigured { .. } if aws => format!(
+            "{e}. AWS ECR credentials (`Image.from_aws_ecr`, AWS_* keys in the registry secret) need a token from AWS's API, \
+             which Ferry does not call: the operator configures a mirror for the ECR registry that holds its credentials \
+             (`ferry serve --registry-mirror <account>.dkr.ecr.<region>.amazonaws.com=URL`), or pull with \
+             `Image.from_registry` and a secret of REGISTRY_USERNAME=AWS and REGISTRY_PASSWORD=<`aws ecr get-login-password`>"
+        ),
+        e => e.to_string(),
+    })
 }
 
 /// An `Image.run_function` step: the build function runs once, with the arguments the client
@@ -446,4 +476,237 @@ pub(crate) async fn join_streaming(s: &ModalService, r: Request<api::ImageJoinSt
         }
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+// --- named images -------------------------------------------------------------------------------
+
+/// Splits a published name as the client sends it (`[env/]name:tag`, the tag already added)
+/// into the environment it addresses and its `name:tag`.
+fn split_name<'a>(tag: &'a str, environment_name: &'a str) -> Result<(&'a str, &'a str), Status> {
+    let (env, name_tag) = match tag.split_once('/') {
+        Some((env, rest)) => (env, rest),
+        None => (environment_name, tag),
+    };
+    let valid = |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    match name_tag.split_once(':') {
+        Some((name, t)) if valid(name) && valid(t) && !name_tag.contains('/') => Ok((env, name_tag)),
+        _ => Err(invalid(format!(
+            "'{tag}' is not a valid Image name: use [environment/]name:tag with letters, digits, '-', '_' and '.'"
+        ))),
+    }
+}
+
+/// `Image.publish(name)`: points the name at a built image.
+pub(crate) async fn publish(s: &ModalService, r: Request<api::ImagePublishRequest>) -> Rpc<api::ImagePublishResponse> {
+    let by = crate::service::creator(&r);
+    let req = r.into_inner();
+    check_id(&req.image_id, "im", "Image")?;
+    let (env_name, name) = split_name(&req.tag, &req.environment_name)?;
+    let env = s.store.environment(env_name).await.or_status()?;
+    let record = s.store.image(&req.image_id).await.or_status()?;
+    if record.status != 1 {
+        return Err(Status::failed_precondition(format!(
+            "Image {} has not been built successfully, so it cannot be published",
+            req.image_id
+        )));
+    }
+    let published = s.store.publish_image(&env.id, name, &req.image_id, &by).await.or_status()?;
+    Ok(Response::new(api::ImagePublishResponse { image_id: published.image_id, revision_id: published.revision_id }))
+}
+
+/// `Image.from_name(name)`: the image a name points at.
+pub(crate) async fn get_by_tag(s: &ModalService, r: Request<api::ImageGetByTagRequest>) -> Rpc<api::ImageGetByTagResponse> {
+    let req = r.into_inner();
+    let (env_name, name) = split_name(&req.tag, &req.environment_name)?;
+    let env = s.store.environment(env_name).await.or_status()?;
+    match s.store.image_name(&env.id, name).await.or_status()? {
+        Some(n) => Ok(Response::new(api::ImageGetByTagResponse { image_id: n.image_id })),
+        None => Err(Status::not_found(format!(
+            "Image '{name}' not found in environment '{}'; publish one with `Image.publish` or `modal image build -t {name}`",
+            env.name
+        ))),
+    }
+}
+
+const NAMES_PAGE: u32 = 100;
+
+/// `modal image names list`: an environment's names, a page at a time (the page token is the
+/// last name sent).
+pub(crate) async fn list_tags(s: &ModalService, r: Request<api::ImageListTagsRequest>) -> Rpc<api::ImageListTagsResponse> {
+    let req = r.into_inner();
+    let env = s.store.environment(&req.environment_name).await.or_status()?;
+    let limit = if req.max_objects == 0 { NAMES_PAGE } else { req.max_objects.min(1000) } as i64;
+    let image_id = (!req.image_id.is_empty()).then_some(req.image_id.as_str());
+    let names = s.store.image_names(&env.id, &req.tag_prefix, image_id, &req.page_token, limit + 1).await.or_status()?;
+    let more = names.len() as i64 > limit;
+    let items: Vec<api::ImageListTagsItem> = names
+        .into_iter()
+        .take(limit as usize)
+        .map(|n| api::ImageListTagsItem {
+            tag: n.name,
+            image_id: n.image_id,
+            revision_id: n.revision_id,
+            created_at: n.created_at,
+            updated_at: n.updated_at,
+            last_published_by: n.published_by,
+        })
+        .collect();
+    let next_page_token = if more { items.last().map(|i| i.tag.clone()).unwrap_or_default() } else { String::new() };
+    Ok(Response::new(api::ImageListTagsResponse { items, next_page_token, environment_name: env.name }))
+}
+
+/// `modal image names history`: the publishes of one name, newest first (the page token is an
+/// offset).
+pub(crate) async fn tag_revisions(s: &ModalService, r: Request<api::ImageTagRevisionsRequest>) -> Rpc<api::ImageTagRevisionsResponse> {
+    let req = r.into_inner();
+    let (env_name, name) = split_name(&req.tag, &req.environment_name)?;
+    let env = s.store.environment(env_name).await.or_status()?;
+    let limit = if req.max_objects == 0 { NAMES_PAGE } else { req.max_objects.min(1000) } as i64;
+    let offset: i64 = if req.page_token.is_empty() {
+        0
+    } else {
+        req.page_token.parse().map_err(|_| invalid(format!("page token '{}' was not issued by this server", req.page_token)))?
+    };
+    let revisions = s.store.image_name_revisions(&env.id, name, offset, limit + 1).await.or_status()?;
+    let more = revisions.len() as i64 > limit;
+    let items = revisions
+        .into_iter()
+        .take(limit as usize)
+        .map(|r| api::ImageTagRevisionsItem { image_id: r.image_id, revision_id: r.revision_id, created_at: r.published_at, published_by: r.published_by })
+        .collect();
+    let next_page_token = if more { (offset + limit).to_string() } else { String::new() };
+    Ok(Response::new(api::ImageTagRevisionsResponse { items, next_page_token, tag: format!("{}/{name}", env.name), environment_name: env.name }))
+}
+
+/// `modal image names delete`: forgets a name and its history (the image stays).
+pub(crate) async fn name_delete(s: &ModalService, r: Request<api::ImageNameDeleteRequest>) -> Rpc<()> {
+    let req = r.into_inner();
+    let (env_name, name) = split_name(&req.tag, "")?;
+    let env = s.store.environment(env_name).await.or_status()?;
+    s.store.delete_image_name(&env.id, name).await.or_status()?;
+    Ok(Response::new(()))
+}
+
+// --- build logs by layer ------------------------------------------------------------------------
+
+/// The image's build chain, oldest layer first: each layer's build times and where its log is
+/// (`Image.logs`, `modal image logs`). A layer's log is addressed by its image id, which
+/// `AppFetchLogs`/`AppCountLogs` accept in place of an app id.
+pub(crate) async fn build_chain_get(s: &ModalService, r: Request<api::ImageBuildChainGetRequest>) -> Rpc<api::ImageBuildChainGetResponse> {
+    let req = r.into_inner();
+    check_id(&req.image_id, "im", "Image")?;
+    let mut chain: Vec<String> = Vec::new();
+    let mut pending = vec![(req.image_id.clone(), false)];
+    // Depth-first, parents before children; an image shared by two parents appears once.
+    while let Some((id, expanded)) = pending.pop() {
+        if chain.contains(&id) {
+            continue;
+        }
+        if expanded {
+            chain.push(id);
+            continue;
+        }
+        let record = match s.store.image(&id).await {
+            Ok(r) => r,
+            Err(e) if id == req.image_id => return Err(crate::status::to_status(e)),
+            Err(_) => continue,
+        };
+        pending.push((id, true));
+        let def = api::Image::decode(record.definition.as_slice()).unwrap_or_default();
+        for base in def.base_images.iter().rev() {
+            pending.push((base.image_id.clone(), false));
+        }
+    }
+    let mut build_steps = Vec::new();
+    for id in chain {
+        let times = s.store.image_build_times(&id).await.or_status()?;
+        let Some(started) = times.started_at else { continue };
+        let finished = times.finished_at.unwrap_or_else(ferry_store::now);
+        build_steps.push(api::ImageBuildStep {
+            started_at: Some(timestamp(started)),
+            // The end is exclusive in a log query: one second more keeps the last line.
+            finished_at: Some(timestamp(finished + 1.0)),
+            builder_app_id: id.clone(),
+            builder_task_id: id.clone(),
+            image_id: id,
+        });
+    }
+    Ok(Response::new(api::ImageBuildChainGetResponse { build_steps }))
+}
+
+fn timestamp(t: f64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.floor() as i64, nanos: ((t - t.floor()) * 1e9) as i32 }
+}
+
+fn seconds(t: Option<prost_types::Timestamp>) -> Option<f64> {
+    t.map(|t| t.seconds as f64 + t.nanos as f64 / 1e9)
+}
+
+/// Reads a kept build log line by line, calling `f(fd, timestamp, text)` for each line in
+/// [since, until); never holds the log in memory.
+async fn scan_log(path: &std::path::Path, since: f64, until: f64, mut f: impl FnMut(i32, f64, &str) -> bool) {
+    use tokio::io::AsyncBufReadExt;
+    let Ok(file) = tokio::fs::File::open(path).await else { return };
+    let mut lines = tokio::io::BufReader::new(file).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut parts = line.splitn(3, ' ');
+        let fd = parts.next().and_then(|f| f.parse::<i32>().ok()).unwrap_or(1);
+        let t = parts.next().and_then(|t| t.parse::<f64>().ok()).unwrap_or_default();
+        if t < since || t >= until {
+            continue;
+        }
+        if !f(fd, t, parts.next().unwrap_or_default()) {
+            return;
+        }
+    }
+}
+
+/// `AppCountLogs` for an image's build log: line counts per bucket, by stream.
+pub(crate) async fn count_build_logs(s: &ModalService, req: api::AppCountLogsRequest) -> Rpc<api::AppCountLogsResponse> {
+    check_id(&req.app_id, "im", "Image")?;
+    s.store.image(&req.app_id).await.or_status()?;
+    let since = seconds(req.since).unwrap_or(0.0);
+    let until = seconds(req.until).unwrap_or(f64::MAX);
+    let bucket = req.bucket_secs.max(1) as f64;
+    let mut buckets: std::collections::BTreeMap<i64, api::app_count_logs_response::LogBucket> = Default::default();
+    scan_log(&log_path(s, &req.app_id), since, until, |fd, t, text| {
+        if req.search_text.is_empty() || text.contains(&req.search_text) {
+            let start = (t / bucket).floor() as i64 * bucket as i64;
+            let b = buckets.entry(start).or_insert_with(|| api::app_count_logs_response::LogBucket {
+                bucket_start_at: Some(timestamp(start as f64)),
+                ..Default::default()
+            });
+            match fd {
+                1 => b.stdout_logs += 1,
+                2 => b.stderr_logs += 1,
+                _ => b.system_logs += 1,
+            }
+        }
+        true
+    })
+    .await;
+    Ok(Response::new(api::AppCountLogsResponse { app_id: req.app_id, buckets: buckets.into_values().collect() }))
+}
+
+/// `AppFetchLogs` for an image's build log: the lines in the window, at most `limit`.
+pub(crate) async fn fetch_build_logs(s: &ModalService, req: api::AppFetchLogsRequest) -> Rpc<api::AppFetchLogsResponse> {
+    check_id(&req.app_id, "im", "Image")?;
+    s.store.image(&req.app_id).await.or_status()?;
+    let since = seconds(req.since).unwrap_or(0.0);
+    let until = seconds(req.until).unwrap_or(f64::MAX);
+    let limit = if req.limit == 0 { 1000 } else { req.limit.min(20_000) } as usize;
+    let mut items = Vec::new();
+    scan_log(&log_path(s, &req.app_id), since, until, |fd, t, text| {
+        if req.search_text.is_empty() || text.contains(&req.search_text) {
+            items.push(api::TaskLogs { data: format!("{text}\n"), timestamp: t, file_descriptor: fd, ..Default::default() });
+        }
+        items.len() < limit
+    })
+    .await;
+    let batches = if items.is_empty() {
+        Vec::new()
+    } else {
+        vec![api::TaskLogsBatch { task_id: req.app_id.clone(), image_id: req.app_id.clone(), items, ..Default::default() }]
+    };
+    Ok(Response::new(api::AppFetchLogsResponse { batches }))
 }

@@ -6,14 +6,14 @@
 //! container dies, the inputs it held are answered with a failure so no caller waits forever.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::api;
 use prost::Message;
 use tokio::sync::OnceCell;
 use tonic::Status;
 
-use crate::scheduler::{Input, TaskInfo};
+use crate::scheduler::{cancelled_result, status, Input, NewInput, Outcome, TaskInfo};
 use crate::service::ModalService;
 
 const DEFAULT_MAX_CONTAINERS: usize = 8;
@@ -34,8 +34,10 @@ pub(crate) struct Launcher {
 }
 
 impl Launcher {
-    pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore) -> Self {
-        let worker = ferry_worker::Worker::new(data_dir, images);
+    pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore, pool: ferry_worker::PoolConfig) -> Self {
+        // Finds (and logs, in one line) what isolation this host allows before any container.
+        ferry_runtime::isolation(images.root());
+        let worker = ferry_worker::Worker::with_pool(data_dir, images, pool);
         let swept = worker.sweep_stale();
         if swept > 0 {
             tracing::info!("removed {swept} leftovers of containers from an earlier run");
@@ -79,20 +81,23 @@ fn retry_delay(def: &api::Function, retry_count: u32) -> Option<Duration> {
 
 /// A failed attempt the container reported: retried while the policy allows, else answered
 /// with the container's own result (which carries the user's exception).
-pub(crate) async fn fail_or_retry_output(s: &ModalService, function_id: &str, task_id: &str, input: crate::scheduler::Input, result: Vec<u8>, data_format: i32) {
+pub(crate) async fn fail_or_retry_output(s: &ModalService, function_id: &str, task_id: &str, input: Input, result: Vec<u8>, data_format: i32) {
     let def = definition(s, function_id).await.ok().map(|(_, d)| d);
     match def.as_ref().and_then(|d| retry_delay(d, input.retry_count)) {
         Some(delay) => schedule_retry(s, function_id, input, delay),
-        None => s.scheduler.finish(input, task_id, result, data_format),
+        None => s.scheduler.finish(function_id, input, task_id, result, data_format, Outcome::Failed).await,
     }
 }
 
-fn schedule_retry(s: &ModalService, function_id: &str, input: crate::scheduler::Input, delay: Duration) {
+/// The input waits out its backoff in the `retrying` state (held by this timer; a restart
+/// meanwhile queues it at once), then is queued again.
+fn schedule_retry(s: &ModalService, function_id: &str, input: Input, delay: Duration) {
     let svc = s.clone();
     let fid = function_id.to_string();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
-        svc.scheduler.requeue(&fid, input);
+        let why = format!("Function call {} was cancelled", input.call_id);
+        svc.scheduler.requeue(&fid, input, cancelled_result(&why)).await;
         if let Err(e) = ensure_capacity(&svc, &fid).await {
             tracing::warn!("cannot start a container for a retry: {e}");
         }
@@ -101,7 +106,7 @@ fn schedule_retry(s: &ModalService, function_id: &str, input: crate::scheduler::
 
 /// Retries each failed input its function's policy still allows (after the backoff), and
 /// answers the rest with `result`.
-pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: &str, inputs: Vec<crate::scheduler::Input>, result: Vec<u8>) {
+pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: &str, inputs: Vec<Input>, result: Vec<u8>) {
     let def = definition(s, function_id).await.ok().map(|(_, d)| d);
     let mut final_failures = Vec::new();
     for input in inputs {
@@ -110,7 +115,7 @@ pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: 
             None => final_failures.push(input),
         }
     }
-    s.scheduler.fail(final_failures, task_id, result);
+    s.scheduler.fail(function_id, final_failures, task_id, result).await;
 }
 
 /// A function's record and decoded definition. Every submitted batch and every container poll
@@ -164,25 +169,72 @@ pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration 
     }
 }
 
-/// Queues inputs and starts a container if none is free to take them.
-pub(crate) async fn submit(s: &ModalService, function_id: &str, inputs: Vec<Input>) -> Result<(), Status> {
-    s.scheduler.enqueue(function_id, inputs);
-    ensure_capacity(s, function_id).await
+/// Creates a call with its first inputs (durable once this returns) and starts a container if
+/// none is free to take them. Returns each input's id by index.
+pub(crate) async fn submit(s: &ModalService, call_id: &str, function_id: &str, invocation_type: i32, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>, Status> {
+    let ids = s.scheduler.create_call(call_id, function_id, invocation_type, inputs).await.map_err(status)?;
+    if !ids.is_empty() {
+        ensure_capacity(s, function_id).await?;
+    }
+    Ok(ids)
 }
 
-/// Starts containers while inputs wait and the function may have more.
+/// Adds inputs to a call (a map's later batches) and starts containers for them.
+pub(crate) async fn submit_more(s: &ModalService, call_id: &str, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>, Status> {
+    let (function_id, ids) = s.scheduler.add_inputs(call_id, inputs).await.map_err(status)?;
+    ensure_capacity(s, &function_id).await?;
+    Ok(ids)
+}
+
+/// After a restart: functions with inputs waiting get containers again; inputs of apps that
+/// stopped meanwhile are cancelled.
+pub(crate) fn resume(s: &ModalService) {
+    let svc = s.clone();
+    tokio::spawn(async move {
+        for (function_id, queued, _) in svc.scheduler.loads() {
+            if queued == 0 {
+                continue;
+            }
+            let live = match definition(&svc, &function_id).await {
+                Ok((record, _)) => svc.store.app(&record.app_id).await.is_ok_and(|a| a.state.is_live()),
+                Err(_) => false,
+            };
+            if !live {
+                cancel_calls_of(&svc, &function_id, "its app stopped").await;
+                continue;
+            }
+            if let Err(e) = ensure_capacity(&svc, &function_id).await {
+                tracing::warn!(function_id, "cannot start containers for inputs queued before the restart: {e}");
+            }
+        }
+    });
+}
+
+/// Cancels every call with inputs of a function waiting or running.
+async fn cancel_calls_of(s: &ModalService, function_id: &str, why: &str) {
+    for call_id in s.scheduler.calls_in_flight(function_id) {
+        let message = format!("Function call {call_id} was cancelled: {why}");
+        if let Err(e) = s.scheduler.cancel_call(&call_id, why, cancelled_result(&message)).await {
+            tracing::warn!(call_id, "cannot cancel: {e}");
+        }
+    }
+}
+
+/// Starts containers while inputs wait and the function may have more. The count and the new
+/// tasks are decided in one step, so concurrent submissions never exceed `max_containers`.
 pub(crate) async fn ensure_capacity(s: &ModalService, function_id: &str) -> Result<(), Status> {
     let (record, def) = definition(s, function_id).await.map_err(Status::internal)?;
-    let (pending, idle, total) = s.scheduler.enqueue(function_id, Vec::new());
     let sc = scaling(&def);
     let per_container = def.max_concurrent_inputs.max(1) as usize;
     // Enough containers for the queue, plus `buffer_containers` idle ones, and never fewer
     // than `min_containers`; at most `max_containers`.
-    let busy = total - idle.min(total);
-    let needed = pending.div_ceil(per_container).saturating_sub(idle);
-    let target = (total + needed).max(busy + pending.div_ceil(per_container) + sc.buffer).max(sc.min).min(sc.max);
-    for _ in 0..target.saturating_sub(total) {
-        start_task(s.clone(), function_id.to_string(), record.app_id.clone());
+    let started = s.scheduler.reserve_tasks(function_id, &record.app_id, sc.max, |pending, idle, total| {
+        let busy = total - idle.min(total);
+        let needed = pending.div_ceil(per_container).saturating_sub(idle);
+        (total + needed).max(busy + pending.div_ceil(per_container) + sc.buffer).max(sc.min)
+    });
+    for task_id in started {
+        start_task(s.clone(), function_id.to_string(), task_id);
     }
     Ok(())
 }
@@ -199,11 +251,20 @@ pub(crate) async fn warm_up(s: &ModalService, app_id: &str) {
 }
 
 /// Asks every container of an app to exit; kills those still running after the grace period.
+/// Its calls still in flight are cancelled (recorded as such), as on Modal when an app stops.
 pub(crate) fn stop_app(s: &ModalService, app_id: &str) {
     for t in s.scheduler.tasks_of_app(app_id) {
         s.scheduler.stop_task(&t.task_id);
     }
     crate::sandboxes::stop_app(s, app_id);
+    let svc = s.clone();
+    let app_id = app_id.to_string();
+    tokio::spawn(async move {
+        let Ok(functions) = svc.store.functions_of_app(&app_id).await else { return };
+        for f in functions {
+            cancel_calls_of(&svc, &f.id, "its app stopped").await;
+        }
+    });
 }
 
 /// Rolls an app over to a new version: its containers started before `since` drain (finish
@@ -216,20 +277,9 @@ pub(crate) fn drain_app(s: &ModalService, app_id: &str, since: f64) {
     }
 }
 
-fn start_task(s: ModalService, function_id: String, app_id: String) {
-    let task_id = ferry_store::new_id("ta");
-    // Counted from now on, so calls arriving while it starts do not start more than needed.
-    s.scheduler.register_task(TaskInfo {
-        task_id: task_id.clone(),
-        app_id,
-        function_id: function_id.clone(),
-        last_active: Instant::now(),
-        started_at: ferry_store::now(),
-        preempted: false,
-        stopping: false,
-        draining: false,
-        failure: None,
-    });
+/// Runs a task `reserve_tasks` registered (it counts from then on, so calls arriving while it
+/// starts do not start more than needed).
+fn start_task(s: ModalService, function_id: String, task_id: String) {
     tokio::spawn(async move {
         if let Err(message) = run_task(&s, &function_id, &task_id).await {
             tracing::warn!(task_id, function_id, "task failed to start: {message}");
@@ -239,7 +289,7 @@ fn start_task(s: ModalService, function_id: String, app_id: String) {
             if s.scheduler.tasks_of_function(&function_id) == 0 {
                 inputs.extend(s.scheduler.drain_pending(&function_id));
             }
-            s.scheduler.fail(inputs, &task_id, failure(message));
+            s.scheduler.fail(&function_id, inputs, &task_id, failure(message)).await;
         }
     });
 }
@@ -251,38 +301,22 @@ fn start_task(s: ModalService, function_id: String, app_id: String) {
 pub(crate) async fn run_build_function(s: &ModalService, function_id: &str, app_id: &str, payload: Vec<u8>, log: &ferry_runtime::LogSink) -> Result<ferry_runtime::LayerId, String> {
     let task_id = ferry_store::new_id("ta");
     let call_id = ferry_store::new_id("fc");
-    s.scheduler.new_call(&call_id, function_id);
-    s.scheduler.register_task(TaskInfo {
-        task_id: task_id.clone(),
-        app_id: app_id.to_string(),
-        function_id: function_id.to_string(),
-        last_active: Instant::now(),
-        started_at: ferry_store::now(),
-        preempted: false,
-        stopping: false,
-        draining: false,
-        failure: None,
-    });
-    let input = Input {
-        input_id: ferry_store::new_id("in"),
-        call_id: call_id.clone(),
-        idx: 0,
-        payload,
-        retry_count: 0,
-        invocation_type: 0,
-        taken_at: None,
-    };
-    s.scheduler.enqueue(function_id, vec![input]);
+    s.scheduler.register_task(TaskInfo::new(&task_id, app_id, function_id, ferry_store::now()));
+    let sync = api::FunctionCallInvocationType::Sync as i32;
+    if let Err(e) = s.scheduler.create_call(&call_id, function_id, sync, vec![NewInput { idx: 0, payload }]).await {
+        s.scheduler.remove_task(&task_id);
+        return Err(e.to_string());
+    }
     // Once the input is answered the container gets `kill_switch` and exits by itself.
     let stopper = {
         let sched = s.scheduler.clone();
         let (call_id, task_id) = (call_id.clone(), task_id.clone());
         tokio::spawn(async move {
             loop {
-                match sched.outputs(&call_id, 0, None, Duration::from_secs(50)).await {
-                    Some((outputs, _, _)) if outputs.is_empty() => continue,
-                    Some(_) => sched.stop_task(&task_id),
-                    None => {}
+                match sched.outputs(&call_id, 0, None, Duration::from_secs(50), false).await {
+                    Ok(found) if found.outputs.is_empty() => continue,
+                    Ok(_) => sched.stop_task(&task_id),
+                    Err(_) => {}
                 }
                 return;
             }
@@ -290,7 +324,7 @@ pub(crate) async fn run_build_function(s: &ModalService, function_id: &str, app_
     };
     let ran = run_task_as(s, function_id, &task_id, Some(log)).await;
     stopper.abort();
-    let output = s.scheduler.outputs(&call_id, 0, None, Duration::from_millis(10)).await.and_then(|(o, _, _)| o.into_iter().next());
+    let output = s.scheduler.outputs(&call_id, 0, None, Duration::from_millis(10), false).await.ok().and_then(|found| found.outputs.into_iter().next());
     s.scheduler.forget_call(&call_id);
     let layer = match ran {
         Ok(layer) => layer,
@@ -422,8 +456,9 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         .map_err(|e| format!("cannot prepare the modal client runtime: {e}"))?;
     let _ = client;
 
-    // Without a network, the container reaches the API through the unix socket bound into it.
-    let server_url = if def.block_network {
+    // Without a network, or when the API speaks TLS (whose authority containers do not
+    // trust), the container reaches the API through the unix socket bound into it.
+    let server_url = if def.block_network || s.config.containers_use_socket {
         files.push((crate::container_socket(s.store.data_dir()), CONTAINER_SOCKET.to_string()));
         format!("unix://{CONTAINER_SOCKET}")
     } else {
@@ -455,6 +490,13 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         tracing::info!(task_id, function_id, "container gets {} x {}", lease.cards().len(), lease.model());
     }
     spec.volumes = crate::volumes::task_mounts(s, task_id, &def).await?;
+    // enable_memory_snapshot: tasks of one definition fork from one zygote (ferry-worker). A
+    // build step's writes become a layer: it gets a container of its own.
+    if build_log.is_some() {
+        spec.standby = false;
+    } else if def.checkpointing_enabled {
+        spec.memory_snapshot = Some(snapshot_key(function_id, record.definition.as_deref().unwrap_or_default()));
+    }
     let mut task = match launcher.worker.start(spec).await {
         Ok(t) => t,
         Err(e) => {
@@ -534,9 +576,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     let (info, held) = s.scheduler.remove_task(task_id);
     if info.as_ref().is_some_and(|i| i.preempted) {
         // Stopped by an operator: what it held runs again on another container.
-        for input in held {
-            s.scheduler.requeue(function_id, input);
-        }
+        s.scheduler.return_inputs(function_id, held);
         let _ = ensure_capacity(s, function_id).await;
         return Ok(layer);
     }
@@ -563,11 +603,19 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     if reported.is_some() && s.scheduler.tasks_of_function(function_id) == 0 {
         // The function cannot start: the queued inputs would wait forever.
         lost.extend(s.scheduler.drain_pending(function_id));
-        s.scheduler.fail(lost, task_id, failure(message));
+        s.scheduler.fail(function_id, lost, task_id, failure(message)).await;
     } else {
         fail_or_retry(s, function_id, task_id, lost, failure(message)).await;
     }
     Ok(layer)
+}
+
+/// Names a function's memory snapshot: a new definition (code, image, settings) gets a new one.
+fn snapshot_key(function_id: &str, definition: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    definition.hash(&mut h);
+    format!("{function_id}-{:016x}", h.finish())
 }
 
 /// Every function and class of the app with its handle metadata, plus the ids the function

@@ -5,7 +5,9 @@
 //! mapped to gRPC statuses in one place ([`status`]). The [`gateway`] layer in front of the
 //! service authenticates every call and replays retried calls by their idempotency key.
 
+pub mod access;
 pub mod gateway;
+pub mod tls;
 mod apps;
 mod blobs;
 mod classes;
@@ -16,6 +18,7 @@ mod images;
 mod launch;
 mod live;
 mod mounts;
+mod nfs;
 mod scheduler;
 mod schedules;
 mod dicts;
@@ -26,8 +29,10 @@ mod sandboxes;
 mod secrets;
 mod service;
 mod status;
+mod tunnels;
 mod web;
 mod volumes;
+mod workspace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +72,13 @@ pub struct ApiConfig {
     pub gpu_inventory: ferry_gpu::Inventory,
     /// Base URL of the web dashboard; app links the client prints point there.
     pub dashboard_url: Option<String>,
+    /// Per-token rate limits and the largest request accepted.
+    pub limits: gateway::Limits,
+    /// Containers reach the API through the data dir's unix socket even with a network (set by
+    /// [`serve`] when the API speaks TLS).
+    pub containers_use_socket: bool,
+    /// Standby task containers kept ready per image (cold starts); off by default.
+    pub pool: ferry_worker::PoolConfig,
 }
 
 impl Default for ApiConfig {
@@ -80,6 +92,9 @@ impl Default for ApiConfig {
             images: Default::default(),
             gpu_inventory: ferry_gpu::Inventory::none(),
             dashboard_url: None,
+            limits: gateway::Limits::default(),
+            containers_use_socket: false,
+            pool: ferry_worker::PoolConfig::off(),
         }
     }
 }
@@ -102,10 +117,16 @@ pub async fn serve(
     tls: Option<TlsFiles>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    config.containers_use_socket |= tls.is_some();
     let config = Arc::new(config);
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
-    let (sandboxes, router) = start_sandboxes(&store, &config, listener.local_addr()?.ip(), router_tls).await?;
-    let modal = ModalService::new(store.clone(), config.clone())?.with_sandboxes(sandboxes);
+    let modal = ModalService::new(store.clone(), config.clone()).await?;
+    let volumes = (*modal.volumes).clone();
+    let (sandboxes, router) = start_sandboxes(&store, volumes, &config, listener.local_addr()?.ip(), router_tls).await?;
+    let modal = modal.with_sandboxes(sandboxes);
+    // Inputs queued before a restart (those that were running included) get containers again.
+    launch::resume(&modal);
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();
@@ -123,8 +144,9 @@ pub async fn serve(
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
     let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
     let web_server = web_listener.map(|l| web::spawn(&modal, l));
+    let gateway = gateway::GatewayLayer::with_limits(store.clone(), config.limits);
     let service = ModalClientServer::new(modal)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(config.limits.max_request_bytes)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let builder = || {
         tonic::transport::Server::builder()
@@ -141,7 +163,7 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", socket.display()))?;
     let unix_server = tokio::spawn(
         builder()
-            .layer(gateway::GatewayLayer::new(store.clone()))
+            .layer(gateway.clone())
             .add_service(service.clone())
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds)),
     );
@@ -151,7 +173,7 @@ pub async fn serve(
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     builder
-        .layer(gateway::GatewayLayer::new(store))
+        .layer(gateway)
         .add_service(service)
         // Socket options must be set on each accepted connection: without TCP_NODELAY, a
         // response of more than a packet waits for the client's delayed ACK (~40 ms).
@@ -181,6 +203,7 @@ pub async fn serve(
 /// accepts plain http for it only when that host is local).
 async fn start_sandboxes(
     store: &Store,
+    volumes: ferry_volumes::Volumes,
     config: &ApiConfig,
     ip: std::net::IpAddr,
     tls: Option<(Vec<u8>, Vec<u8>)>,
@@ -208,7 +231,7 @@ async fn start_sandboxes(
         ..Default::default()
     };
     let images = ferry_runtime::ImageStore::open(store.data_dir())?;
-    let sandboxes = ferry_sandbox::Sandboxes::open(store.clone(), images, sandbox_config).await?;
+    let sandboxes = ferry_sandbox::Sandboxes::open(store.clone(), images, volumes, sandbox_config).await?;
     let router = {
         let sandboxes = sandboxes.clone();
         tokio::spawn(async move {

@@ -1,5 +1,5 @@
-//! The dashboard's view of what this server holds in memory: containers, queued and running
-//! inputs, answered inputs with their status and traceback. Plain data, no wire types leave.
+//! The dashboard's view of the scheduler: containers, queued and running inputs, the most
+//! recent answers with their status and traceback. Plain data, no wire types leave.
 
 use ferry_dashboard::{ContainerView, FunctionLoad, InputView, Live};
 use ferry_proto::api;
@@ -55,14 +55,14 @@ impl Live for LiveState {
         };
         out.extend(running.into_iter().map(|(task, i)| waiting(i, "running", Some(task))));
         out.extend(queued.into_iter().map(|i| waiting(i, "queued", None)));
-        for (call_id, o) in done {
+        for o in done {
             let result = api::GenericResult::decode(o.result.as_slice()).unwrap_or_default();
             let status = api::generic_result::GenericStatus::try_from(result.status)
                 .map(|s| s.as_str_name().trim_start_matches("GENERIC_STATUS_").to_lowercase())
                 .unwrap_or_else(|_| "unknown".to_string());
             out.push(InputView {
                 input_id: o.input_id,
-                call_id,
+                call_id: o.call_id,
                 status,
                 retry_count: o.retry_count,
                 task_id: Some(o.task_id),

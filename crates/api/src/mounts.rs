@@ -50,13 +50,10 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::MountGetOrCr
                 return Err(Status::already_exists(format!("Mount '{}' already exists", m.name.unwrap_or_default())))
             }
             (Some(m), _) => m,
-            // `add_python=` asks for a global mount of a standalone Python build, which comes
-            // from outside any package registry.
-            (None, api::ObjectCreationType::Unspecified) if req.deployment_name.starts_with("python-build-standalone.") => {
-                return Err(Status::unimplemented(format!(
-                    "Ferry cannot provide `add_python=` ({}) yet: use an image that has Python already (e.g. `Image.from_registry(...)` of a Python image, or `Image.debian_slim()`)",
-                    req.deployment_name
-                )))
+            // `add_python=` asks for a global mount of a standalone Python build: Ferry makes
+            // it from its own Debian base of that series (no package registry carries one).
+            (None, api::ObjectCreationType::Unspecified) if req.deployment_name.starts_with(STANDALONE_PREFIX) => {
+                standalone_mount(s, &req.deployment_name, req.namespace).await?
             }
             (None, api::ObjectCreationType::Unspecified) if !is_client_mount(&req.deployment_name) => {
                 return Err(Status::not_found(format!("Mount '{}' not found", req.deployment_name)))
@@ -121,4 +118,67 @@ pub(crate) async fn put_file(s: &ModalService, r: Request<api::MountPutFileReque
         }
     }
     Ok(Response::new(api::MountPutFileResponse { exists: true, checked_at: None }))
+}
+
+const STANDALONE_PREFIX: &str = "python-build-standalone.";
+
+/// The mount `python-build-standalone.<release>.<version>-gnu` of `add_python=`: a standalone
+/// Python tree (`ferry_runtime::standalone_python`) under `/python/`, stored as a named global
+/// mount so later builds find it at once.
+async fn standalone_mount(s: &ModalService, name: &str, namespace: i32) -> Result<ferry_store::Mount, Status> {
+    let rest = &name[STANDALONE_PREFIX.len()..];
+    let (release, version) = rest.split_once('.').ok_or_else(|| invalid(format!("'{name}' is not a standalone Python mount name")))?;
+    let version = version
+        .strip_suffix("-gnu")
+        .ok_or_else(|| Status::unimplemented(format!("Ferry provides `add_python=` for glibc only, not {name}")))?;
+    let series: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<ferry_runtime::LogLine>();
+    let relay = tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            tracing::info!(target: "ferry::add_python", "{}", line.text);
+        }
+    });
+    // Releases from 2024-10 on ship `bin/python`; for older ones the client's step links it.
+    let made = ferry_runtime::standalone_python(&s.images.store, &series, release >= "20241008", &log).await;
+    drop(log);
+    let _ = relay.await;
+    let dir = made.map_err(|e| match e {
+        ferry_runtime::Error::UnsupportedPython { .. } => Status::failed_precondition(format!("`add_python=\"{series}\"`: {e}")),
+        e => Status::failed_precondition(e.to_string()),
+    })?;
+    let files = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)?.flatten() {
+                let p = e.path();
+                let meta = std::fs::symlink_metadata(&p)?;
+                if meta.is_dir() {
+                    stack.push(p);
+                } else if meta.is_file() {
+                    use std::os::unix::fs::PermissionsExt;
+                    let rel = p.strip_prefix(&dir).expect("inside").to_string_lossy().into_owned();
+                    out.push((format!("/python/{rel}"), p, meta.permissions().mode()));
+                }
+            }
+        }
+        Ok::<_, std::io::Error>(out)
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| Status::internal(format!("reading the standalone Python: {e}")))?;
+    let mut entries = Vec::with_capacity(files.len());
+    for (path, source, mode) in files {
+        let data = tokio::fs::read(&source).await.map_err(|e| Status::internal(format!("reading {}: {e}", source.display())))?;
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(&data));
+        s.store.put_file(&sha, &data).await.or_status()?;
+        entries.push(MountEntry { path, sha256: sha, mode: Some(mode) });
+    }
+    match s.store.create_mount(Some(name), namespace, None, None, &entries).await {
+        Err(ferry_store::StoreError::AlreadyExists(_)) => {
+            s.store.mount_by_name(name, namespace, None).await.or_status()?.ok_or_else(|| Status::internal("mount vanished while being created"))
+        }
+        other => other.or_status(),
+    }
 }

@@ -68,8 +68,8 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
     if crate::gpus::check_resources(s, "Sandbox", def.resources.as_ref())?.is_some() {
         return Err(Status::unimplemented("Ferry does not implement GPUs in Sandboxes yet; use a function with gpu= instead"));
     }
-    if !def.nfs_mounts.is_empty() || !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
-        return Err(Status::unimplemented("Ferry does not implement network file systems or cloud bucket mounts in Sandboxes yet"));
+    if !def.cloud_bucket_mounts.is_empty() || !def.s3_mounts.is_empty() {
+        return Err(Status::unimplemented("Ferry does not implement cloud bucket mounts in Sandboxes yet"));
     }
     if !def.mount_ids.is_empty() {
         return Err(Status::unimplemented("Ferry does not implement mounts in Sandboxes yet; add the files to the image instead"));
@@ -151,6 +151,7 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         (p.winsz_rows.min(u16::MAX as u32) as u16, p.winsz_cols.min(u16::MAX as u32) as u16)
     });
     let command = if def.entrypoint_args.is_empty() { vec!["sleep".into(), "infinity".into()] } else { def.entrypoint_args.clone() };
+    let binds = crate::nfs::binds(s, &def.nfs_mounts).await.map_err(Status::invalid_argument)?;
     let spec = SandboxSpec {
         app_id: app.id.clone(),
         environment_id: app.environment_id.clone(),
@@ -173,8 +174,14 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         volumes: def
             .volume_mounts
             .iter()
-            .map(|v| VolumeMount { volume_id: v.volume_id.clone(), mount_path: v.mount_path.clone(), read_only: v.read_only })
+            .map(|v| VolumeMount {
+                volume_id: v.volume_id.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only,
+                sub_path: v.sub_path.clone().filter(|p| !p.is_empty()),
+            })
             .collect(),
+        binds,
         tty,
         v2,
     };

@@ -10,7 +10,7 @@ use ferry_schedule::{DateTime, Entry, Schedule, Spec, Utc};
 use prost::Message;
 use tonic::Status;
 
-use crate::scheduler::Input;
+use crate::scheduler::NewInput;
 use crate::service::ModalService;
 use crate::status::OrStatus;
 
@@ -112,17 +112,8 @@ async fn submit_tick(s: &ModalService, function_id: &str) -> Result<(), Status> 
         ..Default::default()
     };
     let call_id = ferry_store::new_id("fc");
-    s.scheduler.new_call(&call_id, function_id);
-    let input = Input {
-        input_id: ferry_store::new_id("in"),
-        call_id,
-        idx: 0,
-        payload: payload.encode_to_vec(),
-        retry_count: 0,
-        invocation_type: api::FunctionCallInvocationType::Async as i32,
-        taken_at: None,
-    };
-    crate::launch::submit(s, function_id, vec![input]).await
+    let input = NewInput { idx: 0, payload: payload.encode_to_vec() };
+    crate::launch::submit(s, &call_id, function_id, api::FunctionCallInvocationType::Async as i32, vec![input]).await.map(|_| ())
 }
 
 /// Starts the server's one schedule loop. Dropping or sending on the returned handle stops it.

@@ -32,17 +32,19 @@ pub struct ModalService {
 }
 
 impl ModalService {
-    pub fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
+    /// Opens the service; inputs not answered before the last stop are queued again.
+    pub async fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
-        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone());
+        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone(), config.pool.clone());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
         let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
+        let (scheduler, _) = crate::scheduler::Scheduler::open(store.clone()).await?;
         Ok(ModalService {
             volumes,
             store,
             config,
             images: Arc::new(images),
-            scheduler: Default::default(),
+            scheduler,
             launcher: Arc::new(launcher),
             web: Default::default(),
             sandboxes: None,
@@ -98,6 +100,9 @@ macro_rules! modal_client_impl {
 modal_client_impl! {
     unary {
         client_hello(()) -> api::ClientHelloResponse => crate::environments::client_hello;
+        workspace_name_lookup(()) -> api::WorkspaceNameLookupResponse => crate::workspace::name_lookup;
+        token_info_get(api::TokenInfoGetRequest) -> api::TokenInfoGetResponse => crate::workspace::token_info;
+        workspace_dashboard_url_get(api::WorkspaceDashboardUrlRequest) -> api::WorkspaceDashboardUrlResponse => crate::workspace::dashboard_url;
         environment_get_or_create(api::EnvironmentGetOrCreateRequest) -> api::EnvironmentGetOrCreateResponse => crate::environments::get_or_create;
         environment_list(()) -> api::EnvironmentListResponse => crate::environments::list;
         environment_create(api::EnvironmentCreateRequest) -> () => crate::environments::create;
@@ -112,6 +117,7 @@ modal_client_impl! {
         app_stop(api::AppStopRequest) -> () => crate::apps::stop;
         app_client_disconnect(api::AppClientDisconnectRequest) -> () => crate::apps::client_disconnect;
         app_fetch_logs(api::AppFetchLogsRequest) -> api::AppFetchLogsResponse => crate::apps::fetch_logs;
+        app_count_logs(api::AppCountLogsRequest) -> api::AppCountLogsResponse => crate::apps::count_logs;
         app_get_lifecycle(api::AppGetLifecycleRequest) -> api::AppGetLifecycleResponse => crate::apps::get_lifecycle;
         task_list(api::TaskListRequest) -> api::TaskListResponse => crate::apps::task_list;
         task_get_info(api::TaskGetInfoRequest) -> api::TaskGetInfoResponse => crate::apps::task_get_info;
@@ -123,6 +129,12 @@ modal_client_impl! {
         blob_get(api::BlobGetRequest) -> api::BlobGetResponse => crate::blobs::get;
         image_get_or_create(api::ImageGetOrCreateRequest) -> api::ImageGetOrCreateResponse => crate::images::get_or_create;
         image_from_id(api::ImageFromIdRequest) -> api::ImageFromIdResponse => crate::images::from_id;
+        image_publish(api::ImagePublishRequest) -> api::ImagePublishResponse => crate::images::publish;
+        image_get_by_tag(api::ImageGetByTagRequest) -> api::ImageGetByTagResponse => crate::images::get_by_tag;
+        image_list_tags(api::ImageListTagsRequest) -> api::ImageListTagsResponse => crate::images::list_tags;
+        image_tag_revisions(api::ImageTagRevisionsRequest) -> api::ImageTagRevisionsResponse => crate::images::tag_revisions;
+        image_name_delete(api::ImageNameDeleteRequest) -> () => crate::images::name_delete;
+        image_build_chain_get(api::ImageBuildChainGetRequest) -> api::ImageBuildChainGetResponse => crate::images::build_chain_get;
         function_precreate(api::FunctionPrecreateRequest) -> api::FunctionPrecreateResponse => crate::functions::precreate;
         function_create(api::FunctionCreateRequest) -> api::FunctionCreateResponse => crate::functions::create;
         function_get(api::FunctionGetRequest) -> api::FunctionGetResponse => crate::functions::get;
@@ -140,6 +152,7 @@ modal_client_impl! {
         function_bind_params(api::FunctionBindParamsRequest) -> api::FunctionBindParamsResponse => crate::classes::bind_params;
         app_get_layout(api::AppGetLayoutRequest) -> api::AppGetLayoutResponse => crate::classes::app_get_layout;
         function_call_from_id(api::FunctionCallFromIdRequest) -> api::FunctionCallFromIdResponse => crate::functions::call_from_id;
+        function_call_cancel(api::FunctionCallCancelRequest) -> () => crate::functions::cancel;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
         app_deployment_history(api::AppDeploymentHistoryRequest) -> api::AppDeploymentHistoryResponse => crate::apps::deployment_history;
         app_rollback(api::AppRollbackRequest) -> api::AppRollbackResponse => crate::apps::rollback;
@@ -210,6 +223,16 @@ modal_client_impl! {
         sandbox_get_tunnels(api::SandboxGetTunnelsRequest) -> api::SandboxGetTunnelsResponse => crate::sandboxes::get_tunnels;
         sandbox_stdin_write(api::SandboxStdinWriteRequest) -> api::SandboxStdinWriteResponse => crate::sandboxes::stdin_write;
         sandbox_snapshot_fs(api::SandboxSnapshotFsRequest) -> api::SandboxSnapshotFsResponse => crate::sandboxes::snapshot_fs;
+        shared_volume_get_or_create(api::SharedVolumeGetOrCreateRequest) -> api::SharedVolumeGetOrCreateResponse => crate::nfs::get_or_create;
+        shared_volume_heartbeat(api::SharedVolumeHeartbeatRequest) -> () => crate::nfs::heartbeat;
+        shared_volume_list(api::SharedVolumeListRequest) -> api::SharedVolumeListResponse => crate::nfs::list;
+        shared_volume_delete(api::SharedVolumeDeleteRequest) -> () => crate::nfs::delete;
+        shared_volume_put_file(api::SharedVolumePutFileRequest) -> api::SharedVolumePutFileResponse => crate::nfs::put_file;
+        shared_volume_get_file(api::SharedVolumeGetFileRequest) -> api::SharedVolumeGetFileResponse => crate::nfs::get_file;
+        shared_volume_list_files(api::SharedVolumeListFilesRequest) -> api::SharedVolumeListFilesResponse => crate::nfs::list_files;
+        shared_volume_remove_file(api::SharedVolumeRemoveFileRequest) -> () => crate::nfs::remove_file;
+        tunnel_start(api::TunnelStartRequest) -> api::TunnelStartResponse => crate::tunnels::start;
+        tunnel_stop(api::TunnelStopRequest) -> api::TunnelStopResponse => crate::tunnels::stop;
     }
     streams {
         app_get_logs(api::AppGetLogsRequest) -> api::TaskLogsBatch => crate::apps::get_logs;
@@ -219,5 +242,6 @@ modal_client_impl! {
         image_join_streaming(api::ImageJoinStreamingRequest) -> api::ImageJoinStreamingResponse => crate::images::join_streaming;
         volume_list_files2(api::VolumeListFiles2Request) -> api::VolumeListFiles2Response => crate::volumes::list_files;
         sandbox_get_logs(api::SandboxGetLogsRequest) -> api::TaskLogsBatch => crate::sandboxes::get_logs;
+        shared_volume_list_files_stream(api::SharedVolumeListFilesRequest) -> api::SharedVolumeListFilesResponse => crate::nfs::list_files_stream;
     }
 }

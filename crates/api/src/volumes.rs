@@ -23,6 +23,12 @@ use crate::service::{creator, principal, ModalService, Rpc, RpcStream};
 use crate::status::{check_id, to_status, OrStatus};
 
 fn to_grpc(e: VolumeError) -> Status {
+    volume_status(e, "volume")
+}
+
+/// A volume-crate error as a gRPC status; `what` names the storage in messages and logs
+/// ("volume", "network file system").
+pub(crate) fn volume_status(e: VolumeError, what: &str) -> Status {
     match e {
         VolumeError::Invalid(m) => Status::invalid_argument(m),
         VolumeError::NotFound(m) => Status::not_found(m),
@@ -30,8 +36,8 @@ fn to_grpc(e: VolumeError) -> Status {
         VolumeError::Conflict(m) => Status::failed_precondition(m),
         VolumeError::DiskFull(m) => Status::resource_exhausted(m),
         VolumeError::Io(m) => {
-            tracing::error!("volume failure: {m}");
-            Status::internal(format!("Ferry's volume storage failed: {m}"))
+            tracing::error!("{what} failure: {m}");
+            Status::internal(format!("Ferry's {what} storage failed: {m}"))
         }
         VolumeError::Store(e) => to_status(e),
     }
@@ -348,12 +354,21 @@ pub(crate) async fn get_block(State(blobs): State<Arc<BlobStore>>, UrlPath(name)
 // --- containers ------------------------------------------------------------------------
 
 /// The views of the function's volumes (`Function.volume_mounts`) for a task about to start.
+/// The function's network file systems (`shared_volume_mounts`) come along, bound as they are.
 pub(crate) async fn task_mounts(s: &ModalService, task_id: &str, def: &api::Function) -> Result<Vec<ferry_runtime::BindMount>, String> {
+    let shared = crate::nfs::binds(s, &def.shared_volume_mounts).await?;
     if def.volume_mounts.is_empty() {
-        return Ok(Vec::new());
+        return Ok(shared);
     }
-    let requests: Vec<ferry_volumes::MountRequest> = def
-        .volume_mounts
+    let mut binds = volume_binds(s, task_id, &def.volume_mounts).await.map_err(|e| format!("cannot mount the function's volumes: {e}"))?;
+    binds.extend(shared);
+    Ok(binds)
+}
+
+/// Makes `task_id`'s views of `mounts` (`ferry-volumes`) and returns them as binds for its
+/// container (functions and image build steps).
+pub(crate) async fn volume_binds(s: &ModalService, task_id: &str, mounts: &[api::VolumeMount]) -> Result<Vec<ferry_runtime::BindMount>, VolumeError> {
+    let requests: Vec<ferry_volumes::MountRequest> = mounts
         .iter()
         .map(|m| ferry_volumes::MountRequest {
             volume_id: m.volume_id.clone(),
@@ -362,7 +377,7 @@ pub(crate) async fn task_mounts(s: &ModalService, task_id: &str, def: &api::Func
             sub_path: m.sub_path.clone(),
         })
         .collect();
-    let binds = s.volumes.prepare_task(task_id, &requests).await.map_err(|e| format!("cannot mount the function's volumes: {e}"))?;
+    let binds = s.volumes.prepare_task(task_id, &requests).await?;
     Ok(binds
         .into_iter()
         .map(|b| if b.read_only { ferry_runtime::BindMount::read_only(b.source, b.target) } else { ferry_runtime::BindMount::read_write(b.source, b.target) })

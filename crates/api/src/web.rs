@@ -25,7 +25,7 @@ use sha2::Digest;
 use tokio::sync::{mpsc, Notify};
 use tonic::{Request, Response, Status};
 
-use crate::scheduler::Input;
+use crate::scheduler::NewInput;
 use crate::service::{principal, ModalService, RpcStream};
 use crate::status::{check_id, invalid, OrStatus};
 
@@ -332,7 +332,14 @@ impl Backend for WebBackend {
     async fn start(&self, endpoint: &Endpoint, head: RequestHead) -> Result<Call, BackendError> {
         let s = &self.s;
         let (function_id, method) = endpoint.target.split_once('#').unwrap_or((&endpoint.target, ""));
-        crate::launch::definition(s, function_id).await.map_err(backend_error(500))?;
+        let (_, def) = crate::launch::definition(s, function_id).await.map_err(backend_error(500))?;
+        let mut head = head;
+        if !head.root_path.is_empty() && !is_web_server(&def, method) {
+            // ASGI's `path` includes `root_path` (frameworks strip it to route): the app's own
+            // URLs (`request.url`, redirects, WebSocket URLs) then keep the `/<label>` prefix.
+            // A `web_server` proxy forwards `path` to its port as is, so it keeps the inner path.
+            head.path = format!("{}{}", head.root_path, head.path);
+        }
         let call_id = ferry_store::new_id("fc");
         let input = api::FunctionInput {
             args_oneof: Some(api::function_input::ArgsOneof::Args(pickle::asgi_args(&head))),
@@ -343,24 +350,23 @@ impl Backend for WebBackend {
         let (to_app, app_in) = mpsc::channel(4);
         let (app_out, from_app) = mpsc::channel(16);
         let call = Arc::new(WebCall::new(app_out));
-        s.scheduler.new_call(&call_id, function_id);
         s.web.calls.lock().unwrap().insert(call_id.clone(), call.clone());
         tokio::spawn(feed_app(call.clone(), app_in));
-        tokio::spawn(watch_result(s.clone(), call_id.clone(), call));
-        let input = Input {
-            input_id: ferry_store::new_id("in"),
-            call_id: call_id.clone(),
-            idx: 0,
-            payload: input.encode_to_vec(),
-            retry_count: 0,
-            invocation_type: api::FunctionCallInvocationType::Sync as i32,
-            taken_at: None,
-        };
-        if let Err(status) = crate::launch::submit(s, function_id, vec![input]).await {
+        let input = NewInput { idx: 0, payload: input.encode_to_vec() };
+        let sync = api::FunctionCallInvocationType::Sync as i32;
+        if let Err(status) = crate::launch::submit(s, &call_id, function_id, sync, vec![input]).await {
+            s.web.calls.lock().unwrap().remove(&call_id);
             return Err(BackendError::new(503, status.message().to_string()));
         }
+        tokio::spawn(watch_result(s.clone(), call_id.clone(), call));
         Ok(Call { id: call_id, to_app, from_app })
     }
+}
+
+/// Whether the endpoint (the function's, or its class method's) is a `web_server`.
+fn is_web_server(def: &api::Function, method: &str) -> bool {
+    let config = def.method_definitions.get(method).and_then(|m| m.webhook_config.as_ref()).or(def.webhook_config.as_ref());
+    config.is_some_and(|c| c.r#type == api::WebhookType::WebServer as i32)
 }
 
 /// Moves the gateway's messages (request body, disconnects, WebSocket frames) into the call's
@@ -377,10 +383,10 @@ async fn feed_app(call: Arc<WebCall>, mut app_in: mpsc::Receiver<ToApp>) {
 /// Waits for the call's output, tells the gateway how it ended, and forgets the call.
 async fn watch_result(s: ModalService, call_id: String, call: Arc<WebCall>) {
     let outcome = loop {
-        match s.scheduler.outputs(&call_id, 0, None, STREAM_WINDOW).await {
-            None => break FromApp::Failed("the call was lost".into()),
-            Some((outputs, _, _)) => {
-                let Some(output) = outputs.into_iter().next() else { continue };
+        match s.scheduler.outputs(&call_id, 0, None, STREAM_WINDOW, false).await {
+            Err(_) => break FromApp::Failed("the call was lost".into()),
+            Ok(found) => {
+                let Some(output) = found.outputs.into_iter().next() else { continue };
                 let result = api::GenericResult::decode(output.result.as_slice()).unwrap_or_default();
                 if result.status == api::generic_result::GenericStatus::Success as i32 {
                     break FromApp::Finished;

@@ -54,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         cmd: ProxyTokenCommand,
     },
+    /// Manage the key that seals Secret values at rest (DATA_DIR/secret.key).
+    SecretKey {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(subcommand)]
+        cmd: SecretKeyCommand,
+    },
     /// Prepare, list and collect the images containers run on.
     Images {
         #[command(flatten)]
@@ -116,6 +123,19 @@ enum ImagesCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write an image (an `im-...` id, a name published with `Image.publish` as
+    /// `[ENV/]NAME:TAG`, or a layer id) with every layer under it as an OCI image layout of
+    /// zstd layers, which `skopeo copy oci:DIR:TAG docker://...` pushes to a registry.
+    Export {
+        /// The image id, published name or layer id.
+        image: String,
+        /// The OCI layout directory (created; blobs already there are shared).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The tag inside the layout.
+        #[arg(long, default_value = "latest")]
+        tag: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,12 +153,25 @@ enum ProxyTokenCommand {
 }
 
 #[derive(Subcommand)]
+enum SecretKeyCommand {
+    /// Re-seal every Secret value under a fresh key, then replace the key file. Stop
+    /// `ferry serve` first; a crash part-way loses nothing (the next start finishes or undoes it).
+    Rotate,
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token and print its id and secret (the secret is shown only once).
     Create {
         /// A note saying who or what the token is for.
         #[arg(long, default_value = "")]
         label: String,
+        /// Allow only calls that change nothing (listing, reading, looking up).
+        #[arg(long)]
+        read_only: bool,
+        /// Allow only calls on this environment's apps and objects.
+        #[arg(long, value_name = "NAME")]
+        environment: Option<String>,
     },
     /// List tokens (ids and labels; secrets are never stored).
     List,
@@ -159,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve { data_dir, args } => serve::run(&data_dir.resolve(), args).await,
             Command::Token { data_dir, cmd } => token(&data_dir.resolve(), cmd).await,
+            Command::SecretKey { data_dir, cmd: SecretKeyCommand::Rotate } => secret_key_rotate(&data_dir.resolve()).await,
             Command::ProxyToken { data_dir, cmd } => proxy_token(&data_dir.resolve(), cmd).await,
             Command::Images { data_dir, cmd: ImagesCommand::Prepare { python, base_only, images } } => {
                 for series in &python {
@@ -168,6 +202,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Images { data_dir, cmd: ImagesCommand::List } => images_list(&data_dir.resolve()),
             Command::Images { data_dir, cmd: ImagesCommand::Gc { budget, dry_run } } => images_gc(&data_dir.resolve(), &budget, dry_run),
+            Command::Images { data_dir, cmd: ImagesCommand::Export { image, out, tag } } => images_export(&data_dir.resolve(), &image, &out, &tag).await,
             Command::Gpus { args } => gpus::list(&args),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
             Command::Status { data_dir } => ops::status(&data_dir.resolve()).await,
@@ -219,15 +254,31 @@ async fn images_prepare(data_dir: &std::path::Path, python: &str, default_image:
 async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<()> {
     let store = ferry_store::Store::open(data_dir, Default::default()).await?;
     match cmd {
-        TokenCommand::Create { label } => {
-            let (id, secret) = store.create_token(&label).await?;
+        TokenCommand::Create { label, read_only, environment } => {
+            let scope = ferry_store::TokenScope { read_only, environment };
+            let (id, secret) = store.create_scoped_token(&label, &scope).await?;
             println!("MODAL_TOKEN_ID={id}\nMODAL_TOKEN_SECRET={secret}");
+            if let Some(env) = &scope.environment {
+                println!("MODAL_ENVIRONMENT={env}");
+            }
+            if !scope.is_unrestricted() {
+                eprintln!("token {id} may make {} calls only", scope.describe());
+            }
         }
         TokenCommand::List => {
-            println!("{:<28} {:<12} {:<22} label", "token id", "state", "created");
+            println!("{:<28} {:<9} {:<22} {:<22} {:<28} label", "token id", "state", "created", "last used", "scope");
             for t in store.list_tokens().await? {
                 let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{:<28} {:<12} {:<22} {}", t.token_id, state, config::format_time(t.created_at), t.label);
+                let used = t.last_used_at.map(config::format_time).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<28} {:<9} {:<22} {:<22} {:<28} {}",
+                    t.token_id,
+                    state,
+                    config::format_time(t.created_at),
+                    used,
+                    t.scope.describe(),
+                    t.label
+                );
             }
         }
         TokenCommand::Revoke { token_id } => {
@@ -235,6 +286,17 @@ async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<
             println!("revoked {token_id}");
         }
     }
+    Ok(())
+}
+
+/// `ferry secret-key rotate`: refuses while a server uses the data dir (it holds the old key).
+async fn secret_key_rotate(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(data_dir.join("ferry.sock")).is_ok() {
+        anyhow::bail!("a `ferry serve` is using {}: stop it first, then rotate the key", data_dir.display());
+    }
+    let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+    let n = store.rotate_secret_key().await?;
+    println!("re-sealed {n} secret(s) under a new key in {}", data_dir.join("secret.key").display());
     Ok(())
 }
 
@@ -282,6 +344,41 @@ fn images_list(data_dir: &std::path::Path) -> anyhow::Result<()> {
         println!("{:<14} {:>10} {:<22} {:<14} {what}", &l.record.id.as_str()[..12], human(l.bytes), config::format_time(l.last_used as f64), parent);
     }
     println!("{} layers, {} in all", layers.len(), human(total));
+    Ok(())
+}
+
+async fn images_export(data_dir: &std::path::Path, image: &str, out: &std::path::Path, tag: &str) -> anyhow::Result<()> {
+    let layer = match ferry_runtime::LayerId::parse(image) {
+        Some(layer) => layer,
+        None => {
+            let store = ferry_store::Store::open(data_dir, Default::default()).await?;
+            let image_id = if image.starts_with("im-") {
+                image.to_string()
+            } else {
+                let (env, name) = image.split_once('/').unwrap_or(("", image));
+                let name = if name.contains(':') { name.to_string() } else { format!("{name}:latest") };
+                let env = store.environment(env).await?;
+                store.image_name(&env.id, &name).await?.ok_or_else(|| anyhow::anyhow!("no image is published as {name} in environment {}", env.name))?.image_id
+            };
+            let record = store.image(&image_id).await?;
+            let layer = record.layer_id.filter(|_| record.status == 1);
+            layer.as_deref().and_then(ferry_runtime::LayerId::parse).ok_or_else(|| anyhow::anyhow!("image {image_id} has not been built"))?
+        }
+    };
+    let images = ferry_runtime::ImageStore::open(data_dir)?;
+    let started = std::time::Instant::now();
+    let (layer2, out2, tag2) = (layer.clone(), out.to_path_buf(), tag.to_string());
+    let exported = tokio::task::spawn_blocking(move || images.export_image(&layer2, &out2, &tag2)).await??;
+    for l in &exported.layers {
+        println!("layer {} -> {} ({})", &l.layer.as_str()[..12], l.digest, human(l.size));
+    }
+    println!(
+        "exported {} layers to {} (tag {tag}, manifest {}) in {:.1}s",
+        exported.layers.len(),
+        out.display(),
+        exported.manifest_digest,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -18,12 +18,26 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
-    /// PEM certificate chain: serve https:// (needs --tls-key).
+    /// PEM certificate chain: serve https:// (needs --tls-key). Without it, a non-loopback
+    /// --host gets a certificate signed by the data dir's own authority (DATA_DIR/tls/ca.pem).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve plain h2c even on a non-loopback --host (only behind a proxy that terminates TLS).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    no_tls: bool,
+    /// Requests per second each token (or container) may make, sustained; 0 for no limit.
+    /// Over it, calls answer RESOURCE_EXHAUSTED and the client waits before retrying.
+    #[arg(long, default_value_t = 5000.0)]
+    rate_limit: f64,
+    /// Requests a token may make at once above --rate-limit.
+    #[arg(long, default_value_t = 10000.0)]
+    rate_burst: f64,
+    /// The largest request message accepted, in MiB (larger ones answer RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 128)]
+    max_request_mib: usize,
     /// URL clients use to reach this server, when it differs from the listening address
     /// (behind a proxy or a DNS name).
     #[arg(long)]
@@ -68,6 +82,30 @@ pub struct ServeArgs {
     gpu: crate::gpus::GpuArgs,
     #[command(flatten)]
     images: ImageArgs,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// Standby task containers: containers started before a task needs them, whose Python has
+/// already imported the modal container runtime, so a cold start skips that import.
+#[derive(Args, Clone)]
+pub struct PoolArgs {
+    /// Standby containers kept ready per image and resource shape, once a function on that
+    /// image has run; 0 turns the pool off.
+    #[arg(long, default_value_t = 1)]
+    pool_per_image: usize,
+    /// Standby containers at most, all images together.
+    #[arg(long, default_value_t = 4)]
+    pool_max: usize,
+    /// Seconds without a task for an image before its standby containers are stopped.
+    #[arg(long, default_value_t = 300)]
+    pool_idle_secs: u64,
+}
+
+impl PoolArgs {
+    fn config(&self) -> ferry_worker::PoolConfig {
+        ferry_worker::PoolConfig { per_image: self.pool_per_image, max_total: self.pool_max, idle: Duration::from_secs(self.pool_idle_secs.max(1)) }
+    }
 }
 
 /// Where image builds get packages and registry images from.
@@ -141,11 +179,26 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = ferry_api::bind(SocketAddr::new(args.host, args.port)).await?;
     let port = listener.local_addr()?.port();
+    let mut tls_note = String::new();
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(ferry_api::TlsFiles {
             cert_pem: std::fs::read(c).map_err(|e| anyhow::anyhow!("cannot read --tls-cert {}: {e}", c.display()))?,
             key_pem: std::fs::read(k).map_err(|e| anyhow::anyhow!("cannot read --tls-key {}: {e}", k.display()))?,
         }),
+        // Beyond loopback, tokens and data cross a network: TLS unless the operator says not.
+        _ if !args.host.is_loopback() && !args.no_tls => {
+            let names = certificate_names(args.host, args.public_url.as_deref());
+            let own = ferry_api::tls::self_signed(data_dir, &names)?;
+            tls_note = format!(
+                "  TLS with a certificate from this data dir's authority {ca} (SHA-256 {fp}), for {names};\n\
+                 \x20   the modal client trusts the CA bundle of the `certifi` package (not SSL_CERT_FILE), so on each\n\
+                 \x20   client machine run: cat ca.pem >> \"$(python -m certifi)\"  (with the client's python)\n",
+                ca = own.ca_path.display(),
+                fp = own.ca_fingerprint,
+                names = names.join(", "),
+            );
+            Some(own.files)
+        }
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -156,7 +209,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let dashboard = if args.no_dashboard {
         None
     } else {
-        let port = args.dashboard_port.unwrap_or(if port == 0 { 0 } else { port.saturating_add(2) });
+        let port = args.dashboard_port.unwrap_or(if port == 0 || args.port == 0 { 0 } else { port.saturating_add(2) });
         let listener = ferry_api::bind(SocketAddr::new(args.host, port))
             .await
             .map_err(|e| anyhow::anyhow!("{e}; choose another with --dashboard-port, or --no-dashboard"))?;
@@ -189,6 +242,13 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         images,
         gpu_inventory: args.gpu.inventory()?,
         dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()),
+        limits: ferry_api::gateway::Limits {
+            rate_per_sec: args.rate_limit.max(0.0),
+            burst: args.rate_burst.max(1.0),
+            max_request_bytes: args.max_request_mib.clamp(1, 2047) * 1024 * 1024,
+        },
+        containers_use_socket: false,
+        pool: args.pool.config(),
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),
@@ -201,7 +261,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
          \x20   MODAL_SERVER_URL={server_url}\n\
          \x20   MODAL_TOKEN_ID={}\n\
          \x20   MODAL_TOKEN_SECRET=<in the file>\n\
-         Try: MODAL_PROFILE=ferry modal dict list\n{images_note}",
+         Try: MODAL_PROFILE=ferry modal dict list\n{tls_note}{images_note}",
         data_dir.display(),
         profile_note,
         env_path.display(),
@@ -230,6 +290,31 @@ fn url_host(host: IpAddr) -> String {
         IpAddr::V6(a) => format!("[{a}]"),
         IpAddr::V4(a) => a.to_string(),
     }
+}
+
+/// The names a generated server certificate covers: the listening address (loopback and this
+/// host's name for a wildcard one) and the host of --public-url.
+fn certificate_names(host: IpAddr, public_url: Option<&str>) -> Vec<String> {
+    let mut names = Vec::new();
+    if host.is_unspecified() {
+        names.extend(["127.0.0.1".to_string(), "::1".to_string(), "localhost".to_string()]);
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            names.push(h.trim().to_string());
+        }
+    } else {
+        names.push(host.to_string());
+    }
+    if let Some(url) = public_url {
+        let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or("");
+        let h = match authority.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        names.push(h.trim_start_matches('[').trim_end_matches(']').to_string());
+    }
+    names.retain(|n| !n.is_empty());
+    names.dedup();
+    names
 }
 
 /// Reuses the token recorded in `client.env` while it is valid; otherwise creates one.

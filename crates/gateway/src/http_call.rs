@@ -13,13 +13,18 @@ use futures::{FutureExt, Stream, StreamExt};
 use http_body::Frame;
 use tokio::sync::mpsc;
 
-use crate::{call_param, request_head, response_headers, text, Call, Endpoint, FromApp, Gateway, RequestKind, Route, ToApp, CALL_ID_PARAM};
+use crate::{call_param, request_head, response_headers, text, Call, Endpoint, FromApp, Gateway, RequestKind, Route, RouteStyle, ToApp, CALL_ID_PARAM};
 
 /// Request body chunks that arrive together are sent to the app as one message up to this size.
 const COALESCE_BYTES: usize = 1024 * 1024;
 
 pub(crate) async fn handle(gw: Arc<Gateway>, endpoint: Endpoint, route: Route, client: SocketAddr, req: Request) -> Response {
     let location_path = req.uri().path().to_string();
+    // Redirects of an app mounted under `/<label>` are rewritten to stay under it.
+    let mount = (route.style == RouteStyle::Path).then(|| Mount {
+        root: route.root_path.clone(),
+        host: req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string),
+    });
     let call = match call_param(req.uri().query()) {
         // The follow-up of a 303: pick up the call that was still running.
         Some(call_id) => match gw.unpark(&call_id, &endpoint.target) {
@@ -36,7 +41,13 @@ pub(crate) async fn handle(gw: Arc<Gateway>, endpoint: Endpoint, route: Route, c
             call
         }
     };
-    respond(gw, endpoint, call, location_path).await
+    respond(gw, endpoint, call, location_path, mount).await
+}
+
+/// Where a path-routed endpoint is mounted: its prefix and the host the caller used.
+struct Mount {
+    root: String,
+    host: Option<String>,
 }
 
 /// Sends the request body to the app in chunks, then its end (or a disconnect on error).
@@ -79,7 +90,7 @@ async fn pump_body(body: axum::body::Body, to_app: mpsc::Sender<ToApp>) {
 }
 
 /// Waits for the response to start (redirecting after the limit) and streams it.
-async fn respond(gw: Arc<Gateway>, endpoint: Endpoint, mut call: Call, location_path: String) -> Response {
+async fn respond(gw: Arc<Gateway>, endpoint: Endpoint, mut call: Call, location_path: String, mount: Option<Mount>) -> Response {
     let deadline = tokio::time::Instant::now() + gw.config.redirect_after;
     loop {
         let event = match tokio::time::timeout_at(deadline, call.from_app.recv()).await {
@@ -99,6 +110,13 @@ async fn respond(gw: Arc<Gateway>, endpoint: Endpoint, mut call: Call, location_
                 let mut r = Response::new(axum::body::Body::new(http_body_util::StreamBody::new(body)));
                 *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
                 response_headers(&headers, r.headers_mut());
+                if let Some(mount) = &mount {
+                    let location = r.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok());
+                    let mounted = location.and_then(|l| crate::route::mount_location(l, &mount.root, mount.host.as_deref()));
+                    if let Some(value) = mounted.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+                        r.headers_mut().insert(http::header::LOCATION, value);
+                    }
+                }
                 return r;
             }
             Some(FromApp::Failed(message)) => {

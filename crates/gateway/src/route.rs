@@ -4,8 +4,9 @@
 //! - host-based, `http://<label>.<suffix>/path`, for an operator-set suffix whose wildcard DNS
 //!   points at the gateway, and for `http://<label>.localhost:PORT/path`, which resolves to the
 //!   loopback without any DNS set-up;
-//! - path-based, `http://HOST:PORT/<label>/path`, which works on any address: the app sees
-//!   `/path` with `root_path` set to `/<label>`, as behind any path-prefixing proxy.
+//! - path-based, `http://HOST:PORT/<label>/path`, which works on any address: the endpoint is
+//!   mounted at `root_path` `/<label>`, as behind any path-prefixing proxy, and redirects the
+//!   app sends to paths outside it are rewritten to stay under it ([`mount_location`]).
 
 /// How the label was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +68,39 @@ pub fn route(host: Option<&str>, path: &str, host_suffix: Option<&str>) -> Optio
         return None;
     }
     Some(Route { label: label.to_string(), style: RouteStyle::Path, path: inner.to_string(), root_path: format!("/{label}") })
+}
+
+/// The `Location` an app behind a path-based route means: an absolute path (or a URL on the
+/// gateway's own `host`) outside the endpoint's `root` (`/<label>`) gets the prefix, as a
+/// path-prefixing reverse proxy rewrites redirects; anything else stays as it is (`None`).
+///
+/// ```
+/// use ferry_gateway::route::mount_location;
+/// let root = "/ferry--shop-api";
+/// assert_eq!(mount_location("/result?id=1", root, Some("127.0.0.1:8080")).as_deref(), Some("/ferry--shop-api/result?id=1"));
+/// assert_eq!(mount_location("http://127.0.0.1:8080/a", root, Some("127.0.0.1:8080")).as_deref(), Some("http://127.0.0.1:8080/ferry--shop-api/a"));
+/// assert_eq!(mount_location("/ferry--shop-api/a", root, None), None);
+/// assert_eq!(mount_location("https://example.com/a", root, Some("127.0.0.1:8080")), None);
+/// assert_eq!(mount_location("other", root, None), None);
+/// ```
+pub fn mount_location(location: &str, root: &str, host: Option<&str>) -> Option<String> {
+    let inside = |path: &str| {
+        path.strip_prefix(root).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#']))
+    };
+    if location.starts_with('/') && !location.starts_with("//") {
+        return (!inside(location)).then(|| format!("{root}{location}"));
+    }
+    let (scheme, rest) = location.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if !host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) || inside(path) {
+        return None;
+    }
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    Some(format!("{scheme}://{authority}{root}{path}"))
 }
 
 fn strip_port(host: &str) -> &str {

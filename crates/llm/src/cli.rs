@@ -51,4 +51,14 @@ pub struct ServeArgs {
     /// the default build runs on the CPU and refuses a value above 0.
     #[arg(long, default_value_t = 0)]
     pub gpu_layers: u32,
+    /// Do not keep finished requests' KV for reuse by later prompts with the same prefix
+    /// (`usage.prompt_tokens_details.cached_tokens` is then always 0).
+    #[arg(long)]
+    pub no_prompt_cache: bool,
+    /// An embedding model (encoder GGUF, e.g. BERT with mean pooling) served at `/v1/embeddings`.
+    #[arg(long, env = "FERRY_LLM_EMBEDDING_MODEL")]
+    pub embedding_model: Option<PathBuf>,
+    /// Name the embedding model is served under; defaults to its file stem.
+    #[arg(long)]
+    pub embedding_model_name: Option<String>,
 }

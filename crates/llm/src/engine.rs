@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub threads: u32,
     /// Layers offloaded to the GPU; always 0 in a build without the `cuda` feature.
     pub gpu_layers: u32,
+    /// Keep each slot's KV after its request and reuse the longest common token prefix.
+    pub prompt_cache: bool,
 }
 
 /// Whether this build can offload to NVIDIA GPUs.
@@ -87,8 +89,10 @@ pub struct Timings {
 
 #[derive(Debug)]
 pub enum GenEvent {
+    /// Sent once when the sequence is admitted: how many prompt tokens came from the prompt cache.
+    Admitted { cached_tokens: usize },
     Token { id: u32, logprob: Option<TokenLogprob> },
-    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize, timings: Timings },
+    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize, timings: Timings },
     Error(String),
 }
 
@@ -140,11 +144,7 @@ impl Drop for Ticket {
 impl Engine {
     /// Loads `path` and starts the inference thread.
     pub fn load(path: &Path, model_id: String, cfg: EngineConfig) -> anyhow::Result<Arc<Engine>> {
-        let mut backend = LlamaBackend::init().map_err(|e| anyhow!("llama.cpp backend: {e}"))?;
-        if std::env::var_os("FERRY_LLM_VERBOSE").is_none() {
-            backend.void_logs();
-        }
-        let backend: &'static LlamaBackend = Box::leak(Box::new(backend));
+        let backend = backend()?;
         check_gpu_layers(cfg.gpu_layers)?;
         // Always explicit: llama.cpp's own default offloads every layer when it can.
         let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
@@ -192,12 +192,15 @@ impl Engine {
                     .with_n_ubatch(512)
                     .with_n_seq_max(cfg.parallel.max(1))
                     .with_kv_unified(true)
+                    // Sliding-window layers keep every position, so a cached prefix stays usable
+                    // (llama.cpp otherwise drops positions older than the window).
+                    .with_swa_full(cfg.prompt_cache)
                     .with_n_threads(threads)
                     .with_n_threads_batch(threads);
                 match model.new_context(backend, params) {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
-                        run_loop(model, ctx, rx, cfg.parallel.max(1) as usize);
+                        run_loop(model, ctx, rx, cfg.parallel.max(1) as usize, cfg.prompt_cache);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow!("creating llama.cpp context: {e}")));
@@ -237,6 +240,82 @@ impl Engine {
         }
         Some(rx)
     }
+}
+
+/// llama.cpp's process-wide backend, initialised once and shared by the chat and embedding models.
+pub(crate) fn backend() -> anyhow::Result<&'static LlamaBackend> {
+    static BACKEND: std::sync::OnceLock<Result<&'static LlamaBackend, String>> = std::sync::OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            load_cpu_backends().map_err(|e| e.to_string())?;
+            let mut backend = LlamaBackend::init().map_err(|e| format!("llama.cpp backend: {e}"))?;
+            if std::env::var_os("FERRY_LLM_VERBOSE").is_none() {
+                backend.void_logs();
+            }
+            Ok(&*Box::leak(Box::new(backend)))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// In a `cpu-variants` build, loads llama.cpp's backend modules (one CPU module per ISA level; ggml
+/// scores each against the running CPU and the OS-enabled register state and keeps the best).
+/// Looked up in `FERRY_LLM_BACKENDS_DIR`, beside the executable, then in the build's output dir.
+#[cfg(feature = "cpu-variants")]
+fn load_cpu_backends() -> anyhow::Result<()> {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        let has_modules = |d: &Path| {
+            std::fs::read_dir(d).map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libggml-cpu"))).unwrap_or(false)
+        };
+        let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(d) = std::env::var_os("FERRY_LLM_BACKENDS_DIR") {
+            dirs.push(d.into());
+        }
+        if let Some(d) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+            dirs.push(d);
+        }
+        if let Some(d) = llama_cpp_sys_2::BACKENDS_DIR {
+            dirs.push(d.into());
+        }
+        let Some(dir) = dirs.iter().find(|d| has_modules(d)) else {
+            result = Err(anyhow!(
+                "this build loads llama.cpp's CPU backend at run time, but no libggml-cpu-*.so module was found beside the executable or in FERRY_LLM_BACKENDS_DIR"
+            ));
+            return;
+        };
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let forced = std::env::var("FERRY_LLM_CPU_VARIANT").ok().map(|v| format!("libggml-cpu-{v}.so"));
+        let best = match &forced {
+            Some(f) if names.contains(f) => Some(f.as_str()),
+            Some(f) => {
+                result = Err(anyhow!("FERRY_LLM_CPU_VARIANT asks for {f}, which is not in {}", dir.display()));
+                return;
+            }
+            None => crate::cpu::best(names.iter().map(String::as_str), crate::cpu::usable),
+        };
+        let Some(best) = best else {
+            result = Err(anyhow!("none of llama.cpp's CPU modules in {} can run on this CPU", dir.display()));
+            return;
+        };
+        tracing::info!("llama.cpp CPU backend: {best} (the best variant this CPU and OS support)");
+        let path = std::ffi::CString::new(dir.join(best).to_string_lossy().into_owned()).expect("no NUL in a path");
+        // SAFETY: a NUL-terminated path; ggml keeps the module loaded for the process's lifetime.
+        let reg = unsafe { llama_cpp_sys_2::ggml_backend_load(path.as_ptr()) };
+        if reg.is_null() {
+            result = Err(anyhow!("llama.cpp could not load its CPU module {}", dir.join(best).display()));
+        }
+    });
+    result
+}
+
+#[cfg(not(feature = "cpu-variants"))]
+fn load_cpu_backends() -> anyhow::Result<()> {
+    Ok(())
 }
 
 /// toktrie environment from llama.cpp's vocabulary, so llguidance masks exactly these token ids.
@@ -283,6 +362,8 @@ struct Slot {
     first_token: Option<Instant>,
     queued_ms: f64,
     grammar: std::time::Duration,
+    /// Prompt tokens whose KV came from the prompt cache.
+    cached: usize,
 }
 
 impl Slot {
@@ -294,6 +375,7 @@ impl Slot {
             finish,
             prompt_tokens: self.job.req.prompt.len(),
             completion_tokens: self.generated,
+            cached_tokens: self.cached,
             timings: Timings {
                 queued_ms: self.queued_ms,
                 prompt_ms: (first - started).as_secs_f64() * 1e3,
@@ -304,18 +386,90 @@ impl Slot {
     }
 }
 
+/// What one sequence id holds in the KV cache: the tokens at positions `0..tokens.len()`.
+/// Finished sequences keep theirs (the prompt cache); a new request takes over the idle sequence
+/// whose tokens share the longest prefix with its prompt, or copies that prefix from a running
+/// sequence, and otherwise evicts the least recently used idle sequence.
+#[derive(Default)]
+struct SeqKv {
+    tokens: Vec<u32>,
+    last_used: u64,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Shortest prefix worth reusing; below it a slot is simply recomputed.
+const MIN_REUSE: usize = 16;
+
 const BATCH_TOKENS: usize = 512;
 
-fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>, rx: std_mpsc::Receiver<Job>, parallel: usize) {
+type Ctx<'a> = llama_cpp_2::context::LlamaContext<'a>;
+
+/// Picks a free sequence for `prompt` and prepares its KV: returns (seq, reused prefix length).
+fn place(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], free: &[usize], prompt: &[u32], use_cache: bool, clock: u64) -> (usize, usize) {
+    // Never reuse the whole prompt: the last token must be decoded again to get its logits.
+    let want = prompt.len().saturating_sub(1);
+    let lcp = |i: usize| common_prefix(&kv[i].tokens, prompt).min(want);
+    let lru = *free.iter().min_by_key(|&&i| (kv[i].last_used, kv[i].tokens.len())).expect("a free slot");
+    let (mut target, mut reuse) = (lru, 0);
+    if use_cache {
+        // Best idle sequence to continue in place.
+        if let Some(&best) = free.iter().max_by_key(|&&i| (lcp(i), u64::MAX - kv[i].last_used)) {
+            if lcp(best) >= MIN_REUSE {
+                (target, reuse) = (best, lcp(best));
+            }
+        }
+        // A longer prefix held by another sequence (running, or idle) is shared into the target.
+        let src = (0..kv.len()).filter(|&i| i != target).max_by_key(|&i| lcp(i));
+        if let Some(src) = src {
+            let n = lcp(src);
+            if n >= MIN_REUSE && n > reuse + MIN_REUSE {
+                if reuse == 0 {
+                    target = lru;
+                }
+                let _ = ctx.clear_kv_cache_seq(Some(target as u32), None, None);
+                // Unified KV: the copy shares cells, it does not duplicate them.
+                let _ = ctx.copy_kv_cache_seq(src as i32, target as i32, Some(0), Some(n as u32));
+                kv[target].tokens = prompt[..n].to_vec();
+                kv[target].last_used = clock;
+                return (target, n);
+            }
+        }
+    }
+    if reuse > 0 && ctx.clear_kv_cache_seq(Some(target as u32), Some(reuse as u32), None).unwrap_or(false) {
+        kv[target].tokens.truncate(reuse);
+    } else {
+        reuse = 0;
+        let _ = ctx.clear_kv_cache_seq(Some(target as u32), None, None);
+        kv[target].tokens.clear();
+    }
+    kv[target].last_used = clock;
+    (target, reuse)
+}
+
+/// Ends a sequence; without the prompt cache its KV is dropped at once.
+fn release(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], seq: i32, use_cache: bool) {
+    if !use_cache {
+        let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        kv[seq as usize].tokens.clear();
+    }
+}
+
+fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, parallel: usize, use_cache: bool) {
     let mut interactive: VecDeque<Job> = VecDeque::new();
     let mut batch_q: VecDeque<Job> = VecDeque::new();
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
+    let mut kv: Vec<SeqKv> = (0..parallel).map(|_| SeqKv::default()).collect();
+    let mut clock: u64 = 0;
     let mut batch = LlamaBatch::new(BATCH_TOKENS, 1);
     let vocab = model.vocab();
     let n_vocab = model.n_vocab() as usize;
     let mut logits_buf = vec![0f32; n_vocab];
     // Keep one slot free of batch-API work so an interactive request never waits behind a batch.
     let max_batch_slots = if parallel > 1 { parallel - 1 } else { 1 };
+    let ctx_limit = ctx.n_ctx() as usize / parallel;
 
     loop {
         let idle = slots.iter().all(|s| s.is_none()) && interactive.is_empty() && batch_q.is_empty();
@@ -334,34 +488,41 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
         for s in slots.iter_mut() {
             if s.as_ref().is_some_and(|s| s.job.events.is_closed()) {
                 let seq = s.as_ref().unwrap().seq;
-                let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+                release(&mut ctx, &mut kv, seq, use_cache);
                 *s = None;
             }
         }
-        // Admit.
-        for (i, s) in slots.iter_mut().enumerate() {
-            if s.is_some() {
-                continue;
+        // Admit: interactive work first, batch work only while interactive work is not waiting
+        // and at most `max_batch_slots` at once.
+        loop {
+            let free: Vec<usize> = (0..parallel).filter(|&i| slots[i].is_none()).collect();
+            if free.is_empty() {
+                break;
             }
-            let job = interactive.pop_front();
-            if let Some(job) = job {
-                *s = Some(new_slot(i as i32, job));
-            }
-        }
-        let running_batch = slots.iter().flatten().filter(|s| s.job.req.priority == Priority::Batch).count();
-        let mut room = max_batch_slots.saturating_sub(running_batch);
-        if interactive.is_empty() {
-            for (i, s) in slots.iter_mut().enumerate() {
-                if room == 0 {
-                    break;
-                }
-                if s.is_none() {
-                    if let Some(job) = batch_q.pop_front() {
-                        *s = Some(new_slot(i as i32, job));
-                        room -= 1;
+            let job = match interactive.pop_front() {
+                Some(j) => j,
+                None => {
+                    let running_batch = slots.iter().flatten().filter(|s| s.job.req.priority == Priority::Batch).count();
+                    if running_batch >= max_batch_slots {
+                        break;
+                    }
+                    match batch_q.pop_front() {
+                        Some(j) => j,
+                        None => break,
                     }
                 }
-            }
+            };
+            clock += 1;
+            // A seeded request decodes its whole prompt: reused KV rounds differently, and the same
+            // seed must give the same output whatever the cache holds.
+            let reuse_ok = use_cache && job.req.sampling.seed.is_none();
+            let (i, reused) = place(&mut ctx, &mut kv, &free, &job.req.prompt, reuse_ok, clock);
+            let mut slot = new_slot(i as i32, job);
+            slot.prefilled = reused;
+            slot.n_past = reused as i32;
+            slot.cached = reused;
+            let _ = slot.job.events.send(GenEvent::Admitted { cached_tokens: reused });
+            slots[i] = Some(slot);
         }
         if slots.iter().all(|s| s.is_none()) {
             continue;
@@ -374,6 +535,7 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
             s.logits_at = None;
             if let Some(tok) = s.pending {
                 let _ = batch.add(LlamaToken(tok as i32), s.n_past, &[s.seq], true);
+                kv[s.seq as usize].tokens.push(tok);
                 s.logits_at = Some(used as i32);
                 s.n_past += 1;
                 used += 1;
@@ -387,7 +549,11 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
                 s.started = Some(Instant::now());
             }
             let left = s.job.req.prompt.len() - s.prefilled;
-            let take = left.min(BATCH_TOKENS - used);
+            // The prompt's last token (the one whose logits are sampled) always goes in a step of
+            // its own: llama.cpp's results for a row depend slightly on the rows computed with it,
+            // so this keeps a repeated request's output identical whether its prefix came from
+            // the prompt cache or not (greedy and seeded sampling stay reproducible).
+            let take = if left > 1 { left - 1 } else { 1 }.min(BATCH_TOKENS - used);
             if take == 0 {
                 break;
             }
@@ -395,6 +561,7 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
                 let last = s.prefilled + k + 1 == s.job.req.prompt.len();
                 let tok = s.job.req.prompt[s.prefilled + k];
                 let _ = batch.add(LlamaToken(tok as i32), s.n_past, &[s.seq], last);
+                kv[s.seq as usize].tokens.push(tok);
                 if last {
                     s.logits_at = Some(used as i32);
                 }
@@ -407,12 +574,14 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
             continue;
         }
         if let Err(e) = ctx.decode(&mut batch) {
+            // The KV state is unknown now: forget the cache along with the running sequences.
             for s in slots.iter_mut() {
                 if let Some(slot) = s.take() {
                     let _ = slot.job.events.send(GenEvent::Error(format!("decode failed: {e}")));
-                    let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
                 }
             }
+            let _ = ctx.clear_kv_cache_seq(None, None, None);
+            kv.iter_mut().for_each(|k| k.tokens.clear());
             continue;
         }
 
@@ -430,7 +599,8 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
                     }
                     Err(e) => {
                         let _ = slot.job.events.send(GenEvent::Error(format!("grammar error: {e}")));
-                        let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+                        let seq = slot.seq;
+                        release(&mut ctx, &mut kv, seq, use_cache);
                         *s = None;
                         continue;
                     }
@@ -458,24 +628,23 @@ fn run_loop(model: &LlamaModel, mut ctx: llama_cpp_2::context::LlamaContext<'_>,
                 if done.is_none() && slot.generated >= slot.job.req.max_tokens {
                     done = Some(Finish::Length);
                 }
-                if done.is_none() && slot.n_past as usize + 1 >= slot_ctx_limit(&ctx, parallel) {
+                if done.is_none() && slot.n_past as usize + 1 >= ctx_limit {
                     done = Some(Finish::Length);
                 }
             }
             match done {
                 Some(f) => {
                     slot.finish(f);
-                    let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+                    let seq = slot.seq;
+                    clock += 1;
+                    kv[seq as usize].last_used = clock;
+                    release(&mut ctx, &mut kv, seq, use_cache);
                     *s = None;
                 }
                 None => slot.pending = Some(tok),
             }
         }
     }
-}
-
-fn slot_ctx_limit(ctx: &llama_cpp_2::context::LlamaContext<'_>, parallel: usize) -> usize {
-    ctx.n_ctx() as usize / parallel
 }
 
 fn enqueue(job: Job, interactive: &mut VecDeque<Job>, batch_q: &mut VecDeque<Job>) {
@@ -501,5 +670,18 @@ fn new_slot(seq: i32, job: Job) -> Slot {
         first_token: None,
         queued_ms,
         grammar: std::time::Duration::ZERO,
+        cached: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn common_prefix_counts_equal_leading_tokens() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[5, 6], &[5, 6, 7]), 2);
     }
 }

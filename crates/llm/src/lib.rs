@@ -1,15 +1,17 @@
 //! Ferry's model-serving pillar: `ferry llm serve` runs a GGUF model behind an OpenAI-compatible
-//! API (chat completions with streaming, tools and structured outputs, files, batches,
-//! moderations).
+//! API (chat completions and the Responses API with streaming, tools and structured outputs,
+//! files, batches, moderations).
 //!
 //! Code map:
-//! - `engine`: llama.cpp model + context on a dedicated thread, continuous batching, priorities.
+//! - `engine`: llama.cpp model + context on a dedicated thread, continuous batching, priorities,
+//!   the prompt cache (finished sequences' KV reused by the longest common token prefix).
+//! - `embed`: the `--embedding-model` (an encoder GGUF) in a context of its own, pooled vectors.
 //! - `sampling`: logits → token (penalties, bias, grammar mask, temperature/top-k/top-p, logprobs).
 //! - `grammar`: response formats and tool calls as llguidance grammars; tool-call parsing.
 //! - `template`: chat templates (GGUF metadata or Ferry's Gemma default) with minijinja.
 //! - `text`: incremental UTF-8 and stop sequences.
 //! - `api`: the HTTP routes; the only module that knows OpenAI's wire format.
-//! - `store`: files and batches on disk. `moderation`: the text classifier.
+//! - `store`: files, batches and stored responses on disk. `moderation`: the text classifier.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -23,6 +25,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod cpu;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod grammar;
@@ -82,9 +86,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_id = args.model_name.clone().unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     });
-    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers };
+    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers, prompt_cache: !args.no_prompt_cache };
     let model_path = args.model.clone();
     let engine = tokio::task::spawn_blocking(move || engine::Engine::load(&model_path, model_id, cfg)).await??;
+    let embedder = match args.embedding_model.clone() {
+        Some(path) => {
+            let id = args.embedding_model_name.clone().unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "embedding".into()));
+            let threads = args.threads;
+            Some(Arc::new(tokio::task::spawn_blocking(move || embed::Embedder::load(&path, id, threads)).await??))
+        }
+        None => None,
+    };
     let template = template::ChatTemplate::new(engine.info.chat_template.as_deref())
         .or_else(|e| {
             tracing::warn!("the model's chat template does not compile ({e}); using Ferry's default Gemma turn format");
@@ -94,6 +106,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let moderator = moderation::Moderator::load(&moderation::default_dir(&args.model));
     let state = Arc::new(api::AppState {
         engine,
+        embedder,
         template,
         api_key: key.clone(),
         store: Arc::new(store::Store::open(&data_dir)?),

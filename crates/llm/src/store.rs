@@ -1,5 +1,5 @@
-//! Durable state of the Files and Batch APIs: one JSON document per object plus the file bytes,
-//! under `DATA_DIR/llm/`. Writes go through a temp file and a rename, so a crash never leaves a
+//! Durable state of the Files, Batch and Responses APIs: one JSON document per object plus the
+//! file bytes, under `DATA_DIR/llm/`. Writes go through a temp file and a rename, so a crash never leaves a
 //! half-written object behind.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use serde_json::Value;
 pub struct Store {
     files: PathBuf,
     batches: PathBuf,
+    responses: PathBuf,
 }
 
 /// Ids come from clients; only our own id alphabet may reach the filesystem.
@@ -43,8 +44,10 @@ impl Store {
         let files = root.join("llm").join("files");
         let batches = root.join("llm").join("batches");
         std::fs::create_dir_all(&files)?;
+        let responses = root.join("llm").join("responses");
         std::fs::create_dir_all(&batches)?;
-        Ok(Store { files, batches })
+        std::fs::create_dir_all(&responses)?;
+        Ok(Store { files, batches, responses })
     }
 
     pub fn put_file(&self, meta: &Value, content: &[u8]) -> std::io::Result<()> {
@@ -84,6 +87,21 @@ impl Store {
 
     pub fn batches(&self) -> Vec<Value> {
         list_dir(&self.batches)
+    }
+
+    /// A stored response (`store: true`): the response object, its input items and the whole
+    /// conversation it continues, so `previous_response_id` works across restarts.
+    pub fn put_response(&self, doc: &Value) -> std::io::Result<()> {
+        let id = doc["response"]["id"].as_str().unwrap_or_default();
+        write_atomic(&self.responses.join(format!("{id}.json")), doc.to_string().as_bytes())
+    }
+
+    pub fn response(&self, id: &str) -> Option<Value> {
+        safe_id(id).then(|| read_json(&self.responses.join(format!("{id}.json")))).flatten()
+    }
+
+    pub fn delete_response(&self, id: &str) -> bool {
+        safe_id(id) && std::fs::remove_file(self.responses.join(format!("{id}.json"))).is_ok()
     }
 
     /// Results of a running batch, one JSON line per finished request, kept so a restart resumes

@@ -18,3 +18,7 @@ pub use modal::client as api;
 
 /// The version of the `modal` client whose protocol these types describe.
 pub const CLIENT_VERSION: &str = "1.6.4";
+
+/// The encoded `FileDescriptorSet` the types were generated from: lets the protocol adapter
+/// inspect any request by field name (the gateway's token scopes, the fuzz harness).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modal_api.fds.bin"));

@@ -400,6 +400,11 @@ impl ImageBuilder {
         }
         remove_tree(&work);
         remove_tree(&context);
+        if config.python_version.is_none() {
+            // A Python this layer added (`add_python=`'s standalone tree, a RUN that installed
+            // one): the worker runs the client with it.
+            config.python_version = crate::registry::python_in(&upper);
+        }
         Ok(LayerRecord {
             id: id.clone(),
             parent,
@@ -450,7 +455,7 @@ impl StepRunner<'_> {
     async fn run(&self, text: &str, argv: Vec<String>, env: Vec<(String, String)>, config: &ImageConfig, extra: Vec<BindMount>) -> Result<()> {
         // Build steps are isolated like every container: a network namespace of their own with
         // outbound NAT (where slirp4netns is installed), pids and disk limits.
-        let network = if crate::base::which("slirp4netns").is_some() { Network::Private } else { Network::Host };
+        let network = crate::probe::effective_network(self.store.root(), Network::Private, false);
         let mut binds = match network {
             Network::Private => {
                 let mut b = vec![BindMount::read_only(crate::net::resolv_conf(self.store.root())?, "/etc/resolv.conf")];

@@ -247,7 +247,8 @@ impl ContainerRuntime {
             }
             gpu_library_dirs = plan.library_dirs;
         }
-        match spec.network {
+        let network = crate::probe::effective_network(self.store.root(), spec.network, spec.allowed_cidrs.is_some());
+        match network {
             Network::Host => binds.extend(host_network_files()),
             Network::Private => {
                 binds.push(BindMount::read_only(crate::net::resolv_conf(self.store.root())?, "/etc/resolv.conf"));
@@ -284,7 +285,7 @@ impl ContainerRuntime {
             user: spec.user.clone().or_else(|| config.user.clone()),
             binds,
             limits,
-            network: spec.network,
+            network,
             hostname: spec.hostname.clone(),
             stdin: spec.stdin,
             raw_output: spec.raw_output,
@@ -332,6 +333,29 @@ fn default_env(env: &mut Vec<(String, String)>, user: Option<&str>) {
     if !env.iter().any(|(k, _)| k == "HOME") && matches!(user, None | Some("root") | Some("0")) {
         env.push(("HOME".into(), "/root".into()));
     }
+}
+
+/// Whether every writable directory bind can be seen idmapped by a container's root. A
+/// volume view is an overlay mount, which the kernel cannot idmap: bound as it is, its files
+/// (owned by 0 on disk) would belong to nobody inside and the container's root could write
+/// nothing there. Such a container runs without a user namespace (still with its own other
+/// namespaces, seccomp, no_new_privs and reduced capabilities), and says so in the log.
+fn writable_binds_idmappable(binds: &[BindMount], program: &str) -> bool {
+    for b in binds.iter().filter(|b| !b.readonly) {
+        let Ok(c) = std::ffi::CString::new(b.source.as_os_str().as_encoded_bytes()) else { continue };
+        // SAFETY: a NUL-terminated path and a zeroed out-buffer.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 || !std::fs::metadata(&b.source).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        // ext2/3/4, xfs, btrfs, tmpfs (6.3+), f2fs: file systems the kernel idmaps.
+        const IDMAPPABLE: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
+        if !IDMAPPABLE.contains(&(fs.f_type as i64)) {
+            tracing::info!(program, mount = %b.target, "container without a user namespace: its writable mount at {} cannot be idmapped (file system 0x{:x})", b.target, fs.f_type);
+            return false;
+        }
+    }
+    true
 }
 
 pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest) -> Result<Container> {
@@ -458,7 +482,7 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         new_net: req.network != Network::Host,
         hostname: req.hostname.clone(),
         binds,
-        idmap: crate::init::user_namespaces().then(crate::init::allocate_ids),
+        idmap: (crate::probe::isolation(store.root()).user_namespaces && writable_binds_idmappable(&req.binds, req.argv.first().map(String::as_str).unwrap_or(""))).then(crate::init::allocate_ids),
         workdir: req.workdir.clone(),
         user: req.user.clone(),
         argv: req.argv.clone(),

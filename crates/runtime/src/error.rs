@@ -18,7 +18,10 @@ pub enum Error {
     #[error("pulling `{reference}` through the registry mirror {mirror} failed: {reason}; check that the registry is up and reachable, the image and tag exist, and the credentials (REGISTRY_USERNAME/REGISTRY_PASSWORD in the image's `secret=`) are right, or change `--registry-mirror`")]
     RegistryPull { reference: String, mirror: String, reason: String },
 
-    #[error("image layers of type `{media_type}` are not supported yet (gzip and uncompressed tar layers are)")]
+    #[error("cannot provide a standalone Python {series} for `add_python=`: {reason}")]
+    StandalonePython { series: String, reason: String },
+
+    #[error("image layers of type `{media_type}` are not supported yet (gzip, zstd and uncompressed tar layers are)")]
     UnsupportedLayer { media_type: String },
 
     #[error("base image for Python {python} ({suite}) is not prepared in {data_dir}; run `ferry images prepare --python {python}` first")]

@@ -93,7 +93,13 @@ extern "C" fn constructor(argc: libc::c_int, argv: *const *const libc::c_char, _
     // SAFETY: glibc passes the process's argv, argc entries long, to .init_array functions.
     unsafe {
         let first = *argv;
-        if first.is_null() || CStr::from_ptr(first) != INIT_ARGV0 {
+        if first.is_null() {
+            return;
+        }
+        if argc == 3 && CStr::from_ptr(first) == crate::probe::PROBE_ARGV0 && !(*argv.add(1)).is_null() && !(*argv.add(2)).is_null() {
+            crate::probe::run_probe(CStr::from_ptr(*argv.add(1)), CStr::from_ptr(*argv.add(2)))
+        }
+        if CStr::from_ptr(first) != INIT_ARGV0 {
             return;
         }
         let second = *argv.add(1);
@@ -407,7 +413,7 @@ unsafe fn setup(plan: &InitPlan, userns: Option<RawFd>) -> io::Result<()> {
 
 /// Makes every permitted capability effective again (a change of fsuid away from 0 drops the
 /// file-system ones).
-unsafe fn raise_effective_caps() -> io::Result<()> {
+pub(crate) unsafe fn raise_effective_caps() -> io::Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -444,11 +450,10 @@ unsafe fn become_container_root(userns: Option<RawFd>) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether containers get a user namespace (the default); `FERRY_USERNS=0` turns it off for
-/// kernels without idmapped mounts.
-pub(crate) fn user_namespaces() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FERRY_USERNS").map(|v| v != "0").unwrap_or(true))
+/// Attaches an idmapped view (with `userns`) of the file system at `source` on `target`.
+pub(crate) unsafe fn idmapped_view(source: &Path, target: &Path, userns: RawFd) -> io::Result<()> {
+    let fd = clone_tree(&cpath(source)?, false, false, Some(userns))?;
+    attach(fd, &cpath(target)?)
 }
 
 /// A fresh 65536-id range on the host for one container, above every ordinary user and the

@@ -199,7 +199,7 @@ fn write_decimal(buf: &mut [u8; 16], n: i32) {
 /// A user namespace whose ids 0..N are `line`'s host range: a child unshares it and waits,
 /// this process (root of the host) writes the maps through the host's /proc and keeps a
 /// descriptor, then the child exits. Runs in the monitor, before any namespace is unshared.
-unsafe fn make_userns(line: &CStr) -> io::Result<RawFd> {
+pub(crate) unsafe fn make_userns(line: &CStr) -> io::Result<RawFd> {
     let (mut ready, mut hold) = ([0; 2], [0; 2]);
     step(libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC), "pipe")?;
     step(libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC), "pipe")?;

@@ -26,7 +26,7 @@ const SLIRP_DNS: &str = "10.0.2.3";
 /// A port of the container's loopback that Ferry serves from the host: connections to
 /// `127.0.0.1:port` inside are carried to `target` on the host. This is how a container in
 /// its own network namespace reaches the control plane, and nothing else of the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortForward {
     pub port: u16,
     pub target: SocketAddr,

@@ -184,7 +184,7 @@ impl PackageAccess {
     }
 
     /// Read-only binds for build steps; `apt_conf_dir` holds the generated apt.conf.
-    pub(crate) fn binds(&self, apt_conf_dir: &Path) -> std::io::Result<Vec<BindMount>> {
+    pub fn binds(&self, apt_conf_dir: &Path) -> std::io::Result<Vec<BindMount>> {
         let mut binds = self.binds.clone();
         if let Some(text) = &self.apt_conf {
             std::fs::create_dir_all(apt_conf_dir)?;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+use futures::StreamExt;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
@@ -180,9 +181,11 @@ pub(crate) async fn pull(
         .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
 
+    // Each layer's id follows from its parent's and its diff id, so all are known before any
+    // is fetched, and the missing ones are fetched side by side, each streamed from the
+    // registry straight into the unpacker.
     let mut parent: Option<LayerId> = None;
-    let mut layer_ids: Vec<LayerId> = Vec::new();
-    let mut fetched = 0u64;
+    let mut planned: Vec<(usize, &OciDescriptor, LayerId, Option<LayerId>)> = Vec::new();
     for (i, layer) in manifest.layers.iter().enumerate() {
         let key = diff_ids.get(i).cloned().unwrap_or_else(|| layer.digest.clone());
         let id = {
@@ -193,37 +196,32 @@ pub(crate) async fn pull(
             h.update(key.as_bytes());
             LayerId::from_hasher(h)
         };
-        if !store.contains(&id) {
-            say(format!("ferry: layer {}/{} {} ({:.1} MB)", i + 1, manifest.layers.len(), layer.digest, layer.size as f64 / 1e6));
-            let staging = store.staging_dir("pull")?;
-            let result = fetch_layer(&client, &source, layer, &staging).await.map_err(|e| match e {
-                FetchError::Pull(e) => unreachable(e),
-                FetchError::Local(e) => e,
-            });
-            let result = match result {
-                Ok(()) => {
-                    fetched += layer.size.max(0) as u64;
-                    store.commit(
-                        &staging,
-                        &LayerRecord {
-                            id: id.clone(),
-                            parent: parent.clone(),
-                            config: ImageConfig::default(),
-                            origin: LayerOrigin::Registry { reference: reference.to_string(), digest: layer.digest.clone() },
-                            created_at: now_unix(),
-                        },
-                    )
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                remove_tree(&staging);
-                return Err(e);
-            }
-        }
-        layer_ids.push(id.clone());
+        planned.push((i, layer, id.clone(), parent.clone()));
         parent = Some(id);
     }
+    let layer_ids: Vec<LayerId> = planned.iter().map(|(_, _, id, _)| id.clone()).collect();
+    let total = manifest.layers.len();
+    // Plain futures in a Vec (no iterator adapters with closures held across an await: the
+    // build future must stay `Send`).
+    let mut fetches = Vec::new();
+    for (i, layer, id, parent) in planned {
+        if store.contains(&id) {
+            continue;
+        }
+        let header = format!("ferry: layer {}/{total} {} ({:.1} MB)", i + 1, layer.digest, layer.size as f64 / 1e6);
+        let job = LayerJob { store, client: &client, source: &source, reference, layer, id, parent, log, header };
+        fetches.push(job.run());
+    }
+    let mut fetched = 0u64;
+    let mut results = futures::stream::iter(fetches).buffer_unordered(PARALLEL_LAYERS);
+    while let Some(r) = results.next().await {
+        fetched += match r {
+            Ok(n) => n,
+            Err(FetchError::Pull(e)) => return Err(unreachable(e)),
+            Err(FetchError::Local(e)) => return Err(e),
+        };
+    }
+    drop(results);
 
     // The image's settings live in a layer of their own without files, so two images that share
     // every layer but differ in ENV or CMD share the unpacked layers.
@@ -263,46 +261,143 @@ pub(crate) async fn pull(
     Ok(top)
 }
 
+/// One registry layer to fetch into the store.
+struct LayerJob<'a> {
+    store: &'a ImageStore,
+    client: &'a Client,
+    source: &'a Reference,
+    reference: &'a str,
+    layer: &'a OciDescriptor,
+    id: LayerId,
+    parent: Option<LayerId>,
+    log: &'a LogSink,
+    header: String,
+}
+
+impl LayerJob<'_> {
+    /// Fetches, unpacks and commits the layer; returns the bytes downloaded (0 when another
+    /// pull of this process committed it meanwhile).
+    async fn run(self) -> std::result::Result<u64, FetchError> {
+        // Two pulls that share a layer fetch it once: the second waits, then finds it.
+        let lock = layer_lock(&self.id);
+        let _held = lock.lock().await;
+        if self.store.contains(&self.id) {
+            return Ok(0);
+        }
+        let _ = self.log.send(LogLine::system(self.header.clone()));
+        let staging = self.store.staging_dir("pull").map_err(FetchError::Local)?;
+        let record = LayerRecord {
+            id: self.id.clone(),
+            parent: self.parent.clone(),
+            config: ImageConfig::default(),
+            origin: LayerOrigin::Registry { reference: self.reference.to_string(), digest: self.layer.digest.clone() },
+            created_at: now_unix(),
+        };
+        let result = match fetch_layer(self.client, self.source, self.layer, &staging).await {
+            Ok(()) => self.store.commit(&staging, &record).map_err(FetchError::Local),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            remove_tree(&staging);
+        }
+        result.map(|()| self.layer.size.max(0) as u64)
+    }
+}
+
 enum FetchError {
     Pull(oci_client::errors::OciDistributionError),
     Local(Error),
 }
 
-/// Streams one layer blob to a file (the client checks its digest), then unpacks it into
-/// `staging/fs` with OCI whiteouts turned into overlayfs ones.
+/// How many layers of one image are fetched at once.
+const PARALLEL_LAYERS: usize = 4;
+
+/// The lock that makes concurrent pulls of one layer (by this process) fetch it once.
+fn layer_lock(id: &LayerId) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<LayerId, std::sync::Weak<tokio::sync::Mutex<()>>>>> =
+        std::sync::OnceLock::new();
+    let mut map = LOCKS.get_or_init(Default::default).lock().expect("lock poisoned");
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(l) = map.get(id).and_then(|w| w.upgrade()) {
+        return l;
+    }
+    let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    map.insert(id.clone(), std::sync::Arc::downgrade(&l));
+    l
+}
+
+/// Streams one layer blob from the registry into the unpacker (`staging/fs`, OCI whiteouts
+/// turned into overlayfs ones) as it arrives: the download and the unpacking overlap, and the
+/// blob never touches the disk. The client checks the digest when the stream ends; a layer
+/// whose digest is wrong fails and its staging directory is discarded by the caller.
 async fn fetch_layer(client: &Client, source: &Reference, layer: &OciDescriptor, staging: &Path) -> std::result::Result<(), FetchError> {
-    let blob = staging.join("blob");
-    let file = tokio::fs::File::create(&blob).await.map_err(|e| FetchError::Local(Error::Io { context: format!("creating {}", blob.display()), source: e }))?;
-    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    client.pull_blob(source, layer, &mut writer).await.map_err(FetchError::Pull)?;
-    drop(writer);
+    let blob = client.pull_blob_stream(source, layer).await.map_err(FetchError::Pull)?;
+    let mut stream = blob.stream;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     let media = layer.media_type.clone();
     let fs = staging.join("fs");
-    let blob2 = blob.clone();
-    tokio::task::spawn_blocking(move || unpack_layer(&blob2, &media, &fs))
-        .await
-        .map_err(|e| FetchError::Local(Error::Io { context: "unpacking a layer".into(), source: std::io::Error::other(e.to_string()) }))?
-        .map_err(FetchError::Local)?;
-    let _ = std::fs::remove_file(&blob);
-    Ok(())
-}
-
-/// Unpacks a layer tarball (gzip or plain) into `dest`.
-pub(crate) fn unpack_layer(blob: &Path, media_type: &str, dest: &Path) -> Result<()> {
-    std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
-    let file = std::fs::File::open(blob).ctx(|| format!("opening {}", blob.display()))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
-    if media_type.contains("zstd") {
-        return Err(Error::UnsupportedLayer { media_type: media_type.to_string() });
+    let unpack = tokio::task::spawn_blocking(move || unpack_layer_reader(ChannelReader { rx, chunk: bytes::Bytes::new() }, &media, &fs));
+    let mut failed = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            // The unpacker may stop before the end (tar padding): keep reading for the digest.
+            Ok(chunk) => {
+                let _ = tx.send(chunk).await;
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    let gzip = media_type.ends_with("gzip") || (!media_type.ends_with(".tar") && !media_type.ends_with("tar") && is_gzip(blob));
-    let reader: Box<dyn Read> = if gzip { Box::new(flate2::read::GzDecoder::new(reader)) } else { Box::new(reader) };
-    unpack_tar(reader, dest)
+    drop(tx);
+    let unpacked = unpack
+        .await
+        .map_err(|e| FetchError::Local(Error::Io { context: "unpacking a layer".into(), source: std::io::Error::other(e.to_string()) }))?;
+    if let Some(e) = failed {
+        return Err(FetchError::Local(Error::Io { context: format!("downloading layer {}", layer.digest), source: e }));
+    }
+    unpacked.map_err(FetchError::Local)
 }
 
-fn is_gzip(path: &Path) -> bool {
-    let mut magic = [0u8; 2];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == [0x1f, 0x8b]
+/// A blocking reader over chunks sent from the async side.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Unpacks a layer tarball (gzip, zstd or plain, from the media type or the magic bytes) read
+/// from `reader` into `dest`.
+pub(crate) fn unpack_layer_reader<'a>(reader: impl Read + 'a, media_type: &str, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest).ctx(|| format!("creating {}", dest.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let magic = std::io::BufRead::fill_buf(&mut reader).ctx(|| "reading a layer".into())?.get(..4).map(|m| m.to_vec()).unwrap_or_default();
+    let is_zstd = media_type.contains("zstd") || magic == [0x28, 0xb5, 0x2f, 0xfd];
+    let is_gzip = media_type.ends_with("gzip") || magic.starts_with(&[0x1f, 0x8b]);
+    let reader: Box<dyn Read + 'a> = if is_zstd {
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader).ctx(|| "reading a zstd layer".into())?)
+    } else if is_gzip {
+        Box::new(flate2::read::GzDecoder::new(reader))
+    } else if media_type.contains('+') {
+        return Err(Error::UnsupportedLayer { media_type: media_type.to_string() });
+    } else {
+        Box::new(reader)
+    };
+    unpack_tar(reader, dest)
 }
 
 /// Unpacks a layer tar, turning `.wh.NAME` into an overlayfs whiteout (a 0/0 character device)
@@ -385,7 +480,7 @@ fn set_opaque(dir: &Path) -> Result<()> {
 }
 
 /// The Python series (`3.12`) whose interpreter a layer has in /usr/local/bin or /usr/bin.
-fn python_in(fs: &Path) -> Option<String> {
+pub(crate) fn python_in(fs: &Path) -> Option<String> {
     ["usr/local/bin", "usr/bin"].iter().find_map(|dir| {
         let entries = std::fs::read_dir(fs.join(dir)).ok()?;
         entries

@@ -11,7 +11,8 @@
 //! # async fn demo(store: ferry_store::Store, spec: ferry_sandbox::SandboxSpec) -> ferry_sandbox::Result<()> {
 //! let images = ferry_runtime::ImageStore::open(store.data_dir()).unwrap();
 //! let config = ferry_sandbox::SandboxConfig { router_url: "http://127.0.0.1:50052".into(), ..Default::default() };
-//! let sandboxes = ferry_sandbox::Sandboxes::open(store, images, config).await?;
+//! let volumes = ferry_volumes::Volumes::open(store.clone(), store.data_dir()).unwrap();
+//! let sandboxes = ferry_sandbox::Sandboxes::open(store, images, volumes, config).await?;
 //! let created = sandboxes.create(spec).await?;
 //! let access = sandboxes.router_access(&created.sandbox_id).await?; // URL + JWT for the client
 //! # Ok(()) }
@@ -19,6 +20,7 @@
 
 mod error;
 mod exec;
+pub mod forward;
 pub mod fs_tools;
 mod net;
 mod output;
@@ -32,8 +34,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_runtime::{ContainerRuntime, ContainerSpec, ImageStore, LayerId, Network, Scratch};
+use ferry_runtime::{BindMount, ContainerRuntime, ContainerSpec, ImageStore, LayerId, Network, Scratch};
+use ferry_volumes::MountRequest;
 use ferry_store::{SandboxRecord, Store};
+use ferry_volumes::Volumes;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 
@@ -107,8 +111,10 @@ pub struct SandboxSpec {
     /// Container ports reachable from the host through tunnels.
     pub ports: Vec<PortSpec>,
     pub probe: Option<Probe>,
-    /// Volumes to mount (not served yet).
+    /// Volumes to mount; their writes are committed when the sandbox ends (or at `sync PATH`).
     pub volumes: Vec<VolumeMount>,
+    /// Host directories bound as they are (network file systems: shared, no commit).
+    pub binds: Vec<BindMount>,
     /// Run the main process on a terminal of (rows, columns).
     pub tty: Option<(u16, u16)>,
     /// The id shape tells the client which protocol version to use for it.
@@ -129,6 +135,8 @@ pub struct VolumeMount {
     pub volume_id: String,
     pub mount_path: String,
     pub read_only: bool,
+    /// Mount only this directory of the volume.
+    pub sub_path: Option<String>,
 }
 
 /// Where the router listens and where tunnels bind.
@@ -189,6 +197,7 @@ pub struct Sandboxes {
 
 struct Inner {
     store: Store,
+    volumes: Volumes,
     runtime: ContainerRuntime,
     config: SandboxConfig,
     key: TokenKey,
@@ -208,7 +217,7 @@ fn random_suffix(n: usize) -> String {
 impl Sandboxes {
     /// Opens the capability; sandboxes recorded as running belonged to a previous server
     /// process (their containers ended with it) and are marked failed.
-    pub async fn open(store: Store, images: ImageStore, config: SandboxConfig) -> Result<Sandboxes> {
+    pub async fn open(store: Store, images: ImageStore, volumes: Volumes, config: SandboxConfig) -> Result<Sandboxes> {
         let key = TokenKey::load_or_create(store.data_dir())?;
         let n = store.fail_orphaned_sandboxes(Status::InternalFailure as i32, "the Ferry server restarted while this Sandbox ran").await?;
         if n > 0 {
@@ -221,6 +230,7 @@ impl Sandboxes {
         Ok(Sandboxes {
             inner: Arc::new(Inner {
                 store,
+                volumes,
                 runtime: ContainerRuntime::new(images),
                 config,
                 key,
@@ -243,13 +253,6 @@ impl Sandboxes {
     /// (as on Modal: `wait()` reports it), not an error of the create.
     pub async fn create(&self, spec: SandboxSpec) -> Result<Created> {
         let layer = spec.layer.clone().ok_or_else(|| SandboxError::Invalid("a Sandbox needs an image".into()))?;
-        if let Some(v) = spec.volumes.first() {
-            // Volumes plug in here: resolve the volume to a host directory and bind it.
-            return Err(SandboxError::Unimplemented(format!(
-                "Ferry does not implement Volumes in Sandboxes yet (volume {} at {})",
-                v.volume_id, v.mount_path
-            )));
-        }
         if let Some(p) = spec.ports.iter().find(|p| p.tls && self.inner.tls.is_none()) {
             return Err(SandboxError::Unimplemented(format!(
                 "encrypted_ports need a TLS certificate: start `ferry serve` with --tls-cert/--tls-key, or expose port {} with unencrypted_ports",
@@ -286,6 +289,14 @@ impl Sandboxes {
         self.inner.store.create_sandbox(&record).await?;
 
         let mut cs = ContainerSpec::new(layer, spec.command.clone());
+        cs.mounts = match self.prepare_volumes(&task_id, &spec.volumes).await {
+            Ok(m) => m.into_iter().chain(spec.binds.iter().cloned()).collect(),
+            Err(e) => {
+                let message = format!("the Sandbox could not start: {e}");
+                self.inner.store.finish_sandbox(&sandbox_id, Status::InitFailure as i32, None, &message).await?;
+                return Err(e);
+            }
+        };
         cs.env = spec.env.clone();
         cs.workdir = spec.workdir.clone();
         cs.limits.memory_mib = spec.memory_mib;
@@ -310,11 +321,13 @@ impl Sandboxes {
                 };
                 let message = format!("the Sandbox could not start: {e}");
                 tracing::info!(sandbox = %sandbox_id, "{message}");
+                self.inner.volumes.release_task(&task_id).await;
                 self.inner.store.finish_sandbox(&sandbox_id, status as i32, Some(127), &message).await?;
                 return Ok(Created { sandbox_id, task_id, tunnels: vec![] });
             }
         };
-        let live = LiveSandbox::new(sandbox_id.clone(), task_id.clone(), container, spec.probe.is_some());
+        let live = LiveSandbox::new(sandbox_id.clone(), task_id.clone(), container, spec.probe.is_some(), spec.volumes.clone());
+        self.inner.volumes.task_started(&task_id, live.pid);
         self.inner.live.lock().unwrap().insert(sandbox_id.clone(), live.clone());
         self.inner.by_task.lock().unwrap().insert(task_id.clone(), sandbox_id.clone());
         self.inner.store.start_sandbox(&sandbox_id).await?;
@@ -322,8 +335,9 @@ impl Sandboxes {
         let supervisor = {
             let (live, store, inner) = (live.clone(), self.inner.store.clone(), Arc::downgrade(&self.inner));
             let (timeout, idle) = (spec.timeout, spec.idle_timeout);
+            let volumes = self.inner.volumes.clone();
             async move {
-                sandbox::supervise(live.clone(), store, timeout, idle).await;
+                sandbox::supervise(live.clone(), store, timeout, idle, &volumes).await;
                 tokio::time::sleep(KEEP_FINISHED).await;
                 if let Some(inner) = inner.upgrade() {
                     inner.live.lock().unwrap().remove(&live.id);
@@ -349,6 +363,50 @@ impl Sandboxes {
             .iter()
             .map(|t| TunnelInfo { container_port: t.container_port, host: self.inner.config.tunnel_host.clone(), port: t.host_port, tls: t.tls })
             .collect()
+    }
+
+    /// Makes the container's views of its volumes (an overlay per read-write mount, whose
+    /// writes are committed when the sandbox ends, as on Modal).
+    async fn prepare_volumes(&self, task_id: &str, mounts: &[VolumeMount]) -> Result<Vec<BindMount>> {
+        if mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let requests: Vec<MountRequest> = mounts
+            .iter()
+            .map(|m| MountRequest { volume_id: m.volume_id.clone(), target: m.mount_path.clone(), read_only: m.read_only, sub_path: m.sub_path.clone() })
+            .collect();
+        let binds = self
+            .inner
+            .volumes
+            .prepare_task(task_id, &requests)
+            .await
+            .map_err(|e| SandboxError::Invalid(format!("cannot mount the Sandbox's volumes: {e}")))?;
+        Ok(binds
+            .into_iter()
+            .map(|b| if b.read_only { BindMount::read_only(b.source, b.target) } else { BindMount::read_write(b.source, b.target) })
+            .collect())
+    }
+
+    /// `sync PATH...` in a sandbox commits the volumes mounted at (or above) those paths
+    /// before the program itself runs, as Modal's Volumes v2 do.
+    async fn commit_synced_volumes(&self, live: &LiveSandbox, command: &[String]) {
+        let is_sync = command.first().is_some_and(|p| p == "sync" || p.ends_with("/sync"));
+        if !is_sync {
+            return;
+        }
+        let mut done = std::collections::HashSet::new();
+        for arg in command.iter().skip(1).filter(|a| !a.starts_with('-')) {
+            let path = arg.trim_end_matches('/');
+            for v in live.volumes.iter().filter(|v| !v.read_only) {
+                let mount = v.mount_path.trim_end_matches('/');
+                let under = path == mount || path.starts_with(&format!("{mount}/"));
+                if under && done.insert(v.volume_id.clone()) {
+                    if let Err(e) = self.inner.volumes.commit_task(&live.task_id, &v.volume_id).await {
+                        tracing::warn!(sandbox = %live.id, volume = %v.volume_id, "sync: committing the volume failed: {e}");
+                    }
+                }
+            }
+        }
     }
 
     fn live(&self, sandbox_id: &str) -> Option<Arc<LiveSandbox>> {

@@ -143,6 +143,7 @@ impl TaskCommandRouter for Router {
         if exec.exec_id.is_empty() {
             return Err(Status::invalid_argument("exec_id is required"));
         }
+        self.sandboxes.commit_synced_volumes(&live, &exec.command).await;
         live.exec(exec).await?;
         Ok(Response::new(tcr::TaskExecStartResponse {}))
     }

@@ -48,10 +48,12 @@ pub(crate) struct LiveSandbox {
     stop_requested: Notify,
     pub finished: watch::Sender<bool>,
     last_activity: Mutex<Instant>,
+    /// Volumes mounted in the sandbox.
+    pub volumes: Vec<crate::VolumeMount>,
 }
 
 impl LiveSandbox {
-    pub(crate) fn new(id: String, task_id: String, mut container: Container, has_probe: bool) -> Arc<LiveSandbox> {
+    pub(crate) fn new(id: String, task_id: String, mut container: Container, has_probe: bool, volumes: Vec<crate::VolumeMount>) -> Arc<LiveSandbox> {
         let pid = container.pid();
         let stdout = Arc::new(OutputBuffer::new(MAIN_WINDOW, Overflow::DropOldest));
         let stderr = Arc::new(OutputBuffer::new(MAIN_WINDOW, Overflow::DropOldest));
@@ -97,6 +99,7 @@ impl LiveSandbox {
             stop_requested: Notify::new(),
             finished: watch::channel(false).0,
             last_activity: Mutex::new(Instant::now()),
+            volumes,
         })
     }
 
@@ -256,7 +259,7 @@ impl LiveSandbox {
 
 /// Watches the sandbox until its main process exits, stopping it on terminate, `timeout` or
 /// `idle_timeout`, then records the outcome in the store.
-pub(crate) async fn supervise(s: Arc<LiveSandbox>, store: Store, timeout: Duration, idle_timeout: Option<Duration>) {
+pub(crate) async fn supervise(s: Arc<LiveSandbox>, store: Store, timeout: Duration, idle_timeout: Option<Duration>, volumes: &ferry_volumes::Volumes) {
     let started = Instant::now();
     let exited = wait_for_exit(s.pid);
     tokio::pin!(exited);
@@ -291,6 +294,18 @@ pub(crate) async fn supervise(s: Arc<LiveSandbox>, store: Store, timeout: Durati
         (None, Err(e)) => (Status::Failure, Some(255), e.to_string()),
     };
     s.tunnels.lock().unwrap().clear();
+    // Volume writes are committed when the sandbox ends, before its outcome is visible, so a
+    // caller that waited on the sandbox reads them.
+    volumes.task_exited(&s.task_id);
+    let mut committed = std::collections::HashSet::new();
+    for v in s.volumes.iter().filter(|v| !v.read_only) {
+        if committed.insert(v.volume_id.clone()) {
+            if let Err(e) = volumes.commit_task(&s.task_id, &v.volume_id).await {
+                tracing::warn!(sandbox = %s.id, volume = %v.volume_id, "committing the Sandbox's volume writes failed: {e}");
+            }
+        }
+    }
+    volumes.release_task(&s.task_id).await;
     if let Err(e) = store.finish_sandbox(&s.id, status as i32, code, &message).await {
         tracing::warn!(sandbox = %s.id, "recording the outcome failed: {e}");
     }

@@ -19,6 +19,48 @@ pub struct TokenInfo {
     pub label: String,
     pub created_at: f64,
     pub revoked_at: Option<f64>,
+    /// What the token may do (client tokens only; proxy tokens are never scoped).
+    pub scope: TokenScope,
+    /// When the server last verified the token (client tokens only).
+    pub last_used_at: Option<f64>,
+}
+
+/// What a client token may do. The default is everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenScope {
+    /// Only RPCs that change nothing.
+    pub read_only: bool,
+    /// Only this environment (by name, as of the check); `None` for every environment.
+    pub environment: Option<String>,
+}
+
+impl TokenScope {
+    pub fn is_unrestricted(&self) -> bool {
+        !self.read_only && self.environment.is_none()
+    }
+
+    /// `read-only, environment dev`, or `full` for an unrestricted token.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.read_only {
+            parts.push("read-only".to_string());
+        }
+        if let Some(env) = &self.environment {
+            parts.push(format!("environment {env}"));
+        }
+        if parts.is_empty() {
+            "full".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A deleted environment leaves its tokens limited to an environment that no longer exists:
+/// they match no request.
+fn scope_of_row(read_only: i64, environment_id: Option<String>, environment_name: Option<String>) -> TokenScope {
+    let environment = environment_id.map(|id| environment_name.unwrap_or_else(|| format!("<deleted environment {id}>")));
+    TokenScope { read_only: read_only != 0, environment }
 }
 
 fn digest(secret: &str) -> String {
@@ -97,6 +139,8 @@ impl Store {
                 label: r.get("label"),
                 created_at: r.get("created_at"),
                 revoked_at: r.get("revoked_at"),
+                scope: TokenScope::default(),
+                last_used_at: r.try_get("last_used_at").ok().flatten(),
             })
             .collect())
     }
@@ -118,12 +162,82 @@ impl Store {
         self.create_token_of(TokenKind::Client, label).await
     }
 
+    /// Whether `secret` opens an active token with full access. Scoped tokens (read-only, one
+    /// environment) are valid for RPCs only, through [`Store::verify_token_scope`]: the places
+    /// that ask this (the dashboard's sign-in, `/metrics`) act on the whole workspace.
     pub async fn verify_token(&self, token_id: &str, secret: &str) -> Result<bool> {
-        self.verify_token_of(TokenKind::Client, token_id, secret).await
+        Ok(self.verify_token_scope(token_id, secret).await?.is_some_and(|s| s.is_unrestricted()))
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
-        self.list_tokens_of(TokenKind::Client).await
+        let mut tokens = self.list_tokens_of(TokenKind::Client).await?;
+        let scopes: std::collections::HashMap<String, TokenScope> = sqlx::query(
+            "SELECT t.token_id, t.read_only, t.environment_id, e.name FROM tokens t LEFT JOIN environments e ON e.id = t.environment_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| (r.get::<String, _>(0), scope_of_row(r.get(1), r.get(2), r.get(3))))
+        .collect();
+        for t in &mut tokens {
+            t.scope = scopes.get(&t.token_id).cloned().unwrap_or_default();
+        }
+        Ok(tokens)
+    }
+
+    /// Creates a client token limited by `scope` (an environment must exist) and returns
+    /// `(token_id, token_secret)`.
+    pub async fn create_scoped_token(&self, label: &str, scope: &TokenScope) -> Result<(String, String)> {
+        let environment_id = match &scope.environment {
+            Some(name) if name.is_empty() => return Err(StoreError::Invalid("the environment name is empty".into())),
+            Some(name) => Some(self.environment(name).await?.id),
+            None => None,
+        };
+        let (id, secret) = self.create_token_of(TokenKind::Client, label).await?;
+        sqlx::query("UPDATE tokens SET read_only = ?, environment_id = ? WHERE token_id = ?")
+            .bind(scope.read_only as i64)
+            .bind(environment_id)
+            .bind(&id)
+            .execute(&self.pool)
+            .await?;
+        Ok((id, secret))
+    }
+
+    /// The scope of an active token `token_id` whose secret is `secret`; `None` when the token
+    /// is unknown, revoked or the secret is wrong.
+    pub async fn verify_token_scope(&self, token_id: &str, secret: &str) -> Result<Option<TokenScope>> {
+        let row = sqlx::query(
+            "SELECT t.secret_sha256, t.read_only, t.environment_id, e.name FROM tokens t \
+             LEFT JOIN environments e ON e.id = t.environment_id WHERE t.token_id = ? AND t.revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| same(&r.get::<String, _>(0), &digest(secret)).then(|| scope_of_row(r.get(1), r.get(2), r.get(3)))))
+    }
+
+    /// Records that a token was just used.
+    pub async fn mark_token_used(&self, token_id: &str) -> Result<()> {
+        sqlx::query("UPDATE tokens SET last_used_at = ? WHERE token_id = ?").bind(now()).bind(token_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The name of the environment an app, function, class, sandbox or named object (Dict,
+    /// Queue, Secret, Volume) with this id belongs to; `None` for an id of nothing
+    /// environment-bound.
+    pub async fn environment_of(&self, id: &str) -> Result<Option<String>> {
+        let name = sqlx::query_scalar(
+            "SELECT e.name FROM apps a JOIN environments e ON e.id = a.environment_id WHERE a.id = ?1 \
+             UNION ALL SELECT e.name FROM objects o JOIN environments e ON e.id = o.environment_id WHERE o.id = ?1 \
+             UNION ALL SELECT e.name FROM functions f JOIN apps a ON a.id = f.app_id JOIN environments e ON e.id = a.environment_id WHERE f.id = ?1 \
+             UNION ALL SELECT e.name FROM classes c JOIN apps a ON a.id = c.app_id JOIN environments e ON e.id = a.environment_id WHERE c.id = ?1 \
+             UNION ALL SELECT e.name FROM sandboxes s JOIN environments e ON e.id = s.environment_id WHERE s.id = ?1 \
+             LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(name)
     }
 
     pub async fn revoke_token(&self, token_id: &str) -> Result<()> {
@@ -157,5 +271,37 @@ impl Store {
     pub async fn revoke_task_credential(&self, task_id: &str) -> Result<()> {
         sqlx::query("UPDATE task_credentials SET revoked_at = ? WHERE task_id = ?").bind(now()).bind(task_id).execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CreationMode, ObjectKind};
+
+    #[tokio::test]
+    async fn scoped_tokens_keep_their_scope_and_never_pass_as_full_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Default::default()).await.unwrap();
+        s.create_environment("dev").await.unwrap();
+        let scope = TokenScope { read_only: true, environment: Some("dev".into()) };
+        let (id, secret) = s.create_scoped_token("ci", &scope).await.unwrap();
+        assert_eq!(s.verify_token_scope(&id, &secret).await.unwrap(), Some(scope.clone()));
+        assert_eq!(s.verify_token_scope(&id, "as-wrong").await.unwrap(), None);
+        assert!(!s.verify_token(&id, &secret).await.unwrap());
+        let (full, full_secret) = s.create_token("all").await.unwrap();
+        assert!(s.verify_token(&full, &full_secret).await.unwrap());
+        assert!(s.create_scoped_token("x", &TokenScope { read_only: false, environment: Some("nope".into()) }).await.is_err());
+
+        s.mark_token_used(&id).await.unwrap();
+        let listed = s.list_tokens().await.unwrap();
+        let t = listed.iter().find(|t| t.token_id == id).unwrap();
+        assert_eq!(t.scope, scope);
+        assert!(t.last_used_at.is_some());
+        assert_eq!(t.scope.describe(), "read-only, environment dev");
+
+        let (obj, _) = s.get_or_create_object(ObjectKind::Dict, "dev", "d", CreationMode::CreateIfMissing, "t").await.unwrap();
+        assert_eq!(s.environment_of(&obj.id).await.unwrap().as_deref(), Some("dev"));
+        assert_eq!(s.environment_of("di-unknown").await.unwrap(), None);
     }
 }

@@ -84,7 +84,7 @@ impl Store {
         classes: &BTreeMap<String, String>,
     ) -> Result<VersionChange> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM app_deployments WHERE app_id = ?")
             .bind(app_id)
             .fetch_one(&mut *tx)
@@ -126,7 +126,7 @@ impl Store {
 
     async fn redeploy_version(&self, app_id: &str, version: i64, deployed_by: &str, is_rollback: bool) -> Result<VersionChange> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let source: Option<(String, String)> =
             sqlx::query_as("SELECT client_version, tag FROM app_deployments WHERE app_id = ? AND version = ?")
                 .bind(app_id)
@@ -185,7 +185,7 @@ impl Store {
     /// from now; the last tick a function fired is kept, so a tick never fires twice.
     pub async fn set_schedules(&self, app_id: &str, schedules: &BTreeMap<String, String>) -> Result<()> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Vec<String> = sqlx::query_scalar("SELECT function_id FROM schedules WHERE app_id = ?").bind(app_id).fetch_all(&mut *tx).await?;
         for id in existing.iter().filter(|id| !schedules.contains_key(*id)) {
             sqlx::query("DELETE FROM schedules WHERE function_id = ?").bind(id).execute(&mut *tx).await?;

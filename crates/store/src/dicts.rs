@@ -36,7 +36,7 @@ impl Store {
             }
         }
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = ? AND kind = 'dict'")
             .bind(dict_id)
             .fetch_optional(&mut *tx)

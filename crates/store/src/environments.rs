@@ -81,7 +81,7 @@ impl Store {
             return Err(StoreError::FailedPrecondition(format!("Environment '{}' is the default and cannot be deleted", env.name)));
         }
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for table in ["objects", "apps"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE environment_id = ?")).bind(&env.id).execute(&mut *tx).await?;
         }

@@ -7,6 +7,7 @@
 
 mod apps;
 mod auth;
+mod calls;
 mod deployments;
 mod dicts;
 mod environments;
@@ -14,6 +15,7 @@ mod error;
 mod files;
 mod functions;
 mod gpus;
+mod image_names;
 mod objects;
 mod queues;
 mod sandboxes;
@@ -33,9 +35,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use apps::{App, AppState, LogEntry};
-pub use auth::{Principal, TokenInfo};
+pub use auth::{Principal, TokenInfo, TokenScope};
+pub use calls::{AnswerRecord, CallRecord, CallWrite, QueuedRecord, WriteOutcome};
 pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;
+pub use image_names::{ImageBuildTimes, ImageName, ImageNameRevision};
 pub use functions::{FunctionRecord, ImageRecord, Mount, MountEntry};
 pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
@@ -63,7 +67,7 @@ pub struct Store {
     pool: SqlitePool,
     data_dir: std::path::PathBuf,
     notify: Arc<Notifier>,
-    seal: Arc<seal::SecretSeal>,
+    seal: Arc<std::sync::RwLock<Arc<seal::SecretSeal>>>,
     /// Serialises multi-statement write transactions: SQLite has one writer, and taking turns
     /// here avoids the busy errors of upgrading a read transaction to a write one.
     write_lock: Arc<tokio::sync::Mutex<()>>,
@@ -93,12 +97,12 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        let seal = seal::SecretSeal::load_or_create(&data_dir.join("secret.key"))?;
+        let seal = seal::SecretSeal::load(data_dir, &pool).await?;
         let store = Store {
             pool,
             data_dir: data_dir.to_path_buf(),
             notify: Arc::new(Notifier::default()),
-            seal: Arc::new(seal),
+            seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         };
         store.default_environment().await?;

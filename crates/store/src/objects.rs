@@ -11,6 +11,8 @@ pub enum ObjectKind {
     Queue,
     Secret,
     Volume,
+    /// A network file system (`modal.NetworkFileSystem`); its files live in a host directory.
+    Nfs,
 }
 
 impl ObjectKind {
@@ -20,6 +22,7 @@ impl ObjectKind {
             ObjectKind::Queue => "queue",
             ObjectKind::Secret => "secret",
             ObjectKind::Volume => "volume",
+            ObjectKind::Nfs => "nfs",
         }
     }
     /// The id prefix the client recognises for the kind.
@@ -29,6 +32,7 @@ impl ObjectKind {
             ObjectKind::Queue => "qu",
             ObjectKind::Secret => "st",
             ObjectKind::Volume => "vo",
+            ObjectKind::Nfs => "sv",
         }
     }
     pub fn title(self) -> &'static str {
@@ -37,6 +41,7 @@ impl ObjectKind {
             ObjectKind::Queue => "Queue",
             ObjectKind::Secret => "Secret",
             ObjectKind::Volume => "Volume",
+            ObjectKind::Nfs => "NetworkFileSystem",
         }
     }
 }
@@ -201,6 +206,12 @@ impl Store {
         })
     }
 
+    /// The ids of every object of a kind, named or not (to sweep what they left behind).
+    pub async fn object_ids(&self, kind: ObjectKind) -> Result<std::collections::HashSet<String>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM objects WHERE kind = ?").bind(kind.as_str()).fetch_all(&self.pool).await?;
+        Ok(ids.into_iter().collect())
+    }
+
     /// Named objects of a kind, newest first, created strictly before `created_before` (0: no bound).
     pub async fn list_objects(
         &self,
@@ -229,7 +240,7 @@ impl Store {
     pub async fn delete_object(&self, kind: ObjectKind, id: &str) -> Result<()> {
         self.object(kind, id).await?;
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         delete_contents(&mut tx, id).await?;
         tx.commit().await?;
         self.notify.fire(id);
@@ -264,7 +275,7 @@ impl Store {
         .await?;
         for id in &ids {
             let _w = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             delete_contents(&mut tx, id).await?;
             tx.commit().await?;
             self.notify.fire(id);

@@ -80,7 +80,7 @@ impl Store {
         let t = now();
         {
             let _w = self.write_lock.lock().await;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM objects WHERE id = ? AND kind = 'queue'")
                 .bind(queue_id)
                 .fetch_optional(&mut *tx)
@@ -155,7 +155,7 @@ impl Store {
     pub async fn queue_take(&self, queue_id: &str, partition: &[u8], n: i64) -> Result<Vec<Vec<u8>>> {
         check_partition(partition)?;
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         expire_partition(&mut tx, queue_id, partition, now()).await?;
         let rows = sqlx::query(
             "DELETE FROM queue_items WHERE id IN \
@@ -267,7 +267,7 @@ impl Store {
         check_partition(partition)?;
         self.ensure_object(ObjectKind::Queue, queue_id).await?;
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if all {
             sqlx::query("DELETE FROM queue_items WHERE queue_id = ?").bind(queue_id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM queue_partitions WHERE queue_id = ?").bind(queue_id).execute(&mut *tx).await?;
@@ -307,7 +307,7 @@ impl Store {
     pub(crate) async fn expire_queue_partitions(&self) -> Result<()> {
         let t = now();
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "DELETE FROM queue_items WHERE (queue_id, partition_key) IN \
              (SELECT queue_id, partition_key FROM queue_partitions WHERE last_put_at + ttl_seconds < ?)",

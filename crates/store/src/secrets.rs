@@ -67,7 +67,7 @@ impl Store {
         let keys = serde_json::to_string(&env.keys().collect::<Vec<_>>()).expect("a string list serialises");
         sqlx::query("INSERT OR REPLACE INTO secrets (secret_id, sealed, keys, last_used_at) VALUES (?, ?, ?, NULL)")
             .bind(id)
-            .bind(self.seal.seal(&plain))
+            .bind(self.sealer().seal(&plain))
             .bind(keys)
             .execute(&self.pool)
             .await?;
@@ -93,7 +93,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         match sealed {
-            Some(s) => serde_json::from_slice(&self.seal.open(&s)?)
+            Some(s) => serde_json::from_slice(&self.sealer().open(&s)?)
                 .map_err(|e| StoreError::Io(format!("secret {id} is corrupt: {e}"))),
             None => Ok(BTreeMap::new()),
         }

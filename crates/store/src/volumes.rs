@@ -139,7 +139,7 @@ impl Store {
     /// returns the new counter. Nothing is applied if any change fails.
     pub async fn volume_apply(&self, volume_id: &str, changes: &[VolumeChange]) -> Result<i64> {
         let _w = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for change in changes {
             match change {
                 VolumeChange::Put(e) => {

@@ -28,7 +28,7 @@ impl Store {
     /// function's routes under other labels (a renamed endpoint or a changed `label=`).
     pub async fn set_web_routes(&self, app_id: &str, function_id: &str, routes: &[(String, String, bool)]) -> Result<()> {
         let _turn = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM web_routes WHERE function_id = ?").bind(function_id).execute(&mut *tx).await?;
         for (label, method_name, requires_proxy_auth) in routes {
             sqlx::query(

@@ -15,6 +15,7 @@
 
 pub mod blocks;
 pub mod mounts;
+pub mod nfs;
 pub use mounts::{HostBind, MountRequest};
 pub mod paths;
 

@@ -316,6 +316,14 @@ impl Volumes {
         }
     }
 
+    /// Records that a task's container exited: later commits ingest its writes without
+    /// moving its (gone) views.
+    pub fn task_exited(&self, task_id: &str) {
+        if let Some(t) = self.mounts.tasks.lock().unwrap().get_mut(task_id) {
+            t.pid = None;
+        }
+    }
+
     /// Forgets a task that ended, removing its views. Uncommitted writes go, as on Modal.
     pub async fn release_task(&self, task_id: &str) {
         let Some(t) = self.mounts.tasks.lock().unwrap().remove(task_id) else { return };

@@ -99,12 +99,15 @@ pub(crate) fn is_client_entry(name: &str) -> bool {
     CLIENT_PACKAGES.iter().any(|p| name == *p || name.strip_prefix(p).is_some_and(|rest| rest.starts_with('-') && rest.ends_with(".dist-info")))
 }
 
-/// Returns the runtime directory, installing it first if needed.
+/// Returns the runtime directory, installing it first if needed: with Ferry's Debian base of
+/// that Python series when there is one (3.11, 3.13), else with the Python and pip of `image`
+/// (a registry image with its own Python, e.g. 3.12), whose interpreter tasks will use.
 pub(crate) async fn ensure(
     data_dir: &Path,
     store: &ImageStore,
     client_version: &str,
     python: &str,
+    image: Option<&ferry_runtime::LayerId>,
     progress: &LogSink,
 ) -> Result<ClientRuntime> {
     check_client_version(client_version)?;
@@ -116,15 +119,25 @@ pub(crate) async fn ensure(
     if dir.is_dir() {
         return Ok(ClientRuntime { dir });
     }
-    let base = ferry_runtime::prepare_base(data_dir, python, progress).await?;
+    let (installer, from_image) = match (ferry_runtime::suite_for_python(&python_series(python)), image) {
+        (Err(_), Some(image)) => {
+            say(progress, format!("ferry: Python {} has no Ferry base; installing the client with the image's own Python", python_series(python)));
+            (image.clone(), true)
+        }
+        _ => (ferry_runtime::prepare_base(data_dir, python, progress).await?.layer, false),
+    };
     let root = runtime_root(data_dir);
     std::fs::create_dir_all(&root).ctx("creating the client runtime directory", &root)?;
     sweep_staging(&root);
     let staging = root.join(format!(".staging-{}-{}", std::process::id(), dir.file_name().unwrap_or_default().to_string_lossy()));
     remove_tree(&staging);
-    let result = install(store, &base.layer, &staging, client_version, &python_series(python), progress).await;
+    let result = install(store, &installer, &staging, client_version, &python_series(python), progress).await;
     if let Err(e) = result {
         remove_tree(&staging);
+        if from_image {
+            let available = ferry_runtime::available_pythons().join(", ");
+            return Err(Error::ImagePythonInstallFailed { python: python_series(python), available, source: Box::new(e) });
+        }
         return Err(e);
     }
     if let Err(e) = std::fs::rename(&staging, &dir) {
@@ -161,8 +174,14 @@ async fn install(store: &ImageStore, base: &ferry_runtime::LayerId, staging: &Pa
             spec.env.push((key.to_string(), value));
         }
     }
+    // The host's package-index settings (pip/uv config files, CA bundle), as build steps get
+    // them: an image of its own Python knows nothing of the operator's mirror.
+    let access = ferry_runtime::PackageAccess::from_host();
+    spec.env.extend(access.env().iter().cloned());
+    spec.mounts.extend(access.binds(&staging.join("host")).ctx("writing the install's package settings", staging)?);
     let mut container = runtime.spawn(spec).await?;
     let (status, tail, _) = relay(&mut container, progress).await?;
+    let _ = std::fs::remove_dir_all(staging.join("host"));
     if !status.success() {
         return Err(Error::ClientInstallFailed { version: version.into(), python: python.into(), code: status.code, tail });
     }

@@ -22,6 +22,9 @@ pub enum Error {
     #[error("task {task_id}: mount target `{target}` must be an absolute path")]
     BadMountTarget { task_id: String, target: String },
 
+    #[error("the image's Python is {python}, a series Ferry has no base for ({available}), and installing the modal client with the image's own Python failed: {source}; use an image whose `python -m pip` works, or one of those Python versions")]
+    ImagePythonInstallFailed { python: String, available: String, source: Box<Error> },
+
     #[error("installing modal=={version} for Python {python} failed (exit {code}); last output:\n{tail}")]
     ClientInstallFailed { version: String, python: String, code: i32, tail: String },
 

@@ -32,6 +32,8 @@
 
 mod client_runtime;
 mod error;
+mod pool;
+mod zygote;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ pub use ferry_runtime::PortForward;
 
 pub use client_runtime::{ClientRuntime, DEPS_MOUNT, PKG_MOUNT};
 pub use error::{Error, Result};
+pub use pool::{PoolConfig, PoolStatus, INPUT_MOUNT};
 /// How a task ended: exit code (128 + signal when killed), signal, OOM kill.
 pub use ferry_runtime::ExitStatus as TaskExit;
 /// One line of task output; `line.stream.fd()` is Modal's fd number (1 stdout, 2 stderr).
@@ -90,6 +93,12 @@ struct Inner {
     data_dir: PathBuf,
     store: ImageStore,
     runtime: ContainerRuntime,
+    /// Standby containers; `None` when the pool is off.
+    pool: Option<Arc<pool::Pool>>,
+    /// The host directory holding the standby driver, written once.
+    driver: std::sync::OnceLock<PathBuf>,
+    /// Memory-snapshot zygotes, by function definition.
+    zygotes: zygote::Zygotes,
 }
 
 /// One task container to start.
@@ -135,6 +144,15 @@ pub struct TaskSpec {
     pub command: Option<Vec<String>>,
     /// Volume views, bound read-write unless marked read-only.
     pub volumes: Vec<BindMount>,
+    /// `Some(key)` for a function with `enable_memory_snapshot`: tasks with the same key are
+    /// forked from one zygote that imported the code and ran the `snap=True` enter methods
+    /// once. The key must change whenever the function's code, image or settings do (e.g.
+    /// its id and a hash of its definition). Ignored for tasks the zygote cannot serve (GPUs,
+    /// no network, volumes, a command override): they start the usual way.
+    pub memory_snapshot: Option<String>,
+    /// Whether a standby container may take the task (true by default). Build steps whose
+    /// writes become a layer (`Task::wait_into_layer`) must start in a container of their own.
+    pub standby: bool,
 }
 
 impl TaskSpec {
@@ -159,6 +177,8 @@ impl TaskSpec {
             pids: Some(DEFAULT_PIDS),
             command: None,
             volumes: Vec::new(),
+            memory_snapshot: None,
+            standby: true,
         }
     }
 }
@@ -167,7 +187,7 @@ impl TaskSpec {
 #[derive(Debug)]
 pub struct Task {
     task_id: String,
-    container: Container,
+    body: Body,
     killer: TaskKiller,
     /// Holds the arguments file; removed when the task is dropped.
     _files: TaskDir,
@@ -179,26 +199,44 @@ impl Task {
         &self.task_id
     }
 
-    /// The runtime's container id (its cgroup name), for logs.
+    /// The runtime's container id (its cgroup name), for logs; a memory-snapshot task's is
+    /// its zygote's.
     pub fn container_id(&self) -> &str {
-        self.container.id()
+        match &self.body {
+            Body::Container(c) => c.id(),
+            Body::Child(c) => c.container_id(),
+        }
     }
 
     /// Host pid of the container's init, which names its namespaces.
     pub fn pid(&self) -> u32 {
-        self.container.pid()
+        match &self.body {
+            Body::Container(c) => c.pid(),
+            Body::Child(c) => c.pid(),
+        }
+    }
+
+    /// Whether the task was forked from a memory-snapshot zygote.
+    pub fn from_snapshot(&self) -> bool {
+        matches!(self.body, Body::Child(_))
     }
 
     /// Takes the stream of output lines; it ends when the container has closed its output.
     pub fn logs(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<LogLine>> {
-        self.container.logs()
+        match &mut self.body {
+            Body::Container(c) => c.logs(),
+            Body::Child(c) => c.logs(),
+        }
     }
 
     /// Signals the task. Modal's entrypoint runs `@modal.exit` only on [`Signal::Interrupt`]
     /// (or after a `kill_switch` input); SIGTERM ends it without. Signalling a task that has
     /// exited is not an error.
     pub fn kill(&self, signal: Signal) -> Result<()> {
-        Ok(self.container.kill(signal)?)
+        match &self.body {
+            Body::Container(c) => Ok(c.kill(signal)?),
+            Body::Child(_) => self.killer.kill(signal),
+        }
     }
 
     /// A handle that can signal the task from elsewhere while another task awaits [`Task::wait`].
@@ -209,15 +247,32 @@ impl Task {
     /// Waits for the task to end and releases its container. Calling it again returns the
     /// same status.
     pub async fn wait(&mut self) -> Result<TaskExit> {
-        Ok(self.container.wait().await?)
+        match &mut self.body {
+            Body::Container(c) => Ok(c.wait().await?),
+            Body::Child(c) => Ok(c.wait().await),
+        }
     }
 
     /// Waits for the task to end, then turns everything it wrote into a new layer on top of
     /// its image, whatever the exit status (how `Image.run_function` build steps become
     /// layers; remove the layer from the store when the run failed).
     pub async fn wait_into_layer(&mut self) -> Result<(TaskExit, LayerId)> {
-        Ok(self.container.wait_into_layer().await?)
+        match &mut self.body {
+            Body::Container(c) => Ok(c.wait_into_layer().await?),
+            Body::Child(_) => Err(Error::Io {
+                context: "a task forked from a memory snapshot has no writable layer of its own".into(),
+                path: PathBuf::new(),
+                source: std::io::Error::other("unsupported"),
+            }),
+        }
     }
+}
+
+/// What runs a task: a container of its own, or a child of a memory-snapshot zygote.
+#[derive(Debug)]
+enum Body {
+    Container(Container),
+    Child(zygote::ChildTask),
 }
 
 /// Signals one task's container; cheap to clone, usable after the task ended (a no-op then).
@@ -226,6 +281,8 @@ pub struct TaskKiller {
     /// A pidfd of the container's init, so a recycled pid can never be hit. Init forwards
     /// SIGINT and SIGTERM to the program; SIGKILL ends the whole container.
     pidfd: Option<Arc<OwnedFd>>,
+    /// A zygote's child is signalled by the zygote, its parent.
+    child: Option<(std::sync::Weak<zygote::Zygote>, String)>,
 }
 
 impl TaskKiller {
@@ -235,16 +292,22 @@ impl TaskKiller {
             let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
             (fd >= 0).then(|| Arc::new(OwnedFd::from_raw_fd(fd)))
         };
-        TaskKiller { pidfd }
+        TaskKiller { pidfd, child: None }
     }
 
     pub fn kill(&self, signal: Signal) -> Result<()> {
-        let Some(fd) = &self.pidfd else { return Ok(()) };
         let number = match signal {
             Signal::Interrupt => libc::SIGINT,
             Signal::Terminate => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
         };
+        if let Some((zygote, task)) = &self.child {
+            if let Some(z) = zygote.upgrade() {
+                zygote::kill(&z, task, number);
+            }
+            return Ok(());
+        }
+        let Some(fd) = &self.pidfd else { return Ok(()) };
         // SAFETY: a valid pidfd, a signal number, no siginfo.
         let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), number, std::ptr::null::<u8>(), 0) };
         if r < 0 {
@@ -259,7 +322,7 @@ impl TaskKiller {
 
 /// A per-task host directory (the arguments file), removed on drop.
 #[derive(Debug)]
-struct TaskDir(PathBuf);
+pub(crate) struct TaskDir(pub(crate) PathBuf);
 
 impl Drop for TaskDir {
     fn drop(&mut self) {
@@ -271,8 +334,23 @@ impl Worker {
     /// A worker over `data_dir` (the same directory the image store lives in). Does no I/O;
     /// call [`Worker::sweep_stale`] once at start-up.
     pub fn new(data_dir: &Path, images: ImageStore) -> Worker {
+        Worker::with_pool(data_dir, images, PoolConfig::off())
+    }
+
+    /// A worker that keeps standby containers ready (see [`PoolConfig`]): a task whose image
+    /// and limits were asked for recently starts in a container whose Python has already
+    /// imported the modal container runtime. Tasks the pool cannot serve (GPUs, no network,
+    /// volumes, a command override) start the usual way.
+    pub fn with_pool(data_dir: &Path, images: ImageStore, config: PoolConfig) -> Worker {
         let runtime = ContainerRuntime::new(images.clone());
-        Worker { inner: Arc::new(Inner { data_dir: data_dir.to_path_buf(), store: images, runtime }) }
+        let pool = pool::Pool::new(config);
+        let pool = pool.enabled().then(|| Arc::new(pool));
+        Worker { inner: Arc::new(Inner { data_dir: data_dir.to_path_buf(), store: images, runtime, pool, driver: Default::default(), zygotes: Default::default() }) }
+    }
+
+    /// How many standbys are ready and starting.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.inner.pool.as_ref().map(|p| p.status()).unwrap_or_default()
     }
 
     /// Removes what tasks of dead Ferry processes left behind (cgroups, scratch space,
@@ -298,7 +376,13 @@ impl Worker {
     /// the base too if needed. Idempotent and serialised; a crash never leaves a half runtime
     /// (it is built in a staging directory and renamed into place). Progress goes to `progress`.
     pub async fn prepare_client_runtime(&self, client_version: &str, python: &str, progress: &LogSink) -> Result<ClientRuntime> {
-        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, progress).await
+        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, None, progress).await
+    }
+
+    /// As [`Worker::prepare_client_runtime`], for a task of `image`: a Python series without a
+    /// Ferry base is installed with the image's own Python and pip.
+    pub async fn prepare_client_runtime_for(&self, client_version: &str, python: &str, image: &ferry_runtime::LayerId, progress: &LogSink) -> Result<ClientRuntime> {
+        client_runtime::ensure(&self.inner.data_dir, &self.inner.store, client_version, python, Some(image), progress).await
     }
 
     /// Starts one task container. Installs the client runtime first if this is the first task
@@ -317,11 +401,50 @@ impl Worker {
             .python_version
             .clone()
             .ok_or_else(|| Error::NoPython { task_id: spec.task_id.clone(), layer: spec.layer.to_string() })?;
-        let client = self.client_runtime(&spec.client_version, &python).await?;
+        let client = self.client_runtime(&spec.client_version, &python, &spec.layer).await?;
 
-        let dir = self.tasks_dir().join(format!("{}-{}-{}", std::process::id(), next_seq(), path_safe(&spec.task_id)));
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { context: "creating the task directory".into(), path: dir.clone(), source })?;
-        let dir = TaskDir(dir);
+        let image_pythonpath = record.config.env_get("PYTHONPATH").map(str::to_string);
+        let workdir = record.config.workdir.clone().unwrap_or_else(|| "/root".into());
+
+        if let (Some(snapshot), Some(key)) = (&spec.memory_snapshot, self.pool_key(&spec, &client, true)) {
+            let template = self.standby_template(&spec, &client, image_pythonpath.as_deref(), &workdir)?;
+            let zkey = format!("{snapshot}\0{}\0{}\0{:?}\0{:?}\0{}\0{:?}\0{:?}\0{:?}", key.layer, key.client_dir.display(), key.memory_mib, key.cpu_millis, key.server_url, key.forwards, key.pids, key.disk_mib);
+            let env = task_env(&spec, image_pythonpath.as_deref());
+            // The zygote starts with the full environment of its first task.
+            let mut zygote_template = template;
+            zygote_template.env = env.clone();
+            match self.inner.zygotes.start_child(self, zkey, &spec, env, zygote_template).await {
+                Ok((child, dir)) => {
+                    tracing::debug!(task = %spec.task_id, container = child.container_id(), "task forked from a memory snapshot");
+                    let killer = TaskKiller { pidfd: None, child: Some(child.killer()) };
+                    return Ok(Task { task_id: spec.task_id, body: Body::Child(child), killer, _files: dir });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        if let Some(key) = self.pool_key(&spec, &client, false) {
+            let template = self.standby_template(&spec, &client, image_pythonpath.as_deref(), &workdir)?;
+            let pool = self.inner.pool.clone().expect("pool_key checks the pool");
+            if pool.note_demand(&key, template) {
+                pool::start_reaper(pool.clone());
+            }
+            let taken = pool.take(&key);
+            pool::refill(self, key);
+            if let Some(standby) = taken {
+                let env = task_env(&spec, image_pythonpath.as_deref());
+                match pool::hand_over(standby, &spec, env).await {
+                    Ok((container, dir)) => {
+                        tracing::debug!(task = %spec.task_id, container = container.id(), "task handed to a standby container");
+                        let killer = TaskKiller::for_pid(container.pid());
+                        return Ok(Task { task_id: spec.task_id, body: Body::Container(container), killer, _files: dir });
+                    }
+                    Err(e) => tracing::warn!(task = %spec.task_id, "a standby container could not take the task, starting a new one: {e}"),
+                }
+            }
+        }
+
+        let dir = self.new_task_dir(&spec.task_id)?;
         let args_file = dir.0.join("container_arguments.pb");
         std::fs::write(&args_file, &spec.container_arguments)
             .map_err(|source| Error::Io { context: "writing the container arguments".into(), path: args_file.clone(), source })?;
@@ -331,9 +454,9 @@ impl Worker {
             command = refresh_ldcache_then(command);
         }
         let mut container = ContainerSpec::new(spec.layer.clone(), command);
-        container.env = task_env(&spec, record.config.env_get("PYTHONPATH"));
+        container.env = task_env(&spec, image_pythonpath.as_deref());
         // Modal runs functions in the image's WORKDIR (`Image.workdir`), else /root.
-        container.workdir = Some(record.config.workdir.clone().unwrap_or_else(|| "/root".into()));
+        container.workdir = Some(workdir);
         container.mounts = client.mounts();
         container.mounts.push(BindMount::read_only(&args_file, CONTAINER_ARGUMENTS_PATH));
         container.mounts.extend(spec.files.iter().map(|(host, target)| BindMount::read_only(host, target.as_str())));
@@ -349,17 +472,109 @@ impl Worker {
         let container = self.inner.runtime.spawn(container).await?;
         tracing::debug!(task = %spec.task_id, container = container.id(), "task container started");
         let killer = TaskKiller::for_pid(container.pid());
-        Ok(Task { task_id: spec.task_id, container, killer, _files: dir })
+        Ok(Task { task_id: spec.task_id, body: Body::Container(container), killer, _files: dir })
     }
 
-    async fn client_runtime(&self, client_version: &str, python: &str) -> Result<ClientRuntime> {
+    /// A fresh per-task host directory, removed when the returned guard drops.
+    pub(crate) fn new_task_dir(&self, name: &str) -> Result<TaskDir> {
+        let dir = self.tasks_dir().join(format!("{}-{}-{}", std::process::id(), next_seq(), path_safe(name)));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { context: "creating the task directory".into(), path: dir.clone(), source })?;
+        Ok(TaskDir(dir))
+    }
+
+    /// Tells builds of one layer id apart (see [`pool::PoolKey::build`]).
+    fn layer_build(&self, layer: &LayerId) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(self.inner.store.layer_fs(layer)).map(|m| m.ino()).unwrap_or(0);
+        let created = self.inner.store.layer(layer).map(|r| r.created_at).unwrap_or(0);
+        (inode, created)
+    }
+
+    /// The pool's key for a task it can serve: the usual entrypoint with outbound network, no
+    /// GPUs, no volumes, plain files and the image's own PYTHONPATH.
+    fn pool_key(&self, spec: &TaskSpec, client: &ClientRuntime, for_snapshot: bool) -> Option<pool::PoolKey> {
+        if !for_snapshot {
+            self.inner.pool.as_ref()?;
+        }
+        let plain = spec.standby
+            && spec.command.is_none()
+            && spec.gpus.is_empty()
+            && !spec.block_network
+            && spec.volumes.is_empty()
+            && !spec.env.iter().any(|(k, _)| k == "PYTHONPATH")
+            && spec.files.iter().all(|(host, _)| host.is_file());
+        plain.then(|| pool::PoolKey {
+            layer: spec.layer.clone(),
+            build: self.layer_build(&spec.layer),
+            client_dir: client.dir.clone(),
+            memory_mib: spec.memory_mib,
+            cpu_millis: spec.cpu_cores.map(|c| (c * 1000.0).round() as u64),
+            server_url: spec.server_url.clone(),
+            forwards: spec.forwards.clone(),
+            pids: spec.pids,
+            disk_mib: spec.disk_mib,
+        })
+    }
+
+    /// A standby container for tasks like `spec`: everything but the task's own files,
+    /// arguments and variables, which arrive at hand-over.
+    fn standby_template(&self, spec: &TaskSpec, client: &ClientRuntime, image_pythonpath: Option<&str>, workdir: &str) -> Result<ContainerSpec> {
+        let driver = self.driver_dir()?;
+        let command = vec!["python".to_string(), format!("{}/standby.py", pool::DRIVER_MOUNT)];
+        let mut container = ContainerSpec::new(spec.layer.clone(), command);
+        let full = task_env(spec, image_pythonpath);
+        container.env = full.into_iter().filter(|(k, _)| STANDBY_ENV.contains(&k.as_str())).collect();
+        container.workdir = Some(workdir.to_string());
+        container.mounts = client.mounts();
+        container.mounts.push(BindMount::read_only(driver, pool::DRIVER_MOUNT));
+        container.limits.memory_mib = spec.memory_mib;
+        container.limits.cpu_cores = spec.cpu_cores;
+        container.limits.pids = spec.pids;
+        container.limits.disk_mib = spec.disk_mib;
+        // Isolated exactly as a task started on demand (see `Worker::start`).
+        container.network = Network::Private;
+        container.forwards = spec.forwards.clone();
+        container.stdin = true;
+        Ok(container)
+    }
+
+    /// `DATA_DIR/runtime/ferry-driver-<hash>/`: the standby driver, written on first use.
+    fn driver_dir(&self) -> Result<PathBuf> {
+        if let Some(d) = self.inner.driver.get() {
+            return Ok(d.clone());
+        }
+        let files: &[(&str, &str)] = &[("standby.py", pool::STANDBY_PY), ("ferry_zygote.py", pool::ZYGOTE_PY)];
+        let mut hash: u64 = 0xcbf29ce484222325;
+        for (name, text) in files {
+            for b in name.bytes().chain(text.bytes()) {
+                hash = (hash ^ b as u64).wrapping_mul(0x100000001b3);
+            }
+        }
+        let root = self.inner.data_dir.join("runtime");
+        let dir = root.join(format!("ferry-driver-{hash:016x}"));
+        if !dir.is_dir() {
+            let staging = root.join(format!(".staging-{}-driver-{}", std::process::id(), next_seq()));
+            std::fs::create_dir_all(&staging).map_err(|source| Error::Io { context: "creating the standby driver".into(), path: staging.clone(), source })?;
+            for (name, text) in files {
+                let path = staging.join(name);
+                std::fs::write(&path, text).map_err(|source| Error::Io { context: "writing the standby driver".into(), path, source })?;
+            }
+            if std::fs::rename(&staging, &dir).is_err() {
+                client_runtime::remove_tree(&staging);
+            }
+        }
+        let _ = self.inner.driver.set(dir.clone());
+        Ok(dir)
+    }
+
+    async fn client_runtime(&self, client_version: &str, python: &str, image: &ferry_runtime::LayerId) -> Result<ClientRuntime> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
         let logger = tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 tracing::info!(target: "ferry_worker::client_runtime", "{}", line.text);
             }
         });
-        let result = self.prepare_client_runtime(client_version, python, &tx).await;
+        let result = self.prepare_client_runtime_for(client_version, python, image, &tx).await;
         drop(tx);
         let _ = logger.await;
         result
@@ -412,6 +627,9 @@ fn task_env(spec: &TaskSpec, image_pythonpath: Option<&str>) -> Vec<(String, Str
     env
 }
 
+/// The variables a standby starts with; the rest of [`task_env`] arrives with its task.
+const STANDBY_ENV: &[&str] = &["PYTHONPATH", "PYTHONUNBUFFERED", "MODAL_IS_REMOTE", "MODAL_SERVER_URL"];
+
 /// The client splits `MODAL_OVERRIDE_HEADERS` on commas, trims whitespace around each value
 /// (`modal/config.py: _transform_headers`), and gRPC refuses non-printable metadata.
 fn check_header_value(task_id: &str, what: &'static str, value: &str) -> Result<()> {
@@ -427,7 +645,7 @@ fn path_safe(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' }).take(64).collect()
 }
 
-fn next_seq() -> u64 {
+pub(crate) fn next_seq() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     SEQ.fetch_add(1, Ordering::Relaxed)

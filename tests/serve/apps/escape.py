@@ -133,3 +133,35 @@ def hog():
 @app.function(image=image)
 def ok(x: int):
     return x + 1
+
+
+@app.function(image=image)
+def pooled_probe(port: int, host_file: str):
+    """The probe again, from a function whose image already has demand: the standby pool
+    serves it when a standby is ready (`standby` says which)."""
+    import os
+
+    ns = {}
+    exec(PROBES, ns)
+    out = ns["probe"](port, host_file)
+    out["standby"] = os.path.isdir("/__ferry/in")
+    out["net"] = sorted(os.listdir("/sys/class/net"))
+    return out
+
+
+@app.cls(image=image, enable_memory_snapshot=True)
+class Snapped:
+    """The probe in a task forked from a memory-snapshot zygote."""
+
+    @modal.enter(snap=True)
+    def load(self):
+        self.ns = {}
+        exec(PROBES, self.ns)
+
+    @modal.method()
+    def probe(self, port: int, host_file: str):
+        import os
+
+        out = self.ns["probe"](port, host_file)
+        out["net"] = sorted(os.listdir("/sys/class/net"))
+        return out

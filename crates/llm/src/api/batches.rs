@@ -15,11 +15,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{chat, from_value, moderations, new_id, now, parse_json, SharedState};
+use super::{chat, moderations, new_id, now, parse_json, responses, SharedState};
 use crate::engine::Priority;
 use crate::error::{ApiError, ApiResult};
 
-const ENDPOINTS: &[&str] = &["/v1/chat/completions", "/v1/moderations"];
+const ENDPOINTS: &[&str] = &["/v1/chat/completions", "/v1/responses", "/v1/moderations"];
 /// Requests of one batch in flight at once; the engine interleaves them with interactive traffic.
 const BATCH_CONCURRENCY: usize = 2;
 
@@ -148,13 +148,14 @@ fn parse_input(text: &str, endpoint: &str) -> Result<Vec<Line>, Vec<Value>> {
 async fn run_one(state: &SharedState, endpoint: &str, body: Value) -> ApiResult<Value> {
     match endpoint {
         "/v1/chat/completions" => {
-            let req: chat::ChatRequest = from_value(body)?;
+            let req = chat::parse_request(body)?;
             if req.stream {
                 return Err(ApiError::bad_request("Streaming is not supported in batches.").param("stream"));
             }
             let p = chat::prepare(state, req)?;
             chat::complete(state, p, Priority::Batch).await
         }
+        "/v1/responses" => responses::run_batch(state, body).await,
         "/v1/moderations" => moderations::moderate(state, body).await,
         other => Err(ApiError::bad_request(format!("Unsupported endpoint {other}"))),
     }

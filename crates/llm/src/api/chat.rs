@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{new_id, now, parse_json, AppState, SharedState};
+use super::{check_fields, from_value, new_id, now, parse_json, AppState, SharedState, Ty};
 use crate::engine::{Finish, GenEvent, GenRequest, Priority, Timings};
 use crate::error::{ApiError, ApiResult};
 use crate::grammar::{self, ToolMode, ToolSpec};
@@ -57,6 +57,54 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// Top-level fields of a chat request and their JSON types (checked before deserialising).
+const FIELDS: &[(&str, Ty)] = &[
+    ("model", Ty::Str),
+    ("messages", Ty::Arr),
+    ("temperature", Ty::Num),
+    ("top_p", Ty::Num),
+    ("top_k", Ty::Int),
+    ("seed", Ty::Int),
+    ("stop", Ty::StrOrArr),
+    ("max_tokens", Ty::Int),
+    ("max_completion_tokens", Ty::Int),
+    ("n", Ty::Int),
+    ("logprobs", Ty::Bool),
+    ("top_logprobs", Ty::Int),
+    ("presence_penalty", Ty::Num),
+    ("frequency_penalty", Ty::Num),
+    ("logit_bias", Ty::Obj),
+    ("stream", Ty::Bool),
+    ("stream_options", Ty::Obj),
+    ("tools", Ty::Arr),
+    ("tool_choice", Ty::StrOrObj),
+    ("parallel_tool_calls", Ty::Bool),
+    ("response_format", Ty::Obj),
+    ("user", Ty::Str),
+    ("metadata", Ty::Obj),
+    ("store", Ty::Bool),
+    ("service_tier", Ty::Str),
+];
+
+/// A chat request body (JSON) → [`ChatRequest`], with OpenAI-shaped errors that name the
+/// parameter. Shared by the endpoint, batches and the Responses API.
+pub fn parse_request(mut v: Value) -> ApiResult<ChatRequest> {
+    check_fields(&mut v, &["model", "messages"], FIELDS)?;
+    if let Some(m) = v.get("metadata").and_then(|m| m.as_object()) {
+        if m.len() > 16 || m.iter().any(|(k, x)| k.len() > 64 || !x.as_str().is_some_and(|s| s.len() <= 512)) {
+            return Err(ApiError::bad_request("Invalid 'metadata': expected an object of at most 16 string values (keys up to 64, values up to 512 characters).")
+                .param("metadata")
+                .code("invalid_value"));
+        }
+    }
+    if v.get("stream_options").is_some() && v.get("stream") != Some(&Value::Bool(true)) {
+        return Err(ApiError::bad_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+            .param("stream_options")
+            .code("invalid_value"));
+    }
+    from_value(v)
+}
+
 /// A validated request, ready for the engine.
 pub struct Prepared {
     pub model: String,
@@ -72,15 +120,24 @@ pub struct Prepared {
     pub include_usage: bool,
 }
 
+/// Bounds check with OpenAI's wording and codes (`integer_above_max_value`,
+/// `decimal_below_min_value`, ...).
+#[allow(clippy::eq_op)]
 fn range<T: PartialOrd + std::fmt::Display + Copy>(v: Option<T>, lo: T, hi: T, name: &str) -> ApiResult<Option<T>> {
-    match v {
-        Some(x) if !(x >= lo && x <= hi) => Err(ApiError::bad_request(format!(
-            "Invalid '{name}': {x} is out of range; expected a value between {lo} and {hi}."
-        ))
+    let kind = if std::any::type_name::<T>().starts_with('f') { "decimal" } else { "integer" };
+    let Some(x) = v else { return Ok(v) };
+    let (side, cmp, bound) = if x > hi {
+        ("above_max", "<=", hi)
+    } else if x >= lo {
+        return Ok(v);
+    } else {
+        // Below the minimum, or NaN.
+        ("below_min", ">=", lo)
+    };
+    let words = if side == "below_min" { "below minimum" } else { "above maximum" };
+    Err(ApiError::bad_request(format!("Invalid '{name}': {kind} {words} value. Expected a value {cmp} {bound}, but got {x} instead."))
         .param(name)
-        .code("invalid_value")),
-        _ => Ok(v),
-    }
+        .code(format!("{kind}_{side}_value")))
 }
 
 fn content_text(content: Option<&Value>, i: usize, has_vision: bool, model: &str) -> ApiResult<String> {
@@ -94,40 +151,87 @@ fn content_text(content: Option<&Value>, i: usize, has_vision: bool, model: &str
                 match p.get("type").and_then(|t| t.as_str()) {
                     Some("text") => out.push(p.get("text").and_then(|t| t.as_str()).unwrap_or("").to_string()),
                     Some("refusal") => out.push(p.get("refusal").and_then(|t| t.as_str()).unwrap_or("").to_string()),
-                    Some("image_url") if !has_vision => {
-                        return Err(ApiError::bad_request(format!(
-                            "The model `{model}` has no vision encoder, so image_url content parts are not supported. Send text only."
-                        ))
-                        .param(param)
-                        .code("image_input_not_supported"))
+                    Some("image_url") => {
+                        // `{"url": ...}` as OpenAI sends it; a bare string is accepted too.
+                        let url = p.get("image_url").and_then(|u| u.get("url").or(Some(u))).and_then(|u| u.as_str());
+                        check_image(url, false, &param, has_vision, model)?;
                     }
                     Some("input_audio") => {
-                        return Err(ApiError::bad_request(format!("The model `{model}` does not accept audio input.")).param(param))
+                        return Err(ApiError::bad_request(format!("The model `{model}` does not accept audio input.")).param(param).code("unsupported_content"))
                     }
                     Some("file") => {
-                        return Err(ApiError::bad_request(format!("The model `{model}` does not accept file content parts.")).param(param))
+                        return Err(ApiError::bad_request(format!("The model `{model}` does not accept file content parts.")).param(param).code("unsupported_content"))
                     }
                     other => {
-                        return Err(ApiError::bad_request(format!("Invalid content part type: {other:?}.")).param(param))
+                        return Err(ApiError::bad_request(format!("Invalid content part type: {other:?}.")).param(format!("{param}.type")).code("invalid_value"))
                     }
                 }
             }
             Ok(out.join("\n"))
         }
-        Some(_) => Err(ApiError::bad_request("Invalid type for message content: expected a string or an array of content parts.").param(format!("messages.[{i}].content"))),
+        Some(_) => Err(ApiError::bad_request("Invalid type for message content: expected a string or an array of content parts.").param(format!("messages.[{i}].content")).code("invalid_type")),
     }
+}
+
+/// Largest decoded image accepted in a data URL (OpenAI's limit per image).
+const MAX_IMAGE_BYTES: usize = 20 * 1024 * 1024;
+
+/// Checks an image input (chat `image_url` part or Responses `input_image`): a `data:` URL must
+/// be base64 PNG, JPEG, WebP or GIF whose bytes are that format; `http(s)` URLs are recognised;
+/// anything else is a 400. Then, since the loaded model has no vision encoder, every image is a
+/// 400 `image_input_not_supported`.
+pub(crate) fn check_image(url: Option<&str>, has_file_id: bool, param: &str, has_vision: bool, model: &str) -> ApiResult<()> {
+    let bad = |msg: String, code: &str| ApiError::bad_request(msg).param(param).code(code);
+    let Some(url) = url else {
+        if has_file_id {
+            return Err(bad("Images by file_id are not supported; send the image as a data URL.".into(), "unsupported_value"));
+        }
+        return Err(bad(format!("Missing required parameter: '{param}.image_url'."), "missing_required_parameter"));
+    };
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (header, data) = rest.split_once(',').ok_or_else(|| bad("Invalid image URL: a data URL needs a ',' before its data.".into(), "invalid_image_url"))?;
+        let mime = header.strip_suffix(";base64").ok_or_else(|| bad("Invalid image URL: only base64 data URLs (data:image/png;base64,...) are supported.".into(), "invalid_image_url"))?;
+        let want: &[&[u8]] = match mime {
+            "image/png" => &[b"\x89PNG\r\n\x1a\n"],
+            "image/jpeg" | "image/jpg" => &[b"\xff\xd8\xff"],
+            "image/gif" => &[b"GIF87a", b"GIF89a"],
+            "image/webp" => &[b"RIFF"],
+            other => {
+                return Err(bad(format!("Invalid image format '{other}'. Supported formats are: 'png', 'jpeg', 'gif' and 'webp'."), "invalid_image_format"))
+            }
+        };
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| bad(format!("Invalid image URL: the base64 data does not decode ({e})."), "invalid_image_url"))?;
+        if bytes.len() > MAX_IMAGE_BYTES {
+            return Err(bad(format!("The image is {} bytes; the limit is {MAX_IMAGE_BYTES}.", bytes.len()), "image_too_large"));
+        }
+        if !want.iter().any(|m| bytes.starts_with(m)) {
+            return Err(bad(format!("The image data is not a valid {mime} image."), "invalid_image_format"));
+        }
+    } else if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(bad("Invalid image URL: expected a data: URL or an http(s) URL.".into(), "invalid_image_url"));
+    }
+    if !has_vision {
+        return Err(bad(
+            format!("The model `{model}` has no vision encoder, so image inputs are not supported. Send text only."),
+            "image_input_not_supported",
+        ));
+    }
+    Ok(())
 }
 
 /// OpenAI messages → template messages (system first; tool traffic written inline).
 fn normalise(messages: &[Value], tools_block: Option<String>, has_vision: bool, model: &str) -> ApiResult<Vec<TemplateMessage>> {
     if messages.is_empty() {
-        return Err(ApiError::bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.").param("messages"));
+        return Err(ApiError::bad_request("Invalid 'messages': empty array. Expected an array with minimum length 1.").param("messages").code("empty_array"));
     }
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<TemplateMessage> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| {
-            ApiError::bad_request(format!("Missing required parameter: 'messages.[{i}].role'.")).param(format!("messages.[{i}].role"))
+            ApiError::bad_request(format!("Missing required parameter: 'messages.[{i}].role'.")).param(format!("messages.[{i}].role")).code("missing_required_parameter")
         })?;
         let text = content_text(m.get("content"), i, has_vision, model)?;
         let (role, text) = match role {
@@ -163,7 +267,8 @@ fn normalise(messages: &[Value], tools_block: Option<String>, has_vision: bool, 
                 return Err(ApiError::bad_request(format!(
                     "Invalid value: '{other}'. Supported values are: 'system', 'developer', 'user', 'assistant', and 'tool'."
                 ))
-                .param(format!("messages.[{i}].role")))
+                .param(format!("messages.[{i}].role"))
+                .code("invalid_value"))
             }
         };
         match turns.last_mut() {
@@ -191,11 +296,11 @@ fn parse_tools(tools: &[Value]) -> ApiResult<Vec<ToolSpec>> {
         .enumerate()
         .map(|(i, t)| {
             if t.get("type").and_then(|x| x.as_str()) != Some("function") {
-                return Err(ApiError::bad_request("Only tools of type 'function' are supported.").param(format!("tools[{i}].type")));
+                return Err(ApiError::bad_request("Only tools of type 'function' are supported.").param(format!("tools[{i}].type")).code("invalid_value"));
             }
-            let f = t.get("function").ok_or_else(|| ApiError::bad_request("Missing 'function'.").param(format!("tools[{i}].function")))?;
+            let f = t.get("function").ok_or_else(|| ApiError::bad_request(format!("Missing required parameter: 'tools[{i}].function'.")).param(format!("tools[{i}].function")).code("missing_required_parameter"))?;
             let name = f.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).ok_or_else(|| {
-                ApiError::bad_request("Missing required parameter: 'tools[{i}].function.name'.").param(format!("tools[{i}].function.name"))
+                ApiError::bad_request(format!("Missing required parameter: 'tools[{i}].function.name'.")).param(format!("tools[{i}].function.name")).code("missing_required_parameter")
             })?;
             let parameters = f.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}}));
             if f.get("strict").and_then(|s| s.as_bool()) == Some(true) {
@@ -220,7 +325,7 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
             .param("model"));
     }
     if req.functions.is_some() {
-        return Err(ApiError::bad_request("The legacy 'functions' parameter is not supported; use 'tools'.").param("functions"));
+        return Err(ApiError::bad_request("The legacy 'functions' parameter is not supported; use 'tools'.").param("functions").code("unsupported_parameter"));
     }
     let temperature = range(req.temperature, 0.0, 2.0, "temperature")?.unwrap_or(1.0);
     let top_p = range(req.top_p, 0.0, 1.0, "top_p")?.unwrap_or(1.0);
@@ -231,12 +336,12 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
     let top_logprobs = range(req.top_logprobs, 0, 20, "top_logprobs")?;
     let logprobs = req.logprobs.unwrap_or(false);
     if top_logprobs.is_some() && !logprobs {
-        return Err(ApiError::bad_request("Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.").param("top_logprobs"));
+        return Err(ApiError::bad_request("Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used.").param("top_logprobs").code("invalid_value"));
     }
     let mut logit_bias = HashMap::new();
     for (k, v) in req.logit_bias.unwrap_or_default() {
         let tok: u32 = k.parse().ok().filter(|&t: &u32| (t as usize) < info.n_vocab).ok_or_else(|| {
-            ApiError::bad_request(format!("Invalid key in 'logit_bias': {k}. Keys must be token ids of this model.")).param("logit_bias")
+            ApiError::bad_request(format!("Invalid key in 'logit_bias': {k}. Keys must be token ids of this model.")).param("logit_bias").code("invalid_value")
         })?;
         range(Some(v), -100.0, 100.0, "logit_bias")?;
         logit_bias.insert(tok, v);
@@ -245,12 +350,15 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
         None | Some(Value::Null) => vec![],
         Some(Value::String(s)) => vec![s],
         Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(|s| s.is_string()) => a.into_iter().filter_map(|s| s.as_str().map(String::from)).collect(),
-        Some(_) => return Err(ApiError::bad_request("Invalid 'stop': expected a string or an array of up to 4 strings.").param("stop")),
+        Some(_) => return Err(ApiError::bad_request("Invalid 'stop': expected a string or an array of up to 4 strings.").param("stop").code("invalid_value")),
     };
     let max_tokens = match (req.max_completion_tokens, req.max_tokens) {
         (Some(m), _) | (None, Some(m)) => {
+            let name = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
             if m < 1 {
-                return Err(ApiError::bad_request(format!("Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got {m} instead.")).param("max_tokens"));
+                return Err(ApiError::bad_request(format!("Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {m} instead."))
+                    .param(name)
+                    .code("integer_below_min_value"));
             }
             Some(m as usize)
         }
@@ -271,15 +379,15 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
             let name = v.pointer("/function/name").and_then(|n| n.as_str()).unwrap_or("");
             Some(ToolMode::Named(name.to_string()))
         }
-        Some(_) => return Err(ApiError::bad_request("Invalid 'tool_choice': expected 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.").param("tool_choice")),
+        Some(_) => return Err(ApiError::bad_request("Invalid 'tool_choice': expected 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}.").param("tool_choice").code("invalid_value")),
     };
     if let Some(m) = &mode {
         if tools.is_empty() {
-            return Err(ApiError::bad_request("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.").param("tool_choice"));
+            return Err(ApiError::bad_request("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.").param("tool_choice").code("invalid_value"));
         }
         if let ToolMode::Named(n) = m {
             if !tools.iter().any(|t| &t.name == n) {
-                return Err(ApiError::bad_request(format!("Invalid 'tool_choice': no tool named '{n}' in 'tools'.")).param("tool_choice"));
+                return Err(ApiError::bad_request(format!("Invalid 'tool_choice': no tool named '{n}' in 'tools'.")).param("tool_choice").code("invalid_value"));
             }
         }
     }
@@ -294,14 +402,14 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
                 grammar = Some(grammar::json_object());
             }
             Some("json_schema") => {
-                let js = rf.get("json_schema").ok_or_else(|| ApiError::bad_request("Missing required parameter: 'response_format.json_schema'.").param("response_format.json_schema"))?;
+                let js = rf.get("json_schema").ok_or_else(|| ApiError::bad_request("Missing required parameter: 'response_format.json_schema'.").param("response_format.json_schema").code("missing_required_parameter"))?;
                 let schema = js.get("schema").cloned().unwrap_or(json!({"type": "object"}));
                 if js.get("strict").and_then(|s| s.as_bool()) == Some(true) {
                     grammar::check_strict(&schema, "(root)").map_err(|e| ApiError::bad_request(e).param("response_format"))?;
                 }
                 grammar = Some(grammar::json_schema(&schema));
             }
-            other => return Err(ApiError::bad_request(format!("Invalid 'response_format.type': {other:?}. Supported: 'text', 'json_object', 'json_schema'.")).param("response_format.type")),
+            other => return Err(ApiError::bad_request(format!("Invalid 'response_format.type': {other:?}. Supported: 'text', 'json_object', 'json_schema'.")).param("response_format.type").code("invalid_value")),
         }
     }
     if grammar.is_some() && mode.is_some() {
@@ -359,7 +467,7 @@ pub fn prepare(state: &AppState, req: ChatRequest) -> ApiResult<Prepared> {
 }
 
 /// Compiles the grammar once per choice (off the async runtime: big schemas take a while).
-async fn matchers(state: &SharedState, p: &Prepared) -> ApiResult<Vec<Option<Matcher>>> {
+pub(crate) async fn matchers(state: &SharedState, p: &Prepared) -> ApiResult<Vec<Option<Matcher>>> {
     let Some(g) = p.grammar.clone() else { return Ok((0..p.n).map(|_| None).collect()) };
     let factory = state.engine.parser_factory.clone();
     let n = p.n;
@@ -377,7 +485,7 @@ async fn matchers(state: &SharedState, p: &Prepared) -> ApiResult<Vec<Option<Mat
     .map_err(|e| ApiError::internal(format!("grammar compilation panicked: {e}")))?
 }
 
-fn gen_request(p: &Prepared, index: usize, constraint: Option<Matcher>, priority: Priority) -> GenRequest {
+pub(crate) fn gen_request(p: &Prepared, index: usize, constraint: Option<Matcher>, priority: Priority) -> GenRequest {
     let mut sampling = p.sampling.clone();
     sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
     GenRequest { prompt: p.prompt.clone(), sampling, max_tokens: p.max_tokens, constraint, priority }
@@ -388,7 +496,7 @@ fn logprob_entry(state: &AppState, tok: u32, lp: f32) -> Value {
     json!({"token": String::from_utf8_lossy(bytes), "logprob": lp, "bytes": bytes})
 }
 
-fn logprob_json(state: &AppState, tok: u32, lp: &TokenLogprob) -> Value {
+pub(crate) fn logprob_json(state: &AppState, tok: u32, lp: &TokenLogprob) -> Value {
     let mut e = logprob_entry(state, tok, lp.logprob);
     e["top_logprobs"] = Value::Array(lp.top.iter().map(|&(t, l)| logprob_entry(state, t, l)).collect());
     e
@@ -401,6 +509,8 @@ struct ChoiceResult {
     stopped_by_sequence: bool,
     logprobs: Vec<Value>,
     completion_tokens: usize,
+    /// Prompt tokens the engine reused from its KV cache.
+    cached_tokens: usize,
     timings: Timings,
 }
 
@@ -409,8 +519,10 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
     let mut text = TextStream::new(stops);
     let mut logprobs = Vec::new();
     let mut completion_tokens = 0;
+    let mut cached_tokens = 0;
     while let Some(ev) = rx.recv().await {
         match ev {
+            GenEvent::Admitted { cached_tokens: c } => cached_tokens = c,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 text.push(&state.engine.token_bytes[id as usize]);
@@ -425,13 +537,14 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
                         stopped_by_sequence: true,
                         logprobs,
                         completion_tokens,
+                        cached_tokens,
                         timings: Timings::default(),
                     });
                 }
             }
-            GenEvent::Done { finish, completion_tokens, timings, .. } => {
+            GenEvent::Done { finish, completion_tokens, cached_tokens, timings, .. } => {
                 text.finish();
-                return Ok(ChoiceResult { text: text.text().to_string(), finish, stopped_by_sequence: false, logprobs, completion_tokens, timings });
+                return Ok(ChoiceResult { text: text.text().to_string(), finish, stopped_by_sequence: false, logprobs, completion_tokens, cached_tokens, timings });
             }
             GenEvent::Error(e) => return Err(ApiError::internal(e)),
         }
@@ -439,19 +552,19 @@ async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, wan
     Err(ApiError::internal("inference engine stopped"))
 }
 
-fn overloaded() -> ApiError {
+pub(crate) fn overloaded() -> ApiError {
     ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "The server is at capacity; retry shortly.").code("server_overloaded")
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+pub(crate) fn usage(prompt: usize, cached: usize, completion: usize) -> Value {
     json!({
         "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
     })
 }
 
-fn finish_str(f: Finish) -> &'static str {
+pub(crate) fn finish_str(f: Finish) -> &'static str {
     match f {
         Finish::Stop => "stop",
         Finish::Length => "length",
@@ -473,12 +586,14 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
     let results = join_all(futs).await;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
+    let mut cached_tokens = 0;
     let mut timings = Timings::default();
     for (i, r) in results.into_iter().enumerate() {
         let r = r?;
         completion_tokens += r.completion_tokens;
         if i == 0 {
             timings = r.timings.clone();
+            cached_tokens = r.cached_tokens;
         }
         let calls = p.tools.as_ref().and_then(|_| grammar::parse_tool_calls(&r.text));
         let (message, finish) = match calls {
@@ -503,13 +618,13 @@ pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> A
         "system_fingerprint": "fp_ferry",
         "service_tier": "default",
         "choices": choices,
-        "usage": usage(p.prompt.len(), completion_tokens),
+        "usage": usage(p.prompt.len(), cached_tokens, completion_tokens),
         "timings": {"queued_ms": timings.queued_ms, "prompt_ms": timings.prompt_ms, "generation_ms": timings.generation_ms, "grammar_ms": timings.grammar_ms},
     }))
 }
 
 pub async fn create(State(state): State<SharedState>, body: Bytes) -> Response {
-    let req: ChatRequest = match parse_json(&body) {
+    let req: ChatRequest = match parse_json::<Value>(&body).and_then(parse_request) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -563,9 +678,15 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
     tokio::spawn(async move {
         let mut rx = rx;
         let mut completion = 0usize;
+        let mut cached: Option<usize> = None;
         while let Some(v) = rx.recv().await {
             if let Some(c) = v.get("_completion_tokens").and_then(|c| c.as_u64()) {
                 completion += c as usize;
+                // The prompt is shared by every choice; report choice 0's (or the first) reuse.
+                let k = v.get("_cached_tokens").and_then(|c| c.as_u64()).unwrap_or(0) as usize;
+                if v.get("_index").and_then(|i| i.as_u64()) == Some(0) || cached.is_none() {
+                    cached = Some(k);
+                }
                 continue;
             }
             if out_tx.send(v.to_string()).await.is_err() {
@@ -573,7 +694,7 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
             }
         }
         if include_usage {
-            let _ = out_tx.send(chunk(json!([]), Some(usage(prompt_tokens, completion))).to_string()).await;
+            let _ = out_tx.send(chunk(json!([]), Some(usage(prompt_tokens, cached.unwrap_or(0), completion))).to_string()).await;
         }
         let _ = out_tx.send("[DONE]".to_string()).await;
     });
@@ -602,6 +723,7 @@ async fn stream_choice(
     // With tools, text that starts like a tool call is held until the call is complete.
     let mut holding = tools_mode.is_some();
     let mut completion_tokens = 0usize;
+    let mut cached_tokens = 0usize;
     let mut finish = Finish::Stop;
     let mut pending_lp: Vec<Value> = Vec::new();
     let send_text = |s: String, lps: Vec<Value>| {
@@ -614,6 +736,7 @@ async fn stream_choice(
             return;
         };
         match ev {
+            GenEvent::Admitted { cached_tokens: c } => cached_tokens = c,
             GenEvent::Token { id, logprob } => {
                 completion_tokens += 1;
                 if let (true, Some(lp)) = (want_lp, logprob) {
@@ -643,9 +766,10 @@ async fn stream_choice(
                     break;
                 }
             }
-            GenEvent::Done { finish: f, completion_tokens: c, .. } => {
+            GenEvent::Done { finish: f, completion_tokens: c, cached_tokens: k, .. } => {
                 finish = f;
                 completion_tokens = c;
+                cached_tokens = k;
                 let rest = text.finish();
                 if !holding && (!rest.is_empty() || !pending_lp.is_empty()) {
                     let _ = tx.send(send_text(rest, std::mem::take(&mut pending_lp))).await;
@@ -678,5 +802,5 @@ async fn stream_choice(
         }
     }
     let _ = tx.send(chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]), None)).await;
-    let _ = tx.send(json!({"_completion_tokens": completion_tokens})).await;
+    let _ = tx.send(json!({"_completion_tokens": completion_tokens, "_cached_tokens": cached_tokens, "_index": index})).await;
 }

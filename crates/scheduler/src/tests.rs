@@ -1,0 +1,187 @@
+//! The input state machine against a real store in a temporary data dir.
+
+use std::time::Duration;
+
+use super::*;
+
+async fn open(dir: &std::path::Path) -> (Scheduler, Vec<String>) {
+    let store = Store::open(dir, Default::default()).await.unwrap();
+    Scheduler::open(store).await.unwrap()
+}
+
+fn inputs(n: i32) -> Vec<NewInput> {
+    (0..n).map(|idx| NewInput { idx, payload: format!("payload {idx}").into_bytes() }).collect()
+}
+
+const SYNC: i32 = 4;
+const ASYNC: i32 = 3;
+const SHORT: Duration = Duration::from_millis(20);
+
+async fn new_call(s: &Scheduler, function_id: &str, invocation_type: i32, new: Vec<NewInput>) -> Result<(String, Vec<(i32, String)>)> {
+    let id = ferry_store::new_id("fc");
+    let ids = s.create_call(&id, function_id, invocation_type, new).await?;
+    Ok((id, ids))
+}
+
+async fn take(s: &Scheduler, task: &str, max: usize) -> Vec<Input> {
+    match s.take_inputs(task, max, Duration::ZERO, SHORT, Duration::from_secs(60)).await {
+        Work::Inputs(i) => i,
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn queued_running_done_and_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, ids) = new_call(&s, "fu-1", SYNC, inputs(2)).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taken = take(&s, "ta-1", 1).await;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].payload, b"payload 0");
+    assert_eq!(s.inputs_held("ta-1"), 1);
+    assert!(s.complete("ta-1", &taken[0].input_id, b"r0".to_vec(), 1, Outcome::Done).await.unwrap());
+    // A second answer for the same input is dropped.
+    assert!(!s.complete("ta-1", &taken[0].input_id, b"again".to_vec(), 1, Outcome::Done).await.unwrap());
+    let out = s.outputs(&call, 0, None, SHORT, false).await.unwrap();
+    assert_eq!(out.outputs.len(), 1);
+    assert_eq!(out.outputs[0].result, b"r0");
+    assert_eq!(out.num_unfinished, 1);
+    // The cursor moves past what was returned.
+    let again = s.outputs(&call, out.cursor, None, SHORT, false).await.unwrap();
+    assert!(again.outputs.is_empty());
+    let second = take(&s, "ta-1", 4).await;
+    assert!(s.complete("ta-1", &second[0].input_id, b"r1".to_vec(), 1, Outcome::Done).await.unwrap());
+    let ranged = s.outputs(&call, 0, Some((1, 1)), SHORT, true).await.unwrap();
+    assert_eq!(ranged.outputs.len(), 1);
+    assert_eq!(ranged.outputs[0].idx, 1);
+    assert_eq!(ranged.num_unfinished, 0);
+    // Cleared: read once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(matches!(s.call(&call).await, Err(Error::NotFound(_))));
+}
+
+#[tokio::test]
+async fn a_restart_queues_running_inputs_again_and_keeps_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let call;
+    {
+        let (s, _) = open(dir.path()).await;
+        let (c, _) = new_call(&s, "fu-1", ASYNC, inputs(3)).await.unwrap();
+        call = c;
+        s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+        let taken = take(&s, "ta-1", 2).await;
+        assert_eq!(taken.len(), 2);
+        assert!(s.complete("ta-1", &taken[0].input_id, b"first".to_vec(), 1, Outcome::Done).await.unwrap());
+        // taken[1] is running when the server dies; input 2 is still queued.
+    }
+    let (s, functions) = open(dir.path()).await;
+    assert_eq!(functions, vec!["fu-1".to_string()]);
+    let summary = s.call(&call).await.unwrap();
+    assert_eq!(summary.num_inputs, 3);
+    s.register_task(TaskInfo::new("ta-2", "ap-1", "fu-1", 0.0));
+    let again = take(&s, "ta-2", 10).await;
+    assert_eq!(again.len(), 2, "the running input and the queued one run again");
+    assert!(again.iter().all(|i| !i.payload.is_empty()));
+    for i in &again {
+        assert!(s.complete("ta-2", &i.input_id, b"later".to_vec(), 1, Outcome::Done).await.unwrap());
+    }
+    let out = s.outputs(&call, 0, None, SHORT, false).await.unwrap();
+    assert_eq!(out.outputs.len(), 3, "every input answered exactly once");
+    let mut idx: Vec<i32> = out.outputs.iter().map(|o| o.idx).collect();
+    idx.sort();
+    assert_eq!(idx, vec![0, 1, 2]);
+    assert_eq!(out.num_unfinished, 0);
+}
+
+#[tokio::test]
+async fn a_retried_put_keeps_the_input_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, first) = new_call(&s, "fu-1", SYNC, inputs(2)).await.unwrap();
+    let (_, again) = s.add_inputs(&call, inputs(3)).await.unwrap();
+    assert_eq!(&again[..2], &first[..]);
+    assert_eq!(s.call(&call).await.unwrap().num_inputs, 3);
+    assert_eq!(s.memory_counts().1, 3);
+}
+
+#[tokio::test]
+async fn cancel_answers_queued_and_running_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, _) = new_call(&s, "fu-1", ASYNC, inputs(3)).await.unwrap();
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let running = take(&s, "ta-1", 1).await;
+    let tasks = s.cancel_call(&call, "cancelled by the caller", b"terminated".to_vec()).await.unwrap();
+    assert_eq!(tasks, vec!["ta-1".to_string()]);
+    assert_eq!(s.take_cancelled("ta-1"), vec![running[0].input_id.clone()]);
+    // The container's late answer is dropped.
+    assert!(!s.complete("ta-1", &running[0].input_id, b"late".to_vec(), 1, Outcome::Done).await.unwrap());
+    let out = s.outputs(&call, 0, None, SHORT, false).await.unwrap();
+    assert_eq!(out.outputs.len(), 3);
+    assert!(out.outputs.iter().all(|o| o.result == b"terminated"));
+    assert!(matches!(s.add_inputs(&call, inputs(1)).await, Err(Error::Cancelled(_))));
+    drop(s);
+    let (s, functions) = open(dir.path()).await;
+    assert!(functions.is_empty(), "nothing of a cancelled call runs after a restart");
+    assert!(s.call(&call).await.unwrap().cancelled);
+}
+
+#[tokio::test]
+async fn limits_on_waiting_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    new_call(&s, "fu-1", SYNC, (0..MAX_PENDING_SYNC as i32).map(|idx| NewInput { idx, payload: vec![] }).collect()).await.unwrap();
+    assert!(matches!(new_call(&s, "fu-1", SYNC, inputs(1)).await, Err(Error::Exhausted(_))));
+    // Spawned inputs have their own, larger limit; other functions are not affected.
+    new_call(&s, "fu-1", ASYNC, inputs(1)).await.unwrap();
+    new_call(&s, "fu-2", SYNC, inputs(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn reserving_tasks_never_exceeds_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    new_call(&s, "fu-1", SYNC, inputs(50)).await.unwrap();
+    let mut started = 0;
+    for _ in 0..10 {
+        started += s.reserve_tasks("fu-1", "ap-1", 3, |pending, _, _| pending).len();
+    }
+    assert_eq!(started, 3);
+    assert_eq!(s.tasks_of_function("fu-1"), 3);
+}
+
+#[tokio::test]
+async fn retries_and_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (call, _) = new_call(&s, "fu-1", SYNC, inputs(1)).await.unwrap();
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taken = take(&s, "ta-1", 1).await;
+    let back = s.take_back("ta-1", &taken[0].input_id).unwrap();
+    s.requeue("fu-1", back, vec![]).await;
+    let retried = take(&s, "ta-1", 1).await;
+    assert_eq!(retried[0].retry_count, 1);
+    let (_, held) = s.remove_task("ta-1");
+    s.fail("fu-1", held, "ta-1", b"boom".to_vec()).await;
+    let out = s.outputs(&call, 0, Some((0, 0)), SHORT, false).await.unwrap();
+    assert_eq!(out.outputs[0].result, b"boom");
+    assert_eq!(out.outputs[0].retry_count, 1);
+}
+
+#[tokio::test]
+async fn expiry_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path()).await;
+    let (done, _) = new_call(&s, "fu-1", ASYNC, inputs(1)).await.unwrap();
+    let (waiting, _) = new_call(&s, "fu-1", ASYNC, inputs(1)).await.unwrap();
+    s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
+    let taken = take(&s, "ta-1", 1).await;
+    s.complete("ta-1", &taken[0].input_id, b"x".to_vec(), 1, Outcome::Done).await.unwrap();
+    assert_eq!(s.expire(ferry_store::now() - 60.0).await, 0, "young calls stay");
+    assert_eq!(s.expire(ferry_store::now() + 1.0).await, 1, "only the answered call goes");
+    s.inner.state.lock().unwrap().calls.clear();
+    assert!(matches!(s.call(&done).await, Err(Error::NotFound(_))));
+    assert!(s.call(&waiting).await.is_ok());
+}

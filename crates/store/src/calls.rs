@@ -1,0 +1,312 @@
+//! Function calls, their inputs and answers, and generator items: the durable half of
+//! `ferry-scheduler`. Payloads and results are opaque bytes. Writes come in batches (the
+//! scheduler's group commit): one transaction for many inputs and answers.
+
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// One change to calls, applied with others in one transaction by [`Store::calls_write`].
+#[derive(Clone, Debug)]
+pub enum CallWrite {
+    /// A new call.
+    Call { id: String, function_id: String, invocation_type: i32, created_at: f64 },
+    /// A new input of a call. An input with the same `(call_id, idx)` already stored is kept
+    /// (a retried request): its id comes back as [`WriteOutcome::Existing`].
+    Input { id: String, call_id: String, function_id: String, idx: i32, payload: Vec<u8>, created_at: f64 },
+    /// The answer to a queued input; ignored when the input was answered already.
+    Answer(AnswerRecord),
+    /// An input goes back to the queue for another attempt.
+    Retry { input_id: String, retry_count: u32 },
+    /// Marks a call cancelled (its inputs get `Answer`s of their own).
+    Cancel { call_id: String, at: f64, reason: String },
+    /// A generator item.
+    DataOut { call_id: String, idx: u64, chunk: Vec<u8> },
+    /// Forgets a call whose caller read its answers (read-once results).
+    Forget { call_id: String },
+}
+
+/// What a [`CallWrite`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Done,
+    /// The input existed already under this id.
+    Existing(String),
+    /// The answer was not recorded: the input was answered already (or is gone).
+    Ignored,
+}
+
+/// An answered input, as stored.
+#[derive(Clone, Debug)]
+pub struct AnswerRecord {
+    pub input_id: String,
+    pub call_id: String,
+    pub idx: i32,
+    /// `done`, `failed` or `cancelled`.
+    pub state: String,
+    pub retry_count: u32,
+    pub task_id: String,
+    pub result: Vec<u8>,
+    pub data_format: i32,
+    pub finished_at: f64,
+    pub duration: Option<f64>,
+    pub seq: i64,
+}
+
+/// A stored call.
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    pub id: String,
+    pub function_id: String,
+    pub invocation_type: i32,
+    pub created_at: f64,
+    pub cancelled: bool,
+    /// Inputs, and those not answered yet.
+    pub num_inputs: usize,
+    pub num_unfinished: usize,
+    /// The highest answer sequence number of the call (0 when none).
+    pub last_seq: i64,
+    /// Whether it has generator items.
+    pub has_data_out: bool,
+}
+
+/// An input waiting to run, as stored.
+#[derive(Clone, Debug)]
+pub struct QueuedRecord {
+    pub input_id: String,
+    pub call_id: String,
+    pub function_id: String,
+    pub idx: i32,
+    pub payload: Vec<u8>,
+    pub retry_count: u32,
+    pub invocation_type: i32,
+}
+
+const ANSWER_COLUMNS: &str = "id, call_id, idx, state, retry_count, task_id, result, data_format, finished_at, duration, seq";
+
+fn answer(r: &sqlx::sqlite::SqliteRow) -> AnswerRecord {
+    AnswerRecord {
+        input_id: r.get(0),
+        call_id: r.get(1),
+        idx: r.get(2),
+        state: r.get(3),
+        retry_count: r.get::<i64, _>(4) as u32,
+        task_id: r.get::<Option<String>, _>(5).unwrap_or_default(),
+        result: r.get::<Option<Vec<u8>>, _>(6).unwrap_or_default(),
+        data_format: r.get::<Option<i32>, _>(7).unwrap_or_default(),
+        finished_at: r.get::<Option<f64>, _>(8).unwrap_or_default(),
+        duration: r.get(9),
+        seq: r.get::<Option<i64>, _>(10).unwrap_or_default(),
+    }
+}
+
+impl Store {
+    /// Applies a batch of call changes in one transaction; one outcome per write, in order.
+    pub async fn calls_write(&self, writes: &[CallWrite]) -> Result<Vec<WriteOutcome>> {
+        let _w = self.write_lock.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            let outcome = match w {
+                CallWrite::Call { id, function_id, invocation_type, created_at } => {
+                    sqlx::query("INSERT INTO function_calls (id, function_id, invocation_type, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+                        .bind(id)
+                        .bind(function_id)
+                        .bind(invocation_type)
+                        .bind(created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteOutcome::Done
+                }
+                CallWrite::Input { id, call_id, function_id, idx, payload, created_at } => {
+                    let done = sqlx::query(
+                        "INSERT INTO function_inputs (id, call_id, function_id, idx, payload, state, created_at) VALUES ($1, $2, $3, $4, $5, 'queued', $6) ON CONFLICT (call_id, idx) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(call_id)
+                    .bind(function_id)
+                    .bind(idx)
+                    .bind(payload)
+                    .bind(created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        let existing: String = sqlx::query_scalar("SELECT id FROM function_inputs WHERE call_id = $1 AND idx = $2")
+                            .bind(call_id)
+                            .bind(idx)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        WriteOutcome::Existing(existing)
+                    } else {
+                        WriteOutcome::Done
+                    }
+                }
+                CallWrite::Answer(a) => {
+                    let done = sqlx::query(
+                        "UPDATE function_inputs SET state = $2, retry_count = $3, task_id = $4, result = $5, data_format = $6, finished_at = $7, duration = $8, seq = $9, payload = NULL WHERE id = $1 AND state = 'queued'",
+                    )
+                    .bind(&a.input_id)
+                    .bind(&a.state)
+                    .bind(a.retry_count as i64)
+                    .bind(&a.task_id)
+                    .bind(&a.result)
+                    .bind(a.data_format)
+                    .bind(a.finished_at)
+                    .bind(a.duration)
+                    .bind(a.seq)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 { WriteOutcome::Ignored } else { WriteOutcome::Done }
+                }
+                CallWrite::Retry { input_id, retry_count } => {
+                    sqlx::query("UPDATE function_inputs SET retry_count = $2 WHERE id = $1 AND state = 'queued'")
+                        .bind(input_id)
+                        .bind(*retry_count as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteOutcome::Done
+                }
+                CallWrite::Cancel { call_id, at, reason } => {
+                    sqlx::query("UPDATE function_calls SET cancelled_at = $2, cancel_reason = $3 WHERE id = $1 AND cancelled_at IS NULL")
+                        .bind(call_id)
+                        .bind(at)
+                        .bind(reason)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteOutcome::Done
+                }
+                CallWrite::DataOut { call_id, idx, chunk } => {
+                    sqlx::query("INSERT INTO function_call_data_out (call_id, idx, chunk) VALUES ($1, $2, $3) ON CONFLICT (call_id, idx) DO NOTHING")
+                        .bind(call_id)
+                        .bind(*idx as i64)
+                        .bind(chunk)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteOutcome::Done
+                }
+                CallWrite::Forget { call_id } => {
+                    for sql in [
+                        "DELETE FROM function_inputs WHERE call_id = $1",
+                        "DELETE FROM function_call_data_out WHERE call_id = $1",
+                        "DELETE FROM function_calls WHERE id = $1",
+                    ] {
+                        sqlx::query(sql).bind(call_id).execute(&mut *tx).await?;
+                    }
+                    WriteOutcome::Done
+                }
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// A stored call with its input counts, or None.
+    pub async fn call(&self, call_id: &str) -> Result<Option<CallRecord>> {
+        let Some(row) = sqlx::query("SELECT id, function_id, invocation_type, created_at, cancelled_at FROM function_calls WHERE id = $1")
+            .bind(call_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let counts = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), 0), COALESCE(MAX(seq), 0) FROM function_inputs WHERE call_id = $1",
+        )
+        .bind(call_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let items: Option<i64> = sqlx::query_scalar("SELECT 1 FROM function_call_data_out WHERE call_id = $1 LIMIT 1").bind(call_id).fetch_optional(&self.pool).await?;
+        Ok(Some(CallRecord {
+            id: row.get(0),
+            function_id: row.get(1),
+            invocation_type: row.get(2),
+            created_at: row.get(3),
+            cancelled: row.get::<Option<f64>, _>(4).is_some(),
+            num_inputs: counts.get::<i64, _>(0) as usize,
+            num_unfinished: counts.get::<i64, _>(1) as usize,
+            last_seq: counts.get::<i64, _>(2),
+            has_data_out: items.is_some(),
+        }))
+    }
+
+    /// Answers of a call after sequence number `after`, oldest first, at most `limit`.
+    pub async fn call_answers_after(&self, call_id: &str, after: i64, limit: i64) -> Result<Vec<AnswerRecord>> {
+        let sql = format!("SELECT {ANSWER_COLUMNS} FROM function_inputs WHERE call_id = $1 AND seq > $2 ORDER BY seq LIMIT $3");
+        let rows = sqlx::query(&sql).bind(call_id).bind(after).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(answer).collect())
+    }
+
+    /// Answers of a call's inputs with index in `lo..=hi`.
+    pub async fn call_answers_in_range(&self, call_id: &str, lo: i32, hi: i32) -> Result<Vec<AnswerRecord>> {
+        let sql = format!("SELECT {ANSWER_COLUMNS} FROM function_inputs WHERE call_id = $1 AND idx >= $2 AND idx <= $3 AND seq IS NOT NULL ORDER BY idx");
+        let rows = sqlx::query(&sql).bind(call_id).bind(lo).bind(hi).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(answer).collect())
+    }
+
+    /// Every input still waiting for an answer, oldest first (to queue them again at start).
+    pub async fn queued_inputs(&self) -> Result<Vec<QueuedRecord>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.call_id, i.function_id, i.idx, i.payload, i.retry_count, c.invocation_type \
+             FROM function_inputs i JOIN function_calls c ON c.id = i.call_id \
+             WHERE i.state = 'queued' ORDER BY i.created_at, i.idx",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| QueuedRecord {
+                input_id: r.get(0),
+                call_id: r.get(1),
+                function_id: r.get(2),
+                idx: r.get(3),
+                payload: r.get::<Option<Vec<u8>>, _>(4).unwrap_or_default(),
+                retry_count: r.get::<i64, _>(5) as u32,
+                invocation_type: r.get(6),
+            })
+            .collect())
+    }
+
+    /// The payload of a queued input.
+    pub async fn input_payload(&self, input_id: &str) -> Result<Option<Vec<u8>>> {
+        let p: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT payload FROM function_inputs WHERE id = $1").bind(input_id).fetch_optional(&self.pool).await?;
+        Ok(p.flatten())
+    }
+
+    /// The highest answer sequence number ever given (0 when none).
+    pub async fn last_answer_seq(&self) -> Result<i64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM function_inputs").fetch_one(&self.pool).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Generator items of a call with an index above `after`, at most `limit`.
+    pub async fn call_data_out(&self, call_id: &str, after: u64, limit: i64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT idx, chunk FROM function_call_data_out WHERE call_id = $1 AND idx > $2 ORDER BY idx LIMIT $3")
+            .bind(call_id)
+            .bind(after as i64)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get::<i64, _>(0) as u64, r.get(1))).collect())
+    }
+
+    /// Deletes calls made before `before` whose inputs are all answered, with their answers
+    /// and items, at most `limit` calls per round. Returns how many calls went.
+    pub async fn expire_calls(&self, before: f64, limit: i64) -> Result<usize> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM function_calls c WHERE created_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM function_inputs i WHERE i.call_id = c.id AND i.state = 'queued') \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let writes: Vec<CallWrite> = ids.iter().map(|id| CallWrite::Forget { call_id: id.clone() }).collect();
+        self.calls_write(&writes).await?;
+        Ok(ids.len())
+    }
+}
