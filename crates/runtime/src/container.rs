@@ -335,12 +335,18 @@ fn default_env(env: &mut Vec<(String, String)>, user: Option<&str>) {
     }
 }
 
-/// Whether every writable directory bind can be seen idmapped by a container's root. A
-/// volume view is an overlay mount, which the kernel cannot idmap: bound as it is, its files
-/// (owned by 0 on disk) would belong to nobody inside and the container's root could write
-/// nothing there. Such a container runs without a user namespace (still with its own other
-/// namespaces, seccomp, no_new_privs and reduced capabilities), and says so in the log.
-fn writable_binds_idmappable(binds: &[BindMount], program: &str) -> bool {
+/// The uid range of a container with these binds, `None` for no user namespace. Every
+/// writable directory bind must be seen idmapped by the container's root: binds on ext4, xfs,
+/// btrfs, tmpfs or f2fs are idmapped at start; a Volume view mounted for containers
+/// (`shared_mount.rs`) is owned by the shared range, which the container then runs with. Any
+/// other writable bind (an overlay or FUSE mount nobody prepared) would belong to nobody
+/// inside: that container runs without a user namespace (still with its own other namespaces,
+/// seccomp, no_new_privs and reduced capabilities), and the log says so.
+fn id_range(store_root: &std::path::Path, binds: &[BindMount], program: &str) -> Option<crate::init::IdMap> {
+    if !crate::probe::isolation(store_root).user_namespaces {
+        return None;
+    }
+    let mut shared = false;
     for b in binds.iter().filter(|b| !b.readonly) {
         let Ok(c) = std::ffi::CString::new(b.source.as_os_str().as_encoded_bytes()) else { continue };
         // SAFETY: a NUL-terminated path and a zeroed out-buffer.
@@ -350,12 +356,17 @@ fn writable_binds_idmappable(binds: &[BindMount], program: &str) -> bool {
         }
         // ext2/3/4, xfs, btrfs, tmpfs (6.3+), f2fs: file systems the kernel idmaps.
         const IDMAPPABLE: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
-        if !IDMAPPABLE.contains(&(fs.f_type as i64)) {
-            tracing::info!(program, mount = %b.target, "container without a user namespace: its writable mount at {} cannot be idmapped (file system 0x{:x})", b.target, fs.f_type);
-            return false;
+        if IDMAPPABLE.contains(&(fs.f_type as i64)) {
+            continue;
         }
+        if crate::shared_mount::shared_range_of(&b.source).is_some() {
+            shared = true;
+            continue;
+        }
+        tracing::info!(program, "container without a user namespace: its writable mount at {} cannot be idmapped (file system 0x{:x})", b.target, fs.f_type);
+        return None;
     }
-    true
+    Some(if shared { crate::shared_mount::SHARED_RANGE } else { crate::init::allocate_ids() })
 }
 
 pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest) -> Result<Container> {
@@ -482,7 +493,7 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         new_net: req.network != Network::Host,
         hostname: req.hostname.clone(),
         binds,
-        idmap: (crate::probe::isolation(store.root()).user_namespaces && writable_binds_idmappable(&req.binds, req.argv.first().map(String::as_str).unwrap_or(""))).then(crate::init::allocate_ids),
+        idmap: id_range(store.root(), &req.binds, req.argv.first().map(String::as_str).unwrap_or("")),
         workdir: req.workdir.clone(),
         user: req.user.clone(),
         argv: req.argv.clone(),

@@ -27,6 +27,7 @@ mod net;
 mod packages;
 mod probe;
 mod registry;
+mod shared_mount;
 mod standalone;
 mod store;
 
@@ -44,6 +45,7 @@ pub use net::PortForward;
 pub use packages::{redact, PackageAccess};
 pub use probe::{isolation, Isolation};
 pub use standalone::standalone_python;
+pub use shared_mount::{mount_shared_overlay, unmount_shared_overlay};
 pub use registry::{RegistryConfig, RegistryCredentials, DEFAULT_REGISTRY};
 pub use store::{ImageConfig, ImageStore, LayerId, LayerOrigin, LayerRecord, LayerUsage};
 

@@ -54,6 +54,11 @@ pub fn isolation(store_root: &Path) -> &'static Isolation {
     })
 }
 
+/// The isolation level, if [`isolation`] already found it.
+pub(crate) fn known() -> Option<&'static Isolation> {
+    ISOLATION.get()
+}
+
 /// The network a container asking for `requested` gets on this host.
 pub(crate) fn effective_network(store_root: &Path, requested: Network, cidrs: bool) -> Network {
     // A CIDR allow-list is a promise about outbound traffic: without slirp4netns the launch
