@@ -316,7 +316,8 @@ impl ImageBuilder {
         let host_env = self.settings.packages.env().to_vec();
         let host_binds = self.settings.packages.binds(&staging.join("host")).ctx(|| "writing the build's apt configuration".into())?;
 
-        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout };
+        let host_forwards = self.settings.packages.loopback_forwards();
+        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout, forwards: &host_forwards };
         let total = instructions.len() - 1;
         for (n, (ins, text)) in instructions.iter().zip(lines).enumerate().skip(1) {
             let _ = log.send(LogLine::system(format!("ferry: step {n}/{total}: {}", text.trim())));
@@ -448,6 +449,8 @@ struct StepRunner<'a> {
     work: &'a Path,
     log: &'a LogSink,
     timeout: Option<std::time::Duration>,
+    /// The operator's package sources on the host's loopback, served into the step's own.
+    forwards: &'a [crate::net::PortForward],
 }
 
 impl StepRunner<'_> {
@@ -481,7 +484,7 @@ impl StepRunner<'_> {
             raw_output: false,
             tty: None,
             image: None,
-            forwards: Vec::new(),
+            forwards: if network == Network::Host { Vec::new() } else { self.forwards.to_vec() },
             allowed_cidrs: None,
         };
         let mut container = launch_container(self.store, request).await.map_err(|e| match e {
