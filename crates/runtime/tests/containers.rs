@@ -705,7 +705,7 @@ async fn disk_pids_and_memory_limits_stop_their_own_container() {
     assert_eq!(out.trim(), "stopped 11 True");
 
     // A memory hog is OOM-killed in its own cgroup; the next container runs as usual.
-    let hog = "b = []\nwhile True:\n    b.append(b"x" * (16 << 20))";
+    let hog = "b = []\nwhile True:\n    b.append(b'x' * (16 << 20))";
     let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", hog]));
     spec.limits.memory_mib = Some(128);
     let mut c = runtime.spawn(spec).await.unwrap();
