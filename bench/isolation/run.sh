@@ -8,7 +8,7 @@ data=${1:-${FERRY_TEST_DATA_DIR:-/var/tmp/ferry-test}}
 cd "$(dirname "$0")/../.."
 cargo build --release -p ferry-runtime --example isolation
 bin=${CARGO_TARGET_DIR:-target}/release/examples/isolation
-for round in 1 2; do
+for round in 1 2; do  # (each round: without, then with the user namespace)
   FERRY_USERNS=0 "$bin" cold "$data" 30
   "$bin" cold "$data" 30
 done
