@@ -61,6 +61,14 @@ def make_wheel(dest: Path, name: str, version: str, body: str = "") -> Path:
     return wheel
 
 
+def outside_address() -> str:
+    """This machine's address on its default route (not loopback): what a container's NAT
+    reaches, as it would reach an index on another host. Nothing is sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("198.51.100.1", 9))
+        return s.getsockname()[0]
+
+
 class PackageIndex:
     """`python -m http.server` over a directory: `<root>/<index>/simple/<name>/` lists wheels,
     which pip and uv read as a simple index; `<root>/links/` serves as a find-links page."""
@@ -76,16 +84,18 @@ class PackageIndex:
     def add_link(self, name: str, version: str):
         make_wheel(self.root / "links", name, version)
 
-    def url(self, index: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{index}/simple"
+    def url(self, index: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}/{index}/simple"
 
-    def links_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/links/"
+    def links_url(self, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}/links/"
 
     def start(self):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory", str(self.root)],
+            # Every address of this machine: build steps reach the operator's index on the
+            # loopback (served into their namespace) and a user's index on the host's address.
+            [sys.executable, "-m", "http.server", str(self.port), "--bind", "0.0.0.0", "--directory", str(self.root)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -56,6 +56,11 @@ def standby_drivers(server) -> int:
     return n
 
 
+def user_namespaces(server) -> bool:
+    """Whether the server's containers get user namespaces (its isolation line says `full`)."""
+    return "container isolation: full" in Path(server.log.name).read_text()
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -104,6 +109,9 @@ def test_pooled_containers_never_see_another_tasks_state(pooled):
         # ... and nothing of the other tasks: neither their files nor their variables.
         assert r["found"] == [], r
         assert r["env"] is None, r
+        # ... isolated as a fresh task container: its own network namespace and user namespace.
+        assert r["net"] == ["eth0", "lo"], r
+        assert not user_namespaces(pooled) or r["host_uid"] >= 0x40000000, r
     tasks = {first["task"], results[0]["task"], results[1]["task"]}
     assert len(tasks) == 3
 
@@ -157,6 +165,9 @@ def test_memory_snapshot_enter_runs_once_for_ten_cold_starts(pooled, tmp_path):
     snaps = [k for k in keys if k.startswith("snap-1-")]
     assert len(snaps) == 1, keys
     assert all(r["pid"] != r["snap_pid"] for r in results), results
+    # The zygote, and so every child, is isolated as a task container is.
+    assert all(r["net"] == ["eth0", "lo"] for r in results), results
+    assert not user_namespaces(runner) or all(r["host_uid"] >= 0x40000000 for r in results), results
     # The plain @modal.enter() ran once per container.
     enters = {k.removeprefix("enter-1-") for k in keys if k.startswith("enter-1-")}
     assert enters == tasks, (enters, tasks)

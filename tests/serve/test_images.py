@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Ferry, ferry_bin
-from imagekit import PackageIndex, Registry, base_rootfs, busybox_layout, rootfs_layout
+from imagekit import PackageIndex, Registry, base_rootfs, busybox_layout, outside_address, rootfs_layout
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -102,8 +102,10 @@ def kit(tmp_path_factory):
         os.environ.update(saved)
     env = {
         "FERRY_IMG_DIR": str(files),
-        "FERRY_IMG_USER_INDEX": index.url("user"),
-        "FERRY_IMG_LINKS": index.links_url(),
+        # A user's own index and links page are elsewhere on the network, not on the host's
+        # loopback (which build steps cannot reach): this machine's outside address.
+        "FERRY_IMG_USER_INDEX": index.url("user", outside_address()),
+        "FERRY_IMG_LINKS": index.links_url(outside_address()),
         "PYTHONPATH": f"{APPS}:{files / 'src'}",
     }
     yield {"server": server, "index": index, "registry": registry, "env": env, "root": root}

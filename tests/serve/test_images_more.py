@@ -23,7 +23,9 @@ def kit(tmp_path_factory):
     registry = Registry(root / "registry").start()
     busybox_layout(root / "busybox")
     registry.push(root / "busybox", "1", "ferrytest/busybox:1", all_arches=True)
-    server = Ferry(DATA, "--no-modal-profile", "--registry-mirror", f"default={registry.url}").start()
+    # The test's registry stands for Docker Hub (`default`) and for a named registry host
+    # (`modal image pull` wants a host in the reference).
+    server = Ferry(DATA, "--no-modal-profile", "--registry-mirror", f"default={registry.url}", "--registry-mirror", f"registry.ferry.invalid={registry.url}").start()
     yield {"server": server, "registry": registry, "root": root}
     server.stop()
     registry.stop()
@@ -148,7 +150,7 @@ def test_cli_build_pull_and_logs(kit, tmp_path):
         assert out.stdout.index("COPY hello.txt") < out.stdout.index(f"hello-{stamp}\n"), out.stdout
 
     # `modal image pull` through the configured mirror, published under a name.
-    out = server.modal("image", "pull", "docker.io/ferrytest/busybox:1", "--name", f"bb-{stamp}:v1", timeout=600)
+    out = server.modal("image", "pull", "registry.ferry.invalid/ferrytest/busybox:1", "--name", f"bb-{stamp}:v1", timeout=600)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert f"bb-{stamp}:v1" in text

@@ -347,8 +347,14 @@ def test_block_network_and_private_network(runner):
         blocked = modal.Sandbox.create(app=app, image=image, block_network=True)
         ifaces = blocked.exec("python", "-c", "import socket; print(sorted(n for _, n in socket.if_nameindex()))").stdout.read()
         blocked.terminate()
+        # Outside the allow-list, connections are refused inside the sandbox's own namespace
+        # (198.51.100.1 is TEST-NET-2: nothing leaves the machine).
+        allowed = modal.Sandbox.create(app=app, image=image, outbound_cidr_allowlist=["192.0.2.0/24"])
+        probe = "import socket; s = socket.socket(); s.settimeout(3); print(s.connect_ex(('198.51.100.1', 80)))"
+        outside = allowed.exec("python", "-c", probe).stdout.read().strip()
+        allowed.terminate()
         try:
-            modal.Sandbox.create(app=app, image=image, outbound_cidr_allowlist=["10.0.0.0/8"])
+            modal.Sandbox.create(app=app, image=image, outbound_domain_allowlist=["example.com"])
             allow = None
         except Exception as e:
             allow = type(e).__name__
@@ -357,9 +363,10 @@ def test_block_network_and_private_network(runner):
             vol = None
         except Exception as e:
             vol = type(e).__name__
-        out(ifaces=ifaces, allow=allow, vol=vol)
+        out(ifaces=ifaces, allow=allow, vol=vol, outside=outside)
     """)
     assert r["ifaces"].strip() == "['lo']"
+    assert r["outside"] == "111", "outside the CIDR allow-list a connection is refused"
     assert r["allow"] == "UnimplementedError"
     assert r["vol"] is not None
 

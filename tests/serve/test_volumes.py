@@ -4,6 +4,7 @@ reload, a 1 GiB round trip with bounded server memory, and a kill -9 right after
 import hashlib
 import io
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -322,6 +323,11 @@ modal.Volume.objects.delete({volume!r})
     assert "after reload: from the writer" in text
     assert "client sees: from the writer" in text
     assert "after exit: written before exit" in text
+    # The writer was root inside; with user namespaces on, an unprivileged uid of the host
+    # (its file still landed in the volume, read and committed by the server).
+    host_uid = int(re.search(r"exit writer: ok uid 0 host (\d+)", text).group(1))
+    if "container isolation: full" in Path(runner.log.name).read_text():
+        assert host_uid >= 0x40000000, text
     assert "committers: ['aaa', 'bbb']" in text
     assert "race files: 41" in text and "race sizes ok: True" in text
     assert "shared: aaa 300" in text or "shared: bbb 300" in text

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Container runtime and image builder (crates/runtime): debootstrap makes the Debian base
-# images, slirp4netns gives containers a private network with outbound access; namespaces,
-# overlay mounts and cgroups are done by Ferry itself. Idempotent.
+# images, slirp4netns gives containers a private network with outbound access, nftables (nft)
+# applies Sandbox CIDR allow-lists inside a container's network namespace, iproute2 (ip) is
+# used by the runtime's network tests; namespaces, overlay mounts and cgroups are done by
+# Ferry itself. Idempotent.
 set -euo pipefail
 need=()
-for p in debootstrap slirp4netns; do
+for p in debootstrap slirp4netns nftables iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

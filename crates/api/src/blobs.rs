@@ -129,6 +129,11 @@ pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &
     Ok(BlobServer { data_dir: data_dir.to_path_buf(), task })
 }
 
+/// The base URL blob transfers use for this data dir's server, once it is serving.
+pub(crate) fn base_url_of(data_dir: &Path) -> Option<String> {
+    STORES.lock().unwrap().get(data_dir).map(|s| s.base_url.clone())
+}
+
 /// `http://<host of public_url>:<port>`; the listener's own address when there is no public URL.
 fn base_url(public_url: &str, ip: IpAddr, port: u16) -> String {
     let authority = public_url.split_once("://").map_or(public_url, |(_, rest)| rest);

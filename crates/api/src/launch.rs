@@ -36,6 +36,8 @@ pub(crate) struct Launcher {
 
 impl Launcher {
     pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore, pool: ferry_worker::PoolConfig) -> Self {
+        // Finds (and logs, in one line) what isolation this host allows before any container.
+        ferry_runtime::isolation(images.root());
         let worker = ferry_worker::Worker::with_pool(data_dir, images, pool);
         let swept = worker.sweep_stale();
         if swept > 0 {
@@ -382,6 +384,26 @@ async fn run_task(s: &ModalService, function_id: &str, task_id: &str) -> Result<
     run_task_as(s, function_id, task_id, None).await.map(|_| ())
 }
 
+/// A task container has a network namespace of its own: the API's and the blob server's
+/// ports, when clients reach them on the loopback, are served into it on the same ports, so
+/// `MODAL_SERVER_URL` and blob URLs work unchanged and nothing else of the host is reachable.
+fn control_plane_forwards(s: &ModalService) -> Vec<ferry_worker::PortForward> {
+    let mut urls = vec![s.config.public_url.clone()];
+    urls.extend(crate::blobs::base_url_of(s.store.data_dir()));
+    urls.iter()
+        .filter_map(|url| {
+            let authority = url.split_once("://")?.1.split('/').next()?;
+            let (host, port) = authority.rsplit_once(':')?;
+            let port: u16 = port.parse().ok()?;
+            let ip: std::net::IpAddr = match host.trim_start_matches('[').trim_end_matches(']') {
+                "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+                h => h.parse().ok()?,
+            };
+            ip.is_loopback().then(|| ferry_worker::PortForward { port, target: std::net::SocketAddr::new(ip, port) })
+        })
+        .collect()
+}
+
 /// Runs one task container until it exits. With `build_log` it is a build step: its output goes
 /// there instead of the app's logs, and its writes come back as a layer.
 async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_log: Option<&ferry_runtime::LogSink>) -> Result<Option<ferry_runtime::LayerId>, String> {
@@ -468,6 +490,14 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         }
     }
     spec.block_network = def.block_network;
+    if !def.block_network {
+        spec.forwards = control_plane_forwards(s);
+    }
+    if let Some(r) = &def.resources {
+        if r.ephemeral_disk_mb > 0 {
+            spec.disk_mib = Some(r.ephemeral_disk_mb as u64);
+        }
+    }
     if let Some(lease) = &gpu_lease {
         crate::gpus::give(s, lease, &mut spec);
         tracing::info!(task_id, function_id, "container gets {} x {}", lease.cards().len(), lease.model());
@@ -569,6 +599,10 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         (Ok(e), None) if e.oom_killed => format!(
             "the container ran out of memory (limit {} MiB) and was killed; raise memory= on the function",
             def.resources.as_ref().map(|r| r.memory_mb).unwrap_or(0)
+        ),
+        (Ok(e), None) if e.disk_exceeded => format!(
+            "the container wrote more than its ephemeral disk ({} MiB) and was killed; raise ephemeral_disk= on the function",
+            def.resources.as_ref().map(|r| r.ephemeral_disk_mb).unwrap_or(0)
         ),
         (Ok(e), None) => format!("the container exited unexpectedly ({e:?}) while running this input"),
         (Err(e), None) => format!("the container failed: {e}"),

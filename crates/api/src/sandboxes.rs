@@ -76,13 +76,18 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
     if def.proxy_id.is_some() || def.experimental_outbound_policy.is_some() || def.outbound_policy.is_some() {
         return Err(Status::unimplemented("Ferry does not implement proxies or outbound policies for Sandboxes yet"));
     }
+    let mut allowed_cidrs = None;
     let egress = match def.network_access.as_ref().map(|n| (n.network_access_type, n)) {
         _ if def.block_network => Egress::Blocked,
         Some((2, _)) => Egress::Blocked,
         Some((3, n)) if n.allowed_cidrs.is_empty() && n.allowed_domains.is_empty() => Egress::Blocked,
+        Some((3, n)) if n.allowed_domains.is_empty() => {
+            allowed_cidrs = Some(n.allowed_cidrs.clone());
+            Egress::Open
+        }
         Some((3, _)) => {
             return Err(Status::unimplemented(
-                "Ferry does not implement outbound_cidr_allowlist/outbound_domain_allowlist yet; use block_network=True or leave outbound open",
+                "Ferry does not implement outbound_domain_allowlist yet; use outbound_cidr_allowlist, block_network=True or open outbound",
             ))
         }
         _ => Egress::Open,
@@ -162,6 +167,7 @@ async fn spec_of(s: &ModalService, app_id: &str, def: &api::Sandbox, secret_sour
         memory_mib,
         cpu_cores,
         egress,
+        allowed_cidrs,
         ports,
         probe,
         volumes: def

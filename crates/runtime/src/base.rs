@@ -75,7 +75,8 @@ pub fn parse_base_reference(reference: &str) -> Result<String> {
     let unsupported = || Error::UnsupportedBaseImage { reference: reference.to_string() };
     let rest = reference
         .strip_prefix("python:")
-        .or_else(|| reference.strip_prefix("docker.io/library/python:"))
+        // `<registry host>/library/python:...`, as a registry-qualified reference names it.
+        .or_else(|| reference.split_once("/library/python:").filter(|(host, _)| !host.contains('/')).map(|(_, rest)| rest))
         .or_else(|| reference.strip_prefix("library/python:"))
         .ok_or_else(unsupported)?;
     let version = rest.split('-').next().unwrap_or("");
@@ -380,8 +381,8 @@ mod tests {
 
     #[test]
     fn mirror_from_sources() {
-        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\n";
-        assert_eq!(mirror_in(deb822).as_deref(), Some("http://deb.debian.org/debian"));
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n";
+        assert_eq!(mirror_in(deb822).as_deref(), Some("http://mirror.example/debian"));
         let list = "deb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
         assert_eq!(mirror_in(list).as_deref(), Some("http://mirror.example/debian"));
         assert_eq!(mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main"), None);

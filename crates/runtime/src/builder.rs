@@ -316,7 +316,8 @@ impl ImageBuilder {
         let host_env = self.settings.packages.env().to_vec();
         let host_binds = self.settings.packages.binds(&staging.join("host")).ctx(|| "writing the build's apt configuration".into())?;
 
-        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout };
+        let host_forwards = self.settings.packages.loopback_forwards();
+        let step = StepRunner { store: &self.store, lowers: &lowers, upper: &upper, work: &work, log, timeout: options.step_timeout, forwards: &host_forwards };
         let total = instructions.len() - 1;
         for (n, (ins, text)) in instructions.iter().zip(lines).enumerate().skip(1) {
             let _ = log.send(LogLine::system(format!("ferry: step {n}/{total}: {}", text.trim())));
@@ -349,7 +350,7 @@ impl ImageBuilder {
                     let dest = absolute(&split_words(dest, &lookup)?.concat(), config.workdir.as_deref());
                     let tool = uv_tool(image, sources).ok_or_else(|| Error::UnsupportedCommand {
                         command: text.clone(),
-                        reason: "COPY --from another image needs a registry; Ferry only provides the uv binaries (ghcr.io/astral-sh/uv) from its bases".into(),
+                        reason: "COPY --from another image needs a registry; Ferry only provides the uv binaries (the astral-sh/uv image) from its bases".into(),
                     })?;
                     let script = r#"set -e; src="$(command -v "$1")"; mkdir -p "$(dirname "$2")"; cp "$src" "$2""#;
                     let argv = vec!["/bin/sh".into(), "-c".into(), script.into(), "sh".into(), tool.into(), dest];
@@ -436,6 +437,11 @@ struct BuildJob<'a> {
     options: BuildOptions,
 }
 
+/// Processes and threads one build step may run.
+const BUILD_PIDS: u64 = 8192;
+/// What one build step may add to its layer (a CUDA toolkit fits).
+const BUILD_DISK_MIB: u64 = 64 * 1024;
+
 struct StepRunner<'a> {
     store: &'a ImageStore,
     lowers: &'a [PathBuf],
@@ -443,12 +449,24 @@ struct StepRunner<'a> {
     work: &'a Path,
     log: &'a LogSink,
     timeout: Option<std::time::Duration>,
+    /// The operator's package sources on the host's loopback, served into the step's own.
+    forwards: &'a [crate::net::PortForward],
 }
 
 impl StepRunner<'_> {
     /// Runs one build step in a container writing into the layer, streaming its output.
     async fn run(&self, text: &str, argv: Vec<String>, env: Vec<(String, String)>, config: &ImageConfig, extra: Vec<BindMount>) -> Result<()> {
-        let mut binds = host_network_files();
+        // Build steps are isolated like every container: a network namespace of their own with
+        // outbound NAT (where slirp4netns is installed), pids and disk limits.
+        let network = crate::probe::effective_network(self.store.root(), Network::Private, false);
+        let mut binds = match network {
+            Network::Private => {
+                let mut b = vec![BindMount::read_only(crate::net::resolv_conf(self.store.root())?, "/etc/resolv.conf")];
+                b.extend(host_network_files().into_iter().filter(|b| b.target == "/etc/hosts"));
+                b
+            }
+            _ => host_network_files(),
+        };
         binds.extend(extra);
         let request = LaunchRequest {
             lowers: self.lowers.to_vec(),
@@ -459,13 +477,15 @@ impl StepRunner<'_> {
             workdir: config.workdir.clone().unwrap_or_else(|| "/".into()),
             user: config.user.clone(),
             binds,
-            limits: Default::default(),
-            network: Network::Host,
+            limits: crate::cgroup::Limits { pids: Some(BUILD_PIDS), disk_mib: Some(BUILD_DISK_MIB), memory_mib: crate::cgroup::default_memory_mib(), ..Default::default() },
+            network,
             hostname: "ferry-build".into(),
             stdin: false,
             raw_output: false,
             tty: None,
             image: None,
+            forwards: if network == Network::Host { Vec::new() } else { self.forwards.to_vec() },
+            allowed_cidrs: None,
         };
         let mut container = launch_container(self.store, request).await.map_err(|e| match e {
             Error::Spawn { source, .. } => Error::BuildStepFailed { command: text.trim().to_string(), code: 127, tail: source.to_string() },
@@ -545,9 +565,14 @@ fn upsert(env: &mut Vec<(String, String)>, key: &str, value: String) {
     }
 }
 
-/// The uv tool a `COPY --from=ghcr.io/astral-sh/uv:<tag> /uv <dest>` asks for.
+/// The uv tool a `COPY --from=<registry>/astral-sh/uv:<tag> /uv <dest>` asks for.
 fn uv_tool(image: &str, sources: &[String]) -> Option<&'static str> {
-    if !image.starts_with("ghcr.io/astral-sh/uv") || sources.len() != 1 {
+    // The reference without its registry host (a first part with a dot or a port).
+    let path = match image.split_once('/') {
+        Some((host, rest)) if host.contains('.') || host.contains(':') => rest,
+        _ => image,
+    };
+    if !path.starts_with("astral-sh/uv") || sources.len() != 1 {
         return None;
     }
     match sources[0].trim_start_matches('/') {
@@ -729,7 +754,7 @@ mod tests {
         let err = check_context("other.txt", "other.txt", &spec).unwrap_err().to_string();
         assert!(err.contains("other.txt") && err.contains("python/bin/python3"), "{err}");
         assert_eq!(absolute("sub", Some("/app")), "/app/sub");
-        assert_eq!(uv_tool("ghcr.io/astral-sh/uv:0.5", &["/uv".into()]), Some("uv"));
+        assert_eq!(uv_tool("registry.example/astral-sh/uv:0.5", &["/uv".into()]), Some("uv"));
         assert_eq!(uv_tool("busybox", &["/bin/sh".into()]), None);
     }
 }

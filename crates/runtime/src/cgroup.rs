@@ -21,6 +21,9 @@ pub struct Limits {
     pub cpu_cores: Option<f64>,
     /// Maximum number of processes and threads.
     pub pids: Option<u64>,
+    /// Size of the writable layer in MiB (Modal's `ephemeral_disk`): a layer on disk is
+    /// watched and the container killed past it; a tmpfs layer is capped at it.
+    pub disk_mib: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -196,4 +199,25 @@ impl ContainerCgroup {
 
 fn quota(cores: f64) -> u64 {
     ((cores * CPU_PERIOD_US as f64).round() as u64).max(1000)
+}
+
+/// The memory limit of a container that asked for none: half the host's memory, so that no
+/// one container can push the host (and Ferry's server) into its OOM killer.
+pub(crate) fn default_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some((kib / 1024 / 2).max(256))
+}
+
+/// The ephemeral disk of a container that asked for none: a quarter of the space free on the
+/// image store's file system (at most 64 GiB), so one container cannot fill the data dir.
+pub(crate) fn default_disk_mib(store_root: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(store_root.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let free_mib = st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024);
+    Some((free_mib / 4).clamp(1024, 64 * 1024))
 }

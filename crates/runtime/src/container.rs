@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -11,11 +12,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cgroup::{ContainerCgroup, Limits};
+use crate::disk::DiskWatch;
 use crate::error::{Error, IoContext, Result};
 use crate::gpu;
-use crate::launch::{self, BindPlan, JoinPlan, LaunchPlan, UpperPlan};
+use crate::init::{InitBind, InitPlan};
+use crate::launch::{self, JoinPlan, LaunchPlan};
 use crate::logs::{pump, LogLine, Stream};
-use crate::net::{NetworkGate, Slirp};
+use crate::net::{NetState, NetworkGate, PortForward};
 use crate::store::{remove_tree, unique_suffix, ImageStore, LayerId, LayerOrigin, LayerRecord};
 
 /// A host path made visible inside the container.
@@ -93,6 +96,12 @@ pub struct ContainerSpec {
     /// ([`Container::pty`]); stdin, stdout and stderr are all that terminal.
     pub tty: Option<(u16, u16)>,
     pub scratch: Scratch,
+    /// Ports of the container's own loopback served from the host (with a network of its
+    /// own): how it reaches the control plane.
+    pub forwards: Vec<PortForward>,
+    /// With [`Network::Private`]: outbound only to these CIDR blocks (Modal's
+    /// `cidr_allowlist`); `None` leaves outbound open. Needs the `nft` tool.
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 impl ContainerSpec {
@@ -112,6 +121,8 @@ impl ContainerSpec {
             raw_output: false,
             tty: None,
             scratch: Scratch::Disk,
+            forwards: Vec::new(),
+            allowed_cidrs: None,
         }
     }
 }
@@ -146,11 +157,13 @@ pub struct ExitStatus {
     pub oom_killed: bool,
     /// The container's peak memory use (page cache included), where the kernel reports it.
     pub peak_memory_bytes: Option<u64>,
+    /// The writable layer outgrew `Limits::disk_mib` and the container was killed.
+    pub disk_exceeded: bool,
 }
 
 impl ExitStatus {
     pub fn success(&self) -> bool {
-        self.code == 0 && !self.oom_killed
+        self.code == 0 && !self.oom_killed && !self.disk_exceeded
     }
 }
 
@@ -196,6 +209,8 @@ pub(crate) struct LaunchRequest {
     pub tty: Option<(u16, u16)>,
     /// The layer a task container runs (`None` for build steps); snapshots build on it.
     pub image: Option<LayerId>,
+    pub forwards: Vec<PortForward>,
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 impl ContainerRuntime {
@@ -232,7 +247,8 @@ impl ContainerRuntime {
             }
             gpu_library_dirs = plan.library_dirs;
         }
-        match spec.network {
+        let network = crate::probe::effective_network(self.store.root(), spec.network, spec.allowed_cidrs.is_some());
+        match network {
             Network::Host => binds.extend(host_network_files()),
             Network::Private => {
                 binds.push(BindMount::read_only(crate::net::resolv_conf(self.store.root())?, "/etc/resolv.conf"));
@@ -256,6 +272,9 @@ impl ContainerRuntime {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given and the image has no CMD/ENTRYPOINT"),
             });
         }
+        let mut limits = spec.limits.clone();
+        limits.memory_mib = limits.memory_mib.or_else(crate::cgroup::default_memory_mib);
+        limits.disk_mib = limits.disk_mib.or_else(|| crate::cgroup::default_disk_mib(self.store.root()));
         let request = LaunchRequest {
             lowers: chain.iter().map(|r| self.store.layer_fs(&r.id)).collect(),
             upper_dir: None,
@@ -265,13 +284,15 @@ impl ContainerRuntime {
             workdir: spec.workdir.clone().or_else(|| config.workdir.clone()).unwrap_or_else(|| "/".into()),
             user: spec.user.clone().or_else(|| config.user.clone()),
             binds,
-            limits: spec.limits.clone(),
-            network: spec.network,
+            limits,
+            network,
             hostname: spec.hostname.clone(),
             stdin: spec.stdin,
             raw_output: spec.raw_output,
             tty: spec.tty,
             image: Some(spec.image.clone()),
+            forwards: spec.forwards.clone(),
+            allowed_cidrs: spec.allowed_cidrs.clone(),
         };
         launch_container(&self.store, request).await
     }
@@ -314,6 +335,40 @@ fn default_env(env: &mut Vec<(String, String)>, user: Option<&str>) {
     }
 }
 
+/// The uid range of a container with these binds, `None` for no user namespace. Every
+/// writable directory bind must be seen idmapped by the container's root: binds on ext4, xfs,
+/// btrfs, tmpfs or f2fs are idmapped at start; a Volume view mounted for containers
+/// (`shared_mount.rs`) is owned by the shared range, which the container then runs with. Any
+/// other writable bind (an overlay or FUSE mount nobody prepared) would belong to nobody
+/// inside: that container runs without a user namespace (still with its own other namespaces,
+/// seccomp, no_new_privs and reduced capabilities), and the log says so.
+fn id_range(store_root: &std::path::Path, binds: &[BindMount], program: &str) -> Option<crate::init::IdMap> {
+    if !crate::probe::isolation(store_root).user_namespaces {
+        return None;
+    }
+    let mut shared = false;
+    for b in binds.iter().filter(|b| !b.readonly) {
+        let Ok(c) = std::ffi::CString::new(b.source.as_os_str().as_encoded_bytes()) else { continue };
+        // SAFETY: a NUL-terminated path and a zeroed out-buffer.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 || !std::fs::metadata(&b.source).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        // ext2/3/4, xfs, btrfs, tmpfs (6.3+), f2fs: file systems the kernel idmaps.
+        const IDMAPPABLE: [i64; 5] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
+        if IDMAPPABLE.contains(&(fs.f_type as i64)) {
+            continue;
+        }
+        if crate::shared_mount::shared_range_of(&b.source).is_some() {
+            shared = true;
+            continue;
+        }
+        tracing::info!(program, "container without a user namespace: its writable mount at {} cannot be idmapped (file system 0x{:x})", b.target, fs.f_type);
+        return None;
+    }
+    Some(if shared { crate::shared_mount::SHARED_RANGE } else { crate::init::allocate_ids() })
+}
+
 pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest) -> Result<Container> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -347,8 +402,20 @@ pub(crate) async fn launch_container(store: &ImageStore, mut req: LaunchRequest)
         },
         None => (None, None),
     };
+    let disk_limit = req.limits.disk_mib.map(|m| m * 1024 * 1024);
+    let disk_upper = match (&req.upper_dir, req.disk_scratch) {
+        (Some((upper, _)), _) => Some(upper.clone()),
+        (None, true) => Some(scratch.join("upper")),
+        (None, false) => None,
+    };
     match start(store, &scratch, &cgroup, req, tty_slave).await {
-        Ok((process, network)) => Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, snapshot, network, pty, exit: None }),
+        Ok((process, network)) => {
+            let disk_watch = match (disk_limit, disk_upper) {
+                (Some(limit), Some(upper)) => crate::disk::DiskWatch::start(upper, limit, process.pid),
+                _ => None,
+            };
+            Ok(Container { id, process, cgroup: Some(cgroup), scratch, defaults, snapshot, network, disk_watch, pty, exit: None })
+        }
         Err(e) => {
             cgroup.remove().await;
             remove_tree(&scratch);
@@ -361,7 +428,7 @@ fn invalid(program: &str, message: String) -> Error {
     Error::Spawn { program: program.to_string(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message) }
 }
 
-async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest, tty_slave: Option<OwnedFd>) -> Result<(Supervised, Option<Slirp>)> {
+async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req: LaunchRequest, tty_slave: Option<OwnedFd>) -> Result<(Supervised, Option<NetState>)> {
     let layers_dir = store.layers_dir();
     let mut lowers = Vec::with_capacity(req.lowers.len());
     for l in &req.lowers {
@@ -378,25 +445,17 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         (None, true) => Some((scratch.join("upper"), scratch.join("work"))),
         (None, false) => None,
     };
-    let (upper_plan, upper, work) = match upper_dir {
+    let (tmpfs, upper, work) = match upper_dir {
         Some((upper, work)) => {
             for d in [&root, &upper, &work] {
                 std::fs::create_dir_all(d).ctx(|| format!("creating {}", d.display()))?;
             }
-            (UpperPlan::Dir, upper, work)
+            (None, upper, work)
         }
-        None => {
-            let (upper, work) = (scratch.join("upper"), scratch.join("work"));
-            let plan = UpperPlan::Tmpfs {
-                options: cstring(tmpfs_options(&req.limits), "tmpfs options")?,
-                upper: path_cstring(&upper, "scratch path")?,
-                work: path_cstring(&work, "scratch path")?,
-            };
-            (plan, upper, work)
-        }
+        None => (Some(tmpfs_options(&req.limits)), scratch.join("upper"), scratch.join("work")),
     };
-    let overlay_options = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
-    if overlay_options.len() >= 4000 {
+    let overlay_len = lowers.iter().map(|l| l.len() + 1).sum::<usize>() + upper.as_os_str().len() + work.as_os_str().len() + 64;
+    if overlay_len >= 4000 {
         return Err(invalid(&req.argv[0], format!("image has {} layers, more than one overlay mount can stack; squash the image", lowers.len())));
     }
     let mut binds = Vec::with_capacity(req.binds.len());
@@ -405,50 +464,72 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
             return Err(invalid(&req.argv[0], format!("mount target `{}` must be an absolute path", b.target)));
         }
         let meta = std::fs::metadata(&b.source).ctx(|| format!("bind mount source {}", b.source.display()))?;
-        binds.push(BindPlan {
-            source: path_cstring(&b.source, "bind source")?,
-            target: cstring(&b.target, "bind target")?,
-            readonly: b.readonly,
-            source_is_dir: meta.is_dir(),
-        });
+        binds.push(InitBind { source: b.source.clone(), target: b.target.clone(), readonly: b.readonly, is_dir: meta.is_dir() });
+    }
+    for (what, value) in [("hostname", req.hostname.as_str()), ("workdir", req.workdir.as_str())] {
+        cstring(value, what)?;
+    }
+    for a in &req.argv {
+        cstring(a, "argument")?;
     }
     let (status_read, status_write) = pipe()?;
-    let mut plan = LaunchPlan {
-        scratch: path_cstring(scratch, "scratch path")?,
-        upper: upper_plan,
-        layers_dir: path_cstring(&layers_dir, "layers path")?,
-        root: path_cstring(&root, "root path")?,
-        overlay_options: cstring(&overlay_options, "overlay options")?,
-        cgroup_procs: cgroup.procs_files().iter().map(|p| path_cstring(p, "cgroup path")).collect::<Result<_>>()?,
-        new_net: req.network != Network::Host,
-        hostname: cstring(&req.hostname, "hostname")?,
-        bind_fds: Vec::with_capacity(binds.len()),
-        binds,
-        workdir: cstring(&req.workdir, "workdir")?,
-        user: req.user.clone(),
+    let gate = if req.network != Network::Host {
+        Some(NetworkGate::open(pipe, req.network == Network::Private, req.forwards.clone(), req.allowed_cidrs.clone())?)
+    } else {
+        None
+    };
+    let plan = InitPlan {
         status_fd: status_write.as_raw_fd(),
-        lifeline_fd: lifeline()?,
-        net_gate: None,
+        net_go_fd: gate.as_ref().map(|g| g.go_read.as_raw_fd()),
+        scratch: scratch.to_path_buf(),
+        tmpfs,
+        store_root: store.root().to_path_buf(),
+        layers_dir,
+        lowers,
+        upper,
+        work,
+        root,
+        cgroup_procs: cgroup.procs_files(),
+        new_net: req.network != Network::Host,
+        hostname: req.hostname.clone(),
+        binds,
+        idmap: id_range(store.root(), &req.binds, req.argv.first().map(String::as_str).unwrap_or("")),
+        workdir: req.workdir.clone(),
+        user: req.user.clone(),
+        argv: req.argv.clone(),
+        env: req.env.clone(),
         controlling_tty: tty_slave.is_some(),
     };
-    let gate = match req.network {
-        Network::Private => Some(NetworkGate::open(pipe)?),
-        _ => None,
+    let plan_fd = plan_memfd(&plan)?;
+    let launch = LaunchPlan {
+        new_net: req.network != Network::Host,
+        status_fd: status_write.as_raw_fd(),
+        lifeline_fd: lifeline()?,
+        net_gate: gate.as_ref().map(|g| (g.pid_write.as_raw_fd(), g.go_read.as_raw_fd())),
+        plan_fd: plan_fd.as_raw_fd(),
+        exe_fd: self_exe()?,
+        id_map_line: plan.idmap.map(|m| CString::new(format!("0 {} {}\n", m.base, m.count)).expect("digits")),
     };
-    plan.net_gate = gate.as_ref().map(|g| (g.pid_write.as_raw_fd(), g.go_read.as_raw_fd()));
-    let mut cmd = command(&req.argv, &req.env, req.stdin);
+    let plan_fd_arg = CString::new(plan_fd.as_raw_fd().to_string()).expect("digits");
+    let mut ns_arg = [0u8; 16];
+    // The std child never execs this: init is re-executed from `exe_fd` instead.
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.env_clear().stdin(if req.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(slave) = &tty_slave {
         let io = |what: &str| slave.try_clone().ctx(|| format!("duplicating the terminal for {what}"));
         cmd.stdin(Stdio::from(io("stdin")?)).stdout(Stdio::from(io("stdout")?)).stderr(Stdio::from(io("stderr")?));
     }
     // SAFETY: `enter_container` only makes raw syscalls on data prepared above (see launch.rs).
     unsafe {
-        cmd.pre_exec(move || launch::enter_container(&mut plan));
+        cmd.pre_exec(move || {
+            let _keep = &plan_fd;
+            launch::enter_container(&launch, &plan_fd_arg, &mut ns_arg)
+        });
     }
-    let started = Supervised::start(cmd, &req.argv[0], status_read, status_write, req.raw_output).await;
+    let started = Supervised::start(cmd, &req.argv[0], status_read, status_write, req.raw_output, true).await;
     let Some(gate) = gate else { return started.map(|s| (s, None)) };
     match (started, gate.finish()) {
-        (Ok(process), Ok(slirp)) => Ok((process, Some(slirp))),
+        (Ok(process), Ok(net)) => Ok((process, Some(net))),
         (Ok(process), Err(e)) => {
             let _ = process.signal(Signal::Kill, "a container without its network");
             Err(e)
@@ -457,6 +538,33 @@ async fn start(store: &ImageStore, scratch: &Path, cgroup: &ContainerCgroup, req
         (Err(_), Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
     }
+}
+
+/// The init plan in a memfd (no size limit, unlike a pipe written before the reader runs).
+fn plan_memfd(plan: &InitPlan) -> Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let bytes = serde_json::to_vec(plan).map_err(|e| Error::Io { context: "encoding the init plan".into(), source: std::io::Error::other(e) })?;
+    // SAFETY: memfd_create with a static name; the fd is ours.
+    let fd = unsafe { libc::memfd_create(c"ferry-init-plan".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::Io { context: "creating the init plan".into(), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: a fresh fd.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(&bytes).and_then(|_| file.rewind()).ctx(|| "writing the init plan".into())?;
+    Ok(OwnedFd::from(file))
+}
+
+/// This executable, opened once: init is this program re-executed (see init.rs).
+fn self_exe() -> Result<RawFd> {
+    static EXE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = EXE.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let file = std::fs::File::open("/proc/self/exe").ctx(|| "opening /proc/self/exe".into())?;
+    // Keep the constructor that turns a re-executed binary into init in the link.
+    std::hint::black_box(&crate::init::INIT_CONSTRUCTOR);
+    Ok(EXE.get_or_init(|| OwnedFd::from(file)).as_raw_fd())
 }
 
 fn command(argv: &[String], env: &[(String, String)], stdin: bool) -> tokio::process::Command {
@@ -473,9 +581,10 @@ fn command(argv: &[String], env: &[(String, String)], stdin: bool) -> tokio::pro
 fn tmpfs_options(limits: &Limits) -> String {
     // The writable layer lives in memory and is charged to the container's memory cgroup;
     // its size cap only keeps an unlimited container from filling the host's RAM.
-    match limits.memory_mib {
-        Some(mib) => format!("mode=0755,size={}m", mib.max(64)),
-        None => "mode=0755,size=50%".into(),
+    match (limits.memory_mib, limits.disk_mib) {
+        (Some(mem), Some(disk)) => format!("mode=0755,size={}m", mem.min(disk).max(64)),
+        (Some(mib), None) | (None, Some(mib)) => format!("mode=0755,size={}m", mib.max(64)),
+        (None, None) => "mode=0755,size=50%".into(),
     }
 }
 
@@ -566,7 +675,9 @@ struct Supervised {
 }
 
 impl Supervised {
-    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd, raw_output: bool) -> Result<Self> {
+    /// `expect_exec`: the program is started by a re-executed init, which reports that it did
+    /// (or why it could not) on the status pipe after the pid record.
+    async fn start(mut cmd: tokio::process::Command, program: &str, status_read: OwnedFd, status_write: OwnedFd, raw_output: bool, expect_exec: bool) -> Result<Self> {
         // `spawn` blocks until the program is exec'd (and, for a private network, until
         // slirp4netns is up): keep that off the async worker threads.
         let spawned = match tokio::task::spawn_blocking(move || cmd.spawn()).await {
@@ -589,12 +700,36 @@ impl Supervised {
                 return Err(Error::Spawn { program: program.to_string(), source });
             }
         };
-        let mut record = [0u8; 8];
-        status.read_exact(&mut record).await.ctx(|| "reading the container's pid".into())?;
-        if record[..4] != launch::TAG_INIT_PID {
-            return Err(Error::Spawn { program: program.to_string(), source: std::io::Error::other("unexpected record on the status pipe") });
+        // Records: the pid of init (from the monitor) and, for a re-executed init, EXEC once
+        // the program runs or FAIL with the reason; the two writers may come in either order.
+        let (mut pid, mut started, mut failure) = (None, !expect_exec, None);
+        while pid.is_none() || (!started && failure.is_none()) {
+            let mut header = [0u8; 8];
+            if status.read_exact(&mut header).await.is_err() {
+                break;
+            }
+            let value = i32::from_ne_bytes(header[4..].try_into().expect("4 bytes"));
+            match <[u8; 4]>::try_from(&header[..4]).expect("4 bytes") {
+                launch::TAG_INIT_PID => pid = Some(value),
+                launch::TAG_EXEC => started = true,
+                launch::TAG_FAIL => {
+                    let mut text = vec![0u8; value.clamp(0, 4096) as usize];
+                    let _ = status.read_exact(&mut text).await;
+                    failure = Some(String::from_utf8_lossy(&text).into_owned());
+                }
+                _ => {}
+            }
         }
-        let pid = i32::from_ne_bytes(record[4..].try_into().expect("4 bytes"));
+        let pid = match (pid, started, failure) {
+            (Some(pid), true, None) => pid,
+            (_, _, failure) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                let message = failure.unwrap_or_else(|| "the container's init exited during set-up".into());
+                let kind = if message.starts_with("No such file or directory") { std::io::ErrorKind::NotFound } else { std::io::ErrorKind::Other };
+                return Err(Error::Spawn { program: program.to_string(), source: std::io::Error::new(kind, message) });
+            }
+        };
         // SAFETY: pidfd_open takes a pid and flags; the fd it returns is ours.
         let pidfd = unsafe {
             let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as RawFd;
@@ -694,8 +829,10 @@ pub struct Container {
     scratch: PathBuf,
     defaults: ExecDefaults,
     snapshot: Option<SnapshotSource>,
-    /// The private network's slirp4netns, stopped when the container ends.
-    network: Option<Slirp>,
+    /// The private network's slirp4netns and port forwards, stopped when the container ends.
+    network: Option<NetState>,
+    /// Watches the writable layer's size against `Limits::disk_mib`.
+    disk_watch: Option<DiskWatch>,
     /// The terminal's master side, when the spec asked for a `tty`.
     pty: Option<OwnedFd>,
     exit: Option<ExitStatus>,
@@ -807,7 +944,7 @@ impl Container {
             upsert(&mut env, k, v.clone());
         }
         let mut ns_fds = Vec::new();
-        for ns in ["ipc", "uts", "net", "pid", "mnt"] {
+        for ns in ["user", "ipc", "uts", "net", "pid", "mnt"] {
             let path = format!("/proc/{}/ns/{ns}", self.process.pid);
             let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::ContainerExited(self.id.clone()),
@@ -817,7 +954,13 @@ impl Container {
         }
         let cgroup = self.cgroup.as_ref().expect("cgroup present until drop");
         let (status_read, status_write) = pipe()?;
+        // The user namespace is joined by the program alone, and only when it is the
+        // container's own (FERRY_USERNS=0 leaves containers in the host's).
+        let user_ns = ns_fds.remove(0);
+        let own_userns = std::fs::metadata(format!("/proc/{}/ns/user", self.process.pid)).map(|m| m.ino()).ok()
+            != std::fs::metadata("/proc/self/ns/user").map(|m| m.ino()).ok();
         let plan = JoinPlan {
+            userns_fd: own_userns.then(|| user_ns.as_raw_fd()),
             ns_fds: ns_fds.iter().map(|f| f.as_raw_fd()).collect(),
             cgroup_procs: cgroup.procs_files().iter().map(|p| path_cstring(p, "cgroup path")).collect::<Result<_>>()?,
             workdir: cstring(spec.workdir.as_deref().unwrap_or(&self.defaults.workdir), "workdir")?,
@@ -839,8 +982,9 @@ impl Container {
         unsafe {
             cmd.pre_exec(move || launch::join_container(&plan));
         }
-        let process = Supervised::start(cmd, &program, status_read, status_write, spec.raw_output).await?;
+        let process = Supervised::start(cmd, &program, status_read, status_write, spec.raw_output, false).await?;
         drop(ns_fds);
+        drop(user_ns);
         Ok(Process { container: self.id.clone(), process, pty })
     }
 
@@ -866,7 +1010,8 @@ impl Container {
         let (code, signal) = self.process.finish(&what).await?;
         let cgroup = self.cgroup.as_ref().expect("cgroup present until drop");
         let peak_memory_bytes = cgroup.peak_memory_bytes();
-        let exit = ExitStatus { code, signal, oom_killed: cgroup.oom_killed(), peak_memory_bytes };
+        let disk_exceeded = self.disk_watch.take().is_some_and(|w| w.exceeded());
+        let exit = ExitStatus { code, signal, oom_killed: cgroup.oom_killed(), peak_memory_bytes, disk_exceeded };
         tracing::debug!(container = %self.id, ?exit, "container exited");
         cgroup.remove().await;
         self.network = None;
@@ -989,7 +1134,7 @@ impl Process {
     pub async fn wait(&mut self) -> Result<ExitStatus> {
         let what = format!("a process in container {}", self.container);
         let (code, signal) = self.process.finish(&what).await?;
-        Ok(ExitStatus { code, signal, oom_killed: false, peak_memory_bytes: None })
+        Ok(ExitStatus { code, signal, oom_killed: false, peak_memory_bytes: None, disk_exceeded: false })
     }
 }
 

@@ -270,8 +270,8 @@ mod tests {
             Instruction::Cmd(CommandForm::Exec(vec!["sleep".into(), "172800".into()]))
         );
         assert_eq!(
-            Instruction::parse("COPY --from=ghcr.io/astral-sh/uv:latest /uv /.uv/uv").unwrap(),
-            Instruction::Copy { from: Some("ghcr.io/astral-sh/uv:latest".into()), sources: vec!["/uv".into()], dest: "/.uv/uv".into() }
+            Instruction::parse("COPY --from=registry.example/astral-sh/uv:latest /uv /.uv/uv").unwrap(),
+            Instruction::Copy { from: Some("registry.example/astral-sh/uv:latest".into()), sources: vec!["/uv".into()], dest: "/.uv/uv".into() }
         );
         assert_eq!(
             Instruction::parse("COPY /.requirements.txt /.requirements.txt").unwrap(),

@@ -13,6 +13,7 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 #[repr(C)]
 struct MountAttr {
@@ -55,6 +56,27 @@ pub fn replace_mount(pid: u32, source: &Path, target: &str, readonly: bool) -> R
             return Err(io_err(target, "clone the new tree", io::Error::last_os_error()));
         }
         let close_tree = Closer(tree);
+        // A container with a user namespace of its own sees the tree idmapped, as its binds
+        // were at start (files owned by 0 on disk belong to its root); where the file system
+        // cannot be idmapped, the tree is attached as it is.
+        let userns_path = CString::new(format!("/proc/{pid}/ns/user")).expect("no NUL");
+        let own = std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok()
+            != std::fs::metadata("/proc/self/ns/user").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+        if own {
+            let ns = libc::open(userns_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if ns >= 0 {
+                let _close_ns = Closer(ns);
+                let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: ns as u64 };
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                );
+            }
+        }
         if readonly {
             let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
             let r = libc::syscall(

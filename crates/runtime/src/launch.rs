@@ -22,49 +22,22 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
 
-/// A bind mount, resolved to C strings before the fork.
-pub(crate) struct BindPlan {
-    pub source: CString,
-    /// Absolute path inside the container.
-    pub target: CString,
-    pub readonly: bool,
-    pub source_is_dir: bool,
-}
-
-/// Where the overlay's writable layer lives.
-pub(crate) enum UpperPlan {
-    /// A tmpfs mounted on `scratch` inside the container's mount namespace: it disappears with
-    /// the namespace, so nothing is left to clean up and the writes count against the
-    /// container's memory cgroup.
-    Tmpfs { options: CString, upper: CString, work: CString },
-    /// A directory on disk that outlives the container (image builds keep it as the layer).
-    Dir,
-}
-
+/// What the monitor needs; init's own plan travels in a memfd (see `init.rs`).
 pub(crate) struct LaunchPlan {
-    pub scratch: CString,
-    pub upper: UpperPlan,
-    /// Directory the relative lowerdir paths are resolved from.
-    pub layers_dir: CString,
-    /// Mount point of the overlay (the future root).
-    pub root: CString,
-    pub overlay_options: CString,
-    pub cgroup_procs: Vec<CString>,
     pub new_net: bool,
-    pub hostname: CString,
-    pub binds: Vec<BindPlan>,
-    /// Filled in the child; capacity reserved by the parent so no allocation happens there.
-    pub bind_fds: Vec<RawFd>,
-    pub workdir: CString,
-    pub user: Option<String>,
     pub status_fd: RawFd,
     /// Read end of the worker's lifeline pipe: EOF means the Ferry process is gone.
     pub lifeline_fd: RawFd,
-    /// For a private network: the monitor writes init's pid to `.0`, and init waits for one
+    /// For a private network: the monitor writes init's pid to `.0`; init waits for one
     /// byte on `.1` (sent once the network is up) before starting the program.
-    /// stdin is a terminal that becomes the payload's controlling terminal.
-    pub controlling_tty: bool,
     pub net_gate: Option<(RawFd, RawFd)>,
+    /// The serialized `InitPlan`.
+    pub plan_fd: RawFd,
+    /// The running executable, re-executed as init.
+    pub exe_fd: RawFd,
+    /// "0 <host base> <count>\n" for the uid and gid maps of the container's user namespace;
+    /// `None` leaves the container in the host's.
+    pub id_map_line: Option<CString>,
 }
 
 /// Records on the status pipe: 4-byte tag + 4-byte value, native endian.
@@ -73,6 +46,8 @@ pub(crate) const TAG_EXIT: [u8; 4] = *b"EXIT";
 /// Followed by that many bytes of message: std only passes an errno back from a failed
 /// `pre_exec`, which would lose which step failed.
 pub(crate) const TAG_FAIL: [u8; 4] = *b"FAIL";
+/// Init started the program (value: its pid in the container).
+pub(crate) const TAG_EXEC: [u8; 4] = *b"EXEC";
 
 /// Splits the status pipe's bytes into (tag, value, message) records.
 pub(crate) fn parse_records(mut buf: &[u8]) -> Vec<([u8; 4], i32, Option<String>)> {
@@ -93,7 +68,7 @@ pub(crate) fn parse_records(mut buf: &[u8]) -> Vec<([u8; 4], i32, Option<String>
 }
 
 /// Sends a failure's full text to the parent, in one write (atomic below PIPE_BUF).
-unsafe fn report_failure(fd: RawFd, err: &io::Error) {
+pub(crate) unsafe fn report_failure(fd: RawFd, err: &io::Error) {
     let text = err.to_string();
     let text = &text.as_bytes()[..text.len().min(2048)];
     let mut buf = Vec::with_capacity(8 + text.len());
@@ -112,11 +87,11 @@ fn check(r: libc::c_int) -> io::Result<()> {
 }
 
 /// Adds the failing step to an errno so the parent's spawn error says what broke.
-fn step(r: libc::c_int, what: &'static str) -> io::Result<()> {
+pub(crate) fn step(r: libc::c_int, what: &'static str) -> io::Result<()> {
     check(r).map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
-unsafe fn write_record(fd: RawFd, tag: [u8; 4], value: i32) {
+pub(crate) unsafe fn write_record(fd: RawFd, tag: [u8; 4], value: i32) {
     let mut buf = [0u8; 8];
     buf[..4].copy_from_slice(&tag);
     buf[4..].copy_from_slice(&value.to_ne_bytes());
@@ -130,7 +105,7 @@ unsafe fn close_all_but(keep: RawFd) {
     libc::syscall(libc::SYS_close_range, (keep.max(2) + 1) as u32, u32::MAX, 0u32);
 }
 
-unsafe fn block_all_signals() -> libc::sigset_t {
+pub(crate) unsafe fn block_all_signals() -> libc::sigset_t {
     let mut all: libc::sigset_t = std::mem::zeroed();
     libc::sigfillset(&mut all);
     libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
@@ -147,11 +122,19 @@ fn status_to_code(status: libc::c_int) -> i32 {
     }
 }
 
-/// The `pre_exec` body. Returns only in the payload (which then execs) or with an error.
+/// The `pre_exec` body: unshare, fork init, and re-execute this executable as init (so no
+/// copy of the server's memory is left in the container). Never returns on success: the
+/// monitor stays to mirror init's exit, init is another program.
 ///
 /// # Safety
 /// Must only be called between fork and exec, as `Command::pre_exec` does.
-pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
+pub(crate) unsafe fn enter_container(plan: &LaunchPlan, plan_fd_arg: &CStr, ns_arg: &mut [u8; 16]) -> io::Result<()> {
+    // The user namespace is made first, from the host's pid and mount namespaces, so that no
+    // helper process shows up in the container (see `make_userns`).
+    let userns = match &plan.id_map_line {
+        Some(line) => make_userns(line)?,
+        None => -1,
+    };
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if plan.new_net {
         flags |= libc::CLONE_NEWNET;
@@ -163,55 +146,114 @@ pub(crate) unsafe fn enter_container(plan: &mut LaunchPlan) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     if init > 0 {
+        if userns >= 0 {
+            libc::close(userns);
+        }
         if let Some((pid_fd, _)) = plan.net_gate {
             libc::write(pid_fd, init.to_ne_bytes().as_ptr().cast(), 4);
         }
         monitor(plan.status_fd, plan.lifeline_fd, init);
     }
-
     // Init: pid 1 of the new pid namespace. Die with the monitor so a crashed worker does
     // not leak containers.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-    init_setup(plan).inspect_err(|e| report_failure(plan.status_fd, e))?;
-
-    let all = block_all_signals();
-    let payload = libc::fork();
-    if payload < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if payload == 0 {
-        let empty: libc::sigset_t = {
-            let mut s = std::mem::zeroed();
-            libc::sigemptyset(&mut s);
-            s
-        };
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        if plan.controlling_tty {
-            step(libc::setsid(), "setsid").inspect_err(|e| report_failure(plan.status_fd, e))?;
-            step(libc::ioctl(0, libc::TIOCSCTTY, 0), "set the controlling terminal").inspect_err(|e| report_failure(plan.status_fd, e))?;
+    // Everything the worker opened is closed at exec, except what init reads.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
+    for fd in [plan.status_fd, plan.plan_fd, plan.net_gate.map_or(-1, |(_, go)| go), userns] {
+        if fd >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, 0);
         }
-        return prepare_payload(&plan.workdir, plan.user.as_deref()).inspect_err(|e| report_failure(plan.status_fd, e));
     }
-    init_loop(plan.status_fd, payload, &all)
+    let mut argv: [*const libc::c_char; 4] = [crate::init::INIT_ARGV0.as_ptr(), plan_fd_arg.as_ptr(), std::ptr::null(), std::ptr::null()];
+    if userns >= 0 {
+        write_decimal(ns_arg, userns);
+        argv[2] = ns_arg.as_ptr().cast();
+    }
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    libc::syscall(libc::SYS_execveat, plan.exe_fd, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
+    let e = io::Error::last_os_error();
+    let e = io::Error::new(e.kind(), format!("start the container's init: {e}"));
+    report_failure(plan.status_fd, &e);
+    libc::_exit(127);
 }
 
-/// Init's part before the program starts: the root filesystem, then the network gate.
-unsafe fn init_setup(plan: &mut LaunchPlan) -> io::Result<()> {
-    setup_root(plan)?;
-    if let Some((_, go_fd)) = plan.net_gate {
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(go_fd, (&mut byte as *mut u8).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            return Err(io::Error::other("the container's network could not be set up"));
+/// `n` as a NUL-terminated decimal string, without allocating.
+fn write_decimal(buf: &mut [u8; 16], n: i32) {
+    let mut digits = [0u8; 12];
+    let (mut n, mut len) = (n.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    Ok(())
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    buf[len] = 0;
+}
+
+/// A user namespace whose ids 0..N are `line`'s host range: a child unshares it and waits,
+/// this process (root of the host) writes the maps through the host's /proc and keeps a
+/// descriptor, then the child exits. Runs in the monitor, before any namespace is unshared.
+pub(crate) unsafe fn make_userns(line: &CStr) -> io::Result<RawFd> {
+    let (mut ready, mut hold) = ([0; 2], [0; 2]);
+    step(libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC), "pipe")?;
+    step(libc::pipe2(hold.as_mut_ptr(), libc::O_CLOEXEC), "pipe")?;
+    let child = libc::fork();
+    step(child, "fork the user namespace holder")?;
+    if child == 0 {
+        let mut b = 0u8;
+        if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+            libc::write(ready[1], b"x".as_ptr().cast(), 1);
+        }
+        libc::close(hold[1]);
+        libc::read(hold[0], (&mut b as *mut u8).cast(), 1);
+        libc::_exit(0);
+    }
+    libc::close(ready[1]);
+    libc::close(hold[0]);
+    let mut b = 0u8;
+    let n = libc::read(ready[0], (&mut b as *mut u8).cast(), 1);
+    libc::close(ready[0]);
+    let result = (|| {
+        if n != 1 {
+            return Err(io::Error::other("could not create a user namespace (user.max_user_namespaces may be 0; FERRY_USERNS=0 turns them off)"));
+        }
+        let mut path = [0u8; 64];
+        for (file, what) in [(&b"uid_map"[..], "write uid_map"), (&b"gid_map"[..], "write gid_map")] {
+            proc_path(&mut path, child, file);
+            let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+            step(fd, what)?;
+            let bytes = line.to_bytes();
+            let r = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+            libc::close(fd);
+            step(r as libc::c_int, what)?;
+        }
+        proc_path(&mut path, child, b"ns/user");
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        step(fd, "open the user namespace")?;
+        Ok(fd)
+    })();
+    libc::close(hold[1]);
+    let mut status = 0;
+    while libc::waitpid(child, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
+    result
+}
+
+/// "/proc/<pid>/<file>\0" into `buf`.
+fn proc_path(buf: &mut [u8; 64], pid: libc::pid_t, file: &[u8]) {
+    let mut digits = [0u8; 16];
+    write_decimal(&mut digits, pid);
+    let mut at = 0;
+    for part in [&b"/proc/"[..], &digits[..digits.iter().position(|&c| c == 0).unwrap_or(0)], b"/", file] {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    buf[at] = 0;
 }
 
 /// The monitor waits for init and mirrors its exit. If the Ferry process dies first (its
@@ -254,7 +296,7 @@ unsafe fn monitor(status_fd: RawFd, lifeline: RawFd, init: libc::pid_t) -> ! {
 }
 
 /// Pid 1: reap every child, forward signals to the payload, exit with the payload.
-unsafe fn init_loop(status_fd: RawFd, payload: libc::pid_t, all: &libc::sigset_t) -> ! {
+pub(crate) unsafe fn init_loop(status_fd: RawFd, payload: libc::pid_t, all: &libc::sigset_t) -> ! {
     close_all_but(status_fd);
     loop {
         let mut info: libc::siginfo_t = std::mem::zeroed();
@@ -281,112 +323,9 @@ unsafe fn init_loop(status_fd: RawFd, payload: libc::pid_t, all: &libc::sigset_t
     }
 }
 
-const MS_PROC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-
-unsafe fn setup_root(plan: &mut LaunchPlan) -> io::Result<()> {
-    // Nothing we mount may propagate back to the host.
-    step(
-        libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()),
-        "make / private",
-    )?;
-    for procs in &plan.cgroup_procs {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        step(fd, "open cgroup.procs")?;
-        let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-        libc::close(fd);
-        step(r as libc::c_int, "join cgroup")?;
-    }
-    if let UpperPlan::Tmpfs { options, upper, work } = &plan.upper {
-        step(
-            libc::mount(c"tmpfs".as_ptr(), plan.scratch.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, options.as_ptr().cast()),
-            "mount scratch tmpfs",
-        )?;
-        step(libc::mkdir(upper.as_ptr(), 0o755), "mkdir upper")?;
-        step(libc::mkdir(work.as_ptr(), 0o755), "mkdir work")?;
-        step(libc::mkdir(plan.root.as_ptr(), 0o755), "mkdir root")?;
-    }
-    step(libc::chdir(plan.layers_dir.as_ptr()), "chdir to layers")?;
-    step(
-        libc::mount(c"overlay".as_ptr(), plan.root.as_ptr(), c"overlay".as_ptr(), 0, plan.overlay_options.as_ptr().cast()),
-        "mount overlay root (the data dir must be on ext4, xfs or btrfs, not on overlayfs or NFS)",
-    )?;
-    step(libc::chdir(plan.root.as_ptr()), "chdir to root")?;
-    libc::mkdir(c"proc".as_ptr(), 0o555);
-    step(libc::mount(c"proc".as_ptr(), c"proc".as_ptr(), c"proc".as_ptr(), MS_PROC, std::ptr::null()), "mount /proc")?;
-    libc::mkdir(c"sys".as_ptr(), 0o555);
-    // Read-only sysfs; some images probe it (CPU topology), none need to write it.
-    libc::mount(c"sysfs".as_ptr(), c"sys".as_ptr(), c"sysfs".as_ptr(), MS_PROC | libc::MS_RDONLY, std::ptr::null());
-    setup_dev()?;
-    protect_proc()?;
-
-    // Detach the bind sources while the host tree is still reachable; they are attached
-    // after pivot_root so that the target paths resolve inside the container's root.
-    plan.bind_fds.clear();
-    for b in &plan.binds {
-        let fd = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            b.source.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-        ) as libc::c_int;
-        step(fd, "open bind source")?;
-        if b.readonly {
-            let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-            let r = libc::syscall(
-                libc::SYS_mount_setattr,
-                fd,
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            ) as libc::c_int;
-            step(r, "make bind read-only")?;
-        }
-        plan.bind_fds.push(fd);
-    }
-
-    step(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int, "pivot_root")?;
-    step(libc::umount2(c".".as_ptr(), libc::MNT_DETACH), "detach old root")?;
-    step(libc::chdir(c"/".as_ptr()), "chdir /")?;
-
-    for (b, &fd) in plan.binds.iter().zip(plan.bind_fds.iter()) {
-        make_mountpoint(&b.target, b.source_is_dir)?;
-        let r = libc::syscall(
-            libc::SYS_move_mount,
-            fd,
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            b.target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        ) as libc::c_int;
-        step(r, "attach bind mount")?;
-        libc::close(fd);
-    }
-
-    let name = plan.hostname.as_bytes();
-    step(libc::sethostname(name.as_ptr().cast(), name.len()), "sethostname")?;
-    if plan.new_net {
-        loopback_up()?;
-    }
-    Ok(())
-}
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
 /// Host-wide kernel knobs stay out of reach: /proc/sys and friends become read-only and
 /// files that leak host state are covered with /dev/null (the set Docker masks).
-unsafe fn protect_proc() -> io::Result<()> {
+pub(crate) unsafe fn protect_proc() -> io::Result<()> {
     for dir in [c"proc/sys", c"proc/sysrq-trigger", c"proc/irq", c"proc/bus", c"proc/fs"] {
         if libc::mount(dir.as_ptr(), dir.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) == 0 {
             step(
@@ -401,17 +340,23 @@ unsafe fn protect_proc() -> io::Result<()> {
             )?;
         }
     }
-    for file in [c"proc/kcore", c"proc/keys", c"proc/timer_list", c"proc/sched_debug", c"proc/kallsyms"] {
+    for file in [c"proc/kcore", c"proc/keys", c"proc/timer_list", c"proc/sched_debug", c"proc/kallsyms", c"proc/latency_stats", c"proc/timer_stats"] {
         libc::mount(c"dev/null".as_ptr(), file.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+    }
+    // Directories OCI runtimes mask: an empty read-only tmpfs over each.
+    for dir in [c"proc/acpi", c"proc/asound", c"proc/scsi", c"sys/firmware", c"sys/devices/virtual/powercap"] {
+        libc::mount(c"tmpfs".as_ptr(), dir.as_ptr(), c"tmpfs".as_ptr(), libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, c"size=0".as_ptr().cast());
     }
     Ok(())
 }
 
-/// Capabilities a container's processes keep: Docker's default set without CAP_MKNOD (Ferry
-/// has no device cgroup to stop a block-device node from reaching the host's disks). Notably
-/// absent: SYS_ADMIN (mounts), NET_ADMIN (the host's network, when shared), SYS_MODULE,
-/// SYS_PTRACE, SYS_RAWIO, SYS_TIME.
-const KEPT_CAPS: u64 = 0xa004_25fb;
+/// Capabilities a container's processes keep (over their own user namespace only): Docker's
+/// default set without CAP_MKNOD (no device cgroup stops a block-device node from reaching
+/// the host's disks) and CAP_NET_RAW (ping works through `ping_group_range`): CHOWN,
+/// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP, NET_BIND_SERVICE, SYS_CHROOT,
+/// AUDIT_WRITE, SETFCAP. Notably absent: SYS_ADMIN (mounts), NET_ADMIN, SYS_MODULE,
+/// SYS_PTRACE, SYS_RAWIO, SYS_TIME, SYS_BOOT.
+const KEPT_CAPS: u64 = 0xa004_05fb;
 
 /// Shrinks the bounding set; for root, exec then grants exactly this set.
 unsafe fn drop_capabilities() -> io::Result<()> {
@@ -429,54 +374,89 @@ unsafe fn drop_capabilities() -> io::Result<()> {
     Ok(())
 }
 
-/// Syscalls a container's processes get EPERM for: kernel interfaces that are not namespaced
-/// (keyrings, BPF, perf, kexec, modules, swap, accounting), io_uring (a rich source of kernel
-/// bugs, which Docker blocks too), file handles (the "shocker" escape) and mount APIs.
-/// Most already need capabilities the container lacks; the filter keeps them shut even where
-/// a kernel bug would not check. Creating user namespaces is refused as well, since inside
-/// one a process regains every capability over the namespaces it then creates.
+/// The syscalls a container's processes may make (x86_64), after Docker's default profile:
+/// everything an ordinary program, runtime or compiler needs, and nothing that reaches kernel
+/// interfaces which are not namespaced (keyrings, BPF, perf, kexec, modules, swap, accounting,
+/// the clock, the hostname), the mount APIs, `open_by_handle_at` (the "shocker" escape),
+/// io_uring, or `userfaultfd`. Anything else, including syscalls added to future kernels,
+/// gets EPERM. `clone`/`unshare` are allowed without namespace flags; `clone3` (whose flags
+/// hide behind a pointer) gets ENOSYS so libc falls back to `clone`.
 #[cfg(target_arch = "x86_64")]
-const DENIED_SYSCALLS: &[libc::c_long] = &[
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_acct,
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_quotactl,
-    libc::SYS_syslog,
+const ALLOWED_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_read, libc::SYS_write, libc::SYS_open, libc::SYS_close, libc::SYS_stat, libc::SYS_fstat, libc::SYS_lstat,
+    libc::SYS_poll, libc::SYS_lseek, libc::SYS_mmap, libc::SYS_mprotect, libc::SYS_munmap, libc::SYS_brk,
+    libc::SYS_rt_sigaction, libc::SYS_rt_sigprocmask, libc::SYS_rt_sigreturn, libc::SYS_ioctl, libc::SYS_pread64,
+    libc::SYS_pwrite64, libc::SYS_readv, libc::SYS_writev, libc::SYS_access, libc::SYS_pipe, libc::SYS_select,
+    libc::SYS_sched_yield, libc::SYS_mremap, libc::SYS_msync, libc::SYS_mincore, libc::SYS_madvise, libc::SYS_shmget,
+    libc::SYS_shmat, libc::SYS_shmctl, libc::SYS_dup, libc::SYS_dup2, libc::SYS_pause, libc::SYS_nanosleep,
+    libc::SYS_getitimer, libc::SYS_alarm, libc::SYS_setitimer, libc::SYS_getpid, libc::SYS_sendfile, libc::SYS_socket,
+    libc::SYS_connect, libc::SYS_accept, libc::SYS_sendto, libc::SYS_recvfrom, libc::SYS_sendmsg, libc::SYS_recvmsg,
+    libc::SYS_shutdown, libc::SYS_bind, libc::SYS_listen, libc::SYS_getsockname, libc::SYS_getpeername,
+    libc::SYS_socketpair, libc::SYS_setsockopt, libc::SYS_getsockopt, libc::SYS_fork, libc::SYS_vfork,
+    libc::SYS_execve, libc::SYS_exit, libc::SYS_wait4, libc::SYS_kill, libc::SYS_uname, libc::SYS_semget,
+    libc::SYS_semop, libc::SYS_semctl, libc::SYS_shmdt, libc::SYS_msgget, libc::SYS_msgsnd, libc::SYS_msgrcv,
+    libc::SYS_msgctl, libc::SYS_fcntl, libc::SYS_flock, libc::SYS_fsync, libc::SYS_fdatasync, libc::SYS_truncate,
+    libc::SYS_ftruncate, libc::SYS_getdents, libc::SYS_getcwd, libc::SYS_chdir, libc::SYS_fchdir, libc::SYS_rename,
+    libc::SYS_mkdir, libc::SYS_rmdir, libc::SYS_creat, libc::SYS_link, libc::SYS_unlink, libc::SYS_symlink,
+    libc::SYS_readlink, libc::SYS_chmod, libc::SYS_fchmod, libc::SYS_chown, libc::SYS_fchown, libc::SYS_lchown,
+    libc::SYS_umask, libc::SYS_gettimeofday, libc::SYS_getrlimit, libc::SYS_getrusage, libc::SYS_sysinfo,
+    libc::SYS_times, libc::SYS_ptrace, libc::SYS_getuid, libc::SYS_getgid, libc::SYS_setuid, libc::SYS_setgid,
+    libc::SYS_geteuid, libc::SYS_getegid, libc::SYS_setpgid, libc::SYS_getppid, libc::SYS_getpgrp, libc::SYS_setsid,
+    libc::SYS_setreuid, libc::SYS_setregid, libc::SYS_getgroups, libc::SYS_setgroups, libc::SYS_setresuid,
+    libc::SYS_getresuid, libc::SYS_setresgid, libc::SYS_getresgid, libc::SYS_getpgid, libc::SYS_setfsuid,
+    libc::SYS_setfsgid, libc::SYS_getsid, libc::SYS_capget, libc::SYS_capset, libc::SYS_rt_sigpending,
+    libc::SYS_rt_sigtimedwait, libc::SYS_rt_sigqueueinfo, libc::SYS_rt_sigsuspend, libc::SYS_sigaltstack,
+    libc::SYS_utime, libc::SYS_mknod, libc::SYS_personality, libc::SYS_statfs, libc::SYS_fstatfs,
+    libc::SYS_getpriority, libc::SYS_setpriority, libc::SYS_sched_setparam, libc::SYS_sched_getparam,
+    libc::SYS_sched_setscheduler, libc::SYS_sched_getscheduler, libc::SYS_sched_get_priority_max,
+    libc::SYS_sched_get_priority_min, libc::SYS_sched_rr_get_interval, libc::SYS_mlock, libc::SYS_munlock,
+    libc::SYS_mlockall, libc::SYS_munlockall, libc::SYS_modify_ldt, libc::SYS_prctl, libc::SYS_arch_prctl,
+    libc::SYS_adjtimex, libc::SYS_setrlimit, libc::SYS_chroot, libc::SYS_sync, libc::SYS_gettid, libc::SYS_readahead,
+    libc::SYS_setxattr, libc::SYS_lsetxattr, libc::SYS_fsetxattr, libc::SYS_getxattr, libc::SYS_lgetxattr,
+    libc::SYS_fgetxattr, libc::SYS_listxattr, libc::SYS_llistxattr, libc::SYS_flistxattr, libc::SYS_removexattr,
+    libc::SYS_lremovexattr, libc::SYS_fremovexattr, libc::SYS_tkill, libc::SYS_time, libc::SYS_futex,
+    libc::SYS_sched_setaffinity, libc::SYS_sched_getaffinity, libc::SYS_set_thread_area, libc::SYS_io_setup,
+    libc::SYS_io_destroy, libc::SYS_io_getevents, libc::SYS_io_submit, libc::SYS_io_cancel, libc::SYS_get_thread_area,
+    libc::SYS_epoll_create, libc::SYS_remap_file_pages, libc::SYS_getdents64, libc::SYS_set_tid_address,
+    libc::SYS_restart_syscall, libc::SYS_semtimedop, libc::SYS_fadvise64, libc::SYS_timer_create,
+    libc::SYS_timer_settime, libc::SYS_timer_gettime, libc::SYS_timer_getoverrun, libc::SYS_timer_delete,
+    libc::SYS_clock_gettime, libc::SYS_clock_getres, libc::SYS_clock_nanosleep, libc::SYS_exit_group,
+    libc::SYS_epoll_wait, libc::SYS_epoll_ctl, libc::SYS_tgkill, libc::SYS_utimes, libc::SYS_mbind,
+    libc::SYS_set_mempolicy, libc::SYS_get_mempolicy, libc::SYS_mq_open, libc::SYS_mq_unlink, libc::SYS_mq_timedsend,
+    libc::SYS_mq_timedreceive, libc::SYS_mq_notify, libc::SYS_mq_getsetattr, libc::SYS_waitid, libc::SYS_ioprio_set,
+    libc::SYS_ioprio_get, libc::SYS_inotify_init, libc::SYS_inotify_add_watch, libc::SYS_inotify_rm_watch,
+    libc::SYS_openat, libc::SYS_mkdirat, libc::SYS_mknodat, libc::SYS_fchownat, libc::SYS_futimesat,
+    libc::SYS_newfstatat, libc::SYS_unlinkat, libc::SYS_renameat, libc::SYS_linkat, libc::SYS_symlinkat,
+    libc::SYS_readlinkat, libc::SYS_fchmodat, libc::SYS_faccessat, libc::SYS_pselect6, libc::SYS_ppoll,
+    libc::SYS_set_robust_list, libc::SYS_get_robust_list, libc::SYS_splice, libc::SYS_tee, libc::SYS_sync_file_range,
+    libc::SYS_vmsplice, libc::SYS_move_pages, libc::SYS_utimensat, libc::SYS_epoll_pwait, libc::SYS_signalfd,
+    libc::SYS_timerfd_create, libc::SYS_eventfd, libc::SYS_fallocate, libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime, libc::SYS_accept4, libc::SYS_signalfd4, libc::SYS_eventfd2, libc::SYS_epoll_create1,
+    libc::SYS_dup3, libc::SYS_pipe2, libc::SYS_inotify_init1, libc::SYS_preadv, libc::SYS_pwritev,
+    libc::SYS_rt_tgsigqueueinfo, libc::SYS_recvmmsg, libc::SYS_prlimit64, libc::SYS_name_to_handle_at,
+    libc::SYS_syncfs, libc::SYS_sendmmsg, libc::SYS_getcpu, libc::SYS_process_vm_readv, libc::SYS_process_vm_writev,
+    libc::SYS_sched_setattr, libc::SYS_sched_getattr, libc::SYS_renameat2, libc::SYS_seccomp, libc::SYS_getrandom,
+    libc::SYS_memfd_create, libc::SYS_execveat, libc::SYS_membarrier, libc::SYS_mlock2, libc::SYS_copy_file_range,
+    libc::SYS_preadv2, libc::SYS_pwritev2, libc::SYS_pkey_mprotect, libc::SYS_pkey_alloc, libc::SYS_pkey_free,
+    libc::SYS_statx, 333, libc::SYS_rseq, libc::SYS_clone, libc::SYS_unshare,
+    // By number: pidfd_send_signal, pidfd_open, close_range, openat2, faccessat2, epoll_pwait2,
+    // landlock (3), memfd_secret, process_mrelease, futex_waitv, set_mempolicy_home_node,
+    // cachestat, fchmodat2, map_shadow_stack, futex_wake/wait/requeue, mseal.
+    424, 434, 436, 437, 439, 441, 444, 445, 446, 447, 448, 449, 450, 451, 452, 453, 454, 455, 456, 462,
 ];
 
-/// Installs the seccomp filter (a plain classic-BPF program: deny-list, default allow).
-/// Runs while the payload still has CAP_SYS_ADMIN in its effective set, so it needs no
-/// `no_new_privs` (which would break setuid tools such as `su` inside images).
+/// Namespace flags `clone` and `unshare` may not carry.
+#[cfg(target_arch = "x86_64")]
+const NAMESPACE_FLAGS: u32 = 0x7E02_0080;
+
+/// Installs the allow-list (a classic-BPF program). Runs last before exec, after
+/// `no_new_privs`, so setuid programs in an image cannot gain privileges either.
 #[cfg(target_arch = "x86_64")]
 unsafe fn install_seccomp() -> io::Result<()> {
-    // Classic BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_{JEQ,JGE,JSET}|BPF_K, BPF_RET|BPF_K.
+    // Classic BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_{JEQ,JGE,JGT,JSET}|BPF_K, BPF_RET|BPF_K.
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
+    const JGT_K: u16 = 0x25;
     const JGE_K: u16 = 0x35;
     const JSET_K: u16 = 0x45;
     const RET_K: u16 = 0x06;
@@ -489,6 +469,7 @@ unsafe fn install_seccomp() -> io::Result<()> {
     let jump = |code: u16, k: u32, jt: u8, jf: u8| libc::sock_filter { code, jt, jf, k };
     let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    let allow = libc::SECCOMP_RET_ALLOW;
 
     let mut prog = vec![
         stmt(LD_W_ABS, OFFSET_ARCH),
@@ -497,7 +478,6 @@ unsafe fn install_seccomp() -> io::Result<()> {
         stmt(LD_W_ABS, OFFSET_NR),
         jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(RET_K, enosys), // the x32 ABI, likewise
-        // clone3 hides its flags behind a pointer: ENOSYS makes libc fall back to clone.
         jump(JEQ_K, libc::SYS_clone3 as u32, 0, 1),
         stmt(RET_K, enosys),
     ];
@@ -505,15 +485,26 @@ unsafe fn install_seccomp() -> io::Result<()> {
         prog.extend([
             jump(JEQ_K, nr as u32, 0, 4),
             stmt(LD_W_ABS, OFFSET_ARG0_LOW),
-            jump(JSET_K, libc::CLONE_NEWUSER as u32, 0, 1),
+            jump(JSET_K, NAMESPACE_FLAGS, 0, 1),
             stmt(RET_K, eperm),
-            stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+            stmt(RET_K, allow),
         ]);
     }
-    for &nr in DENIED_SYSCALLS {
-        prog.extend([jump(JEQ_K, nr as u32, 0, 1), stmt(RET_K, eperm)]);
+    // Contiguous runs of allowed numbers, each checked with two jumps.
+    let mut numbers: Vec<u32> = ALLOWED_SYSCALLS.iter().map(|&n| n as u32).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for n in numbers {
+        match runs.last_mut() {
+            Some((_, hi)) if *hi + 1 == n => *hi = n,
+            _ => runs.push((n, n)),
+        }
     }
-    prog.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
+    for (lo, hi) in runs {
+        prog.extend([jump(JGE_K, lo, 0, 2), jump(JGT_K, hi, 1, 0), stmt(RET_K, allow)]);
+    }
+    prog.push(stmt(RET_K, eperm));
     let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
     let r = libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog);
     step(r as libc::c_int, "install seccomp filter")
@@ -526,7 +517,7 @@ unsafe fn install_seccomp() -> io::Result<()> {
 }
 
 /// A fresh /dev with the usual character devices, a private devpts and /dev/shm.
-unsafe fn setup_dev() -> io::Result<()> {
+pub(crate) unsafe fn setup_dev() -> io::Result<()> {
     libc::mkdir(c"dev".as_ptr(), 0o755);
     step(
         libc::mount(c"tmpfs".as_ptr(), c"dev".as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NOEXEC, c"mode=0755,size=65536k".as_ptr().cast()),
@@ -573,7 +564,7 @@ unsafe fn setup_dev() -> io::Result<()> {
 
 /// `mkdir -p` of the target (or its parent for files) plus an empty file to mount on.
 /// Runs after pivot_root, so symlinks in the image resolve inside the container.
-unsafe fn make_mountpoint(target: &CStr, is_dir: bool) -> io::Result<()> {
+pub(crate) unsafe fn make_mountpoint(target: &CStr, is_dir: bool) -> io::Result<()> {
     let bytes = target.to_bytes();
     let mut buf = [0u8; 4096];
     if bytes.len() >= buf.len() {
@@ -598,7 +589,7 @@ unsafe fn make_mountpoint(target: &CStr, is_dir: bool) -> io::Result<()> {
     Ok(())
 }
 
-unsafe fn loopback_up() -> io::Result<()> {
+pub(crate) unsafe fn loopback_up() -> io::Result<()> {
     let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     step(sock, "socket for loopback")?;
     let mut req: libc::ifreq = std::mem::zeroed();
@@ -627,6 +618,9 @@ pub(crate) struct JoinPlan {
     pub status_fd: RawFd,
     /// stdin is a terminal that becomes the program's controlling terminal.
     pub controlling_tty: bool,
+    /// The container's user namespace, joined by the program (not by its supervisor, which
+    /// stays outside the container's pid namespace).
+    pub userns_fd: Option<RawFd>,
 }
 
 /// The `pre_exec` body of `Container::exec`: join the cgroup and namespaces, fork (a pid
@@ -645,6 +639,12 @@ pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if let Some(ns) = plan.userns_fd {
+            step(libc::setns(ns, libc::CLONE_NEWUSER), "join the user namespace").inspect_err(|e| report_failure(plan.status_fd, e))?;
+            step(libc::setgroups(0, std::ptr::null()), "setgroups").inspect_err(|e| report_failure(plan.status_fd, e))?;
+            step(libc::setresgid(0, 0, 0), "setresgid").inspect_err(|e| report_failure(plan.status_fd, e))?;
+            step(libc::setresuid(0, 0, 0), "setresuid").inspect_err(|e| report_failure(plan.status_fd, e))?;
+        }
         if plan.controlling_tty {
             // A session of its own whose controlling terminal is the pty on stdin, so job
             // control and ^C work as in a terminal.
@@ -672,14 +672,13 @@ unsafe fn join_setup(plan: &JoinPlan) -> io::Result<()> {
 }
 
 /// The payload: switch user and directory, then return so std execs the program.
-unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> {
+pub(crate) unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> {
     // Descriptors the worker opened without O_CLOEXEC (C libraries do) must not reach the
     // program: mark everything past stdio close-on-exec (std's error pipe keeps working
     // until the exec itself).
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     step(libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) as libc::c_int, "mark descriptors close-on-exec")?;
     drop_capabilities()?;
-    install_seccomp()?;
     if let Some(user) = user {
         let (uid, gid) = resolve_user(user)?;
         step(libc::setgroups(0, std::ptr::null()), "setgroups")?;
@@ -687,7 +686,9 @@ unsafe fn prepare_payload(workdir: &CStr, user: Option<&str>) -> io::Result<()> 
         step(libc::setuid(uid), "setuid")?;
     }
     make_mountpoint(workdir, true)?;
-    step(libc::chdir(workdir.as_ptr()), "chdir to workdir")
+    step(libc::chdir(workdir.as_ptr()), "chdir to workdir")?;
+    step(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")?;
+    install_seccomp()
 }
 
 /// `USER name`, `USER uid`, `USER name:group` or `USER uid:gid`, looked up in the image.

@@ -12,6 +12,7 @@
 //! has been exec'd, and a current-thread runtime would have no other thread.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,54 +23,188 @@ use crate::error::{Error, IoContext, Result};
 /// The resolver slirp4netns forwards to the host's.
 const SLIRP_DNS: &str = "10.0.2.3";
 
+/// A port of the container's loopback that Ferry serves from the host: connections to
+/// `127.0.0.1:port` inside are carried to `target` on the host. This is how a container in
+/// its own network namespace reaches the control plane, and nothing else of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortForward {
+    pub port: u16,
+    pub target: SocketAddr,
+}
+
 /// The pipes init waits on, and the helper that will bring the network up.
 pub(crate) struct NetworkGate {
     pub pid_write: OwnedFd,
     pub go_read: OwnedFd,
-    helper: std::thread::JoinHandle<std::io::Result<Slirp>>,
+    helper: std::thread::JoinHandle<std::io::Result<NetState>>,
 }
 
 impl NetworkGate {
-    pub(crate) fn open(pipe: impl Fn() -> Result<(OwnedFd, OwnedFd)>) -> Result<Self> {
-        if crate::base::which("slirp4netns").is_none() {
+    /// `slirp`: outbound access through slirp4netns (else only loopback). `allowed`: with
+    /// slirp, outbound is limited to these CIDRs (nftables rules in the namespace).
+    pub(crate) fn open(pipe: impl Fn() -> Result<(OwnedFd, OwnedFd)>, slirp: bool, forwards: Vec<PortForward>, allowed: Option<Vec<String>>) -> Result<Self> {
+        if slirp && crate::base::which("slirp4netns").is_none() {
             return Err(Error::ToolMissing { tool: "slirp4netns".into(), package: "slirp4netns".into() });
         }
+        let rules = match &allowed {
+            Some(cidrs) if slirp => {
+                if crate::base::which("nft").is_none() {
+                    return Err(Error::ToolMissing { tool: "nft".into(), package: "nftables".into() });
+                }
+                Some(allowlist_rules(cidrs).map_err(|message| Error::Spawn { program: String::new(), source: std::io::Error::new(std::io::ErrorKind::InvalidInput, message) })?)
+            }
+            _ => None,
+        };
         let (pid_read, pid_write) = pipe()?;
         let (go_read, go_write) = pipe()?;
         let (ready, exit) = (pipe()?, pipe()?);
         let helper = std::thread::Builder::new()
             .name("ferry-net".into())
-            .spawn(move || bring_up(pid_read, go_write, ready, exit))
+            .spawn(move || bring_up(pid_read, go_write, slirp.then_some((ready, exit)), rules, forwards))
             .ctx(|| "starting the network helper thread".into())?;
         Ok(NetworkGate { pid_write, go_read, helper })
     }
 
     /// Called after `spawn` returned (the parent's pipe ends already dropped): the helper has
     /// finished or is about to.
-    pub(crate) fn finish(self) -> Result<Slirp> {
+    pub(crate) fn finish(self) -> Result<NetState> {
         drop(self.pid_write);
         drop(self.go_read);
         match self.helper.join() {
-            Ok(Ok(slirp)) => Ok(slirp),
-            Ok(Err(e)) => Err(Error::Io { context: "setting up the container's private network with slirp4netns".into(), source: e }),
+            Ok(Ok(mut net)) => {
+                net.serve_forwards();
+                Ok(net)
+            }
+            Ok(Err(e)) => Err(Error::Io { context: "setting up the container's network".into(), source: e }),
             Err(_) => Err(Error::Io { context: "the network helper thread".into(), source: std::io::Error::other("panicked") }),
         }
     }
 }
 
+/// nftables rules for the container's namespace: outbound only to `cidrs` (plus loopback and
+/// slirp's DNS forwarder); everything else is rejected at once.
+fn allowlist_rules(cidrs: &[String]) -> std::result::Result<String, String> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for c in cidrs {
+        let (addr, len) = c.split_once('/').unwrap_or((c.as_str(), ""));
+        let ip: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("`{c}` is not a CIDR block (e.g. 10.1.0.0/16)"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len: u8 = if len.is_empty() { max } else { len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{c}` has a bad prefix length"))? };
+        let block = format!("{ip}/{len}");
+        if ip.is_ipv4() { v4.push(block) } else { v6.push(block) }
+    }
+    let mut rules = format!(
+        "table inet ferry {{\n chain out {{\n  type filter hook output priority 0; policy drop;\n  oifname \"lo\" accept\n  ct state established,related accept\n  ip daddr {SLIRP_DNS} udp dport 53 accept\n  ip daddr {SLIRP_DNS} tcp dport 53 accept\n"
+    );
+    if !v4.is_empty() {
+        rules += &format!("  ip daddr {{ {} }} accept\n", v4.join(", "));
+    }
+    if !v6.is_empty() {
+        rules += &format!("  ip6 daddr {{ {} }} accept\n", v6.join(", "));
+    }
+    rules += "  meta l4proto tcp reject with tcp reset\n  reject\n }\n}\n";
+    Ok(rules)
+}
+
 type PipePair = (OwnedFd, OwnedFd);
 
-fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, ready: PipePair, exit: PipePair) -> std::io::Result<Slirp> {
+/// What the helper made: slirp4netns and the forwarded ports' listeners.
+#[derive(Debug)]
+pub(crate) struct NetState {
+    _slirp: Option<Slirp>,
+    listeners: Vec<(std::net::TcpListener, SocketAddr)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NetState {
+    fn serve_forwards(&mut self) {
+        for (listener, target) in self.listeners.drain(..) {
+            let Ok(listener) = listener.set_nonblocking(true).and_then(|_| tokio::net::TcpListener::from_std(listener)) else { continue };
+            self.tasks.push(tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                            let _ = outbound.set_nodelay(true);
+                            let _ = inbound.set_nodelay(true);
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }));
+        }
+    }
+}
+
+impl Drop for NetState {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, slirp: Option<(PipePair, PipePair)>, rules: Option<String>, forwards: Vec<PortForward>) -> std::io::Result<NetState> {
     let mut pid = [0u8; 4];
     std::fs::File::from(pid_read).read_exact(&mut pid)?;
     let pid = i32::from_ne_bytes(pid);
+    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let slirp = match slirp {
+        Some((ready, exit)) => Some(start_slirp(pid, ready, exit)?),
+        None => None,
+    };
+    if let Some(rules) = rules {
+        apply_rules(&netns, &rules)?;
+    }
+    let listeners = if forwards.is_empty() { Vec::new() } else { listen_in(netns, &forwards)? };
+    std::fs::File::from(go_write).write_all(&[1])?;
+    Ok(NetState { _slirp: slirp, listeners, tasks: Vec::new() })
+}
+
+/// `nft -f -` inside the container's network namespace.
+fn apply_rules(netns: &std::fs::File, rules: &str) -> std::io::Result<()> {
+    let fd = netns.as_raw_fd();
+    let mut cmd = std::process::Command::new("nft");
+    cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: setns between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+    }
+    let mut child = cmd.spawn()?;
+    child.stdin.take().expect("piped").write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("nft refused the CIDR allow-list: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+/// Listeners on the container's loopback, made from a thread that entered its namespace (a
+/// socket stays in the namespace it was made in).
+fn listen_in(netns: std::fs::File, forwards: &[PortForward]) -> std::io::Result<Vec<(std::net::TcpListener, SocketAddr)>> {
+    let forwards = forwards.to_vec();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd affects only this thread, which ends here.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        forwards
+            .iter()
+            .map(|f| std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], f.port))).map(|l| (l, f.target)))
+            .collect()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the listening thread panicked"))?
+}
+
+fn start_slirp(pid: i32, ready: PipePair, exit: PipePair) -> std::io::Result<Slirp> {
     let (ready_read, ready_write) = ready;
     let (exit_read, exit_write) = exit;
     let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
     let mut cmd = std::process::Command::new("slirp4netns");
     cmd.args(["--configure", "--mtu=65520", "--disable-host-loopback", "--ready-fd=3", "--exit-fd=4"])
         .arg(pid.to_string())
-        .arg("tap0")
+        // `eth0`: the modal client's web_server proxy connects to the address of eth0.
+        .arg("eth0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -93,9 +228,7 @@ fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, ready: PipePair, exit: PipePai
         let status = child.wait()?;
         return Err(std::io::Error::other(format!("slirp4netns exited ({status}) before the network was up")));
     }
-    let slirp = Slirp { child, exit_write: Some(exit_write) };
-    std::fs::File::from(go_write).write_all(&[1])?;
-    Ok(slirp)
+    Ok(Slirp { child, exit_write: Some(exit_write) })
 }
 
 /// A running slirp4netns; it stops when this is dropped (or the Ferry process exits, which

@@ -183,6 +183,30 @@ impl PackageAccess {
         &self.env
     }
 
+    /// Ports of the host's loopback that the operator's settings point at (an index, a proxy or
+    /// an apt proxy on `127.0.0.1`, `localhost` or `[::1]`): a build step has a network
+    /// namespace of its own, so these, and only these, are served into its loopback.
+    pub fn loopback_forwards(&self) -> Vec<crate::net::PortForward> {
+        let texts = self.env.iter().map(|(_, v)| v.as_str()).chain(self.apt_conf.as_deref());
+        let mut out: Vec<crate::net::PortForward> = Vec::new();
+        for text in texts {
+            for (host, ip) in [("127.0.0.1:", std::net::Ipv4Addr::LOCALHOST.into()), ("localhost:", std::net::Ipv4Addr::LOCALHOST.into()), ("[::1]:", std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST))] {
+                for (at, _) in text.match_indices(host) {
+                    let before = text[..at].chars().last();
+                    if !matches!(before, Some('/') | Some('@')) {
+                        continue;
+                    }
+                    let digits: String = text[at + host.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+                    let Ok(port) = digits.parse::<u16>() else { continue };
+                    if port != 0 && !out.iter().any(|f| f.port == port) {
+                        out.push(crate::net::PortForward { port, target: std::net::SocketAddr::new(ip, port) });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Read-only binds for build steps; `apt_conf_dir` holds the generated apt.conf.
     pub fn binds(&self, apt_conf_dir: &Path) -> std::io::Result<Vec<BindMount>> {
         let mut binds = self.binds.clone();
@@ -402,6 +426,20 @@ fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_settings_are_forwarded_into_build_steps() {
+        let s = HostSettings {
+            pip_index: Some("http://127.0.0.1:3141/root/simple".into()),
+            uv_extra: vec!["http://user:pw@localhost:8080/simple".into(), "https://example.invalid:9999/simple".into()],
+            ..Default::default()
+        };
+        let access = PackageAccess::from_settings(s);
+        let mut ports: Vec<u16> = access.loopback_forwards().iter().map(|f| f.port).collect();
+        ports.sort();
+        assert_eq!(ports, [3141, 8080]);
+        assert!(access.loopback_forwards().iter().all(|f| f.target.ip().is_loopback()));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -194,28 +194,34 @@ async fn exit_codes_and_missing_programs() {
 async fn blocked_network_has_only_loopback() {
     let Some((store, base)) = base().await else { return };
     let runtime = ContainerRuntime::new(store);
-    let probe = r#"
+    // A service on the host's loopback, started by this test.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = format!(
+        r#"
 import os, socket
 print(sorted(os.listdir('/sys/class/net')))
 s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); print('loopback ok')
-try:
-    socket.create_connection(('pypi.org', 443), timeout=5)
-    print('outbound ok')
-except OSError as e:
-    print('outbound blocked')
-"#;
-    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", probe]));
+for host in ('127.0.0.1', '192.0.2.1'):
+    try:
+        socket.create_connection((host, {port}), timeout=3)
+        print(host, 'reached')
+    except OSError:
+        print(host, 'blocked')
+"#
+    );
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", &probe]));
     spec.network = Network::Blocked;
     let mut c = runtime.spawn(spec).await.unwrap();
     let (out, err, status) = run(&mut c).await;
     assert_eq!(status.code, 0, "stderr: {err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo']", "loopback ok", "outbound blocked"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo']", "loopback ok", "127.0.0.1 blocked", "192.0.2.1 blocked"]);
 
-    // The default (host) network reaches the package registry.
-    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["python", "-c", probe]))).await.unwrap();
+    // The host network (kept for callers that ask for it) shares the host's loopback.
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["python", "-c", &probe]))).await.unwrap();
     let (out, err, status) = run(&mut c).await;
     assert_eq!(status.code, 0, "stderr: {err}");
-    assert!(out.contains("outbound ok"), "{out}");
+    assert!(out.contains("127.0.0.1 reached"), "{out}");
 }
 
 #[tokio::test]
@@ -457,13 +463,13 @@ print('kallsyms', repr(open('/proc/kallsyms').read(64)))
     assert_eq!(status.code, 0, "stderr: {err}");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["caps 00000000a00425fb", "mknod denied", "sysctl denied", "mount denied", "hostname denied", "kallsyms ''"],
+        ["caps 00000000a00405fb", "mknod denied", "sysctl denied", "mount denied", "hostname denied", "kallsyms ''"],
     );
     // Exec'd processes get the same treatment.
     let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["sleep", "30"]))).await.unwrap();
     let mut p = c.exec(ExecSpec::new(argv(&["grep", "CapEff", "/proc/self/status"]))).await.unwrap();
     let mut lines = p.logs().unwrap();
-    assert_eq!(lines.recv().await.unwrap().text, "CapEff:\t00000000a00425fb");
+    assert_eq!(lines.recv().await.unwrap().text, "CapEff:\t00000000a00405fb");
     p.wait().await.unwrap();
     c.kill(Signal::Kill).unwrap();
     c.wait().await.unwrap();
@@ -508,26 +514,52 @@ async fn snapshots_turn_a_containers_writes_into_layers() {
     }
 }
 
+/// Moves this test's thread (and the threads and processes it starts from now on, slirp4netns
+/// included) into a network namespace of its own whose loopback also answers on 192.0.2.1
+/// and 192.0.2.2 (TEST-NET-1): "the internet" for a private container, made by the test.
+fn enter_test_network() -> bool {
+    if ferry_runtime::find_tool("slirp4netns").is_none() || ferry_runtime::find_tool("ip").is_none() {
+        eprintln!("skipping: slirp4netns and ip are needed (tools/setup.d/runtime.sh installs them)");
+        return false;
+    }
+    // SAFETY: unshare of the network namespace affects only the calling thread.
+    assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
+    for args in [&["link", "set", "lo", "up"][..], &["addr", "add", "192.0.2.1/32", "dev", "lo"], &["addr", "add", "192.0.2.2/32", "dev", "lo"]] {
+        assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    }
+    true
+}
+
+/// A listener that answers every connection with `reply`.
+fn answering_listener(addr: &str, reply: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    });
+    port
+}
+
 #[tokio::test]
 async fn private_network_has_outbound_but_not_the_hosts_loopback() {
     let Some((store, base)) = base().await else { return };
-    if ferry_runtime::find_tool("slirp4netns").is_none() {
-        eprintln!("skipping: slirp4netns is not installed (tools/setup.d/runtime.sh installs it)");
+    if !enter_test_network() {
         return;
     }
     let runtime = ContainerRuntime::new(store);
-    // A service on the host's loopback that a private container must not reach.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let outside = answering_listener("192.0.2.1:0", "outside");
+    // A service on the (test's) host loopback that a private container must not reach.
+    let local = answering_listener("127.0.0.1:0", "local");
     let probe = format!(
         r#"
 import os, socket
 print(sorted(os.listdir('/sys/class/net')))
-socket.create_connection(('pypi.org', 443), timeout=10)
-print('outbound ok')
+print(socket.create_connection(('192.0.2.1', {outside}), timeout=10).recv(100).decode())
 for host in ('127.0.0.1', '10.0.2.2'):
     try:
-        socket.create_connection((host, {port}), timeout=3)
+        socket.create_connection((host, {local}), timeout=3).recv(100)
         print(host, 'reached')
     except OSError:
         print(host, 'unreachable')
@@ -538,7 +570,149 @@ for host in ('127.0.0.1', '10.0.2.2'):
     let mut c = runtime.spawn(spec).await.expect("spawn with a private network");
     let (out, err, status) = run(&mut c).await;
     assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["['lo', 'tap0']", "outbound ok", "127.0.0.1 unreachable", "10.0.2.2 unreachable"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["['eth0', 'lo']", "outside", "127.0.0.1 unreachable", "10.0.2.2 unreachable"]);
+}
+
+#[tokio::test]
+async fn cidr_allowlist_limits_outbound() {
+    let Some((store, base)) = base().await else { return };
+    if ferry_runtime::find_tool("nft").is_none() {
+        eprintln!("skipping: nft is not installed (tools/setup.d/runtime.sh installs nftables)");
+        return;
+    }
+    if !enter_test_network() {
+        return;
+    }
+    let runtime = ContainerRuntime::new(store);
+    let allowed = answering_listener("192.0.2.1:0", "allowed");
+    let other = answering_listener("192.0.2.2:0", "other");
+    let probe = format!(
+        r#"
+import socket
+for host, port in (('192.0.2.1', {allowed}), ('192.0.2.2', {other})):
+    try:
+        print(socket.create_connection((host, port), timeout=3).recv(100).decode())
+    except OSError as e:
+        print(host, 'refused')
+"#
+    );
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", &probe]));
+    spec.network = Network::Private;
+    spec.allowed_cidrs = Some(vec!["192.0.2.1/32".into()]);
+    let mut c = runtime.spawn(spec).await.expect("spawn with an allow-list");
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["allowed", "192.0.2.2 refused"]);
+
+    let mut spec = ContainerSpec::new(base, argv(&["true"]));
+    spec.network = Network::Private;
+    spec.allowed_cidrs = Some(vec!["not-a-cidr".into()]);
+    let err = runtime.spawn(spec).await.unwrap_err().to_string();
+    assert!(err.contains("not-a-cidr") && err.contains("CIDR"), "{err}");
+}
+
+/// A container in its own network namespace reaches exactly the host ports served into it.
+#[tokio::test]
+async fn forwarded_ports_reach_the_host_and_nothing_else() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let api = answering_listener("127.0.0.1:0", "control plane");
+    let other = answering_listener("127.0.0.1:0", "other");
+    let probe = format!(
+        r#"
+import socket
+print(socket.create_connection(('127.0.0.1', {api}), timeout=10).recv(100).decode())
+try:
+    socket.create_connection(('127.0.0.1', {other}), timeout=3).recv(100)
+    print('other reached')
+except OSError:
+    print('other unreachable')
+"#
+    );
+    for network in [Network::Blocked, Network::Private] {
+        if network == Network::Private && ferry_runtime::find_tool("slirp4netns").is_none() {
+            continue;
+        }
+        let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", &probe]));
+        spec.network = network;
+        spec.forwards = vec![ferry_runtime::PortForward { port: api, target: format!("127.0.0.1:{api}").parse().unwrap() }];
+        let mut c = runtime.spawn(spec).await.unwrap();
+        let (out, err, status) = run(&mut c).await;
+        assert_eq!(status.code, 0, "{network:?} stderr: {err}");
+        assert_eq!(out.lines().collect::<Vec<_>>(), ["control plane", "other unreachable"], "{network:?}");
+    }
+}
+
+/// Root inside is an unprivileged id range on the host; pid 1 is Ferry's small init, not a
+/// copy of the worker, and the container cannot read or trace it.
+#[tokio::test]
+async fn root_inside_is_unprivileged_outside_and_init_is_sealed() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    let probe = r#"
+import ctypes, os
+print('uid', os.getuid(), open('/proc/self/uid_map').read().split()[:2])
+print('init', open('/proc/1/cmdline').read().split('\0')[0])
+for name, action in [
+    ('mem', lambda: open('/proc/1/mem', 'rb').read(1)),
+    ('environ', lambda: open('/proc/1/environ', 'rb').read()),
+    ('ptrace', lambda: (ctypes.CDLL(None, use_errno=True).ptrace(16, 1, 0, 0) == 0) or (_ for _ in ()).throw(OSError(ctypes.get_errno(), 'ptrace'))),
+]:
+    try:
+        action()
+        print(name, 'allowed')
+    except OSError:
+        print(name, 'denied')
+os.kill(1, 9)
+import time; time.sleep(0.3)
+print('init survived SIGKILL')
+open('/root/written-by-root', 'w').write('x')
+print('nnp', [l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0])
+"#;
+    let spec = ContainerSpec::new(base, argv(&["python", "-c", probe]));
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let host_status = std::fs::read_to_string(format!("/proc/{}/status", c.pid())).unwrap();
+    let host_uid: u32 = host_status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(host_uid >= 0x4000_0000, "init runs as host uid {host_uid}");
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "stdout: {out}\nstderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("uid 0 ['0', '{host_uid}']"));
+    assert_eq!(&lines[1..], ["init ferry-init", "mem denied", "environ denied", "ptrace denied", "init survived SIGKILL", "nnp 1"]);
+}
+
+#[tokio::test]
+async fn disk_pids_and_memory_limits_stop_their_own_container() {
+    let Some((store, base)) = base().await else { return };
+    let runtime = ContainerRuntime::new(store);
+    // A disk filler: 64 MiB allowed, 400 MiB written in small files.
+    let filler = "import os\nfor i in range(400):\n    open(f'/tmp/f{i}', 'wb').write(b'x' * (1 << 20))\nimport time; time.sleep(20)";
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", filler]));
+    spec.limits.disk_mib = Some(64);
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let started = std::time::Instant::now();
+    let (out, _, status) = run(&mut c).await;
+    assert!(status.disk_exceeded && status.signal == Some(9), "{status:?} {out}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+
+    // A fork bomb meets the pids limit inside its own container.
+    let bomb = "import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(30)\n        n += 1\nexcept OSError as e:\n    print('stopped', e.errno, n < 100)";
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", bomb]));
+    spec.limits.pids = Some(64);
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (out, err, status) = run(&mut c).await;
+    assert_eq!(status.code, 0, "{err}");
+    assert_eq!(out.trim(), "stopped 11 True");
+
+    // A memory hog is OOM-killed in its own cgroup; the next container runs as usual.
+    let hog = "b = []\nwhile True:\n    b.append(b'x' * (16 << 20))";
+    let mut spec = ContainerSpec::new(base.clone(), argv(&["python", "-c", hog]));
+    spec.limits.memory_mib = Some(128);
+    let mut c = runtime.spawn(spec).await.unwrap();
+    let (_, _, status) = run(&mut c).await;
+    assert!(status.oom_killed, "{status:?}");
+    let mut c = runtime.spawn(ContainerSpec::new(base, argv(&["true"]))).await.unwrap();
+    assert!(run(&mut c).await.2.success());
 }
 
 /// Runs only on hosts with NVIDIA GPUs (none here; the device machines have them).

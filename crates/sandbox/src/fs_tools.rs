@@ -78,7 +78,22 @@ type FsResult<T> = Result<T, FsError>;
 
 /// Runs one fs-tools command against the root of process `pid`. Returns the exit code.
 pub(crate) async fn run(pid: u32, args: &[String], stdin: tokio::io::DuplexStream, stdout: Arc<OutputBuffer>, stderr: Arc<OutputBuffer>) -> i32 {
-    run_at(Root::of_process(pid), args, stdin, stdout, stderr).await
+    let ids = container_ids(pid);
+    IDS.scope(ids, run_at(Root::of_process(pid), args, stdin, stdout, stderr)).await
+}
+
+tokio::task_local! {
+    /// The host uid/gid of the sandbox's root, when it runs in a user namespace.
+    static IDS: Option<(u32, u32)>;
+}
+
+/// The host ids of the container's root (its init's): files are made as that user, so they
+/// belong to root inside and idmapped layers accept them.
+fn container_ids(pid: u32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse::<u32>().ok());
+    let (uid, gid) = (field("Uid:")?, field("Gid:")?);
+    (uid != 0).then_some((uid, gid))
 }
 
 async fn run_at(root: FsResult<Root>, args: &[String], stdin: tokio::io::DuplexStream, stdout: Arc<OutputBuffer>, stderr: Arc<OutputBuffer>) -> i32 {
@@ -165,7 +180,27 @@ async fn execute(root: Root, cmd: Command, mut stdin: tokio::io::DuplexStream, s
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(FsError::new("Other", e.to_string())))
+    let ids = IDS.try_with(|ids| *ids).ok().flatten();
+    tokio::task::spawn_blocking(move || match ids {
+        // File-system ids are per thread: act as the sandbox's root, then go back.
+        Some((uid, gid)) => {
+            // SAFETY: setfsuid/setfsgid change only this thread's file-system credentials.
+            unsafe {
+                libc::setfsgid(gid);
+                libc::setfsuid(uid);
+            }
+            let r = f();
+            // SAFETY: as above.
+            unsafe {
+                libc::setfsuid(0);
+                libc::setfsgid(0);
+            }
+            r
+        }
+        None => f(),
+    })
+    .await
+    .unwrap_or_else(|e| Err(FsError::new("Other", e.to_string())))
 }
 
 fn split_parent(path: &str) -> Option<(&str, &str)> {

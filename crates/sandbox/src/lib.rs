@@ -106,6 +106,8 @@ pub struct SandboxSpec {
     pub memory_mib: Option<u64>,
     pub cpu_cores: Option<f64>,
     pub egress: Egress,
+    /// With [`Egress::Open`]: outbound only to these CIDR blocks (`outbound_cidr_allowlist`).
+    pub allowed_cidrs: Option<Vec<String>>,
     /// Container ports reachable from the host through tunnels.
     pub ports: Vec<PortSpec>,
     pub probe: Option<Probe>,
@@ -311,6 +313,7 @@ impl Sandboxes {
             Egress::Open => Network::Private,
             Egress::Blocked => Network::Blocked,
         };
+        cs.allowed_cidrs = spec.allowed_cidrs.clone();
         cs.hostname = "sandbox".into();
         cs.stdin = spec.tty.is_none();
         cs.raw_output = true;

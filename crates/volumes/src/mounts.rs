@@ -107,23 +107,17 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("paths under the data dir have no NUL")
 }
 
-/// Mounts an overlay of `lower` under a fresh `upper` at `merged` (all created here).
+/// Mounts an overlay of `lower` under a fresh `upper` at `merged` (all created here), for a
+/// container to write through: with user namespaces, over idmapped layers (see
+/// `ferry_runtime::mount_shared_overlay`), so that the container's root writes files owned by
+/// 0 on disk, which commits read as any other.
 fn mount_overlay(lower: &Path, gen_dir: &Path) -> Result<PathBuf> {
     let (upper, work, merged) = (gen_dir.join("upper"), gen_dir.join("work"), gen_dir.join("merged"));
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d).map_err(io("cannot create", d))?;
     }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let opts = CString::new(opts).expect("no NUL");
-    let r = unsafe { libc::mount(c"overlay".as_ptr(), cstr(&merged).as_ptr(), c"overlay".as_ptr(), 0, opts.as_ptr().cast()) };
-    if r != 0 {
-        return Err(VolumeError::io(format!("cannot mount the volume view at {}", merged.display()), std::io::Error::last_os_error()));
-    }
+    ferry_runtime::mount_shared_overlay(lower, gen_dir, &merged, &gen_dir.join("views"), "redirect_dir=off,metacopy=off,index=off")
+        .map_err(|e| VolumeError::io(format!("cannot mount the volume view at {}", merged.display()), e))?;
     Ok(merged)
 }
 
@@ -133,6 +127,7 @@ fn remove_generation(gen_dir: &Path) {
     unsafe {
         libc::umount2(cstr(&merged).as_ptr(), libc::MNT_DETACH);
     }
+    ferry_runtime::unmount_shared_overlay(&gen_dir.join("views"));
     // Only plain directories are deleted: a merged dir still mounted is left alone.
     if std::fs::remove_dir(&merged).is_ok() || !merged.exists() {
         let _ = std::fs::remove_dir_all(gen_dir.join("upper"));

@@ -165,7 +165,8 @@ async fn install(store: &ImageStore, base: &ferry_runtime::LayerId, staging: &Pa
         base.clone(),
         ["python", "-m", "pip", "install", "--no-cache-dir", "--target", "/out", &requirement].map(String::from).to_vec(),
     );
-    spec.network = Network::Host;
+    // The runtime falls back to the host's network where slirp4netns is missing.
+    spec.network = Network::Private;
     spec.mounts.push(BindMount::read_write(&out, "/out"));
     spec.env.push(("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()));
     spec.env.push(("PIP_ROOT_USER_ACTION".into(), "ignore".into()));
@@ -178,6 +179,8 @@ async fn install(store: &ImageStore, base: &ferry_runtime::LayerId, staging: &Pa
     // them: an image of its own Python knows nothing of the operator's mirror.
     let access = ferry_runtime::PackageAccess::from_host();
     spec.env.extend(access.env().iter().cloned());
+    // An index or proxy on the host's loopback is served into the install's own network.
+    spec.forwards = access.loopback_forwards();
     spec.mounts.extend(access.binds(&staging.join("host")).ctx("writing the install's package settings", staging)?);
     let mut container = runtime.spawn(spec).await?;
     let (status, tail, _) = relay(&mut container, progress).await?;

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_runtime::{BindMount, Container, ContainerRuntime, ContainerSpec, ImageStore, LayerId, LogSink, Network};
+pub use ferry_runtime::PortForward;
 
 pub use client_runtime::{ClientRuntime, DEPS_MOUNT, PKG_MOUNT};
 pub use error::{Error, Result};
@@ -50,6 +51,10 @@ pub use ferry_runtime::ExitStatus as TaskExit;
 pub use ferry_runtime::{LogLine, Signal, Stream};
 /// A GPU given to a task: its `/dev/nvidiaN` number and UUID.
 pub use ferry_runtime::GpuDevice;
+
+/// Processes and threads a task container may run unless its spec says otherwise: a fork
+/// bomb fails inside its own container.
+pub const DEFAULT_PIDS: u64 = 4096;
 
 /// The client version Ferry's protocol adapter is written against.
 pub const DEFAULT_CLIENT_VERSION: &str = "1.6.4";
@@ -105,8 +110,9 @@ pub struct TaskSpec {
     pub layer: LayerId,
     /// A serialized `api_pb2.ContainerArguments`, passed through untouched.
     pub container_arguments: Vec<u8>,
-    /// `MODAL_SERVER_URL` for the container's client: `http://127.0.0.1:PORT` with the host
-    /// network, or `unix:///<socket bound in via files>` with `block_network`.
+    /// `MODAL_SERVER_URL` for the container's client: `http://127.0.0.1:PORT` served into the
+    /// container's own network namespace through `forwards`, or `unix:///<socket bound in via
+    /// files>`.
     pub server_url: String,
     /// The task's credential, sent with `task_id` as the `x-modal-task-id` and
     /// `x-modal-task-secret` headers on every call the container makes.
@@ -125,7 +131,15 @@ pub struct TaskSpec {
     pub cpu_cores: Option<f64>,
     /// Whole GPUs for this task, as leased by the caller; see [`GpuDevice`].
     pub gpus: Vec<GpuDevice>,
+    /// No outbound network at all (Modal's `block_network`); otherwise outbound goes through
+    /// user-mode NAT, and the host's own services stay out of reach either way.
     pub block_network: bool,
+    /// Ports of the container's loopback carried to the host (the API and blob ports).
+    pub forwards: Vec<PortForward>,
+    /// Modal's `ephemeral_disk`: the writable layer's size in MiB.
+    pub disk_mib: Option<u64>,
+    /// Processes and threads the container may run (default [`DEFAULT_PIDS`]).
+    pub pids: Option<u64>,
     /// Runs this instead of the entrypoint, in the same environment (tests, debugging).
     pub command: Option<Vec<String>>,
     /// Volume views, bound read-write unless marked read-only.
@@ -158,6 +172,9 @@ impl TaskSpec {
             cpu_cores: None,
             gpus: Vec::new(),
             block_network: false,
+            forwards: Vec::new(),
+            disk_mib: None,
+            pids: Some(DEFAULT_PIDS),
             command: None,
             volumes: Vec::new(),
             memory_snapshot: None,
@@ -391,7 +408,7 @@ impl Worker {
 
         if let (Some(snapshot), Some(key)) = (&spec.memory_snapshot, self.pool_key(&spec, &client, true)) {
             let template = self.standby_template(&spec, &client, image_pythonpath.as_deref(), &workdir)?;
-            let zkey = format!("{snapshot}\0{}\0{}\0{:?}\0{:?}\0{}", key.layer, key.client_dir.display(), key.memory_mib, key.cpu_millis, key.server_url);
+            let zkey = format!("{snapshot}\0{}\0{}\0{:?}\0{:?}\0{}\0{:?}\0{:?}\0{:?}", key.layer, key.client_dir.display(), key.memory_mib, key.cpu_millis, key.server_url, key.forwards, key.pids, key.disk_mib);
             let env = task_env(&spec, image_pythonpath.as_deref());
             // The zygote starts with the full environment of its first task.
             let mut zygote_template = template;
@@ -447,7 +464,11 @@ impl Worker {
         container.limits.memory_mib = spec.memory_mib;
         container.limits.cpu_cores = spec.cpu_cores;
         container.gpus = spec.gpus.clone();
-        container.network = if spec.block_network { Network::Blocked } else { Network::Host };
+        container.limits.pids = spec.pids;
+        container.limits.disk_mib = spec.disk_mib;
+        // Every task has a network namespace of its own; the control plane is served into it.
+        container.network = if spec.block_network { Network::Blocked } else { Network::Private };
+        container.forwards = spec.forwards.clone();
         let container = self.inner.runtime.spawn(container).await?;
         tracing::debug!(task = %spec.task_id, container = container.id(), "task container started");
         let killer = TaskKiller::for_pid(container.pid());
@@ -469,7 +490,7 @@ impl Worker {
         (inode, created)
     }
 
-    /// The pool's key for a task it can serve: the usual entrypoint on the host network, no
+    /// The pool's key for a task it can serve: the usual entrypoint with outbound network, no
     /// GPUs, no volumes, plain files and the image's own PYTHONPATH.
     fn pool_key(&self, spec: &TaskSpec, client: &ClientRuntime, for_snapshot: bool) -> Option<pool::PoolKey> {
         if !for_snapshot {
@@ -489,6 +510,9 @@ impl Worker {
             memory_mib: spec.memory_mib,
             cpu_millis: spec.cpu_cores.map(|c| (c * 1000.0).round() as u64),
             server_url: spec.server_url.clone(),
+            forwards: spec.forwards.clone(),
+            pids: spec.pids,
+            disk_mib: spec.disk_mib,
         })
     }
 
@@ -505,7 +529,11 @@ impl Worker {
         container.mounts.push(BindMount::read_only(driver, pool::DRIVER_MOUNT));
         container.limits.memory_mib = spec.memory_mib;
         container.limits.cpu_cores = spec.cpu_cores;
-        container.network = Network::Host;
+        container.limits.pids = spec.pids;
+        container.limits.disk_mib = spec.disk_mib;
+        // Isolated exactly as a task started on demand (see `Worker::start`).
+        container.network = Network::Private;
+        container.forwards = spec.forwards.clone();
         container.stdin = true;
         Ok(container)
     }

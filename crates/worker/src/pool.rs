@@ -2,7 +2,8 @@
 //!
 //! A standby is a full task container, started through `ferry-runtime` exactly as
 //! [`crate::Worker::start`] starts one (same namespaces, overlay with its own upper directory,
-//! cgroup with the task's limits, network, client mounts), whose Python has already imported
+//! cgroup with the task's limits, user namespace, seccomp filter, its own network namespace with
+//! the control plane's ports served into it, client mounts), whose Python has already imported
 //! `modal._container_entrypoint` and waits on stdin for its one order. Handing a task over
 //! writes the task's files into the standby's private input directory (bound read-only at
 //! [`INPUT_MOUNT`]), then one JSON line with the task's environment; the driver
@@ -10,7 +11,8 @@
 //! exactly one task and exits with it, so no task ever sees another's state.
 //!
 //! Standbys are keyed by what a container cannot change after it started: the image layer,
-//! the client runtime, the memory and CPU limits and the server URL. The pool is bounded per
+//! the client runtime, the memory, CPU, pids and disk limits, the server URL and the ports
+//! served into its network namespace. The pool is bounded per
 //! key and overall, refilled in the background after each take, and a key nobody asked for
 //! within [`PoolConfig::idle`] loses its standbys.
 
@@ -68,6 +70,10 @@ pub(crate) struct PoolKey {
     pub memory_mib: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub server_url: String,
+    /// The control-plane ports served into the standby's own network namespace.
+    pub forwards: Vec<ferry_runtime::PortForward>,
+    pub pids: Option<u64>,
+    pub disk_mib: Option<u64>,
 }
 
 /// A ready standby.

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use ferry_runtime::{BindMount, Container, ContainerSpec, ExitStatus, LogLine, Network, Stream};
+use ferry_runtime::{BindMount, Container, ContainerSpec, ExitStatus, LogLine, Stream};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -94,8 +94,8 @@ impl ChildTask {
             return s;
         }
         let status = match self.exit.take() {
-            Some(rx) => rx.await.unwrap_or(ExitStatus { code: 137, signal: Some(9), oom_killed: false, peak_memory_bytes: None }),
-            None => ExitStatus { code: 137, signal: Some(9), oom_killed: false, peak_memory_bytes: None },
+            Some(rx) => rx.await.unwrap_or(ExitStatus { code: 137, signal: Some(9), oom_killed: false, peak_memory_bytes: None, disk_exceeded: false }),
+            None => ExitStatus { code: 137, signal: Some(9), oom_killed: false, peak_memory_bytes: None, disk_exceeded: false },
         };
         self.status = Some(status);
         *self.zygote.last_used.lock().unwrap() = Instant::now();
@@ -191,10 +191,12 @@ async fn start_zygote(worker: &crate::Worker, spec: &TaskSpec, mut template: Con
     template.mounts.extend(spec.files.iter().map(|(host, target)| BindMount::read_only(host, target.as_str())));
     template.mounts.push(BindMount::read_only(&dir.0, crate::pool::INPUT_MOUNT));
     template.env.push(("FERRY_ZYGOTE".into(), "1".into()));
-    template.network = Network::Host;
+    // The zygote is isolated as every task container is (the template's own network
+    // namespace, forwards, user namespace, seccomp); its children share it.
     template.stdin = true;
     template.limits.memory_mib = template.limits.memory_mib.map(|m| m * CHILD_SHARE);
     template.limits.cpu_cores = template.limits.cpu_cores.map(|c| c * CHILD_SHARE as f64);
+    template.limits.pids = template.limits.pids.map(|p| p * CHILD_SHARE);
     let mut container = worker.inner.runtime.spawn(template).await?;
     let mut stdin = container.stdin().ok_or_else(|| Error::Io { context: "the zygote has no stdin".into(), path: dir.0.clone(), source: std::io::Error::other("no stdin") })?;
     let mut logs = container.logs().expect("fresh container");
@@ -254,7 +256,7 @@ async fn start_zygote(worker: &crate::Worker, spec: &TaskSpec, mut template: Con
                 let signal = event.get("signal").and_then(|s| s.as_i64()).map(|s| s as i32);
                 if let Some(c) = z.children.lock().unwrap().get_mut(task) {
                     if let Some(tx) = c.exit.take() {
-                        let _ = tx.send(ExitStatus { code, signal, oom_killed: false, peak_memory_bytes: None });
+                        let _ = tx.send(ExitStatus { code, signal, oom_killed: false, peak_memory_bytes: None, disk_exceeded: false });
                     }
                 }
             } else if let Some(why) = event.get("failed").and_then(|f| f.as_str()) {
@@ -281,7 +283,7 @@ async fn start_zygote(worker: &crate::Worker, spec: &TaskSpec, mut template: Con
                     let _ = tx.send(Err("the memory snapshot's container exited".into()));
                 }
                 if let Some(tx) = c.exit.take() {
-                    let _ = tx.send(ExitStatus { code: 137, signal: Some(9), oom_killed: false, peak_memory_bytes: None });
+                    let _ = tx.send(ExitStatus { code: 137, signal: Some(9), oom_killed: false, peak_memory_bytes: None, disk_exceeded: false });
                 }
             }
         }

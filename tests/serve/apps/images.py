@@ -18,11 +18,13 @@ apt = base.apt_install("jq")
 # Package settings the host gives (an extra index with ferryhostpkg) reach pip and uv; six comes
 # from the host's own configured index (through its CA bundle and proxy settings).
 host_index = base.pip_install("ferryhostpkg").uv_pip_install("ferryhostpkg2", "six")
-# The user's own options win over the host's.
+# The user's own options win over the host's. The user's index is plain http on another
+# address than the loopback, which pip only reads when told to trust it.
+TRUST = "--trusted-host " + USER_INDEX.split("/")[2].split(":")[0]
 user_options = (
-    base.pip_install("ferryuserpkg", index_url=USER_INDEX, pre=True, extra_options="--no-deps")
+    base.pip_install("ferryuserpkg", index_url=USER_INDEX, pre=True, extra_options="--no-deps " + TRUST)
     .uv_pip_install("ferryuvpkg", extra_index_url=USER_INDEX)
-    .pip_install("ferrylinkpkg", find_links=LINKS)
+    .pip_install("ferrylinkpkg", find_links=LINKS, extra_options=TRUST)
     .uv_pip_install("ferrylinkuv", find_links=LINKS)
 )
 requirements = base.pip_install_from_requirements(f"{D}/requirements.txt").uv_pip_install(requirements=[f"{D}/requirements-uv.txt"])

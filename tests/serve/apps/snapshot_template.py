@@ -26,4 +26,13 @@ class Snapper:
     @modal.method()
     def info(self, i: int):
         time.sleep(1.5)
-        return {"i": i, "loaded": self.loaded, "version": VERSION, "task": os.environ["MODAL_TASK_ID"], "pid": os.getpid(), "snap_pid": self.snap_pid}
+        return {
+            "i": i,
+            "loaded": self.loaded,
+            "version": VERSION,
+            "task": os.environ["MODAL_TASK_ID"],
+            "pid": os.getpid(),
+            "snap_pid": self.snap_pid,
+            "host_uid": int(open("/proc/self/uid_map").read().split()[1]),
+            "net": sorted(os.listdir("/sys/class/net")),
+        }
