@@ -104,7 +104,7 @@ fn answer(r: &sqlx::any::AnyRow) -> AnswerRecord {
 const INPUTS_PER_INSERT: usize = 128;
 
 /// Inserts a run of [`CallWrite::Input`]s with one statement; pushes one outcome per input.
-async fn insert_inputs(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, inputs: &[CallWrite], outcomes: &mut Vec<WriteOutcome>) -> Result<()> {
+async fn insert_inputs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, inputs: &[CallWrite], outcomes: &mut Vec<WriteOutcome>) -> Result<()> {
     let mut sql = String::from("INSERT INTO function_inputs (id, call_id, function_id, idx, payload, state, created_at) VALUES ");
     for n in 0..inputs.len() {
         let b = n * 6;
@@ -154,7 +154,7 @@ fn answer_run(writes: &[CallWrite]) -> usize {
 
 /// Records a run of [`CallWrite::Answer`]s (distinct inputs) with one statement; pushes one
 /// outcome per answer: `Ignored` for an input that was answered already (or is gone).
-async fn record_answers(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, answers: &[CallWrite], outcomes: &mut Vec<WriteOutcome>) -> Result<()> {
+async fn record_answers(tx: &mut sqlx::Transaction<'_, sqlx::Any>, answers: &[CallWrite], outcomes: &mut Vec<WriteOutcome>) -> Result<()> {
     let mut sql = String::from("WITH v (id, state, retry_count, task_id, result, data_format, finished_at, duration, seq) AS (VALUES ");
     for n in 0..answers.len() {
         let b = n * 9;
