@@ -375,7 +375,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
             continue;
         }
         for f in mount.files {
-            let host = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
+            let host = s.files.ensure_local(&f.sha256).await.map_err(|e| format!("cannot fetch mount file {}: {e}", f.path))?;
             files.push((host, f.path));
         }
     }

@@ -74,7 +74,7 @@ impl BlobError {
         }
     }
 
-    /// As an `io::Error`, for byte streams (the message is kept).
+    /// As an `io::Error`, for byte streams; [`BlobError::from_io`] gets it back.
     pub fn into_io(self) -> io::Error {
         let kind = match &self {
             BlobError::NotFound(_) => io::ErrorKind::NotFound,
@@ -82,7 +82,17 @@ impl BlobError {
             BlobError::Invalid(_) => io::ErrorKind::InvalidData,
             _ => io::ErrorKind::Other,
         };
-        io::Error::new(kind, self.to_string())
+        io::Error::new(kind, self)
+    }
+
+    /// The blob error an `io::Error` carries, if it came from [`BlobError::into_io`].
+    pub fn from_io(e: &io::Error) -> Option<&BlobError> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<BlobError>())
+    }
+
+    /// Whether the object store could not be reached or did not answer in time.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, BlobError::Unavailable { .. } | BlobError::Timeout { .. })
     }
 }
 
