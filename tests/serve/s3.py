@@ -108,6 +108,10 @@ class SeaweedS3:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Stopping this process (SIGTERM) stops SeaweedFS and removes its files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     s3 = SeaweedS3().start()
     print(f"FERRY_TEST_S3={s3.storage_url()}")
     for k, v in s3.env().items():
@@ -119,3 +123,4 @@ if __name__ == "__main__":
         pass
     finally:
         s3.stop()
+        sys.exit(0)

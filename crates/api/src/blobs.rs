@@ -530,7 +530,7 @@ async fn put_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<Stri
     if meta.is_multipart() {
         return Err(bad_request(format!("blob {id} is over 1 GiB and must be uploaded in parts")));
     }
-    let md5 = receive(&blobs, body, &bytes_key(&id), meta.length, meta.sha256).await?;
+    let md5 = receive(&blobs, body, &bytes_key(&id), meta.length, meta.sha256, Some(meta.md5)).await?;
     if md5 != meta.md5 {
         let _ = blobs.blobs.delete(&bytes_key(&id)).await;
         return Err(bad_request(format!(
@@ -555,22 +555,32 @@ async fn put_part(
         return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} has no part {n}")));
     }
     let length = meta.part_length(n);
-    let md5 = receive(&blobs, body, &part_key(&id, n), length, None).await?;
+    let md5 = receive(&blobs, body, &part_key(&id, n), length, None, None).await?;
     let etag = hex::encode(md5);
     blobs.blobs.put_bytes(&part_etag_key(&id, n), etag.clone().into()).await.map_err(|e| store_error("cannot record the part", e))?;
     Ok(etag_response(&etag, String::new()))
 }
 
 /// Streams `body` into the object `key` while hashing it; stores it only if it is `length`
-/// bytes (and hashes to `sha256` when given). Returns its MD5.
-async fn receive(blobs: &BlobStore, body: Body, key: &str, length: u64, sha256: Option<[u8; 32]>) -> Result<[u8; 16], HttpError> {
-    let md5 = Arc::new(Mutex::new(Md5::new()));
+/// bytes (and hashes to `sha256` when given). Returns its MD5. A refused upload is told why:
+/// its length first, then its MD5 (`md5`, when declared), then its SHA-256.
+async fn receive(
+    blobs: &BlobStore,
+    body: Body,
+    key: &str,
+    length: u64,
+    sha256: Option<[u8; 32]>,
+    md5_declared: Option<[u8; 16]>,
+) -> Result<[u8; 16], HttpError> {
+    let md5 = Arc::new(Mutex::new((Md5::new(), 0u64)));
     let hasher = md5.clone();
     let stream = body
         .into_data_stream()
         .map(move |c| {
             let c = c.map_err(|e| std::io::Error::other(format!("upload interrupted: {e}")))?;
-            hasher.lock().unwrap().update(&c);
+            let mut h = hasher.lock().unwrap();
+            h.0.update(&c);
+            h.1 += c.len() as u64;
             Ok(c)
         })
         .boxed();
@@ -580,7 +590,17 @@ async fn receive(blobs: &BlobStore, body: Body, key: &str, length: u64, sha256: 
         Err(BlobError::Invalid(m)) if m.contains("longer than") => {
             return Err(bad_request(format!("the upload was declared as {length} bytes; it is longer")))
         }
-        Err(BlobError::Invalid(_)) => return Err(bad_request(format!("The SHA-256 of the upload does not match the one declared for {key}"))),
+        Err(BlobError::Invalid(_)) => {
+            let (hasher, received) = std::mem::take(&mut *md5.lock().unwrap());
+            let actual: [u8; 16] = hasher.finalize().into();
+            return Err(bad_request(if received != length {
+                format!("the upload was declared as {length} bytes; received {received}")
+            } else if md5_declared.is_some_and(|m| m != actual) {
+                format!("The MD5 of the upload ({}) does not match the content_md5 declared for {key}", hex::encode(actual))
+            } else {
+                format!("The SHA-256 of the upload does not match the one declared for {key}")
+            }));
+        }
         Err(BlobError::Io(m)) if m.contains("interrupted") => return Err(bad_request(m)),
         Err(e) => return Err(store_error("cannot store the upload", e)),
     };
@@ -588,7 +608,7 @@ async fn receive(blobs: &BlobStore, body: Body, key: &str, length: u64, sha256: 
         let _ = blobs.blobs.delete(key).await;
         return Err(bad_request(format!("the upload was declared as {length} bytes; received {received}")));
     }
-    let md5: [u8; 16] = std::mem::take(&mut *md5.lock().unwrap()).finalize().into();
+    let md5: [u8; 16] = std::mem::take(&mut *md5.lock().unwrap()).0.finalize().into();
     Ok(md5)
 }
 

