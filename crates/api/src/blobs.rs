@@ -7,14 +7,18 @@
 //! the gRPC server's host: URLs carry an HMAC token over (blob id, verb, expiry) under a key
 //! made at start-up, so they cannot be guessed or reused after they expire.
 //!
-//! On disk, `DATA_DIR/blobs/<id>.meta` records the length and hashes `BlobCreate` declared, and
-//! `DATA_DIR/blobs/<id>` holds the bytes once an upload matched them (written to a temporary
-//! file, then renamed, so a reader never sees half a blob). Blobs over 1 GiB arrive in parts
-//! (`.<id>.part<n>.<md5>`), which the completion request joins, as in S3's multipart uploads.
+//! The bytes live in Ferry's blob store (`ferry-blobs`: the data dir or a bucket): the object
+//! `blobs/<id>.meta` records the length and hashes `BlobCreate` declared, and `blobs/<id>` holds
+//! the bytes once an upload matched them (a reader never sees half a blob). Blobs over 1 GiB
+//! arrive in parts (`blobs/.<id>.part<n>`, with their MD5 in `….etag`), which the completion
+//! request joins, as in S3's multipart uploads. With a bucket, `BlobGet` answers a presigned
+//! URL of the bucket itself, so a container on another host fetches the bytes from there.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+
+use ferry_blobs::{BlobError, Blobs, Expect};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,11 +30,10 @@ use axum::routing::{post, put};
 use axum::Router;
 use base64::Engine;
 use ferry_proto::api;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Request, Response as GrpcResponse, Status};
 
 use crate::service::{ModalService, Rpc};
@@ -57,7 +60,7 @@ const BLOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The blob endpoint of one running server.
 pub(crate) struct BlobStore {
-    dir: PathBuf,
+    blobs: Blobs,
     key: [u8; 32],
     /// `http://host:port` of the blob listener, as clients and containers reach it.
     pub(crate) base_url: String,
@@ -99,19 +102,25 @@ impl Drop for BlobServer {
 /// loopback IP address (`use_md5` in `blob_utils.py` raises "Unknown S3 host"), so a
 /// `public_url` with a DNS name other than `localhost` cannot carry blobs. The blob listener
 /// speaks plain HTTP, also when the gRPC server uses TLS.
-pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &str) -> anyhow::Result<BlobServer> {
-    let dir = data_dir.join("blobs");
-    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    remove_partial_uploads(&dir);
+pub(crate) async fn spawn_blob_server(
+    data_dir: &Path,
+    blobs: Blobs,
+    volume_blocks: Arc<dyn ferry_volumes::BlockStore>,
+    ip: IpAddr,
+    public_url: &str,
+) -> anyhow::Result<BlobServer> {
+    if let Some(dir) = blobs.local_path("blobs") {
+        std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        remove_partial_uploads(&dir);
+    }
     let listener = crate::bind(SocketAddr::new(ip, 0)).await?;
     let port = listener.local_addr()?.port();
     let mut key = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
-    let volume_blocks = Arc::new(ferry_volumes::LocalBlockStore::new(data_dir.join("volumes").join("blocks")));
-    let store = Arc::new(BlobStore { dir, key, base_url: base_url(public_url, ip, port), volume_blocks });
+    let store = Arc::new(BlobStore { blobs, key, base_url: base_url(public_url, ip, port), volume_blocks });
     tracing::info!(url = %store.base_url, "serving blobs");
     STORES.lock().unwrap().insert(data_dir.to_path_buf(), store.clone());
-    let sweep_dir = store.dir.clone();
+    let sweep = store.blobs.clone();
     let router = Router::new()
         .route("/blobs/{id}", put(put_blob).get(get_blob))
         .route("/blobs/{id}/parts/{n}", put(put_part))
@@ -124,7 +133,7 @@ pub(crate) async fn spawn_blob_server(data_dir: &Path, ip: IpAddr, public_url: &
                 tracing::error!("blob server stopped: {e}");
             }
         };
-        tokio::join!(serve, sweep_expired(sweep_dir));
+        tokio::join!(serve, sweep_expired(sweep));
     });
     Ok(BlobServer { data_dir: data_dir.to_path_buf(), task })
 }
@@ -157,43 +166,43 @@ fn base_url(public_url: &str, ip: IpAddr, port: u16) -> String {
 }
 
 /// Deletes expired blobs now and every hour.
-async fn sweep_expired(dir: PathBuf) {
+async fn sweep_expired(blobs: Blobs) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        let dir = dir.clone();
-        match tokio::task::spawn_blocking(move || remove_expired(&dir, SystemTime::now())).await {
-            Ok(0) | Err(_) => {}
+        match remove_expired(&blobs, SystemTime::now()).await {
+            Ok(0) => {}
             Ok(n) => tracing::info!("deleted {n} expired blobs"),
+            Err(e) => tracing::warn!("cannot sweep expired blobs: {e}"),
         }
     }
 }
 
 /// Removes blobs uploaded more than [`BLOB_RETENTION`] before `now`, and records of blobs whose
 /// upload URL expired unused; returns how many blobs went.
-fn remove_expired(dir: &Path, now: SystemTime) -> usize {
-    let age = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+async fn remove_expired(blobs: &Blobs, now: SystemTime) -> Result<usize, BlobError> {
+    let objects = blobs.list("blobs/").await?;
+    let age = |t: SystemTime| now.duration_since(t).ok();
+    let by_key: HashMap<&str, &ferry_blobs::ObjectInfo> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut removed = 0;
-    for name in &names {
-        let Some(id) = name.strip_suffix(".meta").filter(|id| valid_id(id)) else { continue };
-        let (meta, bytes) = (dir.join(name), dir.join(id));
-        let expired = match age(&bytes) {
-            Some(uploaded) => uploaded > BLOB_RETENTION,
-            None => !bytes.exists() && age(&meta).is_some_and(|created| created > URL_LIFETIME),
+    for o in &objects {
+        let Some(id) = o.key.strip_prefix("blobs/").and_then(|n| n.strip_suffix(".meta")).filter(|id| valid_id(id)) else { continue };
+        let bytes = bytes_key(id);
+        let expired = match by_key.get(bytes.as_str()) {
+            Some(b) => age(b.modified).is_some_and(|a| a > BLOB_RETENTION),
+            None => age(o.modified).is_some_and(|created| created > URL_LIFETIME),
         };
         if expired {
-            let parts = format!(".{id}.part");
-            for part in names.iter().filter(|n| n.starts_with(&parts)) {
-                let _ = std::fs::remove_file(dir.join(part));
+            let parts = format!("blobs/.{id}.part");
+            for part in objects.iter().filter(|p| p.key.starts_with(&parts)) {
+                let _ = blobs.delete(&part.key).await;
             }
-            let _ = std::fs::remove_file(&bytes);
-            let _ = std::fs::remove_file(&meta);
+            blobs.delete(&bytes).await?;
+            blobs.delete(&o.key).await?;
             removed += 1;
         }
     }
-    removed
+    Ok(removed)
 }
 
 /// Uploads cut short by a previous run leave temporary files behind.
@@ -224,14 +233,37 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-impl BlobStore {
-    fn bytes_path(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
-    }
+fn bytes_key(id: &str) -> String {
+    format!("blobs/{id}")
+}
 
-    fn meta_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.meta"))
+fn meta_key(id: &str) -> String {
+    format!("blobs/{id}.meta")
+}
+
+/// Part `n` (from 1) of a multipart upload, and the object recording its MD5 (its ETag).
+fn part_key(id: &str, n: u64) -> String {
+    format!("blobs/.{id}.part{n}")
+}
+
+fn part_etag_key(id: &str, n: u64) -> String {
+    format!("blobs/.{id}.part{n}.etag")
+}
+
+/// The gRPC status for a blob store failure: an unreachable or slow object store is
+/// UNAVAILABLE or DEADLINE_EXCEEDED, naming it.
+pub(crate) fn blob_status(what: &str, e: BlobError) -> Status {
+    match e {
+        BlobError::NotFound(_) => Status::not_found(format!("{what}: not found")),
+        BlobError::Timeout { .. } => Status::deadline_exceeded(format!("{what}: {e}")),
+        BlobError::Unavailable { .. } => Status::unavailable(format!("{what}: {e}")),
+        BlobError::DiskFull(_) => Status::resource_exhausted(format!("{what}: {e}")),
+        BlobError::Invalid(_) => Status::invalid_argument(format!("{what}: {e}")),
+        BlobError::Io(_) => Status::internal(format!("{what}: {e}")),
     }
+}
+
+impl BlobStore {
 
     fn mac(&self, id: &str, verb: &str, expires: u64) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
@@ -265,17 +297,6 @@ impl BlobStore {
         format!("{expires}.{sig}")
     }
 
-    /// Where part `n` of blob `id` is kept; its MD5 is in the name, so the completion request
-    /// finds the very part whose ETag it lists.
-    fn part_path(&self, id: &str, n: u64, md5_hex: &str) -> PathBuf {
-        self.dir.join(format!(".{id}.part{n}.{md5_hex}"))
-    }
-
-    /// A fresh temporary file name for an upload into blob `id`.
-    fn temp_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!(".{id}.{}.tmp", ferry_store::new_id("up")))
-    }
-
     /// Checks a URL's `token=<expiry>.<hex HMAC>` query parameter for `verb` on `id`.
     pub(crate) fn check_token(&self, id: &str, verb: &str, uri: &Uri) -> Result<(), HttpError> {
         let denied = |why: &str| HttpError(StatusCode::FORBIDDEN, format!("blob URL refused: {why}"));
@@ -295,18 +316,16 @@ impl BlobStore {
         Ok(())
     }
 
-    async fn read_meta(&self, id: &str) -> Result<Option<BlobMeta>, std::io::Error> {
-        match tokio::fs::read_to_string(self.meta_path(id)).await {
-            Ok(text) => Ok(BlobMeta::parse(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    async fn read_meta(&self, id: &str) -> Result<Option<BlobMeta>, BlobError> {
+        match self.blobs.read_all(&meta_key(id)).await {
+            Ok(text) => Ok(BlobMeta::parse(&String::from_utf8_lossy(&text))),
+            Err(BlobError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    async fn write_meta(&self, id: &str, meta: &BlobMeta) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!(".{id}.meta.tmp"));
-        tokio::fs::write(&tmp, meta.to_text()).await?;
-        tokio::fs::rename(&tmp, self.meta_path(id)).await
+    async fn write_meta(&self, id: &str, meta: &BlobMeta) -> Result<(), BlobError> {
+        self.blobs.put_bytes(&meta_key(id), meta.to_text().into()).await.map(|_| ())
     }
 }
 
@@ -369,7 +388,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::BlobCreateRequest>)
     };
     let id = ferry_store::new_id("bl");
     let meta = BlobMeta { length: req.content_length as u64, md5, sha256 };
-    blobs.write_meta(&id, &meta).await.map_err(|e| Status::internal(format!("cannot record blob {id}: {e}")))?;
+    blobs.write_meta(&id, &meta).await.map_err(|e| blob_status(&format!("cannot record blob {id}"), e))?;
     use api::blob_create_response::UploadTypesOneof;
     let upload = if meta.is_multipart() {
         UploadTypesOneof::Multiparts(api::MultiPartUploadList {
@@ -396,10 +415,18 @@ pub(crate) async fn get(s: &ModalService, r: Request<api::BlobGetRequest>) -> Rp
         return Err(invalid(format!("'{}' is not a blob id", req.blob_id)));
     }
     match blobs.read_meta(&req.blob_id).await {
-        Ok(Some(_)) => Ok(GrpcResponse::new(api::BlobGetResponse { download_url: blobs.url(&req.blob_id, "GET") })),
-        Ok(None) => Err(Status::not_found(format!("blob {} not found", req.blob_id))),
-        Err(e) => Err(Status::internal(format!("cannot read blob {}: {e}", req.blob_id))),
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(Status::not_found(format!("blob {} not found", req.blob_id))),
+        Err(e) => return Err(blob_status(&format!("cannot read blob {}", req.blob_id), e)),
     }
+    // A bucket signs a URL of its own (containers on other hosts fetch from it directly);
+    // the data dir's blobs are served by Ferry's blob endpoint.
+    let download_url = match blobs.blobs.presigned_get(&bytes_key(&req.blob_id), URL_LIFETIME).await {
+        Ok(Some(url)) => url,
+        Ok(None) => blobs.url(&req.blob_id, "GET"),
+        Err(e) => return Err(blob_status(&format!("cannot sign a URL for blob {}", req.blob_id), e)),
+    };
+    Ok(GrpcResponse::new(api::BlobGetResponse { download_url }))
 }
 
 /// The uploaded bytes of blob `id`, for RPCs that name a blob in place of inline data.
@@ -408,12 +435,23 @@ pub(crate) async fn read(s: &ModalService, id: &str) -> Result<Vec<u8>, Status> 
     if !valid_id(id) {
         return Err(invalid(format!("'{id}' is not a blob id")));
     }
-    match tokio::fs::read(blobs.bytes_path(id)).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Status::not_found(format!("blob {id} not found or not uploaded yet")))
-        }
-        Err(e) => Err(Status::internal(format!("cannot read blob {id}: {e}"))),
+    match blobs.blobs.read_all(&bytes_key(id)).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(BlobError::NotFound(_)) => Err(Status::not_found(format!("blob {id} not found or not uploaded yet"))),
+        Err(e) => Err(blob_status(&format!("cannot read blob {id}"), e)),
+    }
+}
+
+/// The uploaded bytes of blob `id` as a stream, for RPCs that store them elsewhere.
+pub(crate) async fn stream(s: &ModalService, id: &str) -> Result<ferry_blobs::ByteStream, Status> {
+    let blobs = store_of(s)?;
+    if !valid_id(id) {
+        return Err(invalid(format!("'{id}' is not a blob id")));
+    }
+    match blobs.blobs.get(&bytes_key(id)).await {
+        Ok((_, body)) => Ok(body),
+        Err(BlobError::NotFound(_)) => Err(Status::not_found(format!("blob {id} not found or not uploaded yet"))),
+        Err(e) => Err(blob_status(&format!("cannot read blob {id}"), e)),
     }
 }
 
@@ -421,30 +459,27 @@ pub(crate) async fn read(s: &ModalService, id: &str) -> Result<Vec<u8>, Status> 
 pub(crate) async fn put_file(s: &ModalService, file: std::fs::File) -> Result<String, Status> {
     let blobs = store_of(s)?;
     let id = ferry_store::new_id("bl");
-    let (tmp, dest) = (blobs.dir.join(format!(".{id}.put.tmp")), blobs.bytes_path(&id));
-    let copied = tokio::task::spawn_blocking(move || -> std::io::Result<BlobMeta> {
-        use std::io::{Read, Write};
-        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
-        let mut out = std::fs::File::create(&tmp)?;
-        let (mut file, mut buf, mut length) = (file, vec![0u8; 1 << 20], 0u64);
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
+    let (length, (md5, sha256)) = blobs
+        .blobs
+        .put_from_writer(&bytes_key(&id), move |out| {
+            use std::io::Read;
+            let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+            let (mut file, mut buf) = (file, vec![0u8; 1 << 20]);
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                md5.update(&buf[..n]);
+                sha.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
             }
-            md5.update(&buf[..n]);
-            sha.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
-            length += n as u64;
-        }
-        out.sync_all()?;
-        std::fs::rename(&tmp, &dest)?;
-        Ok(BlobMeta { length, md5: md5.finalize().into(), sha256: Some(sha.finalize().into()) })
-    })
-    .await
-    .map_err(|e| Status::internal(format!("blob copy failed: {e}")))?
-    .map_err(|e| Status::internal(format!("cannot write blob {id}: {e}")))?;
-    blobs.write_meta(&id, &copied).await.map_err(|e| Status::internal(format!("cannot record blob {id}: {e}")))?;
+            Ok((md5.finalize().into(), sha.finalize().into()))
+        })
+        .await
+        .map_err(|e| blob_status(&format!("cannot write blob {id}"), e))?;
+    let meta = BlobMeta { length, md5, sha256: Some(sha256) };
+    blobs.write_meta(&id, &meta).await.map_err(|e| blob_status(&format!("cannot record blob {id}"), e))?;
     Ok(id)
 }
 
@@ -457,9 +492,19 @@ impl IntoResponse for HttpError {
     }
 }
 
-fn io_error(what: &str, e: std::io::Error) -> HttpError {
-    tracing::error!("{what}: {e}");
-    HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
+fn store_error(what: &str, e: BlobError) -> HttpError {
+    let code = match &e {
+        BlobError::NotFound(_) => StatusCode::NOT_FOUND,
+        BlobError::Invalid(_) => StatusCode::BAD_REQUEST,
+        BlobError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        BlobError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        BlobError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        BlobError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if code.is_server_error() {
+        tracing::error!("{what}: {e}");
+    }
+    HttpError(code, format!("{what}: {e}"))
 }
 
 /// The declared length and hashes of blob `id`, for a request bearing a valid token for `verb`.
@@ -471,7 +516,7 @@ async fn authorize(blobs: &BlobStore, id: &str, verb: &str, uri: &Uri) -> Result
     blobs
         .read_meta(id)
         .await
-        .map_err(|e| io_error("cannot read blob metadata", e))?
+        .map_err(|e| store_error("cannot read blob metadata", e))?
         .ok_or_else(|| HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")))
 }
 
@@ -490,28 +535,16 @@ async fn put_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<Stri
     if meta.is_multipart() {
         return Err(bad_request(format!("blob {id} is over 1 GiB and must be uploaded in parts")));
     }
-    let dest = blobs.bytes_path(&id);
-    let md5 = receive_into_place(&blobs, body, meta.length, true, |_| dest, |md5, sha256| {
-        if md5 != meta.md5 {
-            return Err(bad_request(format!(
-                "The MD5 of the upload ({}) does not match the content_md5 declared for blob {id} ({})",
-                hex::encode(md5),
-                hex::encode(meta.md5)
-            )));
-        }
-        check_sha256(&id, &meta, sha256.expect("asked for the SHA-256"))
-    })
-    .await?;
-    Ok(etag_response(&hex::encode(md5), String::new()))
-}
-
-fn check_sha256(id: &str, meta: &BlobMeta, actual: [u8; 32]) -> Result<(), HttpError> {
-    match meta.sha256 {
-        Some(declared) if declared != actual => {
-            Err(bad_request(format!("The SHA-256 of the upload does not match the one declared for blob {id}")))
-        }
-        _ => Ok(()),
+    let md5 = receive(&blobs, body, &bytes_key(&id), meta.length, meta.sha256, Some(meta.md5)).await?;
+    if md5 != meta.md5 {
+        let _ = blobs.blobs.delete(&bytes_key(&id)).await;
+        return Err(bad_request(format!(
+            "The MD5 of the upload ({}) does not match the content_md5 declared for blob {id} ({})",
+            hex::encode(md5),
+            hex::encode(meta.md5)
+        )));
     }
+    Ok(etag_response(&hex::encode(md5), String::new()))
 }
 
 /// `PUT /blobs/<id>/parts/<n>?token=…`: stores part `n` of a multipart upload; its `ETag` is
@@ -527,52 +560,61 @@ async fn put_part(
         return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} has no part {n}")));
     }
     let length = meta.part_length(n);
-    let md5 = receive_into_place(&blobs, body, length, false, |md5| blobs.part_path(&id, n, &hex::encode(md5)), |_, _| Ok(())).await?;
-    Ok(etag_response(&hex::encode(md5), String::new()))
+    let md5 = receive(&blobs, body, &part_key(&id, n), length, None, None).await?;
+    let etag = hex::encode(md5);
+    blobs.blobs.put_bytes(&part_etag_key(&id, n), etag.clone().into()).await.map_err(|e| store_error("cannot record the part", e))?;
+    Ok(etag_response(&etag, String::new()))
 }
 
-/// Streams `body` into a temporary file while hashing it (MD5, and SHA-256 if `with_sha256`); if
-/// it is `length` bytes and `accept` agrees with its hashes, renames it to `dest(md5)`.
-async fn receive_into_place(
+/// Streams `body` into the object `key` while hashing it; stores it only if it is `length`
+/// bytes (and hashes to `sha256` when given). Returns its MD5. A refused upload is told why:
+/// its length first, then its MD5 (`md5`, when declared), then its SHA-256.
+async fn receive(
     blobs: &BlobStore,
     body: Body,
+    key: &str,
     length: u64,
-    with_sha256: bool,
-    dest: impl FnOnce([u8; 16]) -> PathBuf,
-    accept: impl FnOnce([u8; 16], Option<[u8; 32]>) -> Result<(), HttpError>,
+    sha256: Option<[u8; 32]>,
+    md5_declared: Option<[u8; 16]>,
 ) -> Result<[u8; 16], HttpError> {
-    let tmp = blobs.temp_path("upload");
-    let result = async {
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io_error("cannot create blob file", e))?;
-        let (mut md5, mut sha256, mut received) = (Md5::new(), with_sha256.then(Sha256::new), 0u64);
-        let mut stream = body.into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| bad_request(format!("upload interrupted: {e}")))?;
-            received += chunk.len() as u64;
-            if received > length {
-                return Err(bad_request(format!("the upload was declared as {length} bytes; it is longer")));
-            }
-            md5.update(&chunk);
-            if let Some(sha256) = &mut sha256 {
-                sha256.update(&chunk);
-            }
-            file.write_all(&chunk).await.map_err(|e| io_error("cannot write blob", e))?;
+    let md5 = Arc::new(Mutex::new((Md5::new(), 0u64)));
+    let hasher = md5.clone();
+    let stream = body
+        .into_data_stream()
+        .map(move |c| {
+            let c = c.map_err(|e| std::io::Error::other(format!("upload interrupted: {e}")))?;
+            let mut h = hasher.lock().unwrap();
+            h.0.update(&c);
+            h.1 += c.len() as u64;
+            Ok(c)
+        })
+        .boxed();
+    let expect = sha256.map_or(Expect::Nothing, Expect::Sha256);
+    let received = match blobs.blobs.put_checked(key, stream, expect, Some(length)).await {
+        Ok(n) => n,
+        Err(BlobError::Invalid(m)) if m.contains("longer than") => {
+            return Err(bad_request(format!("the upload was declared as {length} bytes; it is longer")))
         }
-        if received != length {
-            return Err(bad_request(format!("the upload was declared as {length} bytes; received {received}")));
+        Err(BlobError::Invalid(_)) => {
+            let (hasher, received) = std::mem::take(&mut *md5.lock().unwrap());
+            let actual: [u8; 16] = hasher.finalize().into();
+            return Err(bad_request(if received != length {
+                format!("the upload was declared as {length} bytes; received {received}")
+            } else if md5_declared.is_some_and(|m| m != actual) {
+                format!("The MD5 of the upload ({}) does not match the content_md5 declared for {key}", hex::encode(actual))
+            } else {
+                format!("The SHA-256 of the upload does not match the one declared for {key}")
+            }));
         }
-        let md5: [u8; 16] = md5.finalize().into();
-        accept(md5, sha256.map(|h| h.finalize().into()))?;
-        file.sync_all().await.map_err(|e| io_error("cannot write blob", e))?;
-        drop(file);
-        tokio::fs::rename(&tmp, dest(md5)).await.map_err(|e| io_error("cannot store blob", e))?;
-        Ok(md5)
+        Err(BlobError::Io(m)) if m.contains("interrupted") => return Err(bad_request(m)),
+        Err(e) => return Err(store_error("cannot store the upload", e)),
+    };
+    if received != length {
+        let _ = blobs.blobs.delete(key).await;
+        return Err(bad_request(format!("the upload was declared as {length} bytes; received {received}")));
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
+    let md5: [u8; 16] = std::mem::take(&mut *md5.lock().unwrap()).0.finalize().into();
+    Ok(md5)
 }
 
 /// `POST /blobs/<id>/complete?token=…`: joins the uploaded parts in order. The body is S3's
@@ -595,9 +637,7 @@ async fn complete_multipart(
         return Err(bad_request(format!("blob {id} has {} parts; the completion must list each once, in order", meta.parts())));
     }
     let etags: Vec<String> = etags.into_iter().map(|(_, etag)| etag).collect();
-    let etag = tokio::task::spawn_blocking(move || join_parts(&blobs, &id, &meta, &etags))
-        .await
-        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, format!("joining parts failed: {e}")))??;
+    let etag = join_parts(&blobs, &id, &meta, &etags).await?;
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUploadResult><ETag>&quot;{etag}&quot;</ETag></CompleteMultipartUploadResult>"
     );
@@ -621,43 +661,41 @@ fn parse_completion(xml: &str) -> Option<Vec<(u64, String)>> {
 }
 
 /// Concatenates the parts of blob `id` that carry the listed ETags (each part's MD5, checked
-/// when it was uploaded) into its bytes file; returns the multipart ETag.
-fn join_parts(blobs: &BlobStore, id: &str, meta: &BlobMeta, etags: &[String]) -> Result<String, HttpError> {
+/// when it was uploaded) into its bytes object, streamed; returns the multipart ETag.
+async fn join_parts(blobs: &BlobStore, id: &str, meta: &BlobMeta, etags: &[String]) -> Result<String, HttpError> {
     let mut part_md5s = Vec::with_capacity(16 * etags.len());
     for (n, etag) in (1..).zip(etags) {
         let md5 = hex::decode(etag)
             .ok()
             .filter(|d| d.len() == 16 && etag.bytes().all(|b| !b.is_ascii_uppercase()))
             .ok_or_else(|| bad_request(format!("part {n}'s ETag '{etag}' is not an MD5 in lowercase hex")))?;
+        let recorded = match blobs.blobs.read_all(&part_etag_key(id, n)).await {
+            Ok(r) => r,
+            Err(BlobError::NotFound(_)) => return Err(bad_request(format!("part {n} of blob {id} was not uploaded"))),
+            Err(e) => return Err(store_error("cannot read a part", e)),
+        };
+        if recorded.as_ref() != etag.as_bytes() {
+            return Err(bad_request(format!("part {n} of blob {id} with ETag {etag} was not uploaded")));
+        }
         part_md5s.extend_from_slice(&md5);
     }
-    let tmp = blobs.temp_path(id);
-    let result = (|| {
-        let mut out = std::fs::File::create(&tmp).map_err(|e| io_error("cannot create blob file", e))?;
-        let mut joined = 0;
-        for (n, etag) in (1..).zip(etags) {
-            let mut part = match std::fs::File::open(blobs.part_path(id, n, etag)) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(bad_request(format!("part {n} of blob {id} with ETag {etag} was not uploaded")))
-                }
-                Err(e) => return Err(io_error("cannot open part", e)),
-            };
-            // A file-to-file copy, done by the kernel (copy_file_range) where it can.
-            joined += std::io::copy(&mut part, &mut out).map_err(|e| io_error("cannot join parts", e))?;
-        }
-        if joined != meta.length {
-            return Err(bad_request(format!("the parts of blob {id} hold {joined} bytes, not the declared {}", meta.length)));
-        }
-        out.sync_all().map_err(|e| io_error("cannot write blob", e))?;
-        std::fs::rename(&tmp, blobs.bytes_path(id)).map_err(|e| io_error("cannot store blob", e))
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    let parts: Vec<String> = (1..=etags.len() as u64).map(|n| part_key(id, n)).collect();
+    let store = blobs.blobs.clone();
+    let joined = futures::stream::iter(parts)
+        .then(move |key| {
+            let store = store.clone();
+            async move { store.get(&key).await.map(|(_, body)| body).map_err(BlobError::into_io) }
+        })
+        .try_flatten()
+        .boxed();
+    let length = blobs.blobs.put(&bytes_key(id), joined).await.map_err(|e| store_error("cannot join parts", e))?;
+    if length != meta.length {
+        let _ = blobs.blobs.delete(&bytes_key(id)).await;
+        return Err(bad_request(format!("the parts of blob {id} hold {length} bytes, not the declared {}", meta.length)));
     }
-    for (n, etag) in (1..).zip(etags) {
-        let _ = std::fs::remove_file(blobs.part_path(id, n, etag));
+    for n in 1..=etags.len() as u64 {
+        let _ = blobs.blobs.delete(&part_key(id, n)).await;
+        let _ = blobs.blobs.delete(&part_etag_key(id, n)).await;
     }
     Ok(format!("{}-{}", hex::encode(Md5::digest(&part_md5s)), etags.len()))
 }
@@ -668,28 +706,14 @@ async fn get_blob(State(blobs): State<Arc<BlobStore>>, UrlPath(id): UrlPath<Stri
         return Err(HttpError(StatusCode::NOT_FOUND, format!("no blob {id}")));
     }
     blobs.check_token(&id, "GET", &uri)?;
-    let file = match tokio::fs::File::open(blobs.bytes_path(&id)).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} not found or not uploaded yet")))
-        }
-        Err(e) => return Err(io_error("cannot open blob", e)),
+    let (length, body) = match blobs.blobs.get(&bytes_key(&id)).await {
+        Ok(found) => found,
+        Err(BlobError::NotFound(_)) => return Err(HttpError(StatusCode::NOT_FOUND, format!("blob {id} not found or not uploaded yet"))),
+        Err(e) => return Err(store_error("cannot read blob", e)),
     };
-    let length = file.metadata().await.map_err(|e| io_error("cannot open blob", e))?.len();
-    let chunks = futures::stream::unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    });
     Ok((
         [(header::CONTENT_LENGTH, length.to_string()), (header::CONTENT_TYPE, "application/octet-stream".to_string())],
-        Body::from_stream(chunks),
+        Body::from_stream(body),
     )
         .into_response())
 }
@@ -738,26 +762,31 @@ mod tests {
         assert_eq!(parse_completion("<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>"), None);
     }
 
-    #[test]
-    fn expired_blobs_are_removed() {
+    #[tokio::test]
+    async fn expired_blobs_are_removed() {
         let dir = std::env::temp_dir().join(ferry_store::new_id("ferry-blobs-test"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let blobs = Blobs::local(&dir);
         for id in ["bl-uploaded", "bl-pending"] {
-            std::fs::write(dir.join(format!("{id}.meta")), "1 00000000000000000000000000000000 -\n").unwrap();
+            blobs.put_bytes(&meta_key(id), "1 00000000000000000000000000000000 -\n".into()).await.unwrap();
         }
-        std::fs::write(dir.join("bl-uploaded"), "x").unwrap();
+        blobs.put_bytes(&bytes_key("bl-uploaded"), "x".into()).await.unwrap();
         let now = SystemTime::now();
-        assert_eq!(remove_expired(&dir, now), 0);
-        assert_eq!(remove_expired(&dir, now + URL_LIFETIME + Duration::from_secs(60)), 1);
-        assert!(dir.join("bl-uploaded.meta").exists() && !dir.join("bl-pending.meta").exists());
-        assert_eq!(remove_expired(&dir, now + BLOB_RETENTION + Duration::from_secs(60)), 1);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(remove_expired(&blobs, now).await.unwrap(), 0);
+        assert_eq!(remove_expired(&blobs, now + URL_LIFETIME + Duration::from_secs(60)).await.unwrap(), 1);
+        assert!(dir.join("blobs/bl-uploaded.meta").exists() && !dir.join("blobs/bl-pending.meta").exists());
+        assert_eq!(remove_expired(&blobs, now + BLOB_RETENTION + Duration::from_secs(60)).await.unwrap(), 1);
+        assert_eq!(std::fs::read_dir(dir.join("blobs")).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn tokens_bind_id_verb_and_expiry() {
-        let blobs = BlobStore { dir: PathBuf::new(), key: [3; 32], base_url: "http://h:1".into(), volume_blocks: Arc::new(ferry_volumes::LocalBlockStore::new(PathBuf::new())) };
+        let blobs = BlobStore {
+            blobs: Blobs::local(Path::new("/nonexistent")),
+            key: [3; 32],
+            base_url: "http://h:1".into(),
+            volume_blocks: Arc::new(ferry_volumes::BlobBlockStore::local(Path::new("/nonexistent"))),
+        };
         let url: Uri = blobs.url("bl-a", "PUT").parse().unwrap();
         assert!(blobs.check_token("bl-a", "PUT", &url).is_ok());
         assert!(blobs.check_token("bl-a", "GET", &url).is_err());

@@ -175,8 +175,13 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::ImageGetOrCr
     let id = image_id(&image, &req.builder_version);
     let (record, _) = s.store.get_or_create_image(&id, &image.encode_to_vec()).await.or_status()?;
     // A built image whose layer was collected (`ferry images gc`) builds again.
-    let layer_gone = record.status == 1
-        && !record.layer_id.as_deref().and_then(LayerId::parse).is_some_and(|l| s.images.store.contains(&l));
+    let layer_gone = match record.layer_id.as_deref().and_then(LayerId::parse) {
+        _ if record.status != 1 => false,
+        Some(l) if s.images.store.contains(&l) => false,
+        // Built on another host, or collected here: fetched from the bucket when it is there.
+        Some(l) => s.images.store.fetch(&s.blobs, &l).await.is_err(),
+        None => true,
+    };
     let force = req.force_build || req.ignore_cache;
     let rebuild = force || record.status == 2 || layer_gone;
     if record.status == 1 && !rebuild {
@@ -215,6 +220,14 @@ fn start_build(s: &ModalService, id: &str, image: api::Image, force: bool, build
             run_function_layer(&svc, &image, &build_function_id, &build).await
         } else {
             build_layer(&svc, &image, force, &build).await
+        };
+        // With a bucket, the layers go there too, for hosts that lack them.
+        let outcome = match outcome {
+            Ok(layer) => match LayerId::parse(&layer) {
+                Some(id) => svc.images.store.publish(&svc.blobs, &id).await.map(|_| layer).map_err(|e| e.to_string()),
+                None => Ok(layer),
+            },
+            Err(e) => Err(e),
         };
         let (result, meta) = match outcome {
             Ok(layer) => {
@@ -260,7 +273,7 @@ async fn build_layer(s: &ModalService, image: &api::Image, force: bool, build: &
     if !image.context_mount_id.is_empty() {
         let mount = s.store.mount(&image.context_mount_id).await.map_err(|e| e.to_string())?;
         for f in mount.files {
-            let source = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
+            let source = s.files.ensure_local(&f.sha256).await.map_err(|e| format!("cannot fetch build context file {}: {e}", f.path))?;
             context_host_files.push(HostContextFile { path: f.path, source, sha256: f.sha256, mode: f.mode });
         }
     }
@@ -404,7 +417,12 @@ pub(crate) async fn wait_for_layer(s: &ModalService, image_id: &str) -> Result<L
         match record.status {
             1 => {
                 let layer = record.layer_id.unwrap_or_default();
-                return LayerId::parse(&layer).ok_or_else(|| format!("image {image_id} has no valid layer"));
+                let layer = LayerId::parse(&layer).ok_or_else(|| format!("image {image_id} has no valid layer"))?;
+                // Built on another host (or collected here): fetched from the bucket.
+                if !s.images.store.contains(&layer) {
+                    s.images.store.fetch(&s.blobs, &layer).await.map_err(|e| format!("image {image_id}: {e}"))?;
+                }
+                return Ok(layer);
             }
             2 => return Err(format!("parent image {image_id} failed to build: {}", record.error.unwrap_or_default())),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,

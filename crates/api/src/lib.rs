@@ -82,6 +82,8 @@ pub struct ApiConfig {
     pub containers_use_socket: bool,
     /// Standby task containers kept ready per image (cold starts); off by default.
     pub pool: ferry_worker::PoolConfig,
+    /// Where bytes live: the data dir (default) or an S3-compatible bucket (`--storage`).
+    pub storage: ferry_blobs::StorageConfig,
 }
 
 impl Default for ApiConfig {
@@ -98,6 +100,7 @@ impl Default for ApiConfig {
             limits: gateway::Limits::default(),
             containers_use_socket: false,
             pool: ferry_worker::PoolConfig::off(),
+            storage: ferry_blobs::StorageConfig::Local,
         }
     }
 }
@@ -145,7 +148,8 @@ pub async fn serve(
     let (stop_schedules, schedule_loop) = schedules::spawn(modal.clone());
     restore_deployments(modal.clone());
     // Large payloads go over HTTP on a second port of the same host; it stops when this returns.
-    let _blob_server = blobs::spawn_blob_server(store.data_dir(), listener.local_addr()?.ip(), &config.public_url).await?;
+    let _blob_server =
+        blobs::spawn_blob_server(store.data_dir(), modal.blobs.clone(), modal.volumes.blocks().clone(), listener.local_addr()?.ip(), &config.public_url).await?;
     let web_server = web_listener.map(|l| web::spawn(&modal, l));
     let gateway = gateway::GatewayLayer::with_limits(store.clone(), config.limits);
     let scheduler = modal.scheduler.clone();

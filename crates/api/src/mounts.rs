@@ -4,6 +4,7 @@ use ferry_proto::api;
 use ferry_store::MountEntry;
 use tonic::{Request, Response, Status};
 
+use crate::blobs::blob_status;
 use crate::service::{ModalService, Rpc};
 use crate::status::{invalid, OrStatus};
 
@@ -23,7 +24,7 @@ pub(crate) async fn container_files(s: &ModalService, mount_ids: &[String]) -> R
             continue;
         }
         for f in mount.files {
-            let host = s.store.file_path(&f.sha256).map_err(|e| e.to_string())?;
+            let host = s.files.ensure_local(&f.sha256).await.map_err(|e| format!("cannot fetch mount file {}: {e}", f.path))?;
             files.push((host, f.path));
         }
     }
@@ -39,11 +40,11 @@ pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::MountGetOrCr
         if !f.filename.starts_with('/') || f.filename.contains("/../") || f.filename.ends_with("/..") {
             return Err(invalid(format!("mount file path '{}' must be absolute and may not contain '..'", f.filename)));
         }
-        s.store.file_path(&f.sha256_hex).or_status()?;
+        s.files.cache_path(&f.sha256_hex).map_err(|e| blob_status("mount file", e))?;
         entries.push(MountEntry { path: f.filename.clone(), sha256: f.sha256_hex.clone(), mode: f.mode });
     }
     let shas: Vec<String> = entries.iter().map(|e| e.sha256.clone()).collect();
-    let missing = s.store.missing_files(&shas).or_status()?;
+    let missing = s.files.missing(&shas).await.map_err(|e| blob_status("cannot look up mount files", e))?;
     if !missing.is_empty() {
         return Err(Status::failed_precondition(format!(
             "{} file(s) of the mount were not uploaded (first: {}); upload them with MountPutFile first",
@@ -109,7 +110,7 @@ pub(crate) async fn check_existence(
     r: Request<api::MountBatchedCheckExistenceRequest>,
 ) -> Rpc<api::MountBatchedCheckExistenceResponse> {
     let req = r.into_inner();
-    let missing = s.store.missing_files(&req.sha256_hex_hashes).or_status()?;
+    let missing = s.files.missing(&req.sha256_hex_hashes).await.map_err(|e| blob_status("cannot look up mount files", e))?;
     Ok(Response::new(api::MountBatchedCheckExistenceResponse { missing_sha256_hex_hashes: missing, ..Default::default() }))
 }
 
@@ -121,16 +122,17 @@ pub(crate) async fn put_file(s: &ModalService, r: Request<api::MountPutFileReque
             if data.len() > MAX_INLINE_FILE {
                 return Err(invalid("inline file data is limited to 4 MiB; larger files go through a blob"));
             }
-            s.store.put_file(&req.sha256_hex, &data).await.or_status()?;
+            s.files.put(&req.sha256_hex, data.into()).await.map_err(|e| blob_status("cannot store the mount file", e))?;
         }
         Some(DataOneof::DataBlobId(blob_id)) => {
-            // Files of 4 MiB or more were uploaded as a blob first; the store checks the hash.
-            let data = crate::blobs::read(s, &blob_id).await?;
-            s.store.put_file(&req.sha256_hex, &data).await.or_status()?;
+            // Files of 4 MiB or more were uploaded as a blob first; streamed from there, and
+            // stored only if they hash to their name.
+            let data = crate::blobs::stream(s, &blob_id).await?;
+            s.files.put_stream(&req.sha256_hex, data).await.map_err(|e| blob_status("cannot store the mount file", e))?;
         }
         None => {
             // A bare existence check: answer whether the content is already here.
-            let exists = s.store.missing_files(&[req.sha256_hex.clone()]).or_status()?.is_empty();
+            let exists = s.files.missing(&[req.sha256_hex.clone()]).await.map_err(|e| blob_status("cannot look up the mount file", e))?.is_empty();
             return Ok(Response::new(api::MountPutFileResponse { exists, checked_at: None }));
         }
     }
@@ -189,7 +191,7 @@ async fn standalone_mount(s: &ModalService, name: &str, namespace: i32) -> Resul
         let data = tokio::fs::read(&source).await.map_err(|e| Status::internal(format!("reading {}: {e}", source.display())))?;
         use sha2::Digest;
         let sha = hex::encode(sha2::Sha256::digest(&data));
-        s.store.put_file(&sha, &data).await.or_status()?;
+        s.files.put(&sha, data.into()).await.map_err(|e| blob_status("cannot store the mount file", e))?;
         entries.push(MountEntry { path, sha256: sha, mode: Some(mode) });
     }
     match s.store.create_mount(Some(name), namespace, None, None, &entries).await {

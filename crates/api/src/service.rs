@@ -25,6 +25,10 @@ pub struct ModalService {
     pub(crate) launcher: Arc<crate::launch::Launcher>,
     pub(crate) web: Arc<crate::web::WebCalls>,
     pub(crate) volumes: Arc<ferry_volumes::Volumes>,
+    /// Where bytes live (`ferry-blobs`): client blobs, volume blocks, mount files, layers.
+    pub(crate) blobs: ferry_blobs::Blobs,
+    /// Mount files by SHA-256, cached on this host.
+    pub(crate) files: ferry_blobs::ContentFiles,
     /// Sandboxes and their router; `None` until [`ModalService::with_sandboxes`].
     pub(crate) sandboxes: Option<Arc<ferry_sandbox::Sandboxes>>,
     /// The host's GPUs and which task holds each.
@@ -36,11 +40,20 @@ impl ModalService {
     pub async fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
         let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone(), config.pool.clone());
-        let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir())?);
+        let blobs = ferry_blobs::Blobs::open(&config.storage, store.data_dir())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the storage {}: {e}", config.storage))?;
+        if !blobs.is_local() {
+            tracing::info!("storing blobs, volume blocks, mount files and image layers in {}", blobs.describe());
+        }
+        let files = ferry_blobs::ContentFiles::new(blobs.clone(), store.data_dir());
+        let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir(), blobs.clone())?);
         let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
         let (scheduler, _) = crate::scheduler::Scheduler::open(store.clone()).await?;
         Ok(ModalService {
             volumes,
+            blobs,
+            files,
             store,
             config,
             images: Arc::new(images),

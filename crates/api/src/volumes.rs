@@ -35,6 +35,7 @@ pub(crate) fn volume_status(e: VolumeError, what: &str) -> Status {
         VolumeError::AlreadyExists(m) => Status::already_exists(m),
         VolumeError::Conflict(m) => Status::failed_precondition(m),
         VolumeError::DiskFull(m) => Status::resource_exhausted(m),
+        VolumeError::Unavailable(m) => Status::unavailable(m),
         VolumeError::Io(m) => {
             tracing::error!("{what} failure: {m}");
             Status::internal(format!("Ferry's {what} storage failed: {m}"))
@@ -303,6 +304,7 @@ fn block_error(e: BlockError) -> HttpError {
     match e {
         BlockError::HashMismatch(_) | BlockError::TooLarge => HttpError(StatusCode::BAD_REQUEST, e.to_string()),
         BlockError::DiskFull(_) => HttpError(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        BlockError::Unavailable(_) => HttpError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         BlockError::Io(_) => {
             tracing::error!("volume block: {e}");
             HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Where Ferry keeps bytes (blobs, volume blocks, mount files, image layers): `local` (the
+    /// data dir) or `s3://BUCKET?endpoint=URL&region=REGION` for S3-compatible storage, with
+    /// credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "FERRY_STORAGE", default_value = "local")]
+    storage: ferry_blobs::StorageConfig,
     /// Serve plain h2c even on a non-loopback --host (only behind a proxy that terminates TLS).
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     no_tls: bool,
@@ -175,6 +180,10 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     };
     let store = crate::open_store(data_dir, durability).await?;
     tracing::info!("state in {}", store.database());
+    // A wrong bucket, endpoint or key stops the start here, before clients are told to connect.
+    if let Err(e) = ferry_blobs::Blobs::open(&args.storage, data_dir).await {
+        anyhow::bail!("cannot open the storage {}: {e}", args.storage);
+    }
     let env_path = data_dir.join("client.env");
     let (token_id, token_secret) = client_token(&store, &env_path).await?;
 
@@ -250,6 +259,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         },
         containers_use_socket: false,
         pool: args.pool.config(),
+        storage: args.storage.clone(),
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),

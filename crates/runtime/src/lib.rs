@@ -29,6 +29,7 @@ mod probe;
 mod registry;
 mod shared_mount;
 mod standalone;
+mod replica;
 mod store;
 
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};

@@ -11,7 +11,8 @@
 //! # async fn demo(store: ferry_store::Store, spec: ferry_sandbox::SandboxSpec) -> ferry_sandbox::Result<()> {
 //! let images = ferry_runtime::ImageStore::open(store.data_dir()).unwrap();
 //! let config = ferry_sandbox::SandboxConfig { router_url: "http://127.0.0.1:50052".into(), ..Default::default() };
-//! let volumes = ferry_volumes::Volumes::open(store.clone(), store.data_dir()).unwrap();
+//! let blobs = ferry_volumes::Blobs::local(store.data_dir());
+//! let volumes = ferry_volumes::Volumes::open(store.clone(), store.data_dir(), blobs).unwrap();
 //! let sandboxes = ferry_sandbox::Sandboxes::open(store, images, volumes, config).await?;
 //! let created = sandboxes.create(spec).await?;
 //! let access = sandboxes.router_access(&created.sandbox_id).await?; // URL + JWT for the client

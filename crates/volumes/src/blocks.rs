@@ -1,8 +1,8 @@
 //! Content-addressed blocks: each block is named by the SHA-256 of its bytes, so a block
 //! shared by many files (in one volume or many) is stored once.
 //!
-//! [`BlockStore`] is the seam for other backends (an S3-compatible object store is the next);
-//! [`LocalBlockStore`] keeps blocks as files under the data dir.
+//! [`BlockStore`] is the seam; [`BlobBlockStore`] keeps blocks in Ferry's blob store
+//! (`ferry-blobs`): files under the data dir, or objects in an S3-compatible bucket.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// The SHA-256 of a block's bytes.
 pub type Hash = [u8; 32];
@@ -29,19 +28,13 @@ pub enum BlockError {
     TooLarge,
     #[error("Ferry's disk is full: {0}")]
     DiskFull(String),
+    /// The object store holding blocks could not be reached or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Io(String),
 }
 
-impl BlockError {
-    fn io(what: &str, e: io::Error) -> BlockError {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-            BlockError::DiskFull(format!("{what}: {e}"))
-        } else {
-            BlockError::Io(format!("{what}: {e}"))
-        }
-    }
-}
 
 /// Where blocks live.
 #[async_trait::async_trait]
@@ -74,33 +67,56 @@ pub trait BlockStore: Send + Sync + 'static {
 const CONCURRENT_WRITES: usize = 8;
 const CONCURRENT_READS: usize = 8;
 
-/// The size of the chunks a read streams.
-const READ_CHUNK: usize = 256 * 1024;
-
-/// Blocks as files: `<dir>/<first two hex digits>/<hex>`.
-pub struct LocalBlockStore {
-    dir: PathBuf,
+/// Blocks in a blob store (`ferry-blobs`) under `volumes/blocks/<first two hex digits>/<hex>`:
+/// in the data dir that is the file `DATA_DIR/volumes/blocks/<ab>/<hex>`, in a bucket the
+/// object of that key.
+pub struct BlobBlockStore {
+    blobs: ferry_blobs::Blobs,
     writes: std::sync::Arc<tokio::sync::Semaphore>,
     reads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
-impl LocalBlockStore {
-    pub fn new(dir: impl Into<PathBuf>) -> LocalBlockStore {
-        LocalBlockStore {
-            dir: dir.into(),
+/// The blocks of a data dir (the default backend).
+pub type LocalBlockStore = BlobBlockStore;
+
+fn key(hash: &Hash) -> String {
+    let hex = hex::encode(hash);
+    format!("volumes/blocks/{}/{hex}", &hex[..2])
+}
+
+fn io_of(e: ferry_blobs::BlobError) -> io::Error {
+    e.into_io()
+}
+
+impl BlockError {
+    fn of(e: ferry_blobs::BlobError) -> BlockError {
+        match e {
+            ferry_blobs::BlobError::Invalid(m) if m.contains("longer than") => BlockError::TooLarge,
+            ferry_blobs::BlobError::DiskFull(m) => BlockError::DiskFull(m),
+            e if e.is_unavailable() => BlockError::Unavailable(e.to_string()),
+            e => BlockError::Io(e.to_string()),
+        }
+    }
+}
+
+impl BlobBlockStore {
+    pub fn new(blobs: ferry_blobs::Blobs) -> BlobBlockStore {
+        BlobBlockStore {
+            blobs,
             writes: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WRITES)),
             reads: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
         }
     }
 
-    fn path(&self, hash: &Hash) -> PathBuf {
-        let hex = hex::encode(hash);
-        self.dir.join(&hex[..2]).join(hex)
+    /// Blocks of the data dir `data_dir`.
+    pub fn local(data_dir: &Path) -> BlobBlockStore {
+        BlobBlockStore::new(ferry_blobs::Blobs::local(data_dir))
     }
 
-    /// Removes the temporary files of uploads cut short by a previous run.
+    /// Removes the temporary files of uploads cut short by a previous run (data dir only).
     pub fn remove_partial(&self) {
-        let Ok(shards) = std::fs::read_dir(&self.dir) else { return };
+        let Some(dir) = self.blobs.local_path("volumes/blocks") else { return };
+        let Ok(shards) = std::fs::read_dir(&dir) else { return };
         for shard in shards.flatten() {
             let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
             for f in files.flatten() {
@@ -112,115 +128,71 @@ impl LocalBlockStore {
     }
 }
 
-/// fsyncs a directory, so that a rename into it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
 
 #[async_trait::async_trait]
-impl BlockStore for LocalBlockStore {
+impl BlockStore for BlobBlockStore {
     async fn len(&self, hash: &Hash) -> io::Result<Option<u64>> {
-        match tokio::fs::metadata(self.path(hash)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.blobs.head(&key(hash)).await.map_err(io_of)?.map(|o| o.size))
     }
 
-    async fn put(&self, hash: &Hash, mut body: BoxStream<'_, io::Result<Bytes>>) -> Result<u64, BlockError> {
+    async fn put(&self, hash: &Hash, body: BoxStream<'_, io::Result<Bytes>>) -> Result<u64, BlockError> {
         let _permit = self.writes.acquire().await.map_err(|e| BlockError::Io(e.to_string()))?;
-        let dest = self.path(hash);
-        let shard = dest.parent().expect("sharded").to_path_buf();
-        tokio::fs::create_dir_all(&shard).await.map_err(|e| BlockError::io("cannot create block directory", e))?;
-        let tmp = shard.join(format!("{}.{}.tmp", hex::encode(hash), ferry_store::new_id("up")));
-        let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| BlockError::io("cannot create block file", e))?;
-            let mut sha = Sha256::new();
-            let mut len = 0u64;
+        // The blob store takes a 'static stream: the body is forwarded through a small queue.
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+        let forward = async move {
+            let mut body = body;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| BlockError::Io(format!("upload interrupted: {e}")))?;
-                len += chunk.len() as u64;
-                if len > BLOCK_SIZE {
-                    return Err(BlockError::TooLarge);
+                if tx.send(chunk).await.is_err() {
+                    break;
                 }
-                sha.update(&chunk);
-                file.write_all(&chunk).await.map_err(|e| BlockError::io("cannot write block", e))?;
             }
-            let actual: Hash = sha.finalize().into();
-            if &actual != hash {
-                return Err(BlockError::HashMismatch(hex::encode(hash)));
-            }
-            file.sync_all().await.map_err(|e| BlockError::io("cannot write block", e))?;
-            drop(file);
-            tokio::fs::rename(&tmp, &dest).await.map_err(|e| BlockError::io("cannot store block", e))?;
-            let shard = shard.clone();
-            tokio::task::spawn_blocking(move || sync_dir(&shard))
-                .await
-                .map_err(|e| BlockError::Io(e.to_string()))?
-                .map_err(|e| BlockError::io("cannot store block", e))?;
-            Ok(len)
+        };
+        let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
+        let k = key(hash);
+        let store = self.blobs.put_checked(&k, stream, ferry_blobs::Expect::Sha256(*hash), Some(BLOCK_SIZE));
+        let (stored, ()) = tokio::join!(store, forward);
+        match stored {
+            Ok(n) => Ok(n),
+            Err(ferry_blobs::BlobError::Invalid(m)) if !m.contains("longer than") => Err(BlockError::HashMismatch(hex::encode(hash))),
+            Err(e) => Err(BlockError::of(e)),
         }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
     }
 
     async fn read(&self, hash: &Hash, offset: u64, len: u64) -> io::Result<BoxStream<'static, io::Result<Bytes>>> {
         // The permit travels with the stream: it is released when the response is sent.
         let permit = self.reads.clone().acquire_owned().await.map_err(io::Error::other)?;
-        let mut file = tokio::fs::File::open(self.path(hash)).await?;
-        file.seek(io::SeekFrom::Start(offset)).await?;
-        let limited = file.take(len);
-        let chunks = futures::stream::unfold((limited, permit), |(mut f, permit)| async move {
-            let mut buf = vec![0u8; READ_CHUNK];
-            match f.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Bytes::from(buf)), (f, permit)))
-                }
-                Err(e) => Some((Err(e), (f, permit))),
-            }
-        });
-        Ok(chunks.boxed())
+        let data = self.blobs.get_range(&key(hash), offset..offset.saturating_add(len)).await.map_err(io_of)?;
+        Ok(data.map(move |c| {
+            let _held = &permit;
+            c
+        })
+        .boxed())
     }
 
     fn local_path(&self, hash: &Hash) -> Option<PathBuf> {
-        Some(self.path(hash))
+        self.blobs.local_path(&key(hash))
     }
 
     async fn touch(&self, hash: &Hash) -> io::Result<()> {
-        let path = self.path(hash);
-        tokio::task::spawn_blocking(move || std::fs::File::options().write(true).open(path)?.set_modified(std::time::SystemTime::now()))
-            .await
-            .map_err(io::Error::other)?
+        self.blobs.touch(&key(hash)).await.map_err(io_of)
     }
 
     async fn remove_unreferenced(&self, keep: &std::collections::HashSet<Hash>, min_age: std::time::Duration) -> io::Result<usize> {
-        let dir = self.dir.clone();
-        let keep = keep.clone();
-        tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now();
-            let mut removed = 0;
-            for shard in std::fs::read_dir(&dir)?.flatten() {
-                for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                    let name = f.file_name();
-                    let mut hash = [0u8; 32];
-                    if hex::decode_to_slice(name.as_encoded_bytes(), &mut hash).is_err() || keep.contains(&hash) {
-                        continue;
-                    }
-                    let old = f.metadata().and_then(|m| m.modified()).is_ok_and(|t| now.duration_since(t).is_ok_and(|a| a >= min_age));
-                    if old && std::fs::remove_file(f.path()).is_ok() {
-                        removed += 1;
-                    }
-                }
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for object in self.blobs.list("volumes/blocks/").await.map_err(io_of)? {
+            let name = object.key.rsplit('/').next().unwrap_or("");
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(name, &mut hash).is_err() || keep.contains(&hash) {
+                continue;
             }
-            Ok(removed)
-        })
-        .await
-        .map_err(io::Error::other)?
+            let old = now.duration_since(object.modified).is_ok_and(|a| a >= min_age);
+            if old && self.blobs.delete(&object.key).await.is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -241,7 +213,7 @@ mod tests {
     #[tokio::test]
     async fn stores_verified_blocks_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlockStore::new(dir.path());
+        let store = BlobBlockStore::local(dir.path());
         let (hash, _) = block_hash(b"hello world");
         assert_eq!(store.len(&hash).await.unwrap(), None);
         assert!(matches!(store.put(&hash, body(b"hello there")).await, Err(BlockError::HashMismatch(_))));
@@ -270,7 +242,7 @@ mod tests {
             eprintln!("skipped: cannot mount a tmpfs (not root)");
             return;
         }
-        let store = LocalBlockStore::new(dir.path().join("blocks"));
+        let store = BlobBlockStore::local(dir.path());
         let data: &'static [u8] = Box::leak(vec![7u8; 2 << 20].into_boxed_slice());
         let (hash, _) = block_hash(data);
         let result = store.put(&hash, body(data)).await;

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_store::{EntryKind, Store, StoreError, VolumeChange, VolumeEntry};
 
-pub use blocks::{BlockError, BlockStore, Hash, LocalBlockStore, BLOCK_SIZE};
+pub use ferry_blobs::Blobs;
+pub use blocks::{BlobBlockStore, BlockError, BlockStore, Hash, LocalBlockStore, BLOCK_SIZE};
 pub use paths::normalize;
 
 /// The filesystem version Ferry serves (Modal's "VolumeFS v2": content-addressed blocks).
@@ -45,6 +46,9 @@ pub enum VolumeError {
     Conflict(String),
     #[error("{0}")]
     DiskFull(String),
+    /// The object store holding blocks could not be reached or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Io(String),
     #[error(transparent)]
@@ -55,7 +59,9 @@ pub type Result<T, E = VolumeError> = std::result::Result<T, E>;
 
 impl VolumeError {
     pub(crate) fn io(what: impl std::fmt::Display, e: std::io::Error) -> VolumeError {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        if let Some(b) = ferry_blobs::BlobError::from_io(&e).filter(|b| b.is_unavailable()) {
+            VolumeError::Unavailable(format!("{what}: {b}"))
+        } else if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
             VolumeError::DiskFull(format!("Ferry's disk is full ({what}: {e}); the volume is unchanged"))
         } else {
             VolumeError::Io(format!("{what}: {e}"))
@@ -129,13 +135,14 @@ pub fn block_count(size: u64) -> u64 {
 }
 
 impl Volumes {
-    /// Volumes stored under `data_dir/volumes`, blocks on the local disk.
-    pub fn open(store: Store, data_dir: &Path) -> Result<Volumes> {
+    /// Volumes whose local state (snapshots, file objects, views) is under `data_dir/volumes`
+    /// and whose blocks are in `blobs` (the data dir's `volumes/blocks/`, or a bucket).
+    pub fn open(store: Store, data_dir: &Path, blobs: ferry_blobs::Blobs) -> Result<Volumes> {
         let root = data_dir.join("volumes");
-        let local = LocalBlockStore::new(root.join("blocks"));
+        let blocks = BlobBlockStore::new(blobs);
         std::fs::create_dir_all(root.join("blocks")).map_err(|e| VolumeError::io("cannot create the volumes directory", e))?;
-        local.remove_partial();
-        let volumes = Volumes { store, blocks: Arc::new(local), root, locks: Default::default(), mounts: Default::default(), sweeping: Default::default() };
+        blocks.remove_partial();
+        let volumes = Volumes { store, blocks: Arc::new(blocks), root, locks: Default::default(), mounts: Default::default(), sweeping: Default::default() };
         volumes.sweep_stale_views();
         Ok(volumes)
     }

@@ -182,11 +182,28 @@ impl Volumes {
         let result = (|| -> Result<()> {
             let mut out = std::fs::File::create(&tmp).map_err(io("cannot create", &tmp))?;
             for (i, h) in entry.blocks.iter().enumerate() {
-                let src = self.blocks().local_path(h).ok_or_else(|| VolumeError::Io("blocks are not on this machine".into()))?;
-                let mut src = std::fs::File::open(&src).map_err(io("cannot open block", &src))?;
                 out.seek(std::io::SeekFrom::Start(i as u64 * BLOCK_SIZE)).map_err(io("cannot write", &tmp))?;
-                // A file-to-file copy, done by the kernel where it can.
-                std::io::copy(&mut src, &mut out).map_err(io("cannot write", &tmp))?;
+                match self.blocks().local_path(h) {
+                    Some(src) => {
+                        let mut src = std::fs::File::open(&src).map_err(io("cannot open block", &src))?;
+                        // A file-to-file copy, done by the kernel where it can.
+                        std::io::copy(&mut src, &mut out).map_err(io("cannot write", &tmp))?;
+                    }
+                    None => {
+                        // Blocks in a bucket: streamed into the file (this runs on a blocking
+                        // thread of the runtime).
+                        let rt = tokio::runtime::Handle::current();
+                        let blocks = self.blocks().clone();
+                        rt.block_on(async {
+                            let mut data = blocks.read(h, 0, BLOCK_SIZE).await.map_err(|e| VolumeError::io("cannot fetch a block", e))?;
+                            while let Some(chunk) = data.next().await {
+                                let chunk = chunk.map_err(|e| VolumeError::io("cannot fetch a block", e))?;
+                                out.write_all(&chunk).map_err(io("cannot write", &tmp))?;
+                            }
+                            Ok::<(), VolumeError>(())
+                        })?;
+                    }
+                }
             }
             // Trailing zeros of blocks are not stored: they become holes.
             out.set_len(entry.size).map_err(io("cannot write", &tmp))?;
