@@ -23,6 +23,12 @@ if [ $# -eq 0 ] && [ -z "${FERRY_SKIP_POSTGRES:-}" ]; then
   trap 'bash tools/pg-test-cluster.sh stop "$pg_dir"' EXIT
   pg_url=$(bash tools/pg-test-cluster.sh start "$pg_dir" 2>/dev/null)
   echo "tools/test.sh: end-to-end tests with the store on PostgreSQL"
+  # A data dir of its own: its files (volume blocks, mount files) belong to the PostgreSQL
+  # database, and a server collects the files its database does not name. The base image is
+  # copied from the SQLite run's data dir.
+  pg_data="${FERRY_TEST_DATA_DIR}-postgres"
+  FERRY_BASE_SEED="$FERRY_TEST_DATA_DIR" "$FERRY_BIN" images prepare --data-dir "$pg_data"
+  FERRY_TEST_DATA_DIR="$pg_data" FERRY_BASE_SEED="$FERRY_TEST_DATA_DIR" \
   FERRY_TEST_DATABASE=postgres FERRY_TEST_POSTGRES_URL="$pg_url" \
     .venv/bin/python -m pytest -q -p no:cacheprovider -rfE \
       tests/serve/test_run_function.py tests/serve/test_functions.py tests/serve/test_durable.py \

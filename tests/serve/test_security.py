@@ -323,7 +323,13 @@ def test_tls_by_default_beyond_loopback_and_the_client_trusts_the_printed_settin
 
 def test_loopback_stays_plain_h2c(server):
     assert server.url.startswith("http://127.0.0.1:")
-    assert not (server.data_dir / "tls").exists()
+    # The API answers the cleartext HTTP/2 preface with its SETTINGS frame: no TLS. (The data
+    # dir's own authority may exist: sandbox tunnels with encrypted_ports use it.)
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        head = s.recv(9)
+    assert len(head) == 9 and head[3] == 0x4, head
 
 
 # --- the secret key ------------------------------------------------------------------------

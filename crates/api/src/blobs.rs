@@ -409,6 +409,7 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::BlobCreateRequest>)
 }
 
 pub(crate) async fn get(s: &ModalService, r: Request<api::BlobGetRequest>) -> Rpc<api::BlobGetResponse> {
+    let from_container = matches!(crate::service::principal(&r), ferry_store::Principal::Task { .. });
     let req = r.into_inner();
     let blobs = store_of(s)?;
     if !valid_id(&req.blob_id) {
@@ -419,8 +420,11 @@ pub(crate) async fn get(s: &ModalService, r: Request<api::BlobGetRequest>) -> Rp
         Ok(None) => return Err(Status::not_found(format!("blob {} not found", req.blob_id))),
         Err(e) => return Err(blob_status(&format!("cannot read blob {}", req.blob_id), e)),
     }
-    // A bucket signs a URL of its own (containers on other hosts fetch from it directly);
-    // the data dir's blobs are served by Ferry's blob endpoint.
+    // A bucket signs a URL of its own for clients; containers, whose network namespace reaches
+    // only what Ferry serves into it, and the data dir's blobs go through Ferry's blob endpoint.
+    if from_container {
+        return Ok(GrpcResponse::new(api::BlobGetResponse { download_url: blobs.url(&req.blob_id, "GET") }));
+    }
     let download_url = match blobs.blobs.presigned_get(&bytes_key(&req.blob_id), URL_LIFETIME).await {
         Ok(Some(url)) => url,
         Ok(None) => blobs.url(&req.blob_id, "GET"),

@@ -166,13 +166,18 @@ impl Store {
         if app.state == AppState::Stopped {
             return Ok(app);
         }
-        let stopped_at = (state == AppState::Stopped).then(now);
-        sqlx::query("UPDATE apps SET state = $1, stopped_at = COALESCE($2, stopped_at) WHERE id = $3")
-            .bind(state as i64)
-            .bind(stopped_at)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        // Two statements rather than a NULL parameter: a prepared statement keeps the type of
+        // its first parameters, and a NULL there has none PostgreSQL would match to a float later.
+        if state == AppState::Stopped {
+            sqlx::query("UPDATE apps SET state = $1, stopped_at = $2 WHERE id = $3")
+                .bind(state as i64)
+                .bind(now())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        } else {
+            sqlx::query("UPDATE apps SET state = $1 WHERE id = $2").bind(state as i64).bind(id).execute(&self.pool).await?;
+        }
         self.notify.fire(&log_topic(id));
         self.app(id).await
     }

@@ -117,7 +117,7 @@ async fn insert_inputs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, inputs: &[Call
     let mut q = sqlx::query_scalar::<_, String>(&sql);
     for w in inputs {
         if let CallWrite::Input { id, call_id, function_id, idx, payload, created_at } = w {
-            q = q.bind(id).bind(call_id).bind(function_id).bind(idx).bind(payload).bind(created_at);
+            q = q.bind(id).bind(call_id).bind(function_id).bind(*idx as i64).bind(payload).bind(created_at);
         }
     }
     let inserted: std::collections::HashSet<String> = q.fetch_all(&mut **tx).await?.into_iter().collect();
@@ -129,7 +129,7 @@ async fn insert_inputs(tx: &mut sqlx::Transaction<'_, sqlx::Any>, inputs: &[Call
                 // A retried request: the input is stored under its first id.
                 let existing: String = sqlx::query_scalar("SELECT id FROM function_inputs WHERE call_id = $1 AND idx = $2")
                     .bind(call_id)
-                    .bind(idx)
+                    .bind(*idx as i64)
                     .fetch_one(&mut **tx)
                     .await?;
                 outcomes.push(WriteOutcome::Existing(existing));
@@ -187,7 +187,7 @@ async fn record_answers(tx: &mut sqlx::Transaction<'_, sqlx::Any>, answers: &[Ca
                 .bind(a.retry_count as i64)
                 .bind(&a.task_id)
                 .bind(&a.result)
-                .bind(a.data_format)
+                .bind(a.data_format as i64)
                 .bind(a.finished_at)
                 .bind(a.duration)
                 .bind(a.seq);
@@ -231,7 +231,7 @@ impl Store {
                     sqlx::query("INSERT INTO function_calls (id, function_id, invocation_type, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
                         .bind(id)
                         .bind(function_id)
-                        .bind(invocation_type)
+                        .bind(*invocation_type as i64)
                         .bind(created_at)
                         .execute(&mut *tx)
                         .await?;
@@ -244,7 +244,7 @@ impl Store {
                     .bind(id)
                     .bind(call_id)
                     .bind(function_id)
-                    .bind(idx)
+                    .bind(*idx as i64)
                     .bind(payload)
                     .bind(created_at)
                     .execute(&mut *tx)
@@ -252,7 +252,7 @@ impl Store {
                     if done.rows_affected() == 0 {
                         let existing: String = sqlx::query_scalar("SELECT id FROM function_inputs WHERE call_id = $1 AND idx = $2")
                             .bind(call_id)
-                            .bind(idx)
+                            .bind(*idx as i64)
                             .fetch_one(&mut *tx)
                             .await?;
                         WriteOutcome::Existing(existing)
@@ -269,7 +269,7 @@ impl Store {
                     .bind(a.retry_count as i64)
                     .bind(&a.task_id)
                     .bind(&a.result)
-                    .bind(a.data_format)
+                    .bind(a.data_format as i64)
                     .bind(a.finished_at)
                     .bind(a.duration)
                     .bind(a.seq)
@@ -359,7 +359,7 @@ impl Store {
     /// Answers of a call's inputs with index in `lo..=hi`.
     pub async fn call_answers_in_range(&self, call_id: &str, lo: i32, hi: i32) -> Result<Vec<AnswerRecord>> {
         let sql = format!("SELECT {ANSWER_COLUMNS} FROM function_inputs WHERE call_id = $1 AND idx >= $2 AND idx <= $3 AND seq IS NOT NULL ORDER BY idx");
-        let rows = sqlx::query(&sql).bind(call_id).bind(lo).bind(hi).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(call_id).bind(lo as i64).bind(hi as i64).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(answer).collect())
     }
 

@@ -108,7 +108,7 @@ def forwarded(queue_name: str) -> str:
         with modal.forward(FORWARD_PORT + 1):
             pass
         tls = "opened"
-    except Exception as e:  # no certificate on the server: a clear refusal
+    except Exception as e:  # the forward could not open: say why
         tls = f"{type(e).__name__}: {e}"
     with modal.forward(FORWARD_PORT, unencrypted=True) as tunnel:
         q.put(list(tunnel.tcp_socket), partition="address")
