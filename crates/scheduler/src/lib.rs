@@ -217,6 +217,21 @@ struct Pending {
 }
 
 impl Pending {
+    /// A new input of a call, waiting and never tried; its payload is kept beside it.
+    fn new(input_id: String, call_id: &str, function_id: &str, idx: i32, invocation_type: i32, is_async: bool) -> Self {
+        Pending {
+            input_id,
+            call_id: call_id.to_string(),
+            function_id: function_id.to_string(),
+            idx,
+            payload: None,
+            retry_count: 0,
+            invocation_type,
+            is_async,
+            taken_at: None,
+        }
+    }
+
     fn to_input(&self) -> Input {
         Input {
             input_id: self.input_id.clone(),
@@ -441,17 +456,7 @@ impl Scheduler {
                 },
             );
             for (input, id) in inputs.iter().zip(&ids) {
-                let p = Pending {
-                    input_id: id.clone(),
-                    call_id: call_id.to_string(),
-                    function_id: function_id.to_string(),
-                    idx: input.idx,
-                    payload: None,
-                    retry_count: 0,
-                    invocation_type,
-                    is_async,
-                    taken_at: None,
-                };
+                let p = Pending::new(id.clone(), call_id, function_id, input.idx, invocation_type, is_async);
                 // Its row may not be committed yet: the payload stays in memory whatever the budget.
                 Self::push_pending_in_memory(&mut st, function_id, p, input.payload.clone());
             }
@@ -544,17 +549,7 @@ impl Scheduler {
                 _ => {
                     answer.push((input.idx, ids[i].clone()));
                     added += 1;
-                    let p = Pending {
-                        input_id: ids[i].clone(),
-                        call_id: call_id.to_string(),
-                        function_id: function_id.to_string(),
-                        idx: input.idx,
-                        payload: None,
-                        retry_count: 0,
-                        invocation_type,
-                        is_async,
-                        taken_at: None,
-                    };
+                    let p = Pending::new(ids[i].clone(), call_id, function_id, input.idx, invocation_type, is_async);
                     Self::push_pending(&mut st, function_id, p, Some(input.payload));
                 }
             }
