@@ -173,13 +173,15 @@ def test_dashboard_in_a_browser(runner, browser, tmp_path):
         assert put.returncode == 0, put.stderr
         browser.get(url + "/dicts")
         browser.find_element(By.LINK_TEXT, "dash-dict").click()
-        assert browser.find_element(By.ID, "object-size").text == "3"
+        wait_for(lambda: browser.find_element(By.ID, "object-size").text == "3", timeout=30,
+                 what="dash-dict's page with its size")
         entries = browser.find_element(By.ID, "entries").text
         assert "'greeting'" in entries and "'hello there'" in entries and "42" in entries
         assert "5d94284b014b02652e" in entries  # the list is shown as hex, not unpickled
         browser.get(url + "/queues")
         browser.find_element(By.LINK_TEXT, "dash-queue").click()
-        assert browser.find_element(By.ID, "object-size").text == "2"
+        wait_for(lambda: browser.find_element(By.ID, "object-size").text == "2", timeout=30,
+                 what="dash-queue's page with its size")
         assert "'first'" in browser.find_element(By.ID, "entries").text
 
         # Secrets: key names, never values.
@@ -199,7 +201,10 @@ def test_dashboard_in_a_browser(runner, browser, tmp_path):
         # Create a token (its secret is shown once), then revoke it.
         browser.find_element(By.CSS_SELECTOR, '#create-token input[name="label"]').send_keys("dash-made")
         browser.find_element(By.CSS_SELECTOR, "#create-token button").click()
-        new_id = browser.find_element(By.ID, "new-token-id").text
+        # The form posts and the browser loads the answer page; wait for it rather than
+        # reading the page that is still being left.
+        new_id = wait_for(lambda: browser.find_element(By.ID, "new-token-id").text, timeout=30,
+                          what="the page showing the new token")
         new_secret = browser.find_element(By.ID, "new-token-secret").text
         assert new_id.startswith("ak-") or new_id, new_id
         assert len(new_secret) >= 16
