@@ -10,7 +10,9 @@
 #                                          standard input closes (a test process's lifeline)
 #
 # FERRY_PG_DURABLE=1 keeps fsync on (benchmarks); tests run without it, which is faster and
-# loses nothing a throwaway cluster needs.
+# loses nothing a throwaway cluster needs. FERRY_PG_TLS=1 makes a CA and a server certificate
+# for 127.0.0.1 (DIR/tls/ca.pem), refuses connections without TLS, and prints a URL with
+# `sslmode=verify-full&sslrootcert=DIR/tls/ca.pem`.
 set -euo pipefail
 
 find_bin() {
@@ -54,14 +56,37 @@ start() {
     rm -f "$DIR/.pw.tmp"
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    local tls="" query=""
+    if [ "${FERRY_PG_TLS:-0}" = 1 ]; then
+        make_tls "$DIR"
+        tls="-c ssl=on -c ssl_cert_file=$DIR/tls/server.pem -c ssl_key_file=$DIR/tls/server.key"
+        # Only TLS connections over TCP: a plain one is refused before authentication.
+        { echo "hostnossl all all 0.0.0.0/0 reject"; cat "$DIR/data/pg_hba.conf"; } > "$DIR/hba.tmp"
+        cat "$DIR/hba.tmp" > "$DIR/data/pg_hba.conf"; rm -f "$DIR/hba.tmp"
+        query="?sslmode=verify-full&sslrootcert=$DIR/tls/ca.pem"
+    fi
     local fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     if [ "${FERRY_PG_DURABLE:-0}" = 1 ]; then fast=""; fi
     # shellcheck disable=SC2086
     as_owner "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 30 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $DIR -c max_connections=400 $fast" start >/dev/null \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $DIR -c max_connections=400 $fast $tls" start >/dev/null \
         || { cat "$DIR/server.log" >&2; exit 1; }
     echo "$DIR" >&2
-    echo "postgres://ferry:$pw@127.0.0.1:$port/postgres"
+    echo "postgres://ferry:$pw@127.0.0.1:$port/postgres$query"
+}
+
+# A throwaway CA and a server certificate for 127.0.0.1/localhost, readable by the cluster's owner.
+make_tls() {
+    local t=$1/tls
+    mkdir -p "$t"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ferry-test-pg-ca" \
+        -keyout "$t/ca.key" -out "$t/ca.pem" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$t/server.key" -out "$t/server.csr" >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' > "$t/ext.cnf"
+    openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial -days 2 \
+        -extfile "$t/ext.cnf" -out "$t/server.pem" >/dev/null 2>&1
+    chmod 600 "$t/server.key"
+    if [ "$(id -u)" = 0 ]; then chown "$OWNER" "$t/server.key" "$t/server.pem"; chmod 755 "$t"; fi
 }
 
 stop() {
