@@ -310,3 +310,12 @@ def test_drain_stops_new_placement_and_a_lost_worker_kills_stale_containers(clus
     log = w1.text()
     assert "declared this worker lost" in log and "killing the container" in log, log[-3000:]
     assert "registered as" in log.split("declared this worker lost", 1)[1], log[-3000:]
+
+    # Removing a worker stops it: it is told at its next poll and exits.
+    removed = server.ferry("worker", "remove", "w2")
+    assert removed.returncode == 0 and "removed" in removed.stdout, removed.stdout + removed.stderr
+    w2.proc.wait(20)
+    assert "removed by an operator" in w2.text(), w2.text()[-3000:]
+    assert "w2" not in worker_list(server)
+    unknown = server.ferry("worker", "drain", "no-such-worker")
+    assert unknown.returncode != 0 and "no live worker 'no-such-worker'" in unknown.stderr, unknown.stderr

@@ -18,6 +18,9 @@ use ferry_store::{NewWorkerTask, Store, WorkerRecord};
 
 pub use wire::{Assignment, ExitReport, FileRef};
 
+/// Finished tasks nobody read, and lost workers, are forgotten after this long.
+const PRUNE_AFTER: Duration = Duration::from_secs(3600);
+
 /// Settings of the control plane's side.
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
@@ -153,8 +156,15 @@ impl Fleet {
         tokio::spawn(async move {
             let period = (fleet.config.heartbeat_timeout / 3).clamp(Duration::from_millis(200), Duration::from_secs(10));
             let mut tick = tokio::time::interval(period);
+            let mut last_prune = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
+                if last_prune.elapsed() > Duration::from_secs(60) {
+                    last_prune = tokio::time::Instant::now();
+                    if let Err(e) = fleet.store.prune_workers(PRUNE_AFTER.as_secs_f64()).await {
+                        tracing::warn!("cannot prune old worker rows: {e}");
+                    }
+                }
                 match fleet.store.mark_lost_workers(fleet.config.heartbeat_timeout.as_secs_f64()).await {
                     Ok(lost) => {
                         for id in lost {

@@ -235,11 +235,24 @@ impl Store {
 
     /// Signals asked for the worker's tasks since it last asked (each handed out once).
     pub async fn take_worker_kills(&self, worker_id: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("UPDATE worker_tasks SET kill_signal = NULL WHERE worker_id = $1 AND kill_signal IS NOT NULL RETURNING task_id, kill_signal")
+        // RETURNING would give the cleared value: read, then clear what was read.
+        let rows = sqlx::query("SELECT task_id, kill_signal FROM worker_tasks WHERE worker_id = $1 AND kill_signal IS NOT NULL")
             .bind(worker_id)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let mut taken = Vec::new();
+        for r in rows {
+            let (task_id, signal): (String, String) = (r.get(0), r.get(1));
+            let done = sqlx::query("UPDATE worker_tasks SET kill_signal = NULL WHERE task_id = $1 AND kill_signal = $2")
+                .bind(&task_id)
+                .bind(&signal)
+                .execute(&self.pool)
+                .await?;
+            if done.rows_affected() > 0 {
+                taken.push((task_id, signal));
+            }
+        }
+        Ok(taken)
     }
 
     /// Of `task_ids` the worker says it runs, those it should run: placed on it and unfinished.
@@ -281,6 +294,21 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| WorkerTaskState { worker_id: r.get(0), app_id: r.get(1), function_id: r.get(2), state: r.get(3), exit: r.get(4) }))
+    }
+
+    /// Deletes finished tasks nobody read within `older_than_secs` (their replica died), and
+    /// lost or removed workers silent that long with no task rows left.
+    pub async fn prune_workers(&self, older_than_secs: f64) -> Result<()> {
+        let before = now() - older_than_secs;
+        sqlx::query("DELETE FROM worker_tasks WHERE state IN ('exited', 'lost') AND updated_at < $1").bind(before).execute(&self.pool).await?;
+        sqlx::query(
+            "DELETE FROM workers WHERE state IN ('lost', 'removed') AND last_seen < $1 \
+             AND NOT EXISTS (SELECT 1 FROM worker_tasks t WHERE t.worker_id = workers.id)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Forgets a task once its exit or loss was handled.
@@ -325,10 +353,14 @@ mod tests {
         assert_eq!(s.worker_task("ta-1").await.unwrap().unwrap().state, "lost");
         assert_eq!(s.worker_heartbeat(&w).await.unwrap(), "lost");
         assert!(!s.finish_worker_task(&w, "ta-1", "{}").await.unwrap());
+        s.prune_workers(3600.0).await.unwrap();
+        assert!(s.worker_task("ta-1").await.unwrap().is_some(), "recent rows stay");
         s.forget_worker_task("ta-1").await.unwrap();
         assert!(s.worker_task("ta-1").await.unwrap().is_none());
         assert_eq!(s.set_worker_state(&w, "removed").await.unwrap(), 1);
         assert!(s.workers().await.unwrap().is_empty());
+        s.prune_workers(-1.0).await.unwrap();
+        assert!(matches!(s.worker_heartbeat(&w).await, Err(StoreError::NotFound(_))));
     }
 
     crate::backend_tests!(workers_take_tasks_and_lose_them_when_silent);
