@@ -269,6 +269,30 @@ def test_drain_stops_new_placement_and_a_lost_worker_kills_stale_containers(clus
         w1.start()  # registers again, as a new worker
     listed = worker_list(server)
     assert listed["w1"]["state"] == "ready", listed
+    # A container on a worker reaches the control plane, never its worker host's loopback
+    # (a listener on both hosts' loopback, wherever the container lands).
+    port = free_port("127.0.0.1")
+    listeners = [
+        subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", "--", os.sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for ns in hosts.namespaces
+    ]
+    try:
+        # The worker host itself does reach it.
+        check = f"import socket, time\nfor _ in range(50):\n    try:\n        socket.create_connection(('127.0.0.1', {port}), timeout=1).close(); break\n    except OSError: time.sleep(0.1)\nelse: raise SystemExit(1)"
+        for ns in hosts.namespaces:
+            reached = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "--", os.sys.executable, "-c", check], timeout=30)
+            assert reached.returncode == 0, "the listener on the worker host's loopback did not start"
+        out = server.modal("run", str(APPS / "workers_app.py"), "--probe-port", str(port), timeout=150)
+    finally:
+        for listener in listeners:
+            listener.kill()
+            listener.wait()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "REACH 127.0.0.1:closed 10.0.2.2:closed" in out.stdout, out.stdout + out.stderr
+
     drained = server.ferry("worker", "drain", "w2")
     assert drained.returncode == 0 and "draining" in drained.stdout, drained.stdout + drained.stderr
     assert worker_list(server)["w2"]["state"] == "draining"

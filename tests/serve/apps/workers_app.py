@@ -17,8 +17,25 @@ def where(x: int, pause: float = 0.0) -> tuple[int, str, str]:
     return x * x, os.environ["MODAL_TASK_ID"], open("/marker").read().strip()
 
 
+@app.function(image=image)
+def reach(port: int) -> list[str]:
+    """Whether the container gets to a port on its worker host's loopback (it must not)."""
+    import socket
+
+    seen = []
+    for host in ("127.0.0.1", "10.0.2.2"):  # its own loopback; slirp's way to the host's
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            seen.append(f"{host}:open")
+        except OSError:
+            seen.append(f"{host}:closed")
+    return seen
+
+
 @app.local_entrypoint()
-def main(n: int = 0, pause: float = 0.0):
+def main(n: int = 0, pause: float = 0.0, probe_port: int = 0):
+    if probe_port:
+        print("REACH", " ".join(reach.remote(probe_port)), flush=True)
     square, task, marker = where.remote(7)
     print("REMOTE", square, task, marker, flush=True)
     for square, task, marker in where.map(range(n), kwargs={"pause": pause}):
