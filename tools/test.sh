@@ -16,7 +16,7 @@ status=0
 
 # The store on PostgreSQL (docs/cluster.md): after the full run, the end-to-end tests of the
 # areas that lean on the store (functions and their durability across kill -9, Dicts, Queues,
-# Secrets, images, web endpoints, volumes) again with every server on a throwaway cluster.
+# Secrets, images, web endpoints, volumes, worker hosts) again with every server on a throwaway cluster.
 # The store crate's own tests ran on both backends under cargo test above.
 if [ $# -eq 0 ] && [ -z "${FERRY_SKIP_POSTGRES:-}" ]; then
   pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-pg.XXXXXX")
@@ -34,6 +34,7 @@ if [ $# -eq 0 ] && [ -z "${FERRY_SKIP_POSTGRES:-}" ]; then
       tests/serve/test_run_function.py tests/serve/test_functions.py tests/serve/test_durable.py \
       tests/serve/test_dict.py tests/serve/test_queue.py tests/serve/test_secret.py \
       tests/serve/test_images.py tests/serve/test_web.py tests/serve/test_volumes.py \
+      tests/serve/test_workers.py \
       -k "not test_registry_image_runs_functions_and_private_registry and not test_images_list_and_gc \
           and not test_many_spawned_inputs_with_bounded_memory" || status=$?
 fi

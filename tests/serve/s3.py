@@ -33,15 +33,18 @@ def free_port() -> int:
 class SeaweedS3:
     """One SeaweedFS: master, volume, filer and S3 gateway in one process."""
 
-    def __init__(self, bucket: str = "ferry-test"):
+    def __init__(self, bucket: str = "ferry-test", ip: str = "127.0.0.1"):
         self.bucket = bucket
+        # The address it listens on (another local address for tests whose clients live in
+        # other network namespaces).
+        self.ip = ip
         self.dir = Path(tempfile.mkdtemp(prefix="ferry-s3-"))
         self.proc = None
         self.port = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.ip}:{self.port}"
 
     def storage_url(self, bucket: str | None = None, **params) -> str:
         query = "&".join(f"{k}={v}" for k, v in {"endpoint": self.endpoint, "region": "us-east-1", **params}.items())
@@ -64,7 +67,7 @@ class SeaweedS3:
         self.port = free_port()
         ports = {name: free_port() for name in ("master", "volume", "filer")}
         args = [
-            weed, "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            weed, "mini", f"-dir={self.dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
             f"-s3.port={self.port}", f"-s3.config={config}",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             f"-master.port.grpc={free_port()}", f"-volume.port.grpc={free_port()}", f"-filer.port.grpc={free_port()}",

@@ -30,7 +30,7 @@ const TIMED_OUT: &str = "Function timed out after ";
 pub(crate) struct Launcher {
     pub(crate) worker: ferry_worker::Worker,
     client: OnceCell<ferry_worker::ClientRuntime>,
-    killers: std::sync::Mutex<std::collections::HashMap<String, ferry_worker::TaskKiller>>,
+    killers: std::sync::Mutex<std::collections::HashMap<String, Killer>>,
     definitions: std::sync::Mutex<std::collections::HashMap<String, Arc<(ferry_store::FunctionRecord, api::Function)>>>,
 }
 
@@ -51,11 +51,44 @@ impl Launcher {
         self.definitions.lock().unwrap().remove(function_id);
     }
 
-    /// Stops a running container now; returns false when it is not running here.
+    /// Stops a running container now (here or on its worker host); returns false when this
+    /// server does not follow it.
     pub(crate) fn kill(&self, task_id: &str) -> bool {
         match self.killers.lock().unwrap().get(task_id) {
-            Some(k) => k.kill(ferry_worker::Signal::Kill).is_ok(),
+            Some(k) => k.kill(ferry_worker::Signal::Kill),
             None => false,
+        }
+    }
+
+    pub(crate) fn follow(&self, task_id: &str, killer: Killer) {
+        self.killers.lock().unwrap().insert(task_id.to_string(), killer);
+    }
+
+    pub(crate) fn unfollow(&self, task_id: &str) {
+        self.killers.lock().unwrap().remove(task_id);
+    }
+
+    /// Containers running on this host now.
+    pub(crate) fn local_tasks(&self) -> usize {
+        self.killers.lock().unwrap().values().filter(|k| matches!(k, Killer::Local(_))).count()
+    }
+}
+
+/// Stops a container: on this host, or through the worker host that runs it.
+#[derive(Clone)]
+pub(crate) enum Killer {
+    Local(ferry_worker::TaskKiller),
+    Remote(ferry_fleet::RemoteKiller),
+}
+
+impl Killer {
+    fn kill(&self, signal: ferry_worker::Signal) -> bool {
+        match self {
+            Killer::Local(k) => k.kill(signal).is_ok(),
+            Killer::Remote(r) => {
+                r.signal(if matches!(signal, ferry_worker::Signal::Interrupt) { "interrupt" } else { "kill" });
+                true
+            }
         }
     }
 }
@@ -412,6 +445,15 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     let env = s.store.environment_by_id(&app.environment_id).await.map_err(|e| e.to_string())?;
 
     let layer = crate::images::wait_for_layer(s, &def.image_id).await?;
+    // Worker hosts: ferry-fleet decides where the container runs (build steps stay here).
+    if build_log.is_none() {
+        if let Some(fleet) = &s.config.fleet {
+            if let ferry_fleet::Placement::Worker { id, name } = crate::workers::place(s, fleet, function_id, &def).await? {
+                crate::workers::run_remote(s, fleet, (&id, &name), task_id, (&record, &def), (&app, &env), layer).await?;
+                return Ok(None);
+            }
+        }
+    }
 
     let mut files = crate::mounts::container_files(s, &def.mount_ids).await?;
     let mut env_vars = Vec::new();
@@ -545,35 +587,9 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
 
     // Enforce the per-attempt timeout, and the stop request: after kill_switch, give @exit
     // its grace period.
-    let killer = task.killer();
-    launcher.killers.lock().unwrap().insert(task_id.to_string(), killer.clone());
-    let timeout = Duration::from_secs(if def.timeout_secs == 0 { 300 } else { def.timeout_secs as u64 });
-    let watcher = {
-        let sched = s.scheduler.clone();
-        let task_id = task_id.to_string();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                if sched.longest_running(&task_id).is_some_and(|d| d > timeout) {
-                    sched.set_failure(&task_id, format!("{TIMED_OUT}{} seconds", timeout.as_secs()));
-                    let _ = killer.kill(ferry_worker::Signal::Kill);
-                    return;
-                }
-                match sched.task(&task_id) {
-                    // A draining container first answers what it holds (within `timeout`).
-                    Some(t) if t.stopping && !(t.draining && sched.longest_running(&task_id).is_some()) => {
-                        tokio::time::sleep(EXIT_GRACE).await;
-                        let _ = killer.kill(ferry_worker::Signal::Interrupt);
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        let _ = killer.kill(ferry_worker::Signal::Kill);
-                        return;
-                    }
-                    Some(_) => {}
-                    None => return,
-                }
-            }
-        })
-    };
+    let killer = Killer::Local(task.killer());
+    launcher.follow(task_id, killer.clone());
+    let watcher = watch(s, task_id, &def, killer);
     let (exit, layer) = if build_log.is_some() {
         match task.wait_into_layer().await {
             Ok((exit, layer)) => (Ok(exit), Some(layer)),
@@ -584,14 +600,53 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     };
     watcher.abort();
     s.volumes.release_task(task_id).await;
-    launcher.killers.lock().unwrap().remove(task_id);
+    launcher.unfollow(task_id);
     let _ = s.store.revoke_task_credential(task_id).await;
+    after_exit(s, function_id, task_id, &def, exit.map_err(|e| e.to_string())).await;
+    Ok(layer)
+}
+
+/// Enforces the per-attempt timeout and the stop request of a running container: after
+/// kill_switch, @exit gets its grace period.
+pub(crate) fn watch(s: &ModalService, task_id: &str, def: &api::Function, killer: Killer) -> tokio::task::JoinHandle<()> {
+    let timeout = Duration::from_secs(if def.timeout_secs == 0 { 300 } else { def.timeout_secs as u64 });
+    {
+        let sched = s.scheduler.clone();
+        let task_id = task_id.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if sched.longest_running(&task_id).is_some_and(|d| d > timeout) {
+                    sched.set_failure(&task_id, format!("{TIMED_OUT}{} seconds", timeout.as_secs()));
+                    killer.kill(ferry_worker::Signal::Kill);
+                    return;
+                }
+                match sched.task(&task_id) {
+                    // A draining container first answers what it holds (within `timeout`).
+                    Some(t) if t.stopping && !(t.draining && sched.longest_running(&task_id).is_some()) => {
+                        tokio::time::sleep(EXIT_GRACE).await;
+                        killer.kill(ferry_worker::Signal::Interrupt);
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        killer.kill(ferry_worker::Signal::Kill);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        })
+    }
+}
+
+/// What a container's end means for the inputs it held: run again elsewhere (stopped by an
+/// operator), retried per the function's policy, or answered with the failure.
+pub(crate) async fn after_exit(s: &ModalService, function_id: &str, task_id: &str, def: &api::Function, exit: Result<ferry_worker::TaskExit, String>) {
     let (info, held) = s.scheduler.remove_task(task_id);
     if info.as_ref().is_some_and(|i| i.preempted) {
         // Stopped by an operator: what it held runs again on another container.
         s.scheduler.return_inputs(function_id, held);
         let _ = ensure_capacity(s, function_id).await;
-        return Ok(layer);
+        return;
     }
     let reported = info.and_then(|i| i.failure);
     let message = match (&exit, &reported) {
@@ -610,7 +665,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     if message.starts_with(TIMED_OUT) {
         let result = failure_with(api::generic_result::GenericStatus::Timeout, message);
         fail_or_retry(s, function_id, task_id, held, result).await;
-        return Ok(layer);
+        return;
     }
     let mut lost = held;
     if reported.is_some() && s.scheduler.tasks_of_function(function_id) == 0 {
@@ -620,11 +675,10 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     } else {
         fail_or_retry(s, function_id, task_id, lost, failure(message)).await;
     }
-    Ok(layer)
 }
 
 /// Names a function's memory snapshot: a new definition (code, image, settings) gets a new one.
-fn snapshot_key(function_id: &str, definition: &[u8]) -> String {
+pub(crate) fn snapshot_key(function_id: &str, definition: &[u8]) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     definition.hash(&mut h);

@@ -35,6 +35,7 @@ mod status;
 mod tunnels;
 mod web;
 mod volumes;
+mod workers;
 mod workspace;
 
 use std::net::SocketAddr;
@@ -84,6 +85,8 @@ pub struct ApiConfig {
     pub pool: ferry_worker::PoolConfig,
     /// Where bytes live: the data dir (default) or an S3-compatible bucket (`--storage`).
     pub storage: ferry_blobs::StorageConfig,
+    /// Worker hosts (`ferry worker`) this server places containers on; none by default.
+    pub fleet: Option<ferry_fleet::Fleet>,
 }
 
 impl Default for ApiConfig {
@@ -101,6 +104,7 @@ impl Default for ApiConfig {
             containers_use_socket: false,
             pool: ferry_worker::PoolConfig::off(),
             storage: ferry_blobs::StorageConfig::Local,
+            fleet: None,
         }
     }
 }

@@ -4,6 +4,7 @@ mod config;
 mod gpus;
 mod ops;
 mod serve;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,14 @@ enum Command {
     Gpus {
         #[command(flatten)]
         args: gpus::GpuArgs,
+    },
+    /// Run this host as a worker of a remote `ferry serve` (`--server`, `--token`), or
+    /// administer worker hosts: `ferry worker list|drain|undrain|remove`. See docs/cluster.md.
+    Worker {
+        #[command(flatten)]
+        data_dir: DataDir,
+        #[command(flatten)]
+        args: workers::WorkerArgs,
     },
     /// Show what a data dir's server runs and queues, and its disk and memory use.
     Status {
@@ -191,10 +200,18 @@ enum TokenCommand {
         /// Allow only calls on this environment's apps and objects.
         #[arg(long, value_name = "NAME")]
         environment: Option<String>,
+        /// A token for a worker host (`ferry worker --token`), valid for the worker endpoint
+        /// only, never for the Modal API.
+        #[arg(long, conflicts_with_all = ["read_only", "environment"])]
+        worker: bool,
     },
     /// List tokens (ids and labels; secrets are never stored).
-    List,
-    /// Revoke a token: clients using it are refused from then on.
+    List {
+        /// List worker tokens instead of client tokens.
+        #[arg(long)]
+        worker: bool,
+    },
+    /// Revoke a token: clients (or workers, for a worker token) using it are refused from then on.
     Revoke { token_id: String },
 }
 
@@ -225,6 +242,7 @@ fn main() -> anyhow::Result<()> {
             Command::Images { data_dir, cmd: ImagesCommand::Export { image, out, tag } } => images_export(&data_dir.resolve(), &image, &out, &tag).await,
             Command::Gpus { args } => gpus::list(&args),
             Command::Llm { cmd } => ferry_llm::run(cmd).await,
+            Command::Worker { data_dir, args } => workers::run(&data_dir.resolve(), args).await,
             Command::Status { data_dir } => ops::status(&data_dir.resolve()).await,
             Command::Doctor { data_dir, host, port } => ops::doctor(&data_dir.resolve(), host, &[port, port.saturating_add(1), port.saturating_add(2)]),
         }
@@ -274,7 +292,19 @@ async fn images_prepare(data_dir: &std::path::Path, python: &str, default_image:
 async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<()> {
     let store = open_store(data_dir, Default::default()).await?;
     match cmd {
-        TokenCommand::Create { label, read_only, environment } => {
+        TokenCommand::Create { label, worker: true, .. } => {
+            let (id, secret) = store.create_worker_token(&label).await?;
+            println!("FERRY_WORKER_TOKEN={id}:{secret}");
+            eprintln!("worker token {id}: give it to `ferry worker --token` (the secret is shown only once)");
+        }
+        TokenCommand::List { worker: true } => {
+            println!("{:<28} {:<9} {:<22} label", "token id", "state", "created");
+            for t in store.list_worker_tokens().await? {
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<28} {:<9} {:<22} {}", t.token_id, state, config::format_time(t.created_at), t.label);
+            }
+        }
+        TokenCommand::Create { label, read_only, environment, worker: false } => {
             let scope = ferry_store::TokenScope { read_only, environment };
             let (id, secret) = store.create_scoped_token(&label, &scope).await?;
             println!("MODAL_TOKEN_ID={id}\nMODAL_TOKEN_SECRET={secret}");
@@ -285,7 +315,7 @@ async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<
                 eprintln!("token {id} may make {} calls only", scope.describe());
             }
         }
-        TokenCommand::List => {
+        TokenCommand::List { worker: false } => {
             println!("{:<28} {:<9} {:<22} {:<22} {:<28} label", "token id", "state", "created", "last used", "scope");
             for t in store.list_tokens().await? {
                 let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
@@ -300,6 +330,10 @@ async fn token(data_dir: &std::path::Path, cmd: TokenCommand) -> anyhow::Result<
                     t.label
                 );
             }
+        }
+        TokenCommand::Revoke { token_id } if token_id.starts_with("fw-") => {
+            store.revoke_worker_token(&token_id).await?;
+            println!("revoked {token_id}");
         }
         TokenCommand::Revoke { token_id } => {
             store.revoke_token(&token_id).await?;

@@ -83,6 +83,18 @@ pub struct ServeArgs {
     /// Do not serve the web dashboard (app links then point at the API address).
     #[arg(long, conflicts_with = "dashboard_port")]
     no_dashboard: bool,
+    /// Port on which worker hosts (`ferry worker --server http://HOST:PORT`) register and take
+    /// tasks (plain HTTP, same address as --host); without it no worker can join. See
+    /// docs/cluster.md.
+    #[arg(long)]
+    fleet_port: Option<u16>,
+    /// Run no containers on this host: every task goes to a worker host.
+    #[arg(long, requires = "fleet_port")]
+    no_local_containers: bool,
+    /// Seconds without a heartbeat before a worker host is declared lost and the inputs its
+    /// containers held run again elsewhere.
+    #[arg(long, default_value_t = 30.0)]
+    worker_timeout_secs: f64,
     #[command(flatten)]
     gpu: crate::gpus::GpuArgs,
     #[command(flatten)]
@@ -260,6 +272,26 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         containers_use_socket: false,
         pool: args.pool.config(),
         storage: args.storage.clone(),
+        fleet: None,
+    };
+    let mut api_config = api_config;
+    // Worker hosts: their endpoint and the loop that declares silent ones lost.
+    let _fleet_tasks = match args.fleet_port {
+        Some(fleet_port) => {
+            let fleet = ferry_fleet::Fleet::new(
+                store.clone(),
+                ferry_fleet::FleetConfig {
+                    heartbeat_timeout: Duration::from_secs_f64(args.worker_timeout_secs.max(0.5)),
+                    local_containers: !args.no_local_containers,
+                    ..Default::default()
+                },
+            );
+            let listener = ferry_api::bind(SocketAddr::new(args.host, fleet_port)).await?;
+            println!("Ferry takes worker hosts at http://{}:{}", url_host(args.host), listener.local_addr()?.port());
+            api_config.fleet = Some(fleet.clone());
+            Some((ferry_fleet::server::spawn(fleet.clone(), listener), fleet.spawn_monitor()))
+        }
+        None => None,
     };
     let web_note = match &args.web_suffix {
         Some(_) => format!(" (URLs: {})", api_config.web.url("<label>")),

@@ -78,6 +78,8 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
 pub(crate) enum TokenKind {
     Client,
     Proxy,
+    /// Tokens `ferry worker` hosts present to the control plane (never valid for RPCs).
+    Worker,
 }
 
 impl TokenKind {
@@ -85,6 +87,7 @@ impl TokenKind {
         match self {
             TokenKind::Client => "tokens",
             TokenKind::Proxy => "proxy_tokens",
+            TokenKind::Worker => "worker_tokens",
         }
     }
 
@@ -93,6 +96,7 @@ impl TokenKind {
         match self {
             TokenKind::Client => ("ak-", "as-"),
             TokenKind::Proxy => ("wk-", "ws-"),
+            TokenKind::Worker => ("fw-", "fws-"),
         }
     }
 
@@ -100,6 +104,7 @@ impl TokenKind {
         StoreError::NotFound(match self {
             TokenKind::Client => format!("no active token '{token_id}'; see `ferry token list`"),
             TokenKind::Proxy => format!("no active proxy token '{token_id}'; see `ferry proxy-token list`"),
+            TokenKind::Worker => format!("no active worker token '{token_id}'; see `ferry token list --worker`"),
         })
     }
 }

@@ -30,6 +30,7 @@ mod util;
 pub mod testing;
 mod web;
 mod volumes;
+mod workers;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub use sandboxes::{SandboxFilter, SandboxRecord};
 pub use util::{format_utc, new_id, now};
 pub use web::{ProxyTokenInfo, WebRoute};
 pub use volumes::{EntryKind, VolumeChange, VolumeEntry};
+pub use workers::{NewWorker, NewWorkerTask, WorkerRecord, WorkerTaskState};
 
 use util::Notifier;
 pub use util::redact_database_url;

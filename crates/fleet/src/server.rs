@@ -1,0 +1,189 @@
+//! The control plane's endpoints for workers (see [`crate::wire`]), served by `ferry serve` on
+//! its fleet port. Each request is checked against the store's worker tokens; client tokens
+//! and task credentials are never accepted here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::wire::{Assignment, ExitMessage, Kill, LogBatch, Poll, PollAnswer, Register, Registered, POLL_WAIT};
+use crate::Fleet;
+
+#[derive(Clone)]
+struct Ctx {
+    fleet: Fleet,
+    /// task id → (worker, app, function), for log lines.
+    tasks: Arc<Mutex<HashMap<String, (String, String, String)>>>,
+}
+
+/// The routes under `/fleet/v1/`.
+pub fn router(fleet: Fleet) -> Router {
+    let ctx = Ctx { fleet, tasks: Default::default() };
+    Router::new()
+        .route("/fleet/v1/register", post(register))
+        .route("/fleet/v1/poll", post(poll))
+        .route("/fleet/v1/logs", post(logs))
+        .route("/fleet/v1/exit", post(exit))
+        .with_state(ctx)
+}
+
+/// Serves the routes on `listener` until the task is aborted.
+pub fn spawn(fleet: Fleet, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(fleet)).await {
+            tracing::error!("the worker endpoint stopped: {e}");
+        }
+    })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn authorized<T: DeserializeOwned>(ctx: &Ctx, headers: &HeaderMap, body: &Bytes) -> Result<T, Response> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(':'));
+    let Some((id, secret)) = token else {
+        return Err(error(StatusCode::UNAUTHORIZED, "a worker token is required (Authorization: Bearer ID:SECRET); make one with `ferry token create --worker`"));
+    };
+    match ctx.fleet.store.verify_worker_token(id, secret).await {
+        Ok(true) => {}
+        Ok(false) => return Err(error(StatusCode::UNAUTHORIZED, format!("worker token '{id}' is unknown, revoked or its secret is wrong"))),
+        Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad request: {e}")))
+}
+
+async fn register(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: Register = match authorized(&ctx, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if req.name.is_empty() || req.cpu <= 0.0 || req.memory_mib <= 0 {
+        return error(StatusCode::BAD_REQUEST, "a worker needs a name, CPUs and memory");
+    }
+    let new = ferry_store::NewWorker {
+        name: req.name.clone(),
+        address: req.address.clone(),
+        labels: serde_json::to_string(&req.labels).unwrap_or_else(|_| "{}".into()),
+        cpu: req.cpu,
+        memory_mib: req.memory_mib,
+        gpus: req.gpus,
+        disk_mib: req.disk_mib,
+    };
+    match ctx.fleet.store.register_worker(&new).await {
+        Ok(worker_id) => {
+            tracing::info!(worker_id, name = req.name, address = req.address, cpu = req.cpu, memory_mib = req.memory_mib, "worker registered");
+            json(&Registered { worker_id, heartbeat_timeout_secs: ctx.fleet.config.heartbeat_timeout.as_secs_f64() })
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn poll(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: Poll = match authorized(&ctx, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let store = &ctx.fleet.store;
+    let state = match store.worker_heartbeat(&req.worker_id).await {
+        Ok(s) => s,
+        Err(ferry_store::StoreError::NotFound(m)) => return error(StatusCode::NOT_FOUND, m),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let mut answer = PollAnswer { state: state.clone(), ..Default::default() };
+    if state != "ready" && state != "draining" {
+        answer.stale = req.running;
+        return json(&answer);
+    }
+    let deadline = tokio::time::Instant::now() + POLL_WAIT;
+    loop {
+        let taken = store.take_worker_assignments(&req.worker_id).await;
+        let kills = store.take_worker_kills(&req.worker_id).await;
+        match (taken, kills) {
+            (Ok(taken), Ok(kills)) => {
+                for (task_id, bytes) in taken {
+                    match serde_json::from_slice::<Assignment>(&bytes) {
+                        Ok(a) => answer.assignments.push(a),
+                        Err(e) => tracing::warn!(task_id, "unreadable assignment: {e}"),
+                    }
+                }
+                answer.kills.extend(kills.into_iter().map(|(task_id, signal)| Kill { task_id, signal }));
+            }
+            (Err(e), _) | (_, Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+        if !answer.assignments.is_empty() || !answer.kills.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // What the worker runs that is no longer its own (declared lost meanwhile, or unknown).
+    match store.worker_tasks_running(&req.worker_id).await {
+        Ok(own) => answer.stale = req.running.into_iter().filter(|t| !own.contains(t)).collect(),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+    json(&answer)
+}
+
+async fn logs(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: LogBatch = match authorized(&ctx, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    for line in req.lines {
+        let known = ctx.tasks.lock().unwrap().get(&line.task_id).cloned();
+        let (worker, app, function) = match known {
+            Some(k) => k,
+            None => match ctx.fleet.store.worker_task(&line.task_id).await {
+                Ok(Some(t)) => {
+                    let k = (t.worker_id, t.app_id, t.function_id);
+                    let mut tasks = ctx.tasks.lock().unwrap();
+                    if tasks.len() > 10_000 {
+                        tasks.clear();
+                    }
+                    tasks.insert(line.task_id.clone(), k.clone());
+                    k
+                }
+                _ => continue,
+            },
+        };
+        if worker != req.worker_id {
+            continue;
+        }
+        let _ = ctx.fleet.store.append_log(&app, &line.task_id, &function, line.fd, &format!("{}\n", line.text)).await;
+    }
+    json(&serde_json::json!({}))
+}
+
+async fn exit(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: ExitMessage = match authorized(&ctx, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let report = serde_json::to_string(&req.exit).unwrap_or_default();
+    match ctx.fleet.store.finish_worker_task(&req.worker_id, &req.task_id, &report).await {
+        Ok(_) => {
+            ctx.tasks.lock().unwrap().remove(&req.task_id);
+            json(&serde_json::json!({}))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

@@ -1,0 +1,43 @@
+"""Functions for the worker-host tests: each answer names the container (task) that ran it, and
+reads a file of the image's own layer, which a worker host fetched from the bucket."""
+
+import os
+import time
+
+import modal
+
+app = modal.App("ferry-workers")
+image = modal.Image.from_registry("python:3.11-slim-bookworm").run_commands("echo worker-layer-7 > /marker")
+
+
+@app.function(image=image)
+def where(x: int, pause: float = 0.0) -> tuple[int, str, str]:
+    print(f"squaring {x} on a worker", flush=True)
+    time.sleep(pause)
+    return x * x, os.environ["MODAL_TASK_ID"], open("/marker").read().strip()
+
+
+@app.function(image=image)
+def reach(port: int) -> list[str]:
+    """Whether the container gets to a port on its worker host's loopback (it must not)."""
+    import socket
+
+    seen = []
+    for host in ("127.0.0.1", "10.0.2.2"):  # its own loopback; slirp's way to the host's
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            seen.append(f"{host}:open")
+        except OSError:
+            seen.append(f"{host}:closed")
+    return seen
+
+
+@app.local_entrypoint()
+def main(n: int = 0, pause: float = 0.0, probe_port: int = 0):
+    if probe_port:
+        print("REACH", " ".join(reach.remote(probe_port)), flush=True)
+    square, task, marker = where.remote(7)
+    print("REMOTE", square, task, marker, flush=True)
+    for square, task, marker in where.map(range(n), kwargs={"pause": pause}):
+        print("OUT", square, task, marker, flush=True)
+    print("DONE", flush=True)

