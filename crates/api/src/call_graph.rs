@@ -21,8 +21,9 @@ const MAX_PARENTS: usize = 100_000;
 /// Most inputs a graph answer carries.
 const MAX_INPUTS: usize = 10_000;
 
-/// Records that `call_id` was made by input `parent_input_id` of the calling task.
-pub(crate) fn record(s: &ModalService, call_id: &str, function_id: &str, parent_input_id: &str, caller: &Principal) {
+/// Records that `call_id` was made by input `parent_input_id` of the calling task, before the
+/// caller learns the call: a `get_call_graph()` right after `spawn()` already sees the edge.
+pub(crate) async fn record(s: &ModalService, call_id: &str, function_id: &str, parent_input_id: &str, caller: &Principal) {
     if parent_input_id.is_empty() {
         return;
     }
@@ -42,12 +43,21 @@ pub(crate) fn record(s: &ModalService, call_id: &str, function_id: &str, parent_
             }
         }
     }
-    let (store, call_id, function_id, parent) = (s.store.clone(), call_id.to_string(), function_id.to_string(), parent_input_id.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = store.record_call_edge(&call_id, &function_id, &parent, task_id.as_deref()).await {
-            tracing::warn!(call_id, "cannot record the call graph edge: {e}");
+    // The parent input may be running before the commit of its own call's inputs lands (a new
+    // call's inputs are queued while that commit is in flight): the edge names the parent's row,
+    // so wait for it a little (the group commit takes at most ~20 ms).
+    for attempt in 0..20u32 {
+        match s.store.record_call_edge(call_id, function_id, parent_input_id, task_id.as_deref()).await {
+            Ok(true) => return,
+            Ok(false) if s.store.call_edge_exists(call_id).await.unwrap_or(false) => return,
+            Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(10 + 10 * attempt as u64)).await,
+            Err(e) => {
+                tracing::warn!(call_id, "cannot record the call graph edge: {e}");
+                return;
+            }
         }
-    });
+    }
+    tracing::warn!(call_id, parent_input_id, "the call graph edge names an input that is not in the store");
 }
 
 /// An input was answered with `status` (a GenericResult status).

@@ -169,7 +169,7 @@ pub(crate) async fn map(s: &ModalService, r: Request<api::FunctionMapRequest>) -
     let call_id = ferry_store::new_id("fc");
     let inputs = to_inputs(req.pipelined_inputs)?;
     let ids = crate::launch::submit(s, &call_id, &record.id, req.function_call_invocation_type, inputs).await?;
-    crate::call_graph::record(s, &call_id, &record.id, &req.parent_input_id, &caller);
+    crate::call_graph::record(s, &call_id, &record.id, &req.parent_input_id, &caller).await;
     Ok(Response::new(api::FunctionMapResponse {
         function_call_id: call_id,
         pipelined_inputs: accepted(ids),

@@ -51,6 +51,12 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Whether the call already has its edge (a retried `FunctionMap` records it once).
+    pub async fn call_edge_exists(&self, call_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM function_call_edges WHERE call_id = $1").bind(call_id).fetch_optional(&self.pool).await?;
+        Ok(row.is_some())
+    }
+
     /// Records the final status of an input that made calls.
     pub async fn set_parent_status(&self, parent_input_id: &str, status: i32) -> Result<()> {
         sqlx::query("UPDATE function_call_edges SET parent_status = $2 WHERE parent_input_id = $1")
