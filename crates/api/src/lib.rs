@@ -179,6 +179,22 @@ pub async fn serve(
             .add_service(service.clone())
             .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(uds)),
     );
+    // Containers reach the API on a port of their own loopback (`launch::control_plane_forwards`).
+    // Those connections are served here as they are, not carried over a second connection to
+    // `listener` (with TLS, containers use the unix socket instead).
+    let forwarded = match tls {
+        None => {
+            let addr = listener.local_addr()?;
+            let mut targets = vec![addr];
+            if addr.ip().is_unspecified() {
+                targets.push(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()));
+            }
+            let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(ferry_runtime::serve_forwards_in_process(&targets));
+            let incoming = tokio_stream::StreamExt::map(incoming, Ok::<_, std::io::Error>);
+            Some(tokio::spawn(builder().layer(gateway.clone()).add_service(service.clone()).serve_with_incoming(incoming)))
+        }
+        Some(_) => None,
+    };
     let mut builder = builder();
     if let Some(tls) = tls {
         let identity = tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem);
@@ -201,6 +217,9 @@ pub async fn serve(
         tracing::warn!("cannot record the last function call state: {e}");
     }
     unix_server.abort();
+    if let Some(f) = forwarded {
+        f.abort();
+    }
     let _ = stop_schedules.send(());
     let _ = schedule_loop.await;
     if let Some(w) = web_server {

@@ -790,7 +790,9 @@ impl Scheduler {
             }
             p
         };
-        self.answer(vec![(taken, task_id.to_string(), result, data_format, outcome)]).await?;
+        // The container does not wait for the commit: nobody learns of the answer before it,
+        // and a crash before it runs the input again (as for any input that was running).
+        self.answer_with(vec![(taken, task_id.to_string(), result, data_format, outcome)], false).await?;
         Ok(true)
     }
 
@@ -804,6 +806,13 @@ impl Scheduler {
     /// had its answer, or gets the new one. Every other answer is visible only once committed,
     /// so a `.map`'s cursor never points past what a restart keeps and no answer is read twice.
     async fn answer(&self, answers: Vec<(Pending, String, Vec<u8>, i32, Outcome)>) -> Result<()> {
+        self.answer_with(answers, true).await
+    }
+
+    /// [`Self::answer`]; with `wait` false it returns once the answers are queued for the next
+    /// commit (at once, not lingering) instead of after it. Callers are told after the commit
+    /// either way.
+    async fn answer_with(&self, answers: Vec<(Pending, String, Vec<u8>, i32, Outcome)>, wait: bool) -> Result<()> {
         if answers.is_empty() {
             return Ok(());
         }
@@ -880,6 +889,12 @@ impl Scheduler {
                 return Ok(());
             }
             // Sent under the lock that numbered them: answers commit in the order of their numbers.
+            if !wait {
+                let s = self.clone();
+                let reply: Reply = Box::new(move |r| s.committed_answers(metas, r, false));
+                self.inner.writes.send(Job { writes, reply: Some(reply), urgent: true }).map_err(|_| Error::Store("the scheduler's writer stopped".into()))?;
+                return Ok(());
+            }
             self.send_urgent(writes)?
         };
         let r = rx.await.map_err(|_| "the scheduler's writer stopped".to_string()).and_then(|r| r);

@@ -44,6 +44,8 @@ async fn queued_running_done_and_read_once() {
     assert!(s.complete("ta-1", &taken[0].input_id, b"r0".to_vec(), 1, Outcome::Done).await.unwrap());
     // A second answer for the same input is dropped.
     assert!(!s.complete("ta-1", &taken[0].input_id, b"again".to_vec(), 1, Outcome::Done).await.unwrap());
+    // The container is answered before the commit; callers see the answer once committed.
+    s.flush().await.unwrap();
     let out = s.outputs(&call, 0, None, SHORT, false).await.unwrap();
     assert_eq!(out.outputs.len(), 1);
     assert_eq!(out.outputs[0].result, b"r0");
@@ -53,6 +55,7 @@ async fn queued_running_done_and_read_once() {
     assert!(again.outputs.is_empty());
     let second = take(&s, "ta-1", 4).await;
     assert!(s.complete("ta-1", &second[0].input_id, b"r1".to_vec(), 1, Outcome::Done).await.unwrap());
+    s.flush().await.unwrap();
     let ranged = s.outputs(&call, 0, Some((1, 1)), SHORT, true).await.unwrap();
     assert_eq!(ranged.outputs.len(), 1);
     assert_eq!(ranged.outputs[0].idx, 1);
@@ -74,6 +77,8 @@ async fn a_restart_queues_running_inputs_again_and_keeps_answers() {
         let taken = take(&s, "ta-1", 2).await;
         assert_eq!(taken.len(), 2);
         assert!(s.complete("ta-1", &taken[0].input_id, b"first".to_vec(), 1, Outcome::Done).await.unwrap());
+        // The container is answered before the commit; the answer commits before the crash.
+        s.flush().await.unwrap();
         // taken[1] is running when the server dies; input 2 is still queued.
     }
     let (s, functions) = open(dir.path()).await;
@@ -87,6 +92,7 @@ async fn a_restart_queues_running_inputs_again_and_keeps_answers() {
     for i in &again {
         assert!(s.complete("ta-2", &i.input_id, b"later".to_vec(), 1, Outcome::Done).await.unwrap());
     }
+    s.flush().await.unwrap();
     let out = s.outputs(&call, 0, None, SHORT, false).await.unwrap();
     assert_eq!(out.outputs.len(), 3, "every input answered exactly once");
     let mut idx: Vec<i32> = out.outputs.iter().map(|o| o.idx).collect();
@@ -179,6 +185,7 @@ async fn expiry_by_age() {
     s.register_task(TaskInfo::new("ta-1", "ap-1", "fu-1", 0.0));
     let taken = take(&s, "ta-1", 1).await;
     s.complete("ta-1", &taken[0].input_id, b"x".to_vec(), 1, Outcome::Done).await.unwrap();
+    s.flush().await.unwrap();
     assert_eq!(s.expire(ferry_store::now() - 60.0).await, 0, "young calls stay");
     assert_eq!(s.expire(ferry_store::now() + 1.0).await, 1, "only the answered call goes");
     s.inner.state.lock().unwrap().calls.clear();

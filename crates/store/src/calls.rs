@@ -202,14 +202,44 @@ async fn record_answers(tx: &mut sqlx::Transaction<'_, sqlx::Any>, answers: &[Ca
     Ok(())
 }
 
+/// For each write, whether it is an answer or generator item of a call that a later write of
+/// the batch forgets.
+fn forgotten_after(writes: &[CallWrite]) -> Vec<bool> {
+    let mut out = vec![false; writes.len()];
+    if !writes.iter().any(|w| matches!(w, CallWrite::Forget { .. })) {
+        return out;
+    }
+    let mut forgotten = std::collections::HashSet::new();
+    for (i, w) in writes.iter().enumerate().rev() {
+        match w {
+            CallWrite::Forget { call_id } => {
+                forgotten.insert(call_id.as_str());
+            }
+            CallWrite::Answer(a) => out[i] = forgotten.contains(&a.call_id.as_str()),
+            CallWrite::DataOut { call_id, .. } => out[i] = forgotten.contains(&call_id.as_str()),
+            _ => {}
+        }
+    }
+    out
+}
+
 impl Store {
     /// Applies a batch of call changes in one transaction; one outcome per write, in order.
     pub async fn calls_write(&self, writes: &[CallWrite]) -> Result<Vec<WriteOutcome>> {
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(writes.len());
+        // Calls forgotten later in this batch: writes to them before their `Forget` would be
+        // deleted by it in the same transaction, so they are not made (a warm `.remote()`'s
+        // answer commits together with its call's `Forget`).
+        let forgotten_after = forgotten_after(writes);
         let mut i = 0;
         while i < writes.len() {
+            if forgotten_after[i] {
+                outcomes.push(WriteOutcome::Done);
+                i += 1;
+                continue;
+            }
             // A run of new inputs (a map's batch) goes in one statement.
             let run = writes[i..].iter().take(INPUTS_PER_INSERT).take_while(|w| matches!(w, CallWrite::Input { .. })).count();
             if run > 1 {
@@ -304,13 +334,8 @@ impl Store {
                     WriteOutcome::Done
                 }
                 CallWrite::Forget { call_id } => {
-                    for sql in [
-                        "DELETE FROM function_inputs WHERE call_id = $1",
-                        "DELETE FROM function_call_data_out WHERE call_id = $1",
-                        "DELETE FROM function_calls WHERE id = $1",
-                    ] {
-                        sqlx::query(sql).bind(call_id).execute(&mut *tx).await?;
-                    }
+                    // Its inputs and generator items go with it (trigger, migration 0017).
+                    sqlx::query("DELETE FROM function_calls WHERE id = $1").bind(call_id).execute(&mut *tx).await?;
                     WriteOutcome::Done
                 }
             };

@@ -276,6 +276,32 @@ async fn calls_record_inputs_answers_and_items(b: Backend) {
     assert_eq!(s.input_payload("in-1").await.unwrap(), Some(vec![1, 1, 1]));
     s.calls_write(&[CallWrite::Forget { call_id: "fc-1".into() }]).await.unwrap();
     assert!(s.call("fc-1").await.unwrap().is_none());
+    assert_eq!(s.input_payload("in-1").await.unwrap(), None, "its inputs went with the call");
+    assert!(s.call_data_out("fc-1", 0, 10).await.unwrap().is_empty(), "and its items");
+    assert!(s.queued_inputs().await.unwrap().is_empty());
+
+    // An answer and its call's forget in one batch (a warm `.remote()`): nothing stays behind.
+    let call2 = CallWrite::Call { id: "fc-2".into(), function_id: "fu-1".into(), invocation_type: 4, created_at: 2.0 };
+    let input2 = CallWrite::Input { id: "in-2".into(), call_id: "fc-2".into(), function_id: "fu-1".into(), idx: 0, payload: vec![2], created_at: 2.0 };
+    s.calls_write(&[call2, input2]).await.unwrap();
+    let answer2 = ferry_store::AnswerRecord {
+        input_id: "in-2".into(),
+        call_id: "fc-2".into(),
+        idx: 0,
+        state: "done".into(),
+        retry_count: 0,
+        task_id: "ta-1".into(),
+        result: b"r2".to_vec(),
+        data_format: 1,
+        finished_at: 6.0,
+        duration: None,
+        seq: 8,
+    };
+    let out = s.calls_write(&[CallWrite::Answer(answer2), CallWrite::Forget { call_id: "fc-2".into() }]).await.unwrap();
+    assert_eq!(out, vec![WriteOutcome::Done, WriteOutcome::Done]);
+    assert!(s.call("fc-2").await.unwrap().is_none());
+    assert_eq!(s.input_payload("in-2").await.unwrap(), None);
+    assert!(s.queued_inputs().await.unwrap().is_empty());
 }
 
 async fn call_graph_survives_the_parent_call_being_forgotten(b: Backend) {
