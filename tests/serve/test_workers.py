@@ -5,7 +5,6 @@ its own address (as separate hosts would be). Through the real modal client: `.r
 new containers; a worker that comes back after being declared lost kills its stale containers."""
 
 import os
-import random
 import re
 import shutil
 import signal
@@ -15,54 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Ferry, ferry_bin
+from conftest import Ferry
+from hosts import Hosts, Worker, free_port
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
-
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {out.stderr.strip()}")
-    return out
-
-
-class Hosts:
-    """A bridge with the control plane's address and one network namespace per worker host,
-    each joined to the bridge by a veth pair."""
-
-    def __init__(self, count: int):
-        tag = f"{os.getpid() % 10000:04d}{random.randrange(100):02d}"
-        self.bridge = f"fwb{tag}"
-        self.subnet = random.randrange(1, 250)
-        self.host_ip = f"10.88.{self.subnet}.1"
-        self.namespaces = [f"ferry-w{tag}-{i}" for i in range(count)]
-        self.veths = [f"fwv{tag}{i}" for i in range(count)]
-
-    def address(self, i: int) -> str:
-        return f"10.88.{self.subnet}.{i + 2}"
-
-    def up(self):
-        sh("ip", "link", "add", self.bridge, "type", "bridge")
-        sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        for i, (ns, veth) in enumerate(zip(self.namespaces, self.veths)):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
-            sh("ip", "link", "set", f"{veth}p", "netns", ns)
-            sh("ip", "link", "set", veth, "master", self.bridge, "up")
-            inside = lambda *a: sh("ip", "-n", ns, *a)
-            inside("addr", "add", f"{self.address(i)}/24", "dev", f"{veth}p")
-            inside("link", "set", f"{veth}p", "up")
-            inside("link", "set", "lo", "up")
-            inside("route", "add", "default", "via", self.host_ip)
-
-    def down(self):
-        for ns, veth in zip(self.namespaces, self.veths):
-            sh("ip", "link", "del", veth, check=False)
-            sh("ip", "netns", "del", ns, check=False)
-        sh("ip", "link", "del", self.bridge, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -88,56 +44,6 @@ def bucket(hosts):
     server = SeaweedS3(ip=hosts.host_ip).start()
     yield server
     server.stop()
-
-
-class Worker:
-    """One `ferry worker` in a host's network namespace (entered with nsenter, so the worker
-    keeps the host's /sys and cgroups)."""
-
-    def __init__(self, hosts: Hosts, i: int, name: str, data_dir: Path, server: str, token: str, storage: str, env: dict):
-        self.hosts, self.i, self.name, self.data_dir = hosts, i, name, data_dir
-        self.args = [
-            "nsenter", f"--net=/run/netns/{hosts.namespaces[i]}", "--",
-            ferry_bin(), "worker", "--server", server, "--token", token, "--data-dir", str(data_dir),
-            "--name", name, "--label", f"region=r{i}", "--storage", storage,
-        ]
-        self.env = env
-        self.proc = None
-
-    def start(self):
-        if not (self.data_dir / "runtime").exists():
-            # What `ferry images prepare` leaves on a worker host: the modal client runtime (the
-            # namespace has no route to a package index). Bases come from FERRY_BASE_SEED.
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(DATA / "runtime", self.data_dir / "runtime", symlinks=True)
-        self.log_path = self.data_dir / f"worker-{time.time_ns()}.log"
-        self.log = open(self.log_path, "w+")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            text = self.log_path.read_text()
-            if "registered as" in text:
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ferry worker exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.1)
-        raise RuntimeError(f"ferry worker did not register:\n{self.log_path.read_text()}")
-
-    def text(self) -> str:
-        return re.sub(r"\x1b\[[0-9;]*m", "", self.log_path.read_text())
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture(scope="module")
@@ -177,14 +83,6 @@ def cluster(hosts, bucket, tmp_path_factory):
         server.stop()
         os.environ.clear()
         os.environ.update(saved)
-
-
-def free_port(ip: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 def worker_list(server: Ferry) -> dict:
