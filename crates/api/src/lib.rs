@@ -84,6 +84,9 @@ pub struct ApiConfig {
     pub pool: ferry_worker::PoolConfig,
     /// Where bytes live: the data dir (default) or an S3-compatible bucket (`--storage`).
     pub storage: ferry_blobs::StorageConfig,
+    /// How long this replica keeps its function calls after its last heartbeat when replicas
+    /// share a database; then another adopts them (docs/cluster.md).
+    pub replica_lease: Duration,
 }
 
 impl Default for ApiConfig {
@@ -101,6 +104,7 @@ impl Default for ApiConfig {
             containers_use_socket: false,
             pool: ferry_worker::PoolConfig::off(),
             storage: ferry_blobs::StorageConfig::Local,
+            replica_lease: Duration::from_secs(15),
         }
     }
 }
@@ -133,6 +137,18 @@ pub async fn serve(
     let modal = modal.with_sandboxes(sandboxes);
     // Inputs queued before a restart (those that were running included) get containers again.
     launch::resume(&modal);
+    // Inputs adopted from a replica whose lease ran out, or handed over by another replica,
+    // get containers the same way.
+    let adopted = {
+        let modal = modal.clone();
+        let woken = modal.scheduler.adopted();
+        tokio::spawn(async move {
+            loop {
+                woken.notified().await;
+                launch::resume(&modal);
+            }
+        })
+    };
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();
@@ -196,6 +212,9 @@ pub async fn serve(
     if let Err(e) = scheduler.flush().await {
         tracing::warn!("cannot record the last function call state: {e}");
     }
+    // Another replica on the database adopts this one's calls at once.
+    adopted.abort();
+    scheduler.retire().await;
     unix_server.abort();
     let _ = stop_schedules.send(());
     let _ = schedule_loop.await;

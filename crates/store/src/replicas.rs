@@ -243,6 +243,11 @@ impl Store {
 
     /// Takes the inputs other replicas handed to replica `me` that still wait for an answer.
     pub async fn take_handoffs(&self, me: &str) -> Result<Vec<QueuedRecord>> {
+        // Most rounds find none: look before taking the write lock.
+        let any: Option<String> = sqlx::query_scalar("SELECT input_id FROM call_handoffs WHERE owner = $1 LIMIT 1").bind(me).fetch_optional(&self.pool).await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query_scalar("DELETE FROM call_handoffs WHERE owner = $1 RETURNING input_id").bind(me).fetch_all(&mut *tx).await?;
