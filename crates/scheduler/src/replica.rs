@@ -355,3 +355,119 @@ fn known_inputs(st: &State) -> HashSet<String> {
     }
     known
 }
+
+#[cfg(test)]
+mod tests {
+    //! Two schedulers on one PostgreSQL database, as two `ferry serve` replicas.
+
+    use std::time::Duration;
+
+    use ferry_store::testing::{Backend, TestDatabase};
+
+    use crate::{NewInput, Outcome, ReplicaOptions, Scheduler, TaskInfo, Work};
+
+    const SYNC: i32 = 4;
+
+    async fn replicas() -> (Scheduler, Scheduler, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDatabase::new(Backend::Postgres).await;
+        let options = |name: &str| ReplicaOptions { name: name.into(), address: String::new(), lease: Duration::from_secs(2), exit_on_lost_lease: false };
+        // One data dir (the shared secret key); the names tell the replicas apart.
+        let (a, _) = Scheduler::open_replica(db.open(dir.path()).await, options("a")).await.unwrap();
+        let (b, _) = Scheduler::open_replica(db.open(dir.path()).await, options("b")).await.unwrap();
+        (a, b, dir)
+    }
+
+    fn inputs(range: std::ops::Range<i32>) -> Vec<NewInput> {
+        range.map(|idx| NewInput { idx, payload: vec![idx as u8] }).collect()
+    }
+
+    async fn take(s: &Scheduler, task: &str, wait: Duration) -> Vec<crate::Input> {
+        match s.take_inputs(task, 16, Duration::ZERO, wait, Duration::from_secs(600)).await {
+            Work::Inputs(i) => i,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Answers every input `task` gets within `wait`, returning how many.
+    async fn answer_all(s: &Scheduler, task: &str, wait: Duration) -> Vec<i32> {
+        let mut done = Vec::new();
+        loop {
+            let got = take(s, task, wait).await;
+            if got.is_empty() {
+                return done;
+            }
+            for i in got {
+                assert!(s.complete(task, &i.input_id, vec![i.idx as u8 * 2], 1, Outcome::Done).await.unwrap());
+                done.push(i.idx);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_owner_runs_inputs_another_replica_received_and_both_serve_the_answers() {
+        let (a, b, _d) = replicas().await;
+        a.register_task(TaskInfo::new("ta-a", "ap-1", "fu-1", 0.0));
+        b.register_task(TaskInfo::new("ta-b", "ap-1", "fu-1", 0.0));
+        a.create_call("fc-1", "fu-1", SYNC, inputs(0..2)).await.unwrap();
+        // The client reconnected to B: its next batch goes there, and is handed to A.
+        let (function, ids) = b.add_inputs("fc-1", inputs(2..5)).await.unwrap();
+        assert_eq!(function, "fu-1");
+        assert_eq!(ids.len(), 3);
+        // A retried batch keeps its ids.
+        let (_, again) = b.add_inputs("fc-1", inputs(2..5)).await.unwrap();
+        assert_eq!(again, ids);
+        let mut ran = answer_all(&a, "ta-a", Duration::from_secs(3)).await;
+        ran.sort();
+        assert_eq!(ran, vec![0, 1, 2, 3, 4], "the owner ran every input once");
+        assert!(take(&b, "ta-b", Duration::from_millis(100)).await.is_empty(), "B runs none of A's inputs");
+        // B serves the answers, read from the store, with one cursor.
+        let mut cursor = 0;
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let out = b.outputs("fc-1", cursor, None, Duration::from_secs(5), false).await.unwrap();
+            assert!(!out.outputs.is_empty(), "B sees A's answers");
+            cursor = out.cursor;
+            got.extend(out.outputs.iter().map(|o| (o.idx, o.result.clone())));
+        }
+        got.sort();
+        assert_eq!(got, (0..5).map(|i| (i, vec![i as u8 * 2])).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_whose_lease_ends_is_adopted_with_its_running_inputs() {
+        let (a, b, _d) = replicas().await;
+        a.register_task(TaskInfo::new("ta-a", "ap-1", "fu-1", 0.0));
+        b.register_task(TaskInfo::new("ta-b", "ap-1", "fu-1", 0.0));
+        a.create_call("fc-2", "fu-1", SYNC, inputs(0..4)).await.unwrap();
+        // A answers input 0 and is running input 1 when it dies; 2 and 3 wait.
+        let first = match a.take_inputs("ta-a", 2, Duration::ZERO, Duration::from_secs(1), Duration::from_secs(600)).await {
+            Work::Inputs(i) => i,
+            _ => panic!("A's task gets inputs"),
+        };
+        assert_eq!(first.len(), 2);
+        assert!(a.complete("ta-a", &first[0].input_id, vec![0], 1, Outcome::Done).await.unwrap());
+        let before = b.outputs("fc-2", 0, None, Duration::from_secs(5), false).await.unwrap();
+        assert_eq!(before.outputs.len(), 1);
+        // A's lease ends (as a graceful stop does); B adopts its call at once.
+        let woken = b.adopted();
+        a.retire().await;
+        tokio::time::timeout(Duration::from_secs(10), woken.notified()).await.expect("B adopts A");
+        let mut ran = answer_all(&b, "ta-b", Duration::from_millis(500)).await;
+        ran.sort();
+        assert_eq!(ran, vec![1, 2, 3], "the running input runs again, the answered one does not");
+        // The caller's cursor from before goes on: B's answers number after A's.
+        let mut cursor = before.cursor;
+        let mut rest = Vec::new();
+        while rest.len() < 3 {
+            let out = b.outputs("fc-2", cursor, None, Duration::from_secs(5), false).await.unwrap();
+            assert!(!out.outputs.is_empty());
+            assert!(out.outputs.iter().all(|o| o.seq > before.cursor));
+            cursor = out.cursor;
+            rest.extend(out.outputs.iter().map(|o| o.idx));
+        }
+        rest.sort();
+        assert_eq!(rest, vec![1, 2, 3]);
+        assert_eq!(b.outputs("fc-2", cursor, None, Duration::from_millis(100), false).await.unwrap().num_unfinished, 0);
+    }
+}
