@@ -138,13 +138,20 @@ pub async fn serve(
     // Inputs queued before a restart (those that were running included) get containers again.
     launch::resume(&modal);
     // Inputs adopted from a replica whose lease ran out, or handed over by another replica,
-    // get containers the same way.
+    // get containers the same way; calls cancelled through another replica are cancelled here.
     let adopted = {
         let modal = modal.clone();
         let woken = modal.scheduler.adopted();
         tokio::spawn(async move {
             loop {
                 woken.notified().await;
+                // Calls of this replica that a client cancelled through another one.
+                for (call_id, reason) in modal.scheduler.take_cancelled_elsewhere() {
+                    let why = format!("Function call {call_id} was cancelled");
+                    if let Err(e) = modal.scheduler.cancel_call(&call_id, &reason, scheduler::cancelled_result(&why)).await {
+                        tracing::warn!(call_id, "cannot cancel: {e}");
+                    }
+                }
                 launch::resume(&modal);
             }
         })

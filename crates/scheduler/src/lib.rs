@@ -305,8 +305,10 @@ struct Inner {
     seq: AtomicI64,
     /// Calls in memory that another replica owns, with their owner (`replica.rs`).
     foreign: Mutex<HashMap<String, String>>,
-    /// Notified when an adoption or a handoff queued inputs here (`replica.rs`).
+    /// Notified when an adoption or a handoff queued inputs here, or another replica cancelled
+    /// a call with inputs here (`replica.rs`).
     adopted: Arc<Notify>,
+    cancelled_elsewhere: Mutex<Vec<(String, String)>>,
 }
 
 /// The scheduler handle the server shares. Cheap to clone.
@@ -340,6 +342,7 @@ impl Scheduler {
                 seq: AtomicI64::new(last),
                 foreign: Mutex::default(),
                 adopted: Arc::default(),
+                cancelled_elsewhere: Mutex::default(),
             }),
         };
         let functions = s.queue_records(queued, false);

@@ -89,6 +89,51 @@ impl Scheduler {
         self.inner.adopted.clone()
     }
 
+    /// Calls this replica owns that another replica cancelled since the last look, with the
+    /// reason (the API cancels them here too: their inputs run in this replica's containers).
+    pub fn take_cancelled_elsewhere(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.inner.cancelled_elsewhere.lock().unwrap())
+    }
+
+    /// Looks for cancellations other replicas recorded for calls with inputs here.
+    async fn find_cancelled(&self, me: &str, since: f64) -> bool {
+        let found = match self.inner.store.calls_cancelled_since(me, since).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot look for cancelled calls: {e}");
+                return false;
+            }
+        };
+        if found.is_empty() {
+            return false;
+        }
+        let st = self.inner.state.lock().unwrap();
+        let mut fresh = Vec::new();
+        for (call_id, reason) in found {
+            let live = match st.calls.get(&call_id) {
+                Some(c) => !c.cancelled,
+                None => {
+                    st.queues.values().any(|q| q.pending.iter().any(|p| p.call_id == call_id))
+                        || st.running.values().any(|r| r.iter().any(|p| p.call_id == call_id))
+                }
+            };
+            if live {
+                fresh.push((call_id, reason));
+            }
+        }
+        drop(st);
+        if fresh.is_empty() {
+            return false;
+        }
+        let mut list = self.inner.cancelled_elsewhere.lock().unwrap();
+        for c in fresh {
+            if !list.contains(&c) {
+                list.push(c);
+            }
+        }
+        true
+    }
+
     /// Ends this replica's lease at a graceful stop: another replica adopts its calls at once.
     pub async fn retire(&self) {
         if let Err(e) = self.inner.store.retire_replica(self.replica_id()).await {
@@ -288,6 +333,8 @@ impl Scheduler {
             let handed = store.replica_topic(&me);
             let stopped = store.replicas_changed();
             let mut tick = tokio::time::interval(every.min(HANDOFF_POLL));
+            // Cancellations are looked for with a margin for commits in flight and clocks.
+            let mut cancels_since = ferry_store::now() - 60.0;
             loop {
                 // A handoff, a replica that stopped gracefully, or the next round.
                 tokio::select! {
@@ -304,6 +351,11 @@ impl Scheduler {
                     Ok(_) => {}
                     Err(e) => tracing::warn!("cannot read the inputs handed to this replica: {e}"),
                 }
+                let now = ferry_store::now();
+                if s.find_cancelled(&me, cancels_since).await {
+                    s.inner.adopted.notify_one();
+                }
+                cancels_since = now - 10.0;
                 match store.replicas_to_adopt(&me).await {
                     Ok(true) => s.adopt(&me, &options.name).await,
                     Ok(false) => {}
@@ -432,6 +484,26 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, (0..5).map(|i| (i, vec![i as u8 * 2])).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_through_another_replica_reaches_the_owner() {
+        let (a, b, _d) = replicas().await;
+        a.register_task(TaskInfo::new("ta-a", "ap-1", "fu-1", 0.0));
+        a.create_call("fc-3", "fu-1", SYNC, inputs(0..2)).await.unwrap();
+        let running = take(&a, "ta-a", Duration::from_secs(1)).await;
+        assert_eq!(running.len(), 2);
+        let woken = a.adopted();
+        // B holds none of the call's inputs: it records the cancellation, the owner acts on it.
+        assert!(b.cancel_call("fc-3", "FunctionCall.cancel()", b"terminated".to_vec()).await.unwrap().is_empty());
+        tokio::time::timeout(Duration::from_secs(10), woken.notified()).await.expect("A hears of the cancellation");
+        let found = a.take_cancelled_elsewhere();
+        assert_eq!(found, vec![("fc-3".to_string(), "FunctionCall.cancel()".to_string())]);
+        let tasks = a.cancel_call("fc-3", &found[0].1, b"terminated".to_vec()).await.unwrap();
+        assert_eq!(tasks, vec!["ta-a".to_string()]);
+        assert_eq!(a.take_cancelled("ta-a").len(), 2, "the container is told at its next heartbeat");
+        let out = b.outputs("fc-3", 0, None, Duration::from_secs(5), false).await.unwrap();
+        assert!(!out.outputs.is_empty() && out.outputs.iter().all(|o| o.result == b"terminated"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

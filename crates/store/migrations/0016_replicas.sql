@@ -20,10 +20,15 @@ CREATE TABLE replicas (
 -- replicas were recorded (the next replica to start adopts them).
 ALTER TABLE function_calls ADD COLUMN owner TEXT;
 CREATE INDEX function_calls_by_owner ON function_calls(owner);
+-- Cancellations, which the owner of a call looks for when another replica recorded one.
+CREATE INDEX function_calls_cancelled ON function_calls(cancelled_at) WHERE cancelled_at IS NOT NULL;
 
--- Inputs one replica added to a call another replica owns, waiting for the owner to queue them.
+-- Inputs one replica added to a call another replica owns, for the owner to queue them. A
+-- row stays a while after the owner took it (`taken_at`), so that a retried request handing
+-- the same input over again does not queue it twice.
 CREATE TABLE call_handoffs (
     input_id TEXT PRIMARY KEY,
-    owner    TEXT NOT NULL
+    owner    TEXT NOT NULL,
+    taken_at REAL
 );
 CREATE INDEX call_handoffs_by_owner ON call_handoffs(owner);

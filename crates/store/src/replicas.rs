@@ -241,16 +241,25 @@ impl Store {
         Ok(CallOwner::Other(owner))
     }
 
-    /// Takes the inputs other replicas handed to replica `me` that still wait for an answer.
+    /// Takes the inputs other replicas handed to replica `me` that still wait for an answer;
+    /// an input handed over again after it was taken is not taken twice.
     pub async fn take_handoffs(&self, me: &str) -> Result<Vec<QueuedRecord>> {
         // Most rounds find none: look before taking the write lock.
-        let any: Option<String> = sqlx::query_scalar("SELECT input_id FROM call_handoffs WHERE owner = $1 LIMIT 1").bind(me).fetch_optional(&self.pool).await?;
+        let any: Option<String> =
+            sqlx::query_scalar("SELECT input_id FROM call_handoffs WHERE owner = $1 AND taken_at IS NULL LIMIT 1").bind(me).fetch_optional(&self.pool).await?;
         if any.is_none() {
             return Ok(Vec::new());
         }
         let _w = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
-        let ids: Vec<String> = sqlx::query_scalar("DELETE FROM call_handoffs WHERE owner = $1 RETURNING input_id").bind(me).fetch_all(&mut *tx).await?;
+        let now = crate::now();
+        let ids: Vec<String> = sqlx::query_scalar("UPDATE call_handoffs SET taken_at = $2 WHERE owner = $1 AND taken_at IS NULL RETURNING input_id")
+            .bind(me)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        // Taken an hour ago: a request retried that late is not expected.
+        sqlx::query("DELETE FROM call_handoffs WHERE taken_at < $1").bind(now - 3600.0).execute(&mut *tx).await?;
         let sql = format!("SELECT {QUEUED_COLUMNS} FROM function_inputs i JOIN function_calls c ON c.id = i.call_id WHERE i.id = $1 AND i.state = 'queued'");
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -261,6 +270,17 @@ impl Store {
         tx.commit().await?;
         out.sort_by(|a, b| (a.call_id.as_str(), a.idx).cmp(&(b.call_id.as_str(), b.idx)));
         Ok(out)
+    }
+
+    /// Calls owned by `owner` that were cancelled at or after `since` (by any replica), with
+    /// the reason recorded.
+    pub async fn calls_cancelled_since(&self, owner: &str, since: f64) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT id, cancel_reason FROM function_calls WHERE cancelled_at >= $2 AND owner = $1")
+            .bind(owner)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get::<Option<String>, _>(1).unwrap_or_default())).collect())
     }
 
     /// Fired when inputs are handed to replica `id` (on every replica of the database).
@@ -380,8 +400,17 @@ mod tests {
         let got = a.take_handoffs("rp-a").await.unwrap();
         assert_eq!(got.iter().map(|q| q.input_id.as_str()).collect::<Vec<_>>(), vec!["in-x1", "in-x2"]);
         assert!(a.take_handoffs("rp-a").await.unwrap().is_empty(), "taken once");
+        // A retried request hands them over again: still taken once.
+        assert_eq!(c.hand_off_inputs("rp-c", "fc-1", &ids).await.unwrap(), CallOwner::Other("rp-a".into()));
+        assert!(a.take_handoffs("rp-a").await.unwrap().is_empty(), "taken once, also when handed over again");
         assert_eq!(a.hand_off_inputs("rp-a", "fc-1", &ids).await.unwrap(), CallOwner::Me);
         assert_eq!(c.hand_off_inputs("rp-c", "fc-none", &ids).await.unwrap(), CallOwner::Missing);
+        // A cancellation recorded by rp-c is found by the owner.
+        let t = crate::now();
+        assert!(a.calls_cancelled_since("rp-a", t - 1.0).await.unwrap().is_empty());
+        c.calls_write(&[CallWrite::Cancel { call_id: "fc-1".into(), at: t, reason: "FunctionCall.cancel()".into() }]).await.unwrap();
+        assert_eq!(a.calls_cancelled_since("rp-a", t - 1.0).await.unwrap(), vec![("fc-1".to_string(), "FunctionCall.cancel()".to_string())]);
+        assert!(a.calls_cancelled_since("rp-c", t - 1.0).await.unwrap().is_empty());
     }
 
     crate::backend_tests!(a_dead_replica_is_adopted_once_with_its_calls, inputs_added_on_another_replica_are_handed_to_the_owner);
