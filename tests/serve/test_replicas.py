@@ -190,6 +190,27 @@ print("VALUES", [modal.FunctionCall.from_id(i).get(timeout=120) for i in {ids!r}
     # Run by A's containers only: B never queued them.
     assert "adopted replicas" not in log_of(c.b)
 
+    # A call of A's cancelled through B: A, its owner, answers it TERMINATED, and B serves that.
+    spawn = run(c.a.env(PYTHONPATH=str(APPS)), """
+import modal
+print("ID", modal.Function.from_name("ferry-replicas", "later").spawn(99, 120).object_id)
+""")
+    assert spawn.returncode == 0, spawn.stderr
+    cancelled = spawn.stdout.split("ID ", 1)[1].split()[0]
+    cancel = run(c.b.env(), f"""
+import modal, time
+fc = modal.FunctionCall.from_id({cancelled!r})
+fc.cancel()
+t = time.time()
+try:
+    print("NO ERROR", fc.get(timeout=60))
+except Exception as e:
+    print("RAISED", type(e).__name__, round(time.time() - t, 1))
+""")
+    assert "RAISED" in cancel.stdout, cancel.stdout + cancel.stderr
+    assert float(cancel.stdout.split()[-1]) < 30, cancel.stdout
+    assert psql(c.database, f"SELECT state FROM function_inputs WHERE call_id = '{cancelled}'") == [("cancelled",)]
+
     # A Dict and a Queue written through one replica, read through the other.
     put = run(c.a.env(), """
 import modal

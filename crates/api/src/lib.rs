@@ -156,6 +156,31 @@ pub async fn serve(
             }
         })
     };
+    // With replicas, an app stopped through another replica stops here too: its containers
+    // here exit and its calls in flight here are cancelled.
+    let follower = store.is_shared().then(|| {
+        let modal = modal.clone();
+        tokio::spawn(async move {
+            let mut stopped = std::collections::HashSet::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let mut apps: Vec<String> = modal.scheduler.all_tasks().into_iter().map(|t| t.app_id).collect();
+                apps.sort();
+                apps.dedup();
+                stopped.retain(|a| apps.contains(a));
+                for app_id in apps {
+                    if stopped.contains(&app_id) {
+                        continue;
+                    }
+                    if modal.store.app(&app_id).await.is_ok_and(|a| !a.state.is_live()) {
+                        launch::stop_app(&modal, &app_id);
+                        stopped.insert(app_id);
+                    }
+                }
+            }
+        })
+    });
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();
@@ -221,6 +246,9 @@ pub async fn serve(
     }
     // Another replica on the database adopts this one's calls at once.
     adopted.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     scheduler.retire().await;
     unix_server.abort();
     let _ = stop_schedules.send(());
