@@ -87,6 +87,9 @@ pub struct ApiConfig {
     pub storage: ferry_blobs::StorageConfig,
     /// Worker hosts (`ferry worker`) this server places containers on; none by default.
     pub fleet: Option<ferry_fleet::Fleet>,
+    /// How long this replica keeps its function calls after its last heartbeat when replicas
+    /// share a database; then another adopts them (docs/cluster.md).
+    pub replica_lease: Duration,
 }
 
 impl Default for ApiConfig {
@@ -105,6 +108,7 @@ impl Default for ApiConfig {
             pool: ferry_worker::PoolConfig::off(),
             storage: ferry_blobs::StorageConfig::Local,
             fleet: None,
+            replica_lease: Duration::from_secs(15),
         }
     }
 }
@@ -137,6 +141,50 @@ pub async fn serve(
     let modal = modal.with_sandboxes(sandboxes);
     // Inputs queued before a restart (those that were running included) get containers again.
     launch::resume(&modal);
+    // Inputs adopted from a replica whose lease ran out, or handed over by another replica,
+    // get containers the same way; calls cancelled through another replica are cancelled here.
+    let adopted = {
+        let modal = modal.clone();
+        let woken = modal.scheduler.adopted();
+        tokio::spawn(async move {
+            loop {
+                woken.notified().await;
+                // Calls of this replica that a client cancelled through another one.
+                for (call_id, reason) in modal.scheduler.take_cancelled_elsewhere() {
+                    let why = format!("Function call {call_id} was cancelled");
+                    if let Err(e) = modal.scheduler.cancel_call(&call_id, &reason, scheduler::cancelled_result(&why)).await {
+                        tracing::warn!(call_id, "cannot cancel: {e}");
+                    }
+                }
+                launch::resume(&modal);
+            }
+        })
+    };
+    // With replicas, an app stopped through another replica stops here too: its containers
+    // here exit and its calls in flight here are cancelled.
+    let follower = store.is_shared().then(|| {
+        let modal = modal.clone();
+        tokio::spawn(async move {
+            let mut stopped = std::collections::HashSet::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let mut apps: Vec<String> = modal.scheduler.all_tasks().into_iter().map(|t| t.app_id).collect();
+                apps.sort();
+                apps.dedup();
+                stopped.retain(|a| apps.contains(a));
+                for app_id in apps {
+                    if stopped.contains(&app_id) {
+                        continue;
+                    }
+                    if modal.store.app(&app_id).await.is_ok_and(|a| !a.state.is_live()) {
+                        launch::stop_app(&modal, &app_id);
+                        stopped.insert(app_id);
+                    }
+                }
+            }
+        })
+    });
     let dashboard = dashboard.map(|l| {
         let live: Arc<dyn ferry_dashboard::Live> = Arc::new(live::LiveState(modal.clone()));
         let public_url = config.dashboard_url.clone().unwrap_or_default();
@@ -216,6 +264,12 @@ pub async fn serve(
     if let Err(e) = scheduler.flush().await {
         tracing::warn!("cannot record the last function call state: {e}");
     }
+    // Another replica on the database adopts this one's calls at once.
+    adopted.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
+    scheduler.retire().await;
     unix_server.abort();
     if let Some(f) = forwarded {
         f.abort();

@@ -49,7 +49,13 @@ impl ModalService {
         let files = ferry_blobs::ContentFiles::new(blobs.clone(), store.data_dir());
         let volumes = Arc::new(ferry_volumes::Volumes::open(store.clone(), store.data_dir(), blobs.clone())?);
         let gpus = ferry_gpu::GpuPool::new(config.gpu_inventory.clone());
-        let (scheduler, _) = crate::scheduler::Scheduler::open(store.clone()).await?;
+        // One replica of several when the database is shared (docs/cluster.md); containers
+        // reach it at its own address, the public URL.
+        let replica = ferry_scheduler::ReplicaOptions {
+            exit_on_lost_lease: store.is_shared(),
+            ..ferry_scheduler::ReplicaOptions::local(&store, &config.public_url, config.replica_lease)
+        };
+        let (scheduler, _) = crate::scheduler::Scheduler::open_replica(store.clone(), replica).await?;
         Ok(ModalService {
             volumes,
             blobs,

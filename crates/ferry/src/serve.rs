@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// (behind a proxy or a DNS name).
     #[arg(long)]
     public_url: Option<String>,
+    /// Seconds a replica on a shared database (`--database`) keeps its function calls after
+    /// its last heartbeat; then another replica adopts them (docs/cluster.md).
+    #[arg(long, env = "FERRY_REPLICA_LEASE_SECS", default_value_t = 15.0)]
+    replica_lease_secs: f64,
     /// `full` fsyncs every commit; `normal` survives crashes but may lose the last commits on power loss.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Full)]
     durability: DurabilityArg,
@@ -270,6 +274,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
             max_request_bytes: args.max_request_mib.clamp(1, 2047) * 1024 * 1024,
         },
         containers_use_socket: false,
+        replica_lease: Duration::from_secs_f64(args.replica_lease_secs.clamp(1.0, 3600.0)),
         pool: args.pool.config(),
         storage: args.storage.clone(),
         fleet: None,

@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 use ferry_store::{AnswerRecord, CallWrite, Store, WriteOutcome};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+mod replica;
+pub use replica::ReplicaOptions;
+
 /// Modal's limits on inputs waiting for a container, per function: synchronous calls
 /// (`.remote()`, `.map()`) may have 2,000 waiting and 25,000 in flight, `.spawn()`ed ones
 /// 1,000,000 waiting.
@@ -300,6 +303,12 @@ struct Inner {
     /// Answer sequence numbers; taken under the state lock together with the job's place in
     /// the writer's queue, so answers commit in the order of their numbers.
     seq: AtomicI64,
+    /// Calls in memory that another replica owns, with their owner (`replica.rs`).
+    foreign: Mutex<HashMap<String, String>>,
+    /// Notified when an adoption or a handoff queued inputs here, or another replica cancelled
+    /// a call with inputs here (`replica.rs`).
+    adopted: Arc<Notify>,
+    cancelled_elsewhere: Mutex<Vec<(String, String)>>,
 }
 
 /// The scheduler handle the server shares. Cheap to clone.
@@ -313,33 +322,31 @@ impl Scheduler {
     /// the last stop (those that were running run again). Returns the functions that have
     /// inputs waiting, so the caller can start containers for them. Must run in a tokio runtime.
     pub async fn open(store: Store) -> Result<(Scheduler, Vec<String>)> {
+        let options = ReplicaOptions::local(&store, "", ReplicaOptions::default().lease);
+        Self::open_replica(store, options).await
+    }
+
+    /// Opens the scheduler as one replica of several on a shared database (`replica.rs`): it
+    /// registers with a lease and queues again only the unanswered inputs of the calls it
+    /// owns, those of its predecessor on the same data dir and those of calls nobody owns.
+    pub async fn open_replica(store: Store, options: ReplicaOptions) -> Result<(Scheduler, Vec<String>)> {
+        let queued = replica::register(&store, &ferry_store::new_id("rp"), &options).await?;
         let last = store.last_answer_seq().await.map_err(|e| Error::Store(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer(store.clone(), rx));
-        let s = Scheduler { inner: Arc::new(Inner { store: store.clone(), state: Mutex::default(), writes: tx, seq: AtomicI64::new(last) }) };
-        let queued = store.queued_inputs().await.map_err(|e| Error::Store(e.to_string()))?;
-        let mut functions = Vec::new();
-        {
-            let mut st = s.inner.state.lock().unwrap();
-            for q in queued {
-                let is_async = is_async(q.invocation_type);
-                let pending = Pending {
-                    input_id: q.input_id,
-                    call_id: q.call_id,
-                    function_id: q.function_id.clone(),
-                    idx: q.idx,
-                    payload: None,
-                    retry_count: q.retry_count,
-                    invocation_type: q.invocation_type,
-                    is_async,
-                    taken_at: None,
-                };
-                if !st.queues.contains_key(&q.function_id) {
-                    functions.push(q.function_id.clone());
-                }
-                Self::push_pending(&mut st, &q.function_id, pending, Some(q.payload));
-            }
-        }
+        let s = Scheduler {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                state: Mutex::default(),
+                writes: tx,
+                seq: AtomicI64::new(last),
+                foreign: Mutex::default(),
+                adopted: Arc::default(),
+                cancelled_elsewhere: Mutex::default(),
+            }),
+        };
+        let functions = s.queue_records(queued, false);
+        s.spawn_membership(options);
         if !functions.is_empty() {
             tracing::info!("queued again the unanswered inputs of {} functions from before the restart", functions.len());
         }
@@ -518,6 +525,11 @@ impl Scheduler {
         if cancelled {
             return Err(Error::Cancelled(format!("function call {call_id} was cancelled")));
         }
+        if self.is_foreign(call_id) {
+            // Another replica owns the call: it runs these too (`replica.rs`).
+            let ids = self.put_foreign(call_id, &function_id, invocation_type, inputs).await?;
+            return Ok((function_id, ids));
+        }
         let ids = self.put(call_id, &function_id, invocation_type, inputs).await?;
         Ok((function_id, ids))
     }
@@ -575,20 +587,24 @@ impl Scheduler {
             .await
             .map_err(|e| Error::Store(e.to_string()))?
             .ok_or_else(|| Error::NotFound(format!("function call {call_id} not found (its results expired, or it never existed)")))?;
-        let mut st = self.inner.state.lock().unwrap();
-        let c = st.calls.entry(call_id.to_string()).or_insert_with(|| CallEntry {
-            function_id: rec.function_id.clone(),
-            invocation_type: rec.invocation_type,
-            num_inputs: rec.num_inputs,
-            answered: rec.num_inputs - rec.num_unfinished,
-            last_seq: rec.last_seq,
-            cancelled: rec.cancelled,
-            has_data_out: rec.has_data_out,
-            changed: Arc::default(),
-            touched: Instant::now(),
-            early: Vec::new(),
-        });
-        Ok((c.function_id.clone(), c.invocation_type, c.cancelled))
+        let found = {
+            let mut st = self.inner.state.lock().unwrap();
+            let c = st.calls.entry(call_id.to_string()).or_insert_with(|| CallEntry {
+                function_id: rec.function_id.clone(),
+                invocation_type: rec.invocation_type,
+                num_inputs: rec.num_inputs,
+                answered: rec.num_inputs - rec.num_unfinished,
+                last_seq: rec.last_seq,
+                cancelled: rec.cancelled,
+                has_data_out: rec.has_data_out,
+                changed: Arc::default(),
+                touched: Instant::now(),
+                early: Vec::new(),
+            });
+            (c.function_id.clone(), c.invocation_type, c.cancelled)
+        };
+        self.loaded_call(call_id, rec.last_seq).await;
+        Ok(found)
     }
 
     /// The call's function and number of inputs.

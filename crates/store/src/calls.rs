@@ -258,11 +258,12 @@ impl Store {
             i += 1;
             let outcome = match w {
                 CallWrite::Call { id, function_id, invocation_type, created_at } => {
-                    sqlx::query("INSERT INTO function_calls (id, function_id, invocation_type, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
+                    sqlx::query("INSERT INTO function_calls (id, function_id, invocation_type, created_at, owner) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING")
                         .bind(id)
                         .bind(function_id)
                         .bind(*invocation_type as i64)
                         .bind(created_at)
+                        .bind(self.replica())
                         .execute(&mut *tx)
                         .await?;
                     WriteOutcome::Done

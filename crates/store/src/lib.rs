@@ -20,6 +20,7 @@ mod gpus;
 mod image_names;
 mod objects;
 mod queues;
+mod replicas;
 mod sandboxes;
 mod secrets;
 pub use secrets::SecretInfo;
@@ -50,6 +51,7 @@ pub use functions::{FunctionRecord, ImageRecord, Mount, MountEntry};
 pub use error::{Result, StoreError};
 pub use objects::{CreationMode, NamedObject, ObjectKind};
 pub use queues::{QueueItem, QueueLimits, QueueSummary};
+pub use replicas::{Adoption, CallOwner, ReplicaRecord};
 pub use sandboxes::{SandboxFilter, SandboxRecord};
 pub use util::{format_utc, new_id, now};
 pub use web::{ProxyTokenInfo, WebRoute};
@@ -101,6 +103,8 @@ pub struct Store {
     /// here avoids the busy errors of upgrading a read transaction to a write one. On
     /// PostgreSQL [`Store::begin_write`] also takes a lock all replicas share.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The replica that owns the calls this store creates (`replicas.rs`), once set.
+    replica: Arc<std::sync::OnceLock<String>>,
 }
 
 /// How much of the SQLite database file is read through a memory map.
@@ -213,6 +217,7 @@ impl Store {
             notify,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            replica: Arc::default(),
         };
         store.default_environment().await?;
         Ok(store)

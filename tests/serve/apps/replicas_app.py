@@ -1,0 +1,20 @@
+"""Functions for the replica tests: two `ferry serve` replicas on one database and bucket."""
+
+import time
+
+import modal
+
+app = modal.App("ferry-replicas")
+image = modal.Image.debian_slim()
+
+
+@app.function(image=image, max_containers=2)
+def slow_square(x):
+    time.sleep(0.3)
+    return x * x
+
+
+@app.function(image=image, max_containers=2)
+def later(x, seconds):
+    time.sleep(seconds)
+    return x + 1000
