@@ -124,7 +124,7 @@ pub struct PoolArgs {
 }
 
 impl PoolArgs {
-    fn config(&self) -> ferry_worker::PoolConfig {
+    pub(crate) fn config(&self) -> ferry_worker::PoolConfig {
         ferry_worker::PoolConfig { per_image: self.pool_per_image, max_total: self.pool_max, idle: Duration::from_secs(self.pool_idle_secs.max(1)) }
     }
 }

@@ -36,6 +36,9 @@ struct RunArgs {
     /// The authority that signed the control plane's certificate, for an https:// --server.
     #[arg(long)]
     ca_cert: Option<std::path::PathBuf>,
+    /// Standby containers on this worker, as on the server (`ferry serve --pool-*`).
+    #[command(flatten)]
+    pool: crate::serve::PoolArgs,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +81,7 @@ async fn agent(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         labels,
         storage: args.storage,
         ca_cert: args.ca_cert,
+        pool: args.pool.config(),
     };
     tokio::select! {
         r = ferry_fleet::agent::run(config) => r,

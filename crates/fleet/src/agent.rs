@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub storage: ferry_blobs::StorageConfig,
     /// A PEM file of the authority that signed the control plane's certificate (https).
     pub ca_cert: Option<PathBuf>,
+    /// Standby containers kept ready per image (cold starts), as on the server.
+    pub pool: ferry_worker::PoolConfig,
 }
 
 /// A container this worker runs (or is preparing): `None` until it started.
@@ -70,7 +72,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::warn!("no --storage: this worker can only run images whose layers it has (bases); give it the control plane's bucket");
     }
     let files = ferry_blobs::ContentFiles::new(blobs.clone(), &config.data_dir);
-    let worker = ferry_worker::Worker::with_pool(&config.data_dir, images.clone(), ferry_worker::PoolConfig::off());
+    let worker = ferry_worker::Worker::with_pool(&config.data_dir, images.clone(), config.pool.clone());
     let swept = worker.sweep_stale();
     if swept > 0 {
         tracing::info!("removed {swept} leftovers of containers from an earlier run");

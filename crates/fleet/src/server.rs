@@ -115,7 +115,12 @@ async fn poll(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
         return json(&answer);
     }
     let deadline = tokio::time::Instant::now() + POLL_WAIT;
+    let work = store.worker_work(&req.worker_id);
     loop {
+        // Armed before the look, so a placement between the look and the wait is not missed.
+        let placed = work.notified();
+        tokio::pin!(placed);
+        placed.as_mut().enable();
         let taken = store.take_worker_assignments(&req.worker_id).await;
         let kills = store.take_worker_kills(&req.worker_id).await;
         match (taken, kills) {
@@ -133,7 +138,10 @@ async fn poll(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
         if !answer.assignments.is_empty() || !answer.kills.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // A placement wakes the poll at once (on PostgreSQL from any replica); the look is
+        // repeated at least every half second in case a notification was lost.
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(std::time::Duration::from_millis(500));
+        let _ = tokio::time::timeout(wait, placed).await;
     }
     // What the worker runs that is no longer its own (declared lost meanwhile, or unknown).
     match store.worker_tasks_running(&req.worker_id).await {

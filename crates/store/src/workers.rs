@@ -215,7 +215,14 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::FailedPrecondition(format!("worker {} is not ready for tasks", task.worker_id)));
         }
+        self.notify.fire(&worker_topic(&task.worker_id));
         Ok(())
+    }
+
+    /// Notified when a task is placed on the worker or one of its tasks is signalled (on any
+    /// replica), so a held poll answers at once.
+    pub fn worker_work(&self, worker_id: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        self.notify.topic(&worker_topic(worker_id))
     }
 
     /// The tasks placed on a live worker since it last asked, now `running`, with their
@@ -265,11 +272,15 @@ impl Store {
 
     /// Asks the worker running `task_id` to send it `signal`.
     pub async fn signal_worker_task(&self, task_id: &str, signal: &str) -> Result<()> {
-        sqlx::query(&format!("UPDATE worker_tasks SET kill_signal = $1 WHERE task_id = $2 AND state IN {UNFINISHED}"))
-            .bind(signal)
-            .bind(task_id)
-            .execute(&self.pool)
-            .await?;
+        let worker: Option<String> =
+            sqlx::query_scalar(&format!("UPDATE worker_tasks SET kill_signal = $1 WHERE task_id = $2 AND state IN {UNFINISHED} RETURNING worker_id"))
+                .bind(signal)
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(worker) = worker {
+            self.notify.fire(&worker_topic(&worker));
+        }
         Ok(())
     }
 
@@ -364,4 +375,8 @@ mod tests {
     }
 
     crate::backend_tests!(workers_take_tasks_and_lose_them_when_silent);
+}
+
+fn worker_topic(worker_id: &str) -> String {
+    format!("worker:{worker_id}")
 }
