@@ -437,6 +437,33 @@ fn control_plane_forwards(s: &ModalService) -> Vec<ferry_worker::PortForward> {
         .collect()
 }
 
+/// What a task container is started with, wherever it runs: its `ContainerArguments` and the
+/// values of the function's Secrets as environment variables.
+pub(crate) async fn task_arguments(
+    s: &ModalService,
+    task_id: &str,
+    (record, def): (&ferry_store::FunctionRecord, &api::Function),
+    (app, env): (&ferry_store::App, &ferry_store::Environment),
+) -> Result<(api::ContainerArguments, Vec<(String, String)>), String> {
+    let mut env_vars = Vec::new();
+    for secret_id in &def.secret_ids {
+        env_vars.extend(s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?);
+    }
+    let deps: Vec<String> = def.object_dependencies.iter().map(|d| d.object_id.clone()).collect();
+    let layout = app_layout(s, &app.id, &deps).await?;
+    let args = api::ContainerArguments {
+        task_id: task_id.to_string(),
+        function_id: record.id.clone(),
+        app_id: app.id.clone(),
+        function_def: Some(def.clone()),
+        environment_name: env.name.clone(),
+        app_layout: Some(layout),
+        serialized_params: record.params.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    Ok((args, env_vars))
+}
+
 /// Runs one task container until it exits. With `build_log` it is a build step: its output goes
 /// there instead of the app's logs, and its writes come back as a layer.
 async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_log: Option<&ferry_runtime::LogSink>) -> Result<Option<ferry_runtime::LayerId>, String> {
@@ -456,23 +483,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     }
 
     let mut files = crate::mounts::container_files(s, &def.mount_ids).await?;
-    let mut env_vars = Vec::new();
-    for secret_id in &def.secret_ids {
-        env_vars.extend(s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?);
-    }
-
-    let deps: Vec<String> = def.object_dependencies.iter().map(|d| d.object_id.clone()).collect();
-    let layout = app_layout(s, &app.id, &deps).await?;
-    let args = api::ContainerArguments {
-        task_id: task_id.to_string(),
-        function_id: function_id.to_string(),
-        app_id: app.id.clone(),
-        function_def: Some(def.clone()),
-        environment_name: env.name.clone(),
-        app_layout: Some(layout),
-        serialized_params: record.params.clone().unwrap_or_default(),
-        ..Default::default()
-    };
+    let (args, env_vars) = task_arguments(s, task_id, (&record, &def), (&app, &env)).await?;
     // Whole GPUs for this container, held until it exits: waits while the matching cards are
     // busy (the task counts towards max_containers meanwhile) and gives up if stopped.
     let gpu_lease = match crate::gpus::choices_of_function(s, function_id, &def).await? {

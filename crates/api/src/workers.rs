@@ -77,22 +77,7 @@ pub(crate) async fn run_remote(
         }
         files.extend(mount.files.into_iter().map(|f| ferry_fleet::FileRef { sha256: f.sha256, path: f.path }));
     }
-    let mut env_vars = Vec::new();
-    for secret_id in &def.secret_ids {
-        env_vars.extend(s.store.secret_values(secret_id).await.map_err(|e| e.to_string())?);
-    }
-    let deps: Vec<String> = def.object_dependencies.iter().map(|d| d.object_id.clone()).collect();
-    let layout = crate::launch::app_layout(s, &app.id, &deps).await?;
-    let args = api::ContainerArguments {
-        task_id: task_id.to_string(),
-        function_id: function_id.to_string(),
-        app_id: app.id.clone(),
-        function_def: Some(def.clone()),
-        environment_name: env.name.clone(),
-        app_layout: Some(layout),
-        serialized_params: record.params.clone().unwrap_or_default(),
-        ..Default::default()
-    };
+    let (args, env_vars) = crate::launch::task_arguments(s, task_id, (record, def), (app, env)).await?;
     let r = def.resources.clone().unwrap_or_default();
     let secret = s.store.create_task_credential(task_id, &app.id).await.map_err(|e| e.to_string())?;
     let assignment = ferry_fleet::Assignment {
