@@ -273,6 +273,45 @@ struct FunctionQueue {
     recent: VecDeque<AnswerSummary>,
 }
 
+/// Appends the rows of a batch of new inputs of `call_id` to `writes`; returns their new ids,
+/// in the batch's order.
+fn input_writes(call_id: &str, function_id: &str, inputs: &[NewInput], now: f64, writes: &mut Vec<CallWrite>) -> Vec<String> {
+    let ids: Vec<String> = inputs.iter().map(|_| ferry_store::new_id("in")).collect();
+    writes.extend(inputs.iter().zip(&ids).map(|(input, id)| CallWrite::Input {
+        id: id.clone(),
+        call_id: call_id.to_string(),
+        function_id: function_id.to_string(),
+        idx: input.idx,
+        payload: input.payload.clone(),
+        created_at: now,
+    }));
+    ids
+}
+
+impl FunctionQueue {
+    /// Takes `call_id`'s queued inputs out of the queue, in order, with the queue's counts and
+    /// the memory held by queued payloads (`queued_payload_bytes`) kept true.
+    fn take_call(&mut self, call_id: &str, queued_payload_bytes: &mut usize) -> Vec<Pending> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for p in self.pending.drain(..) {
+            if p.call_id != call_id {
+                kept.push_back(p);
+                continue;
+            }
+            if p.is_async {
+                self.async_pending -= 1;
+            } else {
+                self.sync_pending -= 1;
+            }
+            *queued_payload_bytes -= p.payload.as_ref().map_or(0, |b| b.len());
+            taken.push(p);
+        }
+        self.pending = kept;
+        taken
+    }
+}
+
 #[derive(Default)]
 struct State {
     calls: HashMap<String, CallEntry>,
@@ -432,17 +471,7 @@ impl Scheduler {
         let now = ferry_store::now();
         let mut writes = Vec::with_capacity(inputs.len() + 1);
         writes.push(CallWrite::Call { id: call_id.to_string(), function_id: function_id.to_string(), invocation_type, created_at: now });
-        let ids: Vec<String> = inputs.iter().map(|_| ferry_store::new_id("in")).collect();
-        for (input, id) in inputs.iter().zip(&ids) {
-            writes.push(CallWrite::Input {
-                id: id.clone(),
-                call_id: call_id.to_string(),
-                function_id: function_id.to_string(),
-                idx: input.idx,
-                payload: input.payload.clone(),
-                created_at: now,
-            });
-        }
+        let ids = input_writes(call_id, function_id, &inputs, now, &mut writes);
         let rx = {
             let mut st = self.inner.state.lock().unwrap();
             Self::check_limits(&st, function_id, is_async, inputs.len())?;
@@ -478,21 +507,11 @@ impl Scheduler {
                 let st = &mut *guard;
                 st.calls.remove(call_id);
                 if let Some(q) = st.queues.get_mut(function_id) {
-                    let mut kept = VecDeque::with_capacity(q.pending.len());
-                    for p in q.pending.drain(..) {
-                        if p.call_id == call_id {
-                            if p.is_async {
-                                q.async_pending -= 1;
-                            } else {
-                                q.sync_pending -= 1;
-                                q.sync_in_flight = q.sync_in_flight.saturating_sub(1);
-                            }
-                            st.queued_payload_bytes -= p.payload.as_ref().map_or(0, |b| b.len());
-                        } else {
-                            kept.push_back(p);
+                    for p in q.take_call(call_id, &mut st.queued_payload_bytes) {
+                        if !p.is_async {
+                            q.sync_in_flight = q.sync_in_flight.saturating_sub(1);
                         }
                     }
-                    q.pending = kept;
                 }
                 Err(e)
             }
@@ -539,24 +558,13 @@ impl Scheduler {
         Self::check_limits(&self.inner.state.lock().unwrap(), function_id, is_async, inputs.len())?;
         let now = ferry_store::now();
         let mut writes: Vec<CallWrite> = Vec::with_capacity(inputs.len());
-        let first_input = 0;
-        let ids: Vec<String> = inputs.iter().map(|_| ferry_store::new_id("in")).collect();
-        for (i, input) in inputs.iter().enumerate() {
-            writes.push(CallWrite::Input {
-                id: ids[i].clone(),
-                call_id: call_id.to_string(),
-                function_id: function_id.to_string(),
-                idx: input.idx,
-                payload: input.payload.clone(),
-                created_at: now,
-            });
-        }
+        let ids = input_writes(call_id, function_id, &inputs, now, &mut writes);
         let outcomes = self.write(writes).await?;
         let mut answer = Vec::with_capacity(inputs.len());
         let mut st = self.inner.state.lock().unwrap();
         let mut added = 0;
         for (i, input) in inputs.into_iter().enumerate() {
-            match &outcomes[first_input + i] {
+            match &outcomes[i] {
                 WriteOutcome::Existing(id) => answer.push((input.idx, id.clone())),
                 _ => {
                     answer.push((input.idx, ids[i].clone()));
@@ -1071,21 +1079,7 @@ impl Scheduler {
             }
             let mut answers = Vec::new();
             if let Some(q) = st.queues.get_mut(&function_id) {
-                let mut kept = VecDeque::with_capacity(q.pending.len());
-                for p in q.pending.drain(..) {
-                    if p.call_id == call_id {
-                        if p.is_async {
-                            q.async_pending -= 1;
-                        } else {
-                            q.sync_pending -= 1;
-                        }
-                        st.queued_payload_bytes -= p.payload.as_ref().map_or(0, |b| b.len());
-                        answers.push((p, String::new()));
-                    } else {
-                        kept.push_back(p);
-                    }
-                }
-                q.pending = kept;
+                answers.extend(q.take_call(call_id, &mut st.queued_payload_bytes).into_iter().map(|p| (p, String::new())));
             }
             let mut tasks = Vec::new();
             for (task_id, running) in st.running.iter_mut() {

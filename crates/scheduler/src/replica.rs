@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_store::{CallOwner, CallWrite, QueuedRecord, Store, WriteOutcome};
+use ferry_store::{CallOwner, QueuedRecord, Store, WriteOutcome};
 
 use crate::{is_async, Error, NewInput, Pending, Result, Scheduler, State};
 
@@ -204,19 +204,8 @@ impl Scheduler {
     /// When the call became this replica's meanwhile (adopted), they are queued here.
     pub(crate) async fn put_foreign(&self, call_id: &str, function_id: &str, invocation_type: i32, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>> {
         let now = ferry_store::now();
-        let ids: Vec<String> = inputs.iter().map(|_| ferry_store::new_id("in")).collect();
-        let writes = inputs
-            .iter()
-            .zip(&ids)
-            .map(|(input, id)| CallWrite::Input {
-                id: id.clone(),
-                call_id: call_id.to_string(),
-                function_id: function_id.to_string(),
-                idx: input.idx,
-                payload: input.payload.clone(),
-                created_at: now,
-            })
-            .collect();
+        let mut writes = Vec::with_capacity(inputs.len());
+        let ids = crate::input_writes(call_id, function_id, &inputs, now, &mut writes);
         let outcomes = self.write(writes).await?;
         let mut answer = Vec::with_capacity(inputs.len());
         let mut new = Vec::new();
