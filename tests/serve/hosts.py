@@ -1,7 +1,10 @@
 """Hosts simulated on one machine for the cluster tests and benchmarks: a bridge with the
 control plane's address and one network namespace per worker host (its own address, as a
-separate host would have), and `ferry worker` processes started inside them."""
+separate host would have), `ferry worker` processes started inside them, control-plane
+replicas and a TCP balancer in front of them."""
 
+import asyncio
+import json
 import os
 import random
 import re
@@ -9,10 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from conftest import ferry_bin
+from conftest import Ferry, ferry_bin
 
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
 
@@ -115,3 +119,91 @@ def free_port(ip: str) -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
         return s.getsockname()[1]
+
+
+class Proxy:
+    """A TCP balancer on a free port of `ip`: each new connection goes to the first backend that
+    accepts it (a health-checked layer-4 balancer); a connection whose backend dies is closed,
+    and the client connects again."""
+
+    def __init__(self, ip: str = "127.0.0.1"):
+        self.backends: list[tuple[str, int]] = []
+        self.ip = ip
+        self.port = free_port(ip)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(asyncio.start_server(self._handle, self.ip, self.port))
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, daemon=True).start()
+        assert ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    async def _handle(self, reader, writer):
+        upstream = None
+        for host, port in list(self.backends):
+            try:
+                upstream = await asyncio.open_connection(host, port)
+                break
+            except OSError:
+                continue
+        if upstream is None:
+            writer.close()
+            return
+        r2, w2 = upstream
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except Exception:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, w2), pipe(r2, writer), return_exceptions=True)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class Replica(Ferry):
+    """A `ferry serve` control-plane replica."""
+
+    def kill9(self):
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.url.rsplit("//", 1)[1].rsplit(":", 1)
+        return host, int(port)
+
+    def log_text(self) -> str:
+        text = "".join(p.read_text() for p in sorted(self.data_dir.glob("serve-*.log")))
+        return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def seed_images(data_dir: Path):
+    """Hard-links the prepared `debian_slim` layer and client runtime of the test data dir into
+    a replica's fresh data dir, so that neither builds them (a minute each on a busy machine)."""
+    out = subprocess.run([ferry_bin(), "images", "prepare", "--data-dir", str(DATA)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    layer = out.stdout.split("Image.debian_slim", 1)[1].split(" layer ", 1)[1].split()[0]
+    (data_dir / "images" / "layers").mkdir(parents=True)
+    while layer:
+        src = DATA / "images" / "layers" / layer
+        subprocess.run(["cp", "-al", str(src), str(data_dir / "images" / "layers" / layer)], check=True)
+        layer = json.loads((src / "layer.json").read_text()).get("parent")
+    if (DATA / "runtime").exists():
+        subprocess.run(["cp", "-al", str(DATA / "runtime"), str(data_dir / "runtime")], check=True)

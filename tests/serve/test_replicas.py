@@ -4,110 +4,20 @@ load balancer with health checks would. The real client carries on through the o
 when the one serving it is killed mid-map, a call spawned on one is read through the other,
 and nothing is lost when everything restarts (docs/cluster.md)."""
 
-import asyncio
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import PY, Ferry, _pg_server, ferry_bin, psql
+from conftest import PY, _pg_server, psql
+from hosts import Proxy, Replica, seed_images
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
 LEASE = "3"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proxy:
-    """A TCP proxy on a free local port: each new connection goes to the first backend that
-    accepts it; a connection whose backend dies is closed, and the client connects again."""
-
-    def __init__(self):
-        self.backends: list[tuple[str, int]] = []
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
-            ready.set()
-            self.loop.run_forever()
-
-        threading.Thread(target=run, daemon=True).start()
-        assert ready.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, reader, writer):
-        upstream = None
-        for host, port in list(self.backends):
-            try:
-                upstream = await asyncio.open_connection(host, port)
-                break
-            except OSError:
-                continue
-        if upstream is None:
-            writer.close()
-            return
-        r2, w2 = upstream
-
-        async def pipe(src, dst):
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except Exception:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, w2), pipe(r2, writer), return_exceptions=True)
-
-    def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-class Replica(Ferry):
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.url.rsplit("//", 1)[1].rsplit(":", 1)
-        return host, int(port)
-
-
-def seed_images(data_dir: Path):
-    """Hard-links the prepared `debian_slim` layer and client runtime of the test data dir into
-    a replica's fresh data dir, so that neither builds them (a minute each on a busy machine)."""
-    out = subprocess.run([ferry_bin(), "images", "prepare", "--data-dir", str(DATA)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    layer = out.stdout.split("Image.debian_slim", 1)[1].split(" layer ", 1)[1].split()[0]
-    (data_dir / "images" / "layers").mkdir(parents=True)
-    while layer:
-        src = DATA / "images" / "layers" / layer
-        subprocess.run(["cp", "-al", str(src), str(data_dir / "images" / "layers" / layer)], check=True)
-        layer = json.loads((src / "layer.json").read_text()).get("parent")
-    if (DATA / "runtime").exists():
-        subprocess.run(["cp", "-al", str(DATA / "runtime"), str(data_dir / "runtime")], check=True)
 
 
 @pytest.fixture()

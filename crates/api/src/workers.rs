@@ -102,6 +102,7 @@ pub(crate) async fn run_remote(
         function_id: function_id.to_string(),
         cpu: r.milli_cpu as f64 / 1000.0,
         memory_mib: r.memory_mb as i64,
+        replica: Some(s.scheduler.replica_id().to_string()),
     };
     let remote = match fleet.assign(placed, &assignment).await {
         Ok(t) => t,

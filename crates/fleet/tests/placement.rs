@@ -29,7 +29,7 @@ fn on(p: &Placement) -> &str {
 async fn place_one(fleet: &Fleet, demand: &Demand, n: usize) -> String {
     let p = fleet.place(demand, 0, 1.0).await.unwrap();
     let Placement::Worker { id, name } = &p else { return "local".into() };
-    let task = NewWorkerTask { task_id: format!("ta-{n}"), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: demand.cpu, memory_mib: demand.memory_mib };
+    let task = NewWorkerTask { task_id: format!("ta-{n}"), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: demand.cpu, memory_mib: demand.memory_mib, replica: None };
     fleet.assign(task, &Assignment::default()).await.unwrap();
     name.clone()
 }
@@ -92,7 +92,7 @@ async fn local_host_competes_and_keeps_what_workers_cannot_run() {
 async fn a_silent_worker_loses_its_tasks() {
     let (_dir, store, fleet) = fleet(false).await;
     let id = worker(&store, "a", 2.0, &[]).await;
-    let task = NewWorkerTask { task_id: "ta-x".into(), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: 0.0, memory_mib: 0 };
+    let task = NewWorkerTask { task_id: "ta-x".into(), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: 0.0, memory_mib: 0, replica: None };
     let remote = fleet.assign(task, &Assignment::default()).await.unwrap();
     store.mark_lost_workers(-1.0).await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), remote.wait()).await.unwrap(), RemoteExit::Lost);

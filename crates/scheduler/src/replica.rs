@@ -72,7 +72,12 @@ pub(crate) async fn register(store: &Store, id: &str, options: &ReplicaOptions) 
         tracing::info!(replica = id, name = %options.name, "registered as a replica (lease {} s)", options.lease.as_secs_f64());
     }
     if !adopted.replicas.is_empty() && store.is_shared() {
-        tracing::info!("adopted {} earlier replicas with {} unanswered inputs", adopted.replicas.len(), adopted.inputs.len());
+        tracing::info!(
+            "adopted {} earlier replicas with {} unanswered inputs ({} of their containers on worker hosts are stopped)",
+            adopted.replicas.len(),
+            adopted.inputs.len(),
+            adopted.worker_tasks
+        );
     }
     Ok(adopted.inputs)
 }
@@ -376,9 +381,11 @@ impl Scheduler {
             foreign.retain(|_, owner| !adoption.replicas.contains(owner));
         }
         tracing::warn!(
-            "adopted replicas {} whose leases ran out: {} unanswered inputs of their calls are queued here again",
+            "adopted replicas {} whose leases ran out: {} unanswered inputs of their calls are queued here again, \
+             {} of their containers on worker hosts are stopped",
             adoption.replicas.join(", "),
-            adoption.inputs.len()
+            adoption.inputs.len(),
+            adoption.worker_tasks
         );
         self.queue_records(adoption.inputs, false);
         self.inner.adopted.notify_one();

@@ -30,6 +30,8 @@ pub struct Adoption {
     pub replicas: Vec<String>,
     /// The unanswered inputs of the calls they owned (now owned by the adopter), oldest first.
     pub inputs: Vec<QueuedRecord>,
+    /// Containers they had placed on worker hosts, now declared lost (their workers kill them).
+    pub worker_tasks: usize,
 }
 
 /// Who runs a call's inputs, as [`Store::hand_off_inputs`] found it.
@@ -163,6 +165,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut out = Adoption::default();
+        let mut lost_on = std::collections::BTreeSet::new();
         let sql = format!(
             "SELECT {QUEUED_COLUMNS} FROM function_inputs i JOIN function_calls c ON c.id = i.call_id \
              WHERE c.owner = $1 AND i.state = 'queued' ORDER BY i.created_at, i.idx"
@@ -183,6 +186,26 @@ impl Store {
             sqlx::query("UPDATE function_calls SET owner = $2 WHERE owner = $1").bind(&id).bind(me).execute(&mut *tx).await?;
             // Its handoffs are queued rows of its calls: adopted with them.
             sqlx::query("DELETE FROM call_handoffs WHERE owner = $1").bind(&id).execute(&mut *tx).await?;
+            // Its containers on worker hosts talked to it alone and held inputs in its memory
+            // (queued here again above): their credentials end, and their workers, told at
+            // their next poll that the tasks are no longer theirs, kill them.
+            sqlx::query(
+                "UPDATE task_credentials SET revoked_at = $2 WHERE revoked_at IS NULL AND task_id IN \
+                 (SELECT task_id FROM worker_tasks WHERE replica = $1 AND state IN ('assigned', 'running'))",
+            )
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let workers: Vec<String> = sqlx::query_scalar(
+                "UPDATE worker_tasks SET state = 'lost', updated_at = $2 WHERE replica = $1 AND state IN ('assigned', 'running') RETURNING worker_id",
+            )
+            .bind(&id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            out.worker_tasks += workers.len();
+            lost_on.extend(workers);
             out.replicas.push(id);
         }
         if at_start {
@@ -197,6 +220,9 @@ impl Store {
         // Adopted replicas are kept a day for operators, then forgotten.
         sqlx::query("DELETE FROM replicas WHERE adopted_by IS NOT NULL AND adopted_at < $1").bind(now - 86_400.0).execute(&mut *tx).await?;
         tx.commit().await?;
+        for worker in lost_on {
+            self.notify.fire(&crate::workers::worker_topic(&worker));
+        }
         Ok(out)
     }
 
@@ -350,6 +376,26 @@ mod tests {
             seq: 7,
         };
         a.calls_write(&[CallWrite::Answer(answer)]).await.unwrap();
+        // Containers rp-a placed on a worker host, and one rp-c placed there.
+        let worker = a
+            .register_worker(&crate::NewWorker { name: "w".into(), labels: "{}".into(), cpu: 4.0, memory_mib: 8192, ..Default::default() })
+            .await
+            .unwrap();
+        let mut secrets = Vec::new();
+        for (task, replica) in [("ta-a", "rp-a"), ("ta-a2", "rp-a"), ("ta-c", "rp-c")] {
+            let placed = crate::NewWorkerTask {
+                task_id: task.into(),
+                worker_id: worker.clone(),
+                app_id: "ap-1".into(),
+                function_id: "fu-1".into(),
+                cpu: 1.0,
+                memory_mib: 0,
+                replica: Some(replica.into()),
+            };
+            a.assign_worker_task(&placed, b"{}").await.unwrap();
+            secrets.push((task, a.create_task_credential(task, "ap-1").await.unwrap()));
+        }
+        assert_eq!(a.take_worker_assignments(&worker).await.unwrap().len(), 3);
         // While its lease runs, nobody adopts rp-a.
         assert!(!c.replicas_to_adopt("rp-c").await.unwrap());
         assert!(c.adopt_replicas("rp-c", "host:/c", false).await.unwrap().replicas.is_empty());
@@ -362,6 +408,15 @@ mod tests {
         let (won, lost) = if x.replicas.is_empty() { (y, x) } else { (x, y) };
         assert!(lost.replicas.is_empty() && lost.inputs.is_empty());
         assert_eq!(won.replicas, vec!["rp-a".to_string()]);
+        // rp-a's containers on the worker are lost with it (the worker kills them at its next
+        // poll) and their credentials end; rp-c's container runs on.
+        assert_eq!(won.worker_tasks, 2);
+        assert_eq!(c.worker_task("ta-a").await.unwrap().unwrap().state, "lost");
+        assert_eq!(c.worker_task("ta-c").await.unwrap().unwrap().state, "running");
+        assert_eq!(c.worker_tasks_running(&worker).await.unwrap(), vec!["ta-c".to_string()]);
+        for (task, secret) in &secrets {
+            assert_eq!(c.verify_task(task, secret).await.unwrap().is_some(), *task == "ta-c", "{task}");
+        }
         let mut ids: Vec<String> = won.inputs.iter().map(|i| i.input_id.clone()).collect();
         ids.sort();
         // fc-old became rp-a's at its start, so its input moves too.

@@ -53,6 +53,8 @@ pub struct NewWorkerTask {
     pub function_id: String,
     pub cpu: f64,
     pub memory_mib: i64,
+    /// The replica that placed it (adopting that replica declares the task lost).
+    pub replica: Option<String>,
 }
 
 /// Where a placed task stands: `assigned`, `running`, `exited` (with the worker's report) or
@@ -199,8 +201,8 @@ impl Store {
         let t = now();
         let sealed = self.sealer().seal(assignment);
         let done = sqlx::query(
-            "INSERT INTO worker_tasks (task_id, worker_id, app_id, function_id, cpu, memory_mib, assignment, state, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 'assigned', $8, $8 WHERE EXISTS (SELECT 1 FROM workers WHERE id = $2 AND state = 'ready')",
+            "INSERT INTO worker_tasks (task_id, worker_id, app_id, function_id, cpu, memory_mib, assignment, state, created_at, updated_at, replica) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, 'assigned', $8, $8, $9 WHERE EXISTS (SELECT 1 FROM workers WHERE id = $2 AND state = 'ready')",
         )
         .bind(&task.task_id)
         .bind(&task.worker_id)
@@ -210,6 +212,7 @@ impl Store {
         .bind(task.memory_mib)
         .bind(sealed)
         .bind(t)
+        .bind(&task.replica)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -343,7 +346,7 @@ mod tests {
 
         let w = s.register_worker(&NewWorker { name: "a".into(), labels: "{}".into(), cpu: 4.0, memory_mib: 8192, ..Default::default() }).await.unwrap();
         assert_eq!(s.worker_heartbeat(&w).await.unwrap(), "ready");
-        let task = NewWorkerTask { task_id: "ta-1".into(), worker_id: w.clone(), app_id: "ap-1".into(), function_id: "fu-1".into(), cpu: 1.0, memory_mib: 512 };
+        let task = NewWorkerTask { task_id: "ta-1".into(), worker_id: w.clone(), app_id: "ap-1".into(), function_id: "fu-1".into(), cpu: 1.0, memory_mib: 512, replica: None };
         s.assign_worker_task(&task, b"secret assignment").await.unwrap();
         let listed = s.workers().await.unwrap();
         assert_eq!((listed[0].tasks, listed[0].cpu_used, listed[0].memory_used_mib), (1, 1.0, 512));
@@ -377,6 +380,6 @@ mod tests {
     crate::backend_tests!(workers_take_tasks_and_lose_them_when_silent);
 }
 
-fn worker_topic(worker_id: &str) -> String {
+pub(crate) fn worker_topic(worker_id: &str) -> String {
     format!("worker:{worker_id}")
 }
