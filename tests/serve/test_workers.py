@@ -2,7 +2,8 @@
 SeaweedFS bucket, and two `ferry worker` processes, each in a network namespace of its own with
 its own address (as separate hosts would be). Through the real modal client: `.remote()` and
 `.map` run on the workers; a worker killed mid-map loses no output; a drained worker takes no
-new containers; a worker that comes back after being declared lost kills its stale containers."""
+new containers; a worker that comes back after being declared lost kills its stale containers;
+with TLS, workers and their containers verify the control plane's own authority."""
 
 import os
 import re
@@ -241,3 +242,85 @@ def test_drain_stops_new_placement_and_a_lost_worker_kills_stale_containers(clus
     assert "w2" not in worker_list(server)
     unknown = server.ferry("worker", "drain", "no-such-worker")
     assert unknown.returncode != 0 and "no live worker 'no-such-worker'" in unknown.stderr, unknown.stderr
+
+
+def trusting_client(tmp_path: Path, ca: Path) -> Path:
+    """A client python whose certifi bundle holds `ca` (the README's command), in a venv of its
+    own layered over the suite's, so the suite's bundle stays as it is."""
+    venv = tmp_path / "client-venv"
+    subprocess.run([os.sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    shared = next(Path(os.sys.executable).parent.parent.glob("lib/python*/site-packages"))
+    shutil.copytree(shared / "certifi", site / "certifi")
+    (site / "suite.pth").write_text(str(shared) + "\n")
+    vpy = venv / "bin" / "python"
+    subprocess.run(["bash", "-c", f'cat {ca} >> "$({vpy} -m certifi)"'], check=True)
+    return vpy
+
+
+def test_tls_between_the_control_plane_workers_and_their_containers(hosts, bucket, tmp_path):
+    """A control plane beyond loopback speaks TLS by default (its data dir's own authority) on
+    the API and the fleet port. A worker given that authority (`--ca-cert`) registers; one
+    without it is refused by its own certificate check. Containers on the worker reach the
+    API through the worker's TLS relay, with their own credentials."""
+    if not (DATA / "runtime").exists():
+        pytest.skip(f"{DATA} has no prepared client runtime")
+    env = dict(os.environ, FERRY_BASE_SEED=str(DATA), **bucket.env())
+    saved = dict(os.environ)
+    os.environ.update(env)
+    fleet_port = free_port(hosts.host_ip)
+    server = Ferry(
+        tmp_path / "control", "--no-modal-profile", "--host", hosts.host_ip, "--storage", bucket.storage_url(),
+        "--fleet-port", str(fleet_port), "--no-local-containers", "--worker-timeout-secs", "5",
+    )
+    worker = None
+    try:
+        server.start()
+        assert server.url.startswith(f"https://{hosts.host_ip}:"), server.url
+        assert f"Ferry takes worker hosts at https://{hosts.host_ip}:{fleet_port}" in Path(server.log.name).read_text()
+        ca = server.data_dir / "tls" / "ca.pem"
+        made = server.ferry("token", "create", "--worker")
+        assert made.returncode == 0, made.stderr
+        token = re.search(r"FERRY_WORKER_TOKEN=(\S+)", made.stdout).group(1)
+        fleet_url = f"https://{hosts.host_ip}:{fleet_port}"
+
+        # Without the authority, the worker refuses the control plane's certificate and stops,
+        # saying what to give it.
+        untrusting = Worker(hosts, 0, "w-untrusting", tmp_path / "w0", fleet_url, token, bucket.storage_url(), env)
+        with pytest.raises(RuntimeError) as refused:
+            untrusting.start()
+        assert "exited with" in str(refused.value) and "--ca-cert" in str(refused.value), str(refused.value)[-2000:]
+        # Plain HTTP to the fleet port registers nothing.
+        plain = Worker(hosts, 0, "w-plain", tmp_path / "w0p", f"http://{hosts.host_ip}:{fleet_port}", token, bucket.storage_url(), env)
+        shutil.copytree(DATA / "runtime", plain.data_dir / "runtime", symlinks=True)
+        plain.proc = subprocess.Popen(plain.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        try:
+            text, _ = plain.proc.communicate(timeout=8)
+        except subprocess.TimeoutExpired:
+            os.killpg(plain.proc.pid, signal.SIGKILL)
+            text, _ = plain.proc.communicate()
+        assert "registered as" not in text and "cannot register yet" in text, text[-2000:]
+
+        worker = Worker(hosts, 1, "w-tls", tmp_path / "w1", fleet_url, token, bucket.storage_url(), env)
+        worker.args += ["--ca-cert", str(ca)]
+        worker.start()
+        vpy = trusting_client(tmp_path, ca)
+        out = subprocess.run(
+            [str(vpy), "-m", "modal", "run", str(APPS / "workers_app.py"), "--n", "3"],
+            env=server.env(), capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr + worker.text()[-3000:]
+        remote = re.search(r"REMOTE (\d+) (\S+) (\S+)", out.stdout)
+        assert remote and remote.group(1) == "49" and remote.group(3) == "worker-layer-7", out.stdout
+        outs = [l.split() for l in out.stdout.splitlines() if l.startswith("OUT")]
+        assert [int(o[1]) for o in outs] == [0, 1, 4], out.stdout
+        assert set(placements(server).values()) == {"w-tls"}, placements(server)
+        # The containers' way to the API: the worker's relay socket, bound into each container.
+        assert (worker.data_dir / "api-relay-0.sock").is_socket()
+        assert "a container's connection to the control plane" not in worker.text(), worker.text()[-3000:]
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)

@@ -15,8 +15,6 @@ async fn local_only(s: &ModalService, function_id: &str, def: &api::Function) ->
     let subject = format!("function {}", def.function_name);
     let why = if s.blobs.is_local() {
         Some("this server keeps its bytes in its data dir (worker hosts need a `--storage` bucket)".to_string())
-    } else if s.config.containers_use_socket {
-        Some("the API speaks TLS, which containers on worker hosts cannot verify yet (serve with --no-tls on a private network)".to_string())
     } else if !def.volume_mounts.is_empty() {
         Some(format!("{subject} mounts Volumes"))
     } else if !def.shared_volume_mounts.is_empty() {

@@ -292,9 +292,11 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 },
             );
             let listener = ferry_api::bind(SocketAddr::new(args.host, fleet_port)).await?;
-            println!("Ferry takes worker hosts at http://{}:{}", url_host(args.host), listener.local_addr()?.port());
+            // The fleet port speaks TLS when the API does, with the same certificate.
+            let fleet_tls = tls.as_ref().map(|t| (t.cert_pem.as_slice(), t.key_pem.as_slice()));
+            println!("Ferry takes worker hosts at {scheme}://{}:{}", url_host(args.host), listener.local_addr()?.port());
             api_config.fleet = Some(fleet.clone());
-            Some((ferry_fleet::server::spawn(fleet.clone(), listener), fleet.spawn_monitor()))
+            Some((ferry_fleet::server::spawn(fleet.clone(), listener, fleet_tls)?, fleet.spawn_monitor()))
         }
         None => None,
     };

@@ -50,6 +50,8 @@ struct Agent {
     images: ferry_runtime::ImageStore,
     blobs: ferry_blobs::Blobs,
     files: ferry_blobs::ContentFiles,
+    /// Containers' ways to a control plane that speaks TLS.
+    relays: crate::relay::Relays,
     running: Running,
     /// Tasks told to stop before their container started.
     cancelled: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -60,11 +62,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let mut http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+    let mut ca_pem = None;
     if let Some(ca) = &config.ca_cert {
         let pem = std::fs::read(ca).with_context(|| format!("cannot read --ca-cert {}", ca.display()))?;
         http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("--ca-cert is not a PEM certificate")?);
+        ca_pem = Some(pem);
     }
     let http = http.build()?;
+    let relays = crate::relay::Relays::new(&config.data_dir, ca_pem.as_deref())?;
     let images = ferry_runtime::ImageStore::open(&config.data_dir)?;
     ferry_runtime::isolation(images.root());
     let blobs = ferry_blobs::Blobs::open(&config.storage, &config.data_dir).await?;
@@ -91,7 +96,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let _ = printer.await;
         r.context("cannot prepare the modal client runtime (run `ferry images prepare` on this host)")?;
     }
-    let agent = Arc::new(Agent { config, http, worker, images, blobs, files, running: Default::default(), cancelled: Default::default() });
+    let agent = Arc::new(Agent { config, http, worker, images, blobs, files, relays, running: Default::default(), cancelled: Default::default() });
     agent.serve().await
 }
 
@@ -160,8 +165,20 @@ impl Agent {
                     return Ok(r);
                 }
                 Err(e) if e.to_string().contains("401") => return Err(e),
+                // Waiting does not mend a certificate this worker does not trust.
+                Err(e) if format!("{e:#}").contains("certificate") => {
+                    return Err(e.context(
+                        "this worker does not trust the control plane's TLS certificate: give the authority that signed it \
+                         with --ca-cert (a control plane's own authority is DATA_DIR/tls/ca.pem on its host)",
+                    ))
+                }
                 Err(e) => {
-                    tracing::warn!("cannot register yet: {e:#}");
+                    let hint = if self.config.server.starts_with("http://") && format!("{e:#}").contains("connection closed") {
+                        " (does the control plane speak TLS? then use an https:// URL and --ca-cert)"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!("cannot register yet: {e:#}{hint}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -281,7 +298,18 @@ impl Agent {
             }
         }
         let Ok(args) = hex::decode(&a.container_arguments) else { return failed("bad container arguments".into()) };
-        let mut spec = ferry_worker::TaskSpec::new(&a.task_id, layer, args, &a.server_url, &a.task_secret);
+        // A control plane that speaks TLS is reached through the worker's relay (crate::relay).
+        let mut server_url = a.server_url.clone();
+        if server_url.starts_with("https://") {
+            match self.relays.socket_for(&server_url) {
+                Ok(socket) => {
+                    files.push((socket, crate::relay::CONTAINER_SOCKET.to_string()));
+                    server_url = format!("unix://{}", crate::relay::CONTAINER_SOCKET);
+                }
+                Err(e) => return failed(format!("cannot relay the container's connections to {}: {e:#}", a.server_url)),
+            }
+        }
+        let mut spec = ferry_worker::TaskSpec::new(&a.task_id, layer, args, &server_url, &a.task_secret);
         spec.environment_name = a.environment_name.clone();
         spec.files = files;
         spec.env = a.env.clone();

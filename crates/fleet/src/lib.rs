@@ -7,6 +7,7 @@
 //! replica that placed a task learns how it ended by reading its row.
 
 pub mod agent;
+pub mod relay;
 pub mod server;
 pub mod wire;
 

@@ -35,13 +35,53 @@ pub fn router(fleet: Fleet) -> Router {
         .with_state(ctx)
 }
 
-/// Serves the routes on `listener` until the task is aborted.
-pub fn spawn(fleet: Fleet, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(fleet)).await {
-            tracing::error!("the worker endpoint stopped: {e}");
+/// Serves the routes on `listener` until the task is aborted; over TLS with `tls` (the
+/// certificate and key PEM the API serves with), so workers verify the control plane with the
+/// same authority (`ferry worker --ca-cert`).
+pub fn spawn(fleet: Fleet, listener: tokio::net::TcpListener, tls: Option<(&[u8], &[u8])>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = router(fleet);
+    let Some((cert, key)) = tls else {
+        return Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the worker endpoint stopped: {e}");
+            }
+        }));
+    };
+    let acceptor = tls_acceptor(cert, key)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!("the worker endpoint cannot accept a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A peer that never finishes its handshake holds nothing but its own task.
+                let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
         }
-    })
+    }))
+}
+
+fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!("the TLS certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| anyhow::anyhow!("the TLS key: {e}"))?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
