@@ -71,6 +71,9 @@ def cluster(hosts, bucket, tmp_path_factory):
         client_token = f"{server.client_env()['MODAL_TOKEN_ID']}:{server.client_env()['MODAL_TOKEN_SECRET']}"
         for i, name in enumerate(("w1", "w2")):
             workers.append(Worker(hosts, i, name, root / name, f"http://{hosts.host_ip}:{fleet_port}", token, storage, env))
+        # w2 has a GPU (a made-up A100: nothing here is a GPU; containers get it named in
+        # CUDA_VISIBLE_DEVICES, no device).
+        workers[1].args += ["--fake-gpus", "NVIDIA A100-SXM4-80GB:80"]
         for w in workers:
             w.start()
         args = workers[0].args
@@ -160,6 +163,25 @@ def test_remote_and_map_run_on_workers_and_survive_a_killed_worker(cluster, host
     assert "container lost with its worker host; its inputs run again" in log and 'worker="w1"' in log, log[-4000:]
     # Container output came back to the app's logs through the control plane.
     assert "squaring 7 on a worker" in text, text
+
+
+def test_gpu_functions_go_to_the_worker_with_the_cards(cluster):
+    server, (w1, w2) = cluster
+    listed = server.ferry("worker", "list")
+    row = next(l.split() for l in listed.stdout.splitlines() if " w2 " in f" {l} ")
+    assert row[6] == "1", listed.stdout  # the gpus column
+    out = server.modal("run", str(APPS / "workers_app.py"), "--gpu", timeout=200)
+    assert out.returncode == 0, out.stdout + out.stderr
+    gpu = re.search(r"GPU (\S+) (\S+)", out.stdout)
+    assert gpu and gpu.group(1) == "GPU-fake-0000", out.stdout + out.stderr
+    assert placements(server)[gpu.group(2)] == "w2", placements(server)
+    assert "container gets 1 x A100-80GB" in w2.text(), w2.text()[-3000:]
+    # No worker has an H100 and the server runs no containers: the call fails at once, saying
+    # what the workers have.
+    nogpu = re.search(r"NOGPU (\S+) (.*)", out.stdout)
+    assert nogpu, out.stdout + out.stderr
+    assert "no worker host has GPUs for gpu=\"H100\"" in nogpu.group(2) and "w2: 1 GPU: A100-80GB" in nogpu.group(2), nogpu.group(0)
+    assert "Function 'on_h100'" in nogpu.group(2), nogpu.group(0)
 
 
 def test_drain_stops_new_placement_and_a_lost_worker_kills_stale_containers(cluster, hosts):

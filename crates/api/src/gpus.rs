@@ -174,8 +174,8 @@ pub(crate) async fn bind_options(s: &ModalService, base_id: &str, base: &api::Fu
     Ok((choices.requests().len() > 1).then(|| encode(&choices)))
 }
 
-/// Warnings for `AppPublish`: the app's functions whose `gpu=` this host can never meet (their
-/// calls will fail with the reason).
+/// Warnings for `AppPublish`: the app's functions whose `gpu=` neither this host nor a worker
+/// host can meet (their calls will fail with the reason).
 pub(crate) async fn unmet_warnings(s: &ModalService, app_id: &str) -> Vec<api::Warning> {
     let Ok(functions) = s.store.functions_of_app(app_id).await else { return Vec::new() };
     let mut warnings = Vec::new();
@@ -183,6 +183,11 @@ pub(crate) async fn unmet_warnings(s: &ModalService, app_id: &str) -> Vec<api::W
         let Ok(def) = <api::Function as prost::Message>::decode(f.definition.clone().unwrap_or_default().as_slice()) else { continue };
         let Ok(Some(choices)) = choices_of_function(s, &f.id, &def).await else { continue };
         if let Err(e) = check(s, &subject(&def), &choices) {
+            if let Some(fleet) = &s.config.fleet {
+                if fleet.has_gpus_for(&choices).await {
+                    continue;
+                }
+            }
             warnings.push(api::Warning {
                 r#type: api::warning::WarningType::FunctionConfiguration as i32,
                 message: format!("{}; its calls will fail on this host", e.message()),

@@ -11,7 +11,7 @@ use crate::launch::{after_exit, watch, Killer};
 use crate::service::ModalService;
 
 /// Why a function's containers can only run on this host, if they can't run on a worker.
-async fn local_only(s: &ModalService, function_id: &str, def: &api::Function) -> Result<Option<String>, String> {
+fn local_only(s: &ModalService, def: &api::Function) -> Option<String> {
     let subject = format!("function {}", def.function_name);
     let why = if s.blobs.is_local() {
         Some("this server keeps its bytes in its data dir (worker hosts need a `--storage` bucket)".to_string())
@@ -23,12 +23,10 @@ async fn local_only(s: &ModalService, function_id: &str, def: &api::Function) ->
         Some(format!("{subject} mounts cloud buckets"))
     } else if def.block_network {
         Some(format!("{subject} has block_network=True"))
-    } else if crate::gpus::choices_of_function(s, function_id, def).await?.is_some() {
-        Some(format!("{subject} asks for GPUs"))
     } else {
         None
     };
-    Ok(why)
+    why
 }
 
 /// Asks ferry-fleet where a container of the function goes.
@@ -43,14 +41,18 @@ pub(crate) async fn place(s: &ModalService, fleet: &ferry_fleet::Fleet, function
         labels.insert("cloud".to_string(), vec![def.cloud_provider_str.to_lowercase()]);
     }
     let r = def.resources.clone().unwrap_or_default();
+    let gpu = crate::gpus::choices_of_function(s, function_id, def).await?;
     let demand = ferry_fleet::Demand {
         cpu: r.milli_cpu as f64 / 1000.0,
         memory_mib: r.memory_mb as i64,
         labels,
-        local_only: local_only(s, function_id, def).await?,
+        local_only: local_only(s, def),
+        local_lacks_gpus: gpu.as_ref().is_some_and(|g| s.gpus.check(g).is_err()),
+        gpu,
     };
     let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
-    fleet.place(&demand, s.launcher.local_tasks(), cpus).await
+    let asks_gpus = demand.gpu.is_some();
+    fleet.place(&demand, s.launcher.local_tasks(), cpus).await.map_err(|e| if asks_gpus { format!("{}: {e}", crate::gpus::subject(def)) } else { e })
 }
 
 /// Runs one task container on a worker host until it exits or its worker is lost, then
@@ -77,6 +79,8 @@ pub(crate) async fn run_remote(
     }
     let (args, env_vars) = crate::launch::task_arguments(s, task_id, (record, def), (app, env)).await?;
     let r = def.resources.clone().unwrap_or_default();
+    // Whole GPUs: the worker leases its own cards (and waits while they are busy).
+    let gpu = crate::gpus::choices_of_function(s, function_id, def).await?;
     let secret = s.store.create_task_credential(task_id, &app.id).await.map_err(|e| e.to_string())?;
     let assignment = ferry_fleet::Assignment {
         task_id: task_id.to_string(),
@@ -92,6 +96,7 @@ pub(crate) async fn run_remote(
         cpu_cores: (r.milli_cpu > 0).then(|| r.milli_cpu_max.max(r.milli_cpu) as f64 / 1000.0),
         disk_mib: (r.ephemeral_disk_mb > 0).then_some(r.ephemeral_disk_mb as u64),
         memory_snapshot: def.checkpointing_enabled.then(|| crate::launch::snapshot_key(function_id, record.definition.as_deref().unwrap_or_default())),
+        gpus: gpu.as_ref().map(crate::gpus::encode),
     };
     let placed = ferry_store::NewWorkerTask {
         task_id: task_id.to_string(),
@@ -101,6 +106,7 @@ pub(crate) async fn run_remote(
         cpu: r.milli_cpu as f64 / 1000.0,
         memory_mib: r.memory_mb as i64,
         replica: Some(s.scheduler.replica_id().to_string()),
+        gpus: gpu.as_ref().and_then(|g| g.requests().first()).map_or(0, |r| r.count as i64),
     };
     let remote = match fleet.assign(placed, &assignment).await {
         Ok(t) => t,

@@ -55,6 +55,7 @@ pub fn list(args: &GpuArgs) -> anyhow::Result<()> {
         InventorySource::Nvml { driver_version } => format!("NVML, driver {driver_version}"),
         InventorySource::DeviceNodes => "device nodes only (NVML did not load: models unknown, only gpu=\"any\" can use them)".into(),
         InventorySource::Fake => "fake cards (--fake-gpus)".into(),
+        InventorySource::Reported => "reported by another host".into(),
         InventorySource::None => "none found".into(),
     };
     println!("GPUs: {} ({source})", inv.cards.len());

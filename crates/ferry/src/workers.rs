@@ -39,6 +39,9 @@ struct RunArgs {
     /// Standby containers on this worker, as on the server (`ferry serve --pool-*`).
     #[command(flatten)]
     pool: crate::serve::PoolArgs,
+    /// This host's GPUs and the types requests name them by, as on the server.
+    #[command(flatten)]
+    gpu: crate::gpus::GpuArgs,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +85,7 @@ async fn agent(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         storage: args.storage,
         ca_cert: args.ca_cert,
         pool: args.pool.config(),
+        gpus: args.gpu.inventory()?,
     };
     tokio::select! {
         r = ferry_fleet::agent::run(config) => r,

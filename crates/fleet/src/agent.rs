@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub storage: ferry_blobs::StorageConfig,
     /// A PEM file of the authority that signed the control plane's certificate (https).
     pub ca_cert: Option<PathBuf>,
+    /// This host's GPUs (`ferry worker --gpu-alias ...`), leased whole to containers.
+    pub gpus: ferry_gpu::Inventory,
     /// Standby containers kept ready per image (cold starts), as on the server.
     pub pool: ferry_worker::PoolConfig,
 }
@@ -52,6 +54,7 @@ struct Agent {
     files: ferry_blobs::ContentFiles,
     /// Containers' ways to a control plane that speaks TLS.
     relays: crate::relay::Relays,
+    gpus: ferry_gpu::GpuPool,
     running: Running,
     /// Tasks told to stop before their container started.
     cancelled: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -96,11 +99,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let _ = printer.await;
         r.context("cannot prepare the modal client runtime (run `ferry images prepare` on this host)")?;
     }
-    let agent = Arc::new(Agent { config, http, worker, images, blobs, files, relays, running: Default::default(), cancelled: Default::default() });
+    let gpus = ferry_gpu::GpuPool::new(config.gpus.clone());
+    let agent = Arc::new(Agent { config, http, worker, images, blobs, files, relays, gpus, running: Default::default(), cancelled: Default::default() });
     agent.serve().await
 }
 
-fn capacity(data_dir: &std::path::Path) -> (f64, i64, i64, i64) {
+fn capacity(data_dir: &std::path::Path) -> (f64, i64, i64) {
     let cpu = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
     let memory_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -116,8 +120,7 @@ fn capacity(data_dir: &std::path::Path) -> (f64, i64, i64, i64) {
             0
         }
     };
-    let gpus = ferry_gpu::Inventory::detect(&Default::default()).cards.len() as i64;
-    (cpu, memory_mib, gpus, disk_mib)
+    (cpu, memory_mib, disk_mib)
 }
 
 
@@ -154,8 +157,11 @@ impl Agent {
     }
 
     async fn register(&self) -> anyhow::Result<Registered> {
-        let (cpu, memory_mib, gpus, disk_mib) = capacity(&self.config.data_dir);
-        let req = Register { name: self.config.name.clone(), address: own_address(), labels: self.config.labels.clone(), cpu, memory_mib, gpus, disk_mib };
+        let (cpu, memory_mib, disk_mib) = capacity(&self.config.data_dir);
+        let cards = &self.config.gpus.cards;
+        let gpus = cards.len() as i64;
+        let gpu_types = cards.iter().map(|c| c.label.clone().unwrap_or_default()).collect();
+        let req = Register { name: self.config.name.clone(), address: own_address(), labels: self.config.labels.clone(), cpu, memory_mib, gpus, disk_mib, gpu_types };
         let mut delay = Duration::from_millis(500);
         loop {
             match self.call::<_, Registered>("register", &req).await {
@@ -317,6 +323,31 @@ impl Agent {
         spec.cpu_cores = a.cpu_cores;
         spec.disk_mib = a.disk_mib;
         spec.memory_snapshot = a.memory_snapshot.clone();
+        // Whole GPUs, held until the container exits: waits while the cards are busy.
+        let mut _gpu_lease = None;
+        if let Some(list) = &a.gpus {
+            let items: Vec<&str> = list.split(',').collect();
+            let choices = match ferry_gpu::GpuChoices::parse_list(&items) {
+                Ok(c) => c,
+                Err(e) => return failed(format!("bad GPU request {list}: {e}")),
+            };
+            let give_up = || self.cancelled.lock().unwrap().contains(&task_id);
+            match self.gpus.lease(&choices, &task_id, give_up).await {
+                Ok(Some(lease)) => {
+                    if self.gpus.inventory().source == ferry_gpu::InventorySource::Fake {
+                        // Made-up cards (tests): named, no devices.
+                        let ids: Vec<String> = lease.cards().iter().map(|c| c.uuid.clone().unwrap_or_default()).collect();
+                        spec.env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
+                    } else {
+                        spec.gpus = lease.cards().iter().map(|c| ferry_worker::GpuDevice { minor: c.minor, uuid: c.uuid.clone() }).collect();
+                    }
+                    tracing::info!(task_id, "container gets {} x {}", lease.cards().len(), lease.model());
+                    _gpu_lease = Some(lease);
+                }
+                Ok(None) => {}
+                Err(e) => return failed(format!("worker {}: {e}", self.config.name)),
+            }
+        }
         if self.cancelled.lock().unwrap().remove(&task_id) {
             return ExitReport { code: 137, signal: Some(9), ..Default::default() };
         }

@@ -60,8 +60,12 @@ pub struct Demand {
     pub memory_mib: i64,
     /// Labels a worker must carry, each with one of these values (`region`, `cloud`, ...).
     pub labels: BTreeMap<String, Vec<String>>,
-    /// Why the task can only run on the control plane's own host, if it can (Volumes, GPUs, ...).
+    /// Why the task can only run on the control plane's own host, if it can (Volumes, ...).
     pub local_only: Option<String>,
+    /// Whole GPUs it asks for (a fallback list), if any.
+    pub gpu: Option<ferry_gpu::GpuChoices>,
+    /// The control plane's own host cannot run it (it lacks the GPUs).
+    pub local_lacks_gpus: bool,
 }
 
 /// Where a task runs.
@@ -110,9 +114,21 @@ impl Fleet {
         loop {
             let workers = self.store.workers().await.map_err(|e| e.to_string())?;
             let now = ferry_store::now();
-            let matching: Vec<&WorkerRecord> = workers.iter().filter(|w| self.usable(w, now) && labels_match(w, &demand.labels)).collect();
+            let local_ok = local && demand.labels.is_empty() && !demand.local_lacks_gpus;
+            if let Some(gpu) = &demand.gpu {
+                // No worker ever reported cards that could run it: waiting will not help.
+                if !local_ok && !workers.iter().any(|w| labels_match(w, &demand.labels) && gpus_can_run(w, gpu)) {
+                    return Err(no_gpu_worker(gpu, &workers));
+                }
+            }
+            let matching: Vec<&WorkerRecord> = workers
+                .iter()
+                .filter(|w| self.usable(w, now) && labels_match(w, &demand.labels) && demand.gpu.as_ref().is_none_or(|g| gpus_can_run(w, g)))
+                .collect();
             let fits = |w: &&&WorkerRecord| {
-                (demand.cpu <= 0.0 || w.cpu_used + demand.cpu <= w.cpu + 1e-9) && (demand.memory_mib <= 0 || w.memory_used_mib + demand.memory_mib <= w.memory_mib)
+                (demand.cpu <= 0.0 || w.cpu_used + demand.cpu <= w.cpu + 1e-9)
+                    && (demand.memory_mib <= 0 || w.memory_used_mib + demand.memory_mib <= w.memory_mib)
+                    && demand.gpu.as_ref().is_none_or(|g| gpus_free_for(w, g))
             };
             // Spread: the least loaded host per CPU; a full cluster still takes the task on the
             // least loaded matching worker rather than refusing it.
@@ -120,7 +136,6 @@ impl Fleet {
             let best = matching.iter().filter(fits).min_by(|a, b| load(a).total_cmp(&load(b))).or_else(|| {
                 matching.iter().min_by(|a, b| load(a).total_cmp(&load(b)))
             });
-            let local_ok = local && demand.labels.is_empty();
             match best {
                 Some(w) if !local_ok || load(w) <= (local_tasks as f64 + 1.0) / local_cpus.max(0.1) => {
                     return Ok(Placement::Worker { id: w.id.clone(), name: w.name.clone() })
@@ -140,6 +155,11 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// Whether a worker host that is not lost reported cards that could run `choices`.
+    pub async fn has_gpus_for(&self, choices: &ferry_gpu::GpuChoices) -> bool {
+        self.store.workers().await.is_ok_and(|ws| ws.iter().any(|w| w.state != "lost" && gpus_can_run(w, choices)))
     }
 
     /// Places a task on a worker (it picks it up at its next poll). Fails when the worker is
@@ -177,6 +197,38 @@ impl Fleet {
             }
         })
     }
+}
+
+/// The cards a worker reported, as a pool to check requests against.
+fn reported_gpus(w: &WorkerRecord) -> ferry_gpu::GpuPool {
+    let types: Vec<String> = serde_json::from_str(&w.gpu_types).unwrap_or_default();
+    ferry_gpu::GpuPool::new(ferry_gpu::Inventory::reported(&types))
+}
+
+/// Whether the worker's cards could ever run one of the choices.
+fn gpus_can_run(w: &WorkerRecord, choices: &ferry_gpu::GpuChoices) -> bool {
+    reported_gpus(w).check(choices).is_ok()
+}
+
+/// Whether enough of its cards are free now for one of the choices that it can run. (Which
+/// cards are free is the worker's to know: it leases them and a task waits there while they
+/// are busy; this counts them.)
+fn gpus_free_for(w: &WorkerRecord, choices: &ferry_gpu::GpuChoices) -> bool {
+    let pool = reported_gpus(w);
+    let free = pool.inventory().cards.len() as i64 - w.gpus_used;
+    choices.requests().iter().any(|r| pool.check(&ferry_gpu::GpuChoices::one(r.clone())).is_ok() && free >= r.count as i64)
+}
+
+fn no_gpu_worker(choices: &ferry_gpu::GpuChoices, workers: &[WorkerRecord]) -> String {
+    let mut have: Vec<String> = workers
+        .iter()
+        .filter(|w| w.state != "lost")
+        .map(|w| format!("{}: {}", w.name, reported_gpus(w).inventory().describe()))
+        .collect();
+    if have.is_empty() {
+        have.push("no worker is registered".into());
+    }
+    format!("no worker host has GPUs for gpu={choices} ({}), and this server cannot run it itself", have.join("; "))
 }
 
 fn labels_match(w: &WorkerRecord, wanted: &BTreeMap<String, Vec<String>>) -> bool {

@@ -128,6 +128,7 @@ async fn register(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Re
         memory_mib: req.memory_mib,
         gpus: req.gpus,
         disk_mib: req.disk_mib,
+        gpu_types: serde_json::to_string(&req.gpu_types).unwrap_or_else(|_| "[]".into()),
     };
     match ctx.fleet.store.register_worker(&new).await {
         Ok(worker_id) => {

@@ -29,6 +29,9 @@ pub struct Register {
     pub memory_mib: i64,
     pub gpus: i64,
     pub disk_mib: i64,
+    /// The GPU type each card answers to (`A100-80GB`, ...; "" for an unknown model).
+    #[serde(default)]
+    pub gpu_types: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -83,6 +86,9 @@ pub struct Assignment {
     pub cpu_cores: Option<f64>,
     pub disk_mib: Option<u64>,
     pub memory_snapshot: Option<String>,
+    /// Whole GPUs to lease on the worker, as a fallback list `A100:1,H100:2`.
+    #[serde(default)]
+    pub gpus: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -29,7 +29,7 @@ fn on(p: &Placement) -> &str {
 async fn place_one(fleet: &Fleet, demand: &Demand, n: usize) -> String {
     let p = fleet.place(demand, 0, 1.0).await.unwrap();
     let Placement::Worker { id, name } = &p else { return "local".into() };
-    let task = NewWorkerTask { task_id: format!("ta-{n}"), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: demand.cpu, memory_mib: demand.memory_mib, replica: None };
+    let task = NewWorkerTask { task_id: format!("ta-{n}"), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: demand.cpu, memory_mib: demand.memory_mib, replica: None, gpus: 0 };
     fleet.assign(task, &Assignment::default()).await.unwrap();
     name.clone()
 }
@@ -92,10 +92,45 @@ async fn local_host_competes_and_keeps_what_workers_cannot_run() {
 async fn a_silent_worker_loses_its_tasks() {
     let (_dir, store, fleet) = fleet(false).await;
     let id = worker(&store, "a", 2.0, &[]).await;
-    let task = NewWorkerTask { task_id: "ta-x".into(), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: 0.0, memory_mib: 0, replica: None };
+    let task = NewWorkerTask { task_id: "ta-x".into(), worker_id: id.clone(), app_id: "ap".into(), function_id: "fu".into(), cpu: 0.0, memory_mib: 0, replica: None, gpus: 0 };
     let remote = fleet.assign(task, &Assignment::default()).await.unwrap();
     store.mark_lost_workers(-1.0).await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), remote.wait()).await.unwrap(), RemoteExit::Lost);
     // The lost worker is no candidate any more.
     assert!(fleet.place(&Demand::default(), 0, 1.0).await.is_err());
+}
+
+#[tokio::test]
+async fn gpu_requests_go_to_workers_with_free_matching_cards() {
+    let (_dir, store, fleet) = fleet(true).await;
+    let gpu_worker = |name: &str, types: &[&str]| NewWorker {
+        name: name.into(),
+        labels: "{}".into(),
+        cpu: 8.0,
+        memory_mib: 4096,
+        gpus: types.len() as i64,
+        gpu_types: serde_json::to_string(types).unwrap(),
+        ..Default::default()
+    };
+    store.register_worker(&gpu_worker("cpu-only", &[])).await.unwrap();
+    let t4 = store.register_worker(&gpu_worker("t4", &["T4"])).await.unwrap();
+    store.register_worker(&gpu_worker("a100s", &["A100-80GB", "A100-80GB"])).await.unwrap();
+    let ask = |list: &[&str], local_lacks_gpus: bool| Demand {
+        gpu: Some(ferry_gpu::GpuChoices::parse_list(list).unwrap()),
+        local_lacks_gpus,
+        ..Default::default()
+    };
+    // Only the worker whose cards answer to the request, never the server's own host that lacks them.
+    assert_eq!(on(&fleet.place(&ask(&["A100"], true), 0, 1.0).await.unwrap()), "a100s");
+    assert_eq!(on(&fleet.place(&ask(&["A100:2"], true), 0, 1.0).await.unwrap()), "a100s");
+    assert_eq!(on(&fleet.place(&ask(&["H100", "T4"], true), 0, 1.0).await.unwrap()), "t4");
+    // A busy card: the request goes where a fallback's card is free.
+    let busy = NewWorkerTask { task_id: "ta-t4".into(), worker_id: t4, app_id: "ap".into(), function_id: "fu".into(), cpu: 0.0, memory_mib: 0, replica: None, gpus: 1 };
+    fleet.assign(busy, &Assignment::default()).await.unwrap();
+    assert_eq!(on(&fleet.place(&ask(&["T4", "A100"], true), 0, 1.0).await.unwrap()), "a100s");
+    // Nobody has an H100: an error at once, naming what the workers have.
+    let err = fleet.place(&ask(&["H100"], true), 0, 1.0).await.unwrap_err();
+    assert!(err.contains("no worker host has GPUs for gpu=\"H100\"") && err.contains("a100s: 2 GPUs: A100-80GB, A100-80GB"), "{err}");
+    // A server whose own host has the cards may still run it itself.
+    assert_eq!(on(&fleet.place(&ask(&["H100"], false), 0, 1.0).await.unwrap()), "local");
 }

@@ -30,7 +30,7 @@ impl GpuCard {
     pub fn describe(&self) -> String {
         let name = self.name.clone().unwrap_or_else(|| format!("/dev/nvidia{} (model unknown without NVML)", self.minor));
         let mut extra = Vec::new();
-        if let Some(l) = &self.label {
+        if let Some(l) = self.label.as_ref().filter(|l| Some(*l) != self.name.as_ref()) {
             extra.push(l.clone());
         }
         if let Some(m) = self.memory_bytes {
@@ -63,6 +63,8 @@ pub enum InventorySource {
     DeviceNodes,
     /// Made up by a test ([`FakeInventory`]).
     Fake,
+    /// Another host's cards as it reported them by type ([`Inventory::reported`]).
+    Reported,
     /// Neither NVML nor device nodes: a CPU-only host.
     None,
 }
@@ -81,6 +83,26 @@ impl Inventory {
     /// A host without GPUs.
     pub fn none() -> Self {
         Inventory { cards: Vec::new(), source: InventorySource::None }
+    }
+
+    /// Another host's cards by the GPU type each answers to (a worker host's registration),
+    /// to check requests against; "" is a card of unknown model.
+    pub fn reported(types: &[String]) -> Self {
+        let cards = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| GpuCard {
+                index: i as u32,
+                minor: i as u32,
+                uuid: None,
+                name: (!t.is_empty()).then(|| t.clone()),
+                memory_bytes: None,
+                pci_bus_id: None,
+                label: (!t.is_empty()).then(|| t.clone()),
+                mig: Vec::new(),
+            })
+            .collect();
+        Inventory { cards, source: InventorySource::Reported }
     }
 
     /// Looks at this host: NVML first, then the device nodes.

@@ -391,6 +391,7 @@ mod tests {
                 cpu: 1.0,
                 memory_mib: 0,
                 replica: Some(replica.into()),
+                gpus: 0,
             };
             a.assign_worker_task(&placed, b"{}").await.unwrap();
             secrets.push((task, a.create_task_credential(task, "ap-1").await.unwrap()));

@@ -30,6 +30,10 @@ pub struct WorkerRecord {
     pub tasks: i64,
     pub cpu_used: f64,
     pub memory_used_mib: i64,
+    /// The type of each of its cards (a JSON list of strings; "" for an unknown model).
+    pub gpu_types: String,
+    /// Cards its unfinished tasks asked for.
+    pub gpus_used: i64,
 }
 
 /// What a worker announces when it registers.
@@ -42,6 +46,8 @@ pub struct NewWorker {
     pub memory_mib: i64,
     pub gpus: i64,
     pub disk_mib: i64,
+    /// The type of each card, a JSON list of strings.
+    pub gpu_types: String,
 }
 
 /// A task placed on a worker.
@@ -55,6 +61,8 @@ pub struct NewWorkerTask {
     pub memory_mib: i64,
     /// The replica that placed it (adopting that replica declares the task lost).
     pub replica: Option<String>,
+    /// Whole GPUs it asked for.
+    pub gpus: i64,
 }
 
 /// Where a placed task stands: `assigned`, `running`, `exited` (with the worker's report) or
@@ -94,8 +102,8 @@ impl Store {
         let id = crate::new_id("wo");
         let t = now();
         sqlx::query(
-            "INSERT INTO workers (id, name, address, labels, cpu, memory_mib, gpus, disk_mib, state, registered_at, last_seen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9)",
+            "INSERT INTO workers (id, name, address, labels, cpu, memory_mib, gpus, disk_mib, state, registered_at, last_seen, gpu_types) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9, $10)",
         )
         .bind(&id)
         .bind(&w.name)
@@ -106,6 +114,7 @@ impl Store {
         .bind(w.gpus)
         .bind(w.disk_mib)
         .bind(t)
+        .bind(if w.gpu_types.is_empty() { "[]" } else { w.gpu_types.as_str() })
         .execute(&self.pool)
         .await?;
         Ok(id)
@@ -127,10 +136,11 @@ impl Store {
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT w.id, w.name, w.address, w.labels, w.cpu, w.memory_mib, w.gpus, w.disk_mib, w.state, w.registered_at, w.last_seen, \
-             CAST(COUNT(t.task_id) AS BIGINT), CAST(COALESCE(SUM(t.cpu), 0) AS DOUBLE PRECISION), CAST(COALESCE(SUM(t.memory_mib), 0) AS BIGINT) \
+             CAST(COUNT(t.task_id) AS BIGINT), CAST(COALESCE(SUM(t.cpu), 0) AS DOUBLE PRECISION), CAST(COALESCE(SUM(t.memory_mib), 0) AS BIGINT), \
+             w.gpu_types, CAST(COALESCE(SUM(t.gpus), 0) AS BIGINT) \
              FROM workers w LEFT JOIN worker_tasks t ON t.worker_id = w.id AND t.state IN {UNFINISHED} \
              WHERE w.state <> 'removed' \
-             GROUP BY w.id, w.name, w.address, w.labels, w.cpu, w.memory_mib, w.gpus, w.disk_mib, w.state, w.registered_at, w.last_seen \
+             GROUP BY w.id, w.name, w.address, w.labels, w.cpu, w.memory_mib, w.gpus, w.disk_mib, w.state, w.registered_at, w.last_seen, w.gpu_types \
              ORDER BY w.registered_at"
         ))
         .fetch_all(&self.pool)
@@ -152,6 +162,8 @@ impl Store {
                 tasks: r.get(11),
                 cpu_used: r.get(12),
                 memory_used_mib: r.get(13),
+                gpu_types: r.get(14),
+                gpus_used: r.get(15),
             })
             .collect())
     }
@@ -201,8 +213,8 @@ impl Store {
         let t = now();
         let sealed = self.sealer().seal(assignment);
         let done = sqlx::query(
-            "INSERT INTO worker_tasks (task_id, worker_id, app_id, function_id, cpu, memory_mib, assignment, state, created_at, updated_at, replica) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, 'assigned', $8, $8, $9 WHERE EXISTS (SELECT 1 FROM workers WHERE id = $2 AND state = 'ready')",
+            "INSERT INTO worker_tasks (task_id, worker_id, app_id, function_id, cpu, memory_mib, assignment, state, created_at, updated_at, replica, gpus) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, 'assigned', $8, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM workers WHERE id = $2 AND state = 'ready')",
         )
         .bind(&task.task_id)
         .bind(&task.worker_id)
@@ -213,6 +225,7 @@ impl Store {
         .bind(sealed)
         .bind(t)
         .bind(&task.replica)
+        .bind(task.gpus)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -346,7 +359,7 @@ mod tests {
 
         let w = s.register_worker(&NewWorker { name: "a".into(), labels: "{}".into(), cpu: 4.0, memory_mib: 8192, ..Default::default() }).await.unwrap();
         assert_eq!(s.worker_heartbeat(&w).await.unwrap(), "ready");
-        let task = NewWorkerTask { task_id: "ta-1".into(), worker_id: w.clone(), app_id: "ap-1".into(), function_id: "fu-1".into(), cpu: 1.0, memory_mib: 512, replica: None };
+        let task = NewWorkerTask { task_id: "ta-1".into(), worker_id: w.clone(), app_id: "ap-1".into(), function_id: "fu-1".into(), cpu: 1.0, memory_mib: 512, replica: None, gpus: 0 };
         s.assign_worker_task(&task, b"secret assignment").await.unwrap();
         let listed = s.workers().await.unwrap();
         assert_eq!((listed[0].tasks, listed[0].cpu_used, listed[0].memory_used_mib), (1, 1.0, 512));

@@ -32,8 +32,26 @@ def reach(port: int) -> list[str]:
     return seen
 
 
+@app.function(image=image, gpu="A100")
+def on_gpu() -> tuple[str, str]:
+    """Runs on a worker host whose (made-up) A100 it leases."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", ""), os.environ["MODAL_TASK_ID"]
+
+
+@app.function(image=image, gpu="H100")
+def on_h100() -> str:
+    return "no worker has an H100"
+
+
 @app.local_entrypoint()
-def main(n: int = 0, pause: float = 0.0, probe_port: int = 0):
+def main(n: int = 0, pause: float = 0.0, probe_port: int = 0, gpu: bool = False):
+    if gpu:
+        print("GPU", *on_gpu.remote(), flush=True)
+        try:
+            print("H100", on_h100.remote(), flush=True)
+        except Exception as e:
+            print("NOGPU", type(e).__name__, str(e).replace("\n", " "), flush=True)
+        return
     if probe_port:
         print("REACH", " ".join(reach.remote(probe_port)), flush=True)
     square, task, marker = where.remote(7)
