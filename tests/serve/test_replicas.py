@@ -121,6 +121,32 @@ except Exception as e:
     assert float(cancel.stdout.split()[-1]) < 30, cancel.stdout
     assert psql(c.database, f"SELECT state FROM function_inputs WHERE call_id = '{cancelled}'") == [("cancelled",)]
 
+    # The same with terminate_containers=True: A kills the container running the input.
+    spawn = run(c.a.env(PYTHONPATH=str(APPS)), """
+import modal
+print("ID", modal.Function.from_name("ferry-replicas", "held").spawn(300).object_id)
+""")
+    assert spawn.returncode == 0, spawn.stderr
+    held = spawn.stdout.split("ID ", 1)[1].split()[0]
+    task = run(c.b.env(), """
+import modal, time
+d = modal.Dict.from_name("ferry-replicas-held", create_if_missing=True)
+for _ in range(600):
+    if "task" in d:
+        print("TASK", d["task"]); break
+    time.sleep(0.2)
+""")
+    assert "TASK " in task.stdout, task.stdout + task.stderr
+    task_id = task.stdout.split("TASK ", 1)[1].split()[0]
+    listed = lambda: task_id in c.a.modal("container", "list", "--json").stdout
+    assert listed()
+    cancel = run(c.b.env(), f"""
+import modal
+modal.FunctionCall.from_id({held!r}).cancel(terminate_containers=True)
+""")
+    assert cancel.returncode == 0, cancel.stderr
+    wait_for(lambda: not listed(), 30, "replica A to terminate the container of the call cancelled through B")
+
     # A Dict and a Queue written through one replica, read through the other.
     put = run(c.a.env(), """
 import modal

@@ -246,15 +246,26 @@ pub(crate) async fn cancel(s: &ModalService, r: Request<api::FunctionCallCancelR
     let req = r.into_inner();
     check_id(&req.function_call_id, "fc", "FunctionCall")?;
     let why = format!("Function call {} was cancelled", req.function_call_id);
-    let tasks = s.scheduler.cancel_call(&req.function_call_id, "FunctionCall.cancel()", cancelled_result(&why)).await.map_err(status)?;
+    // The reason is recorded with the call: a replica that owns it reads it (and whether to
+    // terminate) when the cancellation came through another one.
+    let reason = if req.terminate_containers { CANCEL_TERMINATING } else { "FunctionCall.cancel()" };
+    let tasks = s.scheduler.cancel_call(&req.function_call_id, reason, cancelled_result(&why)).await.map_err(status)?;
     if req.terminate_containers {
-        for task_id in tasks {
-            s.scheduler.preempt(&task_id);
-            s.scheduler.stop_task(&task_id);
-            s.launcher.kill(&task_id);
-        }
+        terminate(s, tasks);
     }
     Ok(Response::new(()))
+}
+
+/// The recorded reason of a cancellation that also terminates the containers running the call.
+pub(crate) const CANCEL_TERMINATING: &str = "FunctionCall.cancel(terminate_containers=True)";
+
+/// Kills the containers `tasks` (their other inputs run again elsewhere).
+pub(crate) fn terminate(s: &ModalService, tasks: Vec<String>) {
+    for task_id in tasks {
+        s.scheduler.preempt(&task_id);
+        s.scheduler.stop_task(&task_id);
+        s.launcher.kill(&task_id);
+    }
 }
 
 /// The items a generator function yields, streamed as the container produces them. The stream

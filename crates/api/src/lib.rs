@@ -152,8 +152,10 @@ pub async fn serve(
                 // Calls of this replica that a client cancelled through another one.
                 for (call_id, reason) in modal.scheduler.take_cancelled_elsewhere() {
                     let why = format!("Function call {call_id} was cancelled");
-                    if let Err(e) = modal.scheduler.cancel_call(&call_id, &reason, scheduler::cancelled_result(&why)).await {
-                        tracing::warn!(call_id, "cannot cancel: {e}");
+                    match modal.scheduler.cancel_call(&call_id, &reason, scheduler::cancelled_result(&why)).await {
+                        Ok(tasks) if reason == functions::CANCEL_TERMINATING => functions::terminate(&modal, tasks),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(call_id, "cannot cancel: {e}"),
                     }
                 }
                 launch::resume(&modal);

@@ -18,3 +18,12 @@ def slow_square(x):
 def later(x, seconds):
     time.sleep(seconds)
     return x + 1000
+
+
+@app.function(image=image, max_containers=1)
+def held(seconds):
+    """Records the container it runs in, then holds it."""
+    import os
+
+    modal.Dict.from_name("ferry-replicas-held", create_if_missing=True)["task"] = os.environ["MODAL_TASK_ID"]
+    time.sleep(seconds)
