@@ -213,6 +213,8 @@ def test_drain_stops_new_placement_and_a_lost_worker_kills_stale_containers(clus
             listener.wait()
     assert out.returncode == 0, out.stdout + out.stderr
     assert "REACH 127.0.0.1:closed 10.0.2.2:closed" in out.stdout, out.stdout + out.stderr
+    # block_network=True on a worker: no network at all, the API through the worker's relay.
+    assert "OFFLINE ENETUNREACH" in out.stdout, out.stdout + out.stderr
 
     drained = server.ferry("worker", "drain", "w2")
     assert drained.returncode == 0 and "draining" in drained.stdout, drained.stdout + drained.stderr

@@ -21,8 +21,6 @@ fn local_only(s: &ModalService, def: &api::Function) -> Option<String> {
         Some(format!("{subject} mounts NetworkFileSystems"))
     } else if !def.cloud_bucket_mounts.is_empty() {
         Some(format!("{subject} mounts cloud buckets"))
-    } else if def.block_network {
-        Some(format!("{subject} has block_network=True"))
     } else {
         None
     };
@@ -97,6 +95,7 @@ pub(crate) async fn run_remote(
         disk_mib: (r.ephemeral_disk_mb > 0).then_some(r.ephemeral_disk_mb as u64),
         memory_snapshot: def.checkpointing_enabled.then(|| crate::launch::snapshot_key(function_id, record.definition.as_deref().unwrap_or_default())),
         gpus: gpu.as_ref().map(crate::gpus::encode),
+        block_network: def.block_network,
     };
     let placed = ferry_store::NewWorkerTask {
         task_id: task_id.to_string(),

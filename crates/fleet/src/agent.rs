@@ -304,9 +304,10 @@ impl Agent {
             }
         }
         let Ok(args) = hex::decode(&a.container_arguments) else { return failed("bad container arguments".into()) };
-        // A control plane that speaks TLS is reached through the worker's relay (crate::relay).
+        // A control plane that speaks TLS, or a container without a network, reaches the API
+        // through the worker's relay (crate::relay).
         let mut server_url = a.server_url.clone();
-        if server_url.starts_with("https://") {
+        if server_url.starts_with("https://") || a.block_network {
             match self.relays.socket_for(&server_url) {
                 Ok(socket) => {
                     files.push((socket, crate::relay::CONTAINER_SOCKET.to_string()));
@@ -323,6 +324,7 @@ impl Agent {
         spec.cpu_cores = a.cpu_cores;
         spec.disk_mib = a.disk_mib;
         spec.memory_snapshot = a.memory_snapshot.clone();
+        spec.block_network = a.block_network;
         // Whole GPUs, held until the container exits: waits while the cards are busy.
         let mut _gpu_lease = None;
         if let Some(list) = &a.gpus {

@@ -1,9 +1,15 @@
-//! The way containers on a worker host reach a control plane that speaks TLS: the modal client
-//! inside a container trusts only its own CA bundle, so it talks plain HTTP/2 to a unix socket
-//! bound into it (as containers on the server's own host do), and the worker carries each
-//! connection over TLS to the control plane's API, verifying the server's certificate with the
-//! worker's `--ca-cert` (or the host's trust store). The container still presents its own task
-//! credential on every request; the relay adds nothing to it.
+//! The way containers on a worker host reach the control plane's API when they cannot simply
+//! connect to it: the modal client inside talks plain HTTP/2 to a unix socket bound into the
+//! container (as containers on the server's own host do), and the worker carries each
+//! connection to the API.
+//!
+//! - An `https://` API: the modal client inside trusts only its own CA bundle, so the worker
+//!   speaks TLS for it, verifying the server's certificate with the worker's `--ca-cert` (or the
+//!   host's trust store).
+//! - A container without a network (`block_network=True`): the socket is its only way out.
+//!
+//! The container still presents its own task credential on every request; the relay adds
+//! nothing to it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,13 +56,18 @@ impl Relays {
         Ok(Relays { dir: dir.to_path_buf(), tls: tokio_rustls::TlsConnector::from(Arc::new(config)), open: Mutex::new(HashMap::new()) })
     }
 
-    /// The socket that carries connections to `server_url` (an `https://host:port` URL).
+    /// The socket that carries connections to `server_url` (`https://host:port` over TLS,
+    /// `http://host:port` as they are).
     pub fn socket_for(&self, server_url: &str) -> anyhow::Result<PathBuf> {
         if let Some(path) = self.open.lock().unwrap().get(server_url) {
             return Ok(path.clone());
         }
         let url = reqwest::Url::parse(server_url).with_context(|| format!("{server_url} is not a URL"))?;
-        anyhow::ensure!(url.scheme() == "https", "{server_url} is not an https:// URL");
+        let tls = match url.scheme() {
+            "https" => Some(self.tls.clone()),
+            "http" => None,
+            other => anyhow::bail!("{server_url}: a relay carries http:// and https://, not {other}://"),
+        };
         let host = url.host_str().with_context(|| format!("{server_url} names no host"))?.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = url.port_or_known_default().unwrap_or(443);
         let name = rustls::pki_types::ServerName::try_from(host.clone()).with_context(|| format!("bad host in {server_url}"))?;
@@ -64,7 +75,6 @@ impl Relays {
         let path = self.dir.join(format!("api-relay-{index}.sock"));
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("cannot listen on {}", path.display()))?;
-        let tls = self.tls.clone();
         let url = server_url.to_string();
         tokio::spawn(async move {
             loop {
@@ -84,7 +94,7 @@ impl Relays {
 
 async fn carry(
     mut inside: tokio::net::UnixStream,
-    tls: &tokio_rustls::TlsConnector,
+    tls: &Option<tokio_rustls::TlsConnector>,
     name: rustls::pki_types::ServerName<'static>,
     (host, port): (&str, u16),
 ) -> anyhow::Result<()> {
@@ -93,6 +103,11 @@ async fn carry(
         .context("timed out connecting")?
         .context("cannot connect")?;
     let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        let mut outside = tcp;
+        tokio::io::copy_bidirectional(&mut inside, &mut outside).await?;
+        return Ok(());
+    };
     let mut outside = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
         .await
         .context("timed out in the TLS handshake")?

@@ -89,6 +89,9 @@ pub struct Assignment {
     /// Whole GPUs to lease on the worker, as a fallback list `A100:1,H100:2`.
     #[serde(default)]
     pub gpus: Option<String>,
+    /// No network in the container (`block_network=True`): the API only, through the worker's relay.
+    #[serde(default)]
+    pub block_network: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

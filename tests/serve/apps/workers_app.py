@@ -32,6 +32,19 @@ def reach(port: int) -> list[str]:
     return seen
 
 
+@app.function(image=image, block_network=True)
+def offline(port: int) -> str:
+    """Runs on a worker with no network at all: it answers through the worker's relay socket."""
+    import errno
+    import socket
+
+    try:
+        socket.create_connection(("10.0.2.2", port), timeout=2).close()
+        return "reached"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
 @app.function(image=image, gpu="A100")
 def on_gpu() -> tuple[str, str]:
     """Runs on a worker host whose (made-up) A100 it leases."""
@@ -54,6 +67,7 @@ def main(n: int = 0, pause: float = 0.0, probe_port: int = 0, gpu: bool = False)
         return
     if probe_port:
         print("REACH", " ".join(reach.remote(probe_port)), flush=True)
+        print("OFFLINE", offline.remote(probe_port), flush=True)
     square, task, marker = where.remote(7)
     print("REMOTE", square, task, marker, flush=True)
     for square, task, marker in where.map(range(n), kwargs={"pause": pause}):
