@@ -141,6 +141,7 @@ unsafe fn run(plan_fd: RawFd, userns: Option<RawFd>) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        default_signal_dispositions();
         let e = start_payload(&plan);
         report_failure(plan.status_fd, &e);
         libc::write(exec_write, b"x".as_ptr().cast(), 1);
@@ -164,6 +165,18 @@ unsafe fn run(plan_fd: RawFd, userns: Option<RawFd>) -> ! {
     }
     write_record(plan.status_fd, TAG_EXEC, payload);
     init_loop(plan.status_fd, payload, &all)
+}
+
+/// Every signal back to its default action. Handlers end at `execve` anyway, but an ignored
+/// signal stays ignored across it: a server started in the background of a shell (`nohup ferry
+/// serve &` ignores SIGINT, SIGQUIT and SIGHUP) must not hand that on to the programs in its
+/// containers, whose Ctrl-C and input cancellation rely on SIGINT.
+pub(crate) unsafe fn default_signal_dispositions() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
 }
 
 unsafe fn fail(status_fd: RawFd, e: io::Error) -> ! {

@@ -639,6 +639,7 @@ pub(crate) unsafe fn join_container(plan: &JoinPlan) -> io::Result<()> {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        crate::init::default_signal_dispositions();
         if let Some(ns) = plan.userns_fd {
             step(libc::setns(ns, libc::CLONE_NEWUSER), "join the user namespace").inspect_err(|e| report_failure(plan.status_fd, e))?;
             step(libc::setgroups(0, std::ptr::null()), "setgroups").inspect_err(|e| report_failure(plan.status_fd, e))?;

@@ -164,6 +164,27 @@ async fn kill_ends_a_task_from_another_task() {
 }
 
 #[tokio::test]
+async fn programs_start_with_every_signal_at_its_default_action() {
+    let Some((worker, base)) = worker().await else { return };
+    // As in a server started in a shell's background (`nohup ferry serve &`): SIGHUP and
+    // SIGQUIT ignored in this process, whose children inherit that across exec.
+    let before = unsafe { [libc::signal(libc::SIGHUP, libc::SIG_IGN), libc::signal(libc::SIGQUIT, libc::SIG_IGN)] };
+    let started = worker.start(spec(&base, &["grep", "SigIgn", "/proc/self/status"])).await;
+    unsafe {
+        libc::signal(libc::SIGHUP, before[0]);
+        libc::signal(libc::SIGQUIT, before[1]);
+    }
+    let mut task = started.unwrap();
+    let mut logs = task.logs().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(30), logs.recv()).await.expect("a line").unwrap().text;
+    let mask = u64::from_str_radix(line.split_whitespace().last().unwrap(), 16).unwrap();
+    let inherited = (1u64 << (libc::SIGHUP - 1)) | (1u64 << (libc::SIGQUIT - 1));
+    assert_eq!(mask & inherited, 0, "the program inherited ignored signals: {line}");
+    let exit = tokio::time::timeout(Duration::from_secs(20), task.wait()).await.expect("exited").unwrap();
+    assert_eq!(exit.code, 0);
+}
+
+#[tokio::test]
 async fn credentials_the_client_cannot_send_are_refused() {
     let Some((worker, base)) = worker().await else { return };
     let mut s = spec(&base, &["true"]);
