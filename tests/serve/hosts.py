@@ -4,6 +4,7 @@ separate host would have), `ferry worker` processes started inside them, control
 replicas and a TCP balancer in front of them."""
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -15,6 +16,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import Ferry, ferry_bin
 
@@ -63,6 +66,52 @@ class Hosts:
             sh("ip", "link", "del", veth, check=False)
             sh("ip", "netns", "del", ns, check=False)
         sh("ip", "link", "del", self.bridge, check=False)
+
+
+@contextlib.contextmanager
+def namespaced_hosts(count: int):
+    """`count` worker hosts on a bridge, for a module's fixture; skips where this machine cannot
+    make network namespaces (root, `ip` and `nsenter` are needed)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("worker hosts need root, `ip` and `nsenter` to make network namespaces")
+    h = Hosts(count)
+    try:
+        h.up()
+    except RuntimeError as e:
+        h.down()
+        pytest.skip(f"cannot make network namespaces here: {e}")
+    try:
+        yield h
+    finally:
+        h.down()
+
+
+def worker_rows(listing: str) -> dict:
+    """`ferry worker list` as name → its columns (the newest row of each name wins)."""
+    rows = {}
+    for line in listing.splitlines()[1:]:
+        cols = line.split()
+        rows[cols[1]] = {"id": cols[0], "address": cols[2], "state": cols[3], "gpus": int(cols[6]), "tasks": int(cols[7])}
+    return rows
+
+
+def placements_in(log: str) -> dict:
+    """task id → worker name, from a control plane's log."""
+    found = {}
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines():
+        if "container placed on a worker host" in line:
+            task = re.search(r'task_id="?([^"\s]+)', line).group(1)
+            found[task] = re.search(r'worker="?([^"\s]+)', line).group(1)
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Worker:

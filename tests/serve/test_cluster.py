@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PY, _pg_server, ferry_bin, psql
-from hosts import Hosts, Proxy, Replica, Worker, free_port, seed_images
+from hosts import Hosts, Proxy, Replica, Worker, free_port, namespaced_hosts, placements_in, seed_images, wait_for, worker_rows
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -26,16 +26,8 @@ WORKER_TIMEOUT = "3"
 
 @pytest.fixture(scope="module")
 def hosts():
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
-        pytest.skip("the cluster suite needs root, `ip` and `nsenter` to make network namespaces")
-    h = Hosts(2)
-    try:
-        h.up()
-    except RuntimeError as e:
-        h.down()
-        pytest.skip(f"cannot make network namespaces here: {e}")
-    yield h
-    h.down()
+    with namespaced_hosts(2) as h:
+        yield h
 
 
 class Cluster:
@@ -93,20 +85,11 @@ class Cluster:
     def worker_list(self) -> dict:
         out = self.ferry("worker", "list")
         assert out.returncode == 0, out.stderr
-        rows = {}
-        for line in out.stdout.splitlines()[1:]:
-            cols = line.split()
-            rows[cols[1]] = {"id": cols[0], "address": cols[2], "state": cols[3], "tasks": int(cols[7])}
-        return rows
+        return worker_rows(out.stdout)
 
     def placements(self, replica: Replica | None = None) -> dict:
         """task id → worker name, from the replicas' logs (or one replica's)."""
-        found = {}
-        for line in (replica.log_text() if replica else self.logs()).splitlines():
-            if "container placed on a worker host" in line:
-                task = re.search(r'task_id="?([^"\s]+)', line).group(1)
-                found[task] = re.search(r'worker="?([^"\s]+)', line).group(1)
-        return found
+        return placements_in(replica.log_text() if replica else self.logs())
 
 
 @pytest.fixture(scope="module")
@@ -158,15 +141,6 @@ def cluster(hosts, tmp_path_factory):
             psql(server, f"DROP DATABASE {name} WITH (FORCE)")
         except RuntimeError:
             pass
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def done_inputs(c: Cluster, function: str) -> int:

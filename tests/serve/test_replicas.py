@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PY, _pg_server, psql
-from hosts import Proxy, Replica, seed_images
+from hosts import Proxy, Replica, seed_images, wait_for
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -56,15 +56,6 @@ def cluster(s3_server, tmp_path, monkeypatch):
 
 def run(env, code, timeout=300, **extra):
     return subprocess.run([PY, "-c", code], env=dict(env, **extra), capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def deploy(c):

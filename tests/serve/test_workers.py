@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Ferry
-from hosts import Hosts, Worker, free_port
+from hosts import Worker, free_port, namespaced_hosts, placements_in, worker_rows
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -24,16 +24,8 @@ DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
 
 @pytest.fixture(scope="module")
 def hosts():
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
-        pytest.skip("worker hosts need root, `ip` and `nsenter` to make network namespaces")
-    h = Hosts(2)
-    try:
-        h.up()
-    except RuntimeError as e:
-        h.down()
-        pytest.skip(f"cannot make network namespaces here: {e}")
-    yield h
-    h.down()
+    with namespaced_hosts(2) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
@@ -92,22 +84,12 @@ def cluster(hosts, bucket, tmp_path_factory):
 def worker_list(server: Ferry) -> dict:
     out = server.ferry("worker", "list")
     assert out.returncode == 0, out.stderr
-    rows = {}
-    for line in out.stdout.splitlines()[1:]:
-        cols = line.split()
-        rows[cols[1]] = {"id": cols[0], "address": cols[2], "state": cols[3], "tasks": int(cols[7])}
-    return rows
+    return worker_rows(out.stdout)
 
 
 def placements(server: Ferry) -> dict:
     """task id → worker name, from the control plane's log."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", Path(server.log.name).read_text())
-    found = {}
-    for line in text.splitlines():
-        if "container placed on a worker host" in line:
-            task = re.search(r'task_id="?([^"\s]+)', line).group(1)
-            found[task] = re.search(r'worker="?([^"\s]+)', line).group(1)
-    return found
+    return placements_in(Path(server.log.name).read_text())
 
 
 def test_remote_and_map_run_on_workers_and_survive_a_killed_worker(cluster, hosts):
@@ -167,9 +149,7 @@ def test_remote_and_map_run_on_workers_and_survive_a_killed_worker(cluster, host
 
 def test_gpu_functions_go_to_the_worker_with_the_cards(cluster):
     server, (w1, w2) = cluster
-    listed = server.ferry("worker", "list")
-    row = next(l.split() for l in listed.stdout.splitlines() if " w2 " in f" {l} ")
-    assert row[6] == "1", listed.stdout  # the gpus column
+    assert worker_list(server)["w2"]["gpus"] == 1
     out = server.modal("run", str(APPS / "workers_app.py"), "--gpu", timeout=200)
     assert out.returncode == 0, out.stdout + out.stderr
     gpu = re.search(r"GPU (\S+) (\S+)", out.stdout)

@@ -105,13 +105,26 @@ async fn carry(
     let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
         let mut outside = tcp;
-        tokio::io::copy_bidirectional(&mut inside, &mut outside).await?;
+        copy_until_closed(&mut inside, &mut outside).await;
         return Ok(());
     };
     let mut outside = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
         .await
         .context("timed out in the TLS handshake")?
         .context("TLS handshake (is the control plane's authority given with --ca-cert?)")?;
-    tokio::io::copy_bidirectional(&mut inside, &mut outside).await?;
+    copy_until_closed(&mut inside, &mut outside).await;
     Ok(())
+}
+
+/// Carries bytes both ways until either side closes. A side that goes away abruptly (a
+/// container killed mid-request, a replica restarting) ends the connection as a close does:
+/// the client inside reconnects, and there is nothing to report.
+async fn copy_until_closed<A, B>(inside: &mut A, outside: &mut B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = tokio::io::copy_bidirectional(inside, outside).await {
+        tracing::debug!("a relayed connection ended: {e}");
+    }
 }
