@@ -222,7 +222,9 @@ modal.FunctionCall.from_id({call_id!r}).cancel(terminate_containers={terminate})
     got = server.python(GET_CANCELLED.format(call_id=call_id))
     assert "RAISED" in got.stdout and "was cancelled" in got.stdout, got.stdout + got.stderr
     # The cancellation is durable.
-    assert server.db("SELECT cancel_reason FROM function_calls WHERE id = ?", call_id) == [("FunctionCall.cancel()",)]
+    # The reason recorded says how it was cancelled (another replica reads it to terminate too).
+    reason = "FunctionCall.cancel(terminate_containers=True)" if terminate else "FunctionCall.cancel()"
+    assert server.db("SELECT cancel_reason FROM function_calls WHERE id = ?", call_id) == [(reason,)]
     assert server.db("SELECT state FROM function_inputs WHERE call_id = ?", call_id) == [("cancelled",)]
     if terminate:
         # The container running it was killed: `modal container list` empties.

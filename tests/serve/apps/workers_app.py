@@ -2,6 +2,7 @@
 reads a file of the image's own layer, which a worker host fetched from the bucket."""
 
 import os
+import sys
 import time
 
 import modal
@@ -56,20 +57,26 @@ def on_h100() -> str:
     return "no worker has an H100"
 
 
+def say(*parts):
+    """One line in one write: the containers' log lines `modal run` prints go between writes."""
+    sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+    sys.stdout.flush()
+
+
 @app.local_entrypoint()
 def main(n: int = 0, pause: float = 0.0, probe_port: int = 0, gpu: bool = False):
     if gpu:
-        print("GPU", *on_gpu.remote(), flush=True)
+        say("GPU", *on_gpu.remote())
         try:
-            print("H100", on_h100.remote(), flush=True)
+            say("H100", on_h100.remote())
         except Exception as e:
-            print("NOGPU", type(e).__name__, str(e).replace("\n", " "), flush=True)
+            say("NOGPU", type(e).__name__, str(e).replace("\n", " "))
         return
     if probe_port:
-        print("REACH", " ".join(reach.remote(probe_port)), flush=True)
-        print("OFFLINE", offline.remote(probe_port), flush=True)
+        say("REACH", " ".join(reach.remote(probe_port)))
+        say("OFFLINE", offline.remote(probe_port))
     square, task, marker = where.remote(7)
-    print("REMOTE", square, task, marker, flush=True)
+    say("REMOTE", square, task, marker)
     for square, task, marker in where.map(range(n), kwargs={"pause": pause}):
-        print("OUT", square, task, marker, flush=True)
-    print("DONE", flush=True)
+        say("OUT", square, task, marker)
+    say("DONE")
