@@ -193,6 +193,16 @@ def fresh_ferry(tmp_path):
         s.stop()
 
 
+def wait_for(predicate, timeout: float, what: str):
+    """Polls `predicate` every 0.1 s until it holds; fails naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{time.time_ns()}"
 

@@ -105,15 +105,6 @@ def placements_in(log: str) -> dict:
     return found
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Worker:
     """One `ferry worker` in a host's network namespace (entered with nsenter, so the worker
     keeps the host's /sys and cgroups)."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, _pg_server, ferry_bin, psql
-from hosts import Hosts, Proxy, Replica, Worker, free_port, namespaced_hosts, placements_in, seed_images, wait_for, worker_rows
+from conftest import PY, _pg_server, ferry_bin, psql, wait_for
+from hosts import Hosts, Proxy, Replica, Worker, free_port, namespaced_hosts, placements_in, seed_images, worker_rows
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POSTGRES, Ferry, database_env, psql
+from conftest import POSTGRES, Ferry, database_env, psql, wait_for
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -97,13 +97,6 @@ def server():
     s.stop()
 
 
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def done_answers(server, function_tag):

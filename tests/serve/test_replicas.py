@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, _pg_server, psql
-from hosts import Proxy, Replica, seed_images, wait_for
+from conftest import PY, _pg_server, psql, wait_for
+from hosts import Proxy, Replica, seed_images
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
