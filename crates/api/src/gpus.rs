@@ -101,12 +101,7 @@ pub async fn lease(s: &ModalService, choices: &GpuChoices, holder: &str, give_up
 /// Gives a task the leased cards: their device nodes, driver and variables. With fake cards
 /// (tests on machines without GPUs) only `CUDA_VISIBLE_DEVICES` names them.
 pub fn give(s: &ModalService, lease: &GpuLease, spec: &mut ferry_worker::TaskSpec) {
-    if s.gpus.inventory().source == ferry_gpu::InventorySource::Fake {
-        let ids: Vec<String> = lease.cards().iter().map(|c| c.uuid.clone().unwrap_or_default()).collect();
-        spec.env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
-        return;
-    }
-    spec.gpus = lease.cards().iter().map(|c| ferry_worker::GpuDevice { minor: c.minor, uuid: c.uuid.clone() }).collect();
+    spec.give_gpus(lease, s.gpus.inventory().source == ferry_gpu::InventorySource::Fake);
 }
 
 /// The GPU type and count a task holds (for `TaskGetInfo`), if any.

@@ -472,11 +472,13 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     let env = s.store.environment_by_id(&app.environment_id).await.map_err(|e| e.to_string())?;
 
     let layer = crate::images::wait_for_layer(s, &def.image_id).await?;
+    // The whole GPUs its containers ask for, wherever they run.
+    let gpu = crate::gpus::choices_of_function(s, function_id, &def).await?;
     // Worker hosts: ferry-fleet decides where the container runs (build steps stay here).
     if build_log.is_none() {
         if let Some(fleet) = &s.config.fleet {
-            if let ferry_fleet::Placement::Worker { id, name } = crate::workers::place(s, fleet, function_id, &def).await? {
-                crate::workers::run_remote(s, fleet, (&id, &name), task_id, (&record, &def), (&app, &env), layer).await?;
+            if let ferry_fleet::Placement::Worker { id, name } = crate::workers::place(s, fleet, &def, gpu.as_ref()).await? {
+                crate::workers::run_remote(s, fleet, (&id, &name), task_id, (&record, &def), (&app, &env), layer, gpu.as_ref()).await?;
                 return Ok(None);
             }
         }
@@ -486,7 +488,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     let (args, env_vars) = task_arguments(s, task_id, (&record, &def), (&app, &env)).await?;
     // Whole GPUs for this container, held until it exits: waits while the matching cards are
     // busy (the task counts towards max_containers meanwhile) and gives up if stopped.
-    let gpu_lease = match crate::gpus::choices_of_function(s, function_id, &def).await? {
+    let gpu_lease = match gpu {
         Some(choices) => {
             let give_up = || s.scheduler.task(task_id).is_none_or(|t| t.stopping);
             let leased = crate::gpus::lease(s, &choices, task_id, give_up).await;

@@ -28,7 +28,12 @@ fn local_only(s: &ModalService, def: &api::Function) -> Option<String> {
 }
 
 /// Asks ferry-fleet where a container of the function goes.
-pub(crate) async fn place(s: &ModalService, fleet: &ferry_fleet::Fleet, function_id: &str, def: &api::Function) -> Result<ferry_fleet::Placement, String> {
+pub(crate) async fn place(
+    s: &ModalService,
+    fleet: &ferry_fleet::Fleet,
+    def: &api::Function,
+    gpu: Option<&ferry_gpu::GpuChoices>,
+) -> Result<ferry_fleet::Placement, String> {
     let mut labels = BTreeMap::new();
     if let Some(p) = &def.scheduler_placement {
         if !p.regions.is_empty() {
@@ -39,14 +44,13 @@ pub(crate) async fn place(s: &ModalService, fleet: &ferry_fleet::Fleet, function
         labels.insert("cloud".to_string(), vec![def.cloud_provider_str.to_lowercase()]);
     }
     let r = def.resources.clone().unwrap_or_default();
-    let gpu = crate::gpus::choices_of_function(s, function_id, def).await?;
     let demand = ferry_fleet::Demand {
         cpu: r.milli_cpu as f64 / 1000.0,
         memory_mib: r.memory_mb as i64,
         labels,
         local_only: local_only(s, def),
-        local_lacks_gpus: gpu.as_ref().is_some_and(|g| s.gpus.check(g).is_err()),
-        gpu,
+        local_lacks_gpus: gpu.is_some_and(|g| s.gpus.check(g).is_err()),
+        gpu: gpu.cloned(),
     };
     let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
     let asks_gpus = demand.gpu.is_some();
@@ -63,6 +67,7 @@ pub(crate) async fn run_remote(
     (record, def): (&ferry_store::FunctionRecord, &api::Function),
     (app, env): (&ferry_store::App, &ferry_store::Environment),
     layer: ferry_runtime::LayerId,
+    gpu: Option<&ferry_gpu::GpuChoices>,
 ) -> Result<(), String> {
     let function_id = record.id.as_str();
     // The worker fetches the image from the bucket: make sure every layer is there.
@@ -77,8 +82,6 @@ pub(crate) async fn run_remote(
     }
     let (args, env_vars) = crate::launch::task_arguments(s, task_id, (record, def), (app, env)).await?;
     let r = def.resources.clone().unwrap_or_default();
-    // Whole GPUs: the worker leases its own cards (and waits while they are busy).
-    let gpu = crate::gpus::choices_of_function(s, function_id, def).await?;
     let secret = s.store.create_task_credential(task_id, &app.id).await.map_err(|e| e.to_string())?;
     let assignment = ferry_fleet::Assignment {
         task_id: task_id.to_string(),
@@ -94,7 +97,8 @@ pub(crate) async fn run_remote(
         cpu_cores: (r.milli_cpu > 0).then(|| r.milli_cpu_max.max(r.milli_cpu) as f64 / 1000.0),
         disk_mib: (r.ephemeral_disk_mb > 0).then_some(r.ephemeral_disk_mb as u64),
         memory_snapshot: def.checkpointing_enabled.then(|| crate::launch::snapshot_key(function_id, record.definition.as_deref().unwrap_or_default())),
-        gpus: gpu.as_ref().map(crate::gpus::encode),
+        // Whole GPUs: the worker leases its own cards (and waits while they are busy).
+        gpus: gpu.map(crate::gpus::encode),
         block_network: def.block_network,
     };
     let placed = ferry_store::NewWorkerTask {
@@ -105,7 +109,7 @@ pub(crate) async fn run_remote(
         cpu: r.milli_cpu as f64 / 1000.0,
         memory_mib: r.memory_mb as i64,
         replica: Some(s.scheduler.replica_id().to_string()),
-        gpus: gpu.as_ref().and_then(|g| g.requests().first()).map_or(0, |r| r.count as i64),
+        gpus: gpu.and_then(|g| g.requests().first()).map_or(0, |r| r.count as i64),
     };
     let remote = match fleet.assign(placed, &assignment).await {
         Ok(t) => t,

@@ -336,13 +336,7 @@ impl Agent {
             let give_up = || self.cancelled.lock().unwrap().contains(&task_id);
             match self.gpus.lease(&choices, &task_id, give_up).await {
                 Ok(Some(lease)) => {
-                    if self.gpus.inventory().source == ferry_gpu::InventorySource::Fake {
-                        // Made-up cards (tests): named, no devices.
-                        let ids: Vec<String> = lease.cards().iter().map(|c| c.uuid.clone().unwrap_or_default()).collect();
-                        spec.env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
-                    } else {
-                        spec.gpus = lease.cards().iter().map(|c| ferry_worker::GpuDevice { minor: c.minor, uuid: c.uuid.clone() }).collect();
-                    }
+                    spec.give_gpus(&lease, self.gpus.inventory().source == ferry_gpu::InventorySource::Fake);
                     tracing::info!(task_id, "container gets {} x {}", lease.cards().len(), lease.model());
                     _gpu_lease = Some(lease);
                 }

@@ -156,6 +156,18 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
+    /// Gives the task the whole cards of `lease`: their device nodes (and the driver's files).
+    /// Made-up cards (`--fake-gpus`, tests on hosts without GPUs) are only named in
+    /// `CUDA_VISIBLE_DEVICES`.
+    pub fn give_gpus(&mut self, lease: &ferry_gpu::GpuLease, made_up: bool) {
+        if made_up {
+            let ids: Vec<String> = lease.cards().iter().map(|c| c.uuid.clone().unwrap_or_default()).collect();
+            self.env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
+            return;
+        }
+        self.gpus = lease.cards().iter().map(|c| GpuDevice { minor: c.minor, uuid: c.uuid.clone() }).collect();
+    }
+
     /// A spec with the default client version and no files, env, limits or GPUs.
     pub fn new(task_id: impl Into<String>, layer: LayerId, container_arguments: Vec<u8>, server_url: impl Into<String>, task_secret: impl Into<String>) -> Self {
         TaskSpec {
