@@ -142,7 +142,9 @@ pub struct Engine {
     /// Bytes each token decodes to (empty for control tokens).
     pub token_bytes: Vec<Vec<u8>>,
     pub parser_factory: Arc<ParserFactory>,
-    tx: std_mpsc::Sender<Job>,
+    /// Jobs go in groups: the choices of one request arrive together, so they are admitted in the
+    /// same step and their rows are computed alongside the same rows every time.
+    tx: std_mpsc::Sender<Vec<Job>>,
     /// The multimodal context (vision encoder + projector), when `--mmproj` was given. Tokenizing
     /// (API side) and encoding (engine thread) take turns through the lock.
     mtmd: Option<Arc<Mutex<MtmdContext>>>,
@@ -230,7 +232,7 @@ impl Engine {
         let mut info = info;
         info.has_vision = mtmd.is_some();
         let engine_mtmd = mtmd.clone();
-        let (tx, rx) = std_mpsc::channel::<Job>();
+        let (tx, rx) = std_mpsc::channel::<Vec<Job>>();
         let ctx_per_seq = info.ctx_per_seq as u32;
         let (ready_tx, ready_rx) = std_mpsc::channel();
         std::thread::Builder::new()
@@ -310,16 +312,31 @@ impl Engine {
     /// Queues a generation; events arrive on the returned channel. Dropping the receiver cancels it.
     /// `None` when the engine already has [`MAX_IN_FLIGHT`] generations.
     pub fn submit(&self, req: GenRequest) -> Option<UnboundedReceiver<GenEvent>> {
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.submit_all(vec![req]).and_then(|mut v| v.pop())
+    }
+
+    /// Queues the generations of one request (its `n` choices) as one group: the engine admits them
+    /// in the same step, so a seeded request's choices come out the same however its callers are
+    /// scheduled. All or none: `None` when they would take the engine past [`MAX_IN_FLIGHT`].
+    pub fn submit_all(&self, reqs: Vec<GenRequest>) -> Option<Vec<UnboundedReceiver<GenEvent>>> {
+        let n = reqs.len();
+        if self.in_flight.fetch_add(n, Ordering::SeqCst) + n > MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(n, Ordering::SeqCst);
             return None;
         }
-        let (events, rx) = unbounded_channel();
-        let job = Job { req, events, enqueued: Instant::now(), _ticket: Ticket(self.in_flight.clone()) };
-        if let Err(e) = self.tx.send(job) {
-            let _ = e.0.events.send(GenEvent::Error("inference engine stopped".into()));
+        let mut jobs = Vec::with_capacity(n);
+        let mut rxs = Vec::with_capacity(n);
+        for req in reqs {
+            let (events, rx) = unbounded_channel();
+            jobs.push(Job { req, events, enqueued: Instant::now(), _ticket: Ticket(self.in_flight.clone()) });
+            rxs.push(rx);
         }
-        Some(rx)
+        if let Err(e) = self.tx.send(jobs) {
+            for job in e.0 {
+                let _ = job.events.send(GenEvent::Error("inference engine stopped".into()));
+            }
+        }
+        Some(rxs)
     }
 }
 
@@ -538,7 +555,7 @@ fn release(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], seq: i32, use_cache: bool) {
     }
 }
 
-fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, parallel: usize, use_cache: bool, mtmd: Option<Arc<Mutex<MtmdContext>>>) {
+fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Vec<Job>>, parallel: usize, use_cache: bool, mtmd: Option<Arc<Mutex<MtmdContext>>>) {
     let mut interactive: VecDeque<Job> = VecDeque::new();
     let mut batch_q: VecDeque<Job> = VecDeque::new();
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
@@ -556,12 +573,12 @@ fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Job>, p
         let idle = slots.iter().all(|s| s.is_none()) && interactive.is_empty() && batch_q.is_empty();
         if idle {
             match rx.recv() {
-                Ok(job) => enqueue(job, &mut interactive, &mut batch_q),
+                Ok(jobs) => jobs.into_iter().for_each(|job| enqueue(job, &mut interactive, &mut batch_q)),
                 Err(_) => return,
             }
         }
-        while let Ok(job) = rx.try_recv() {
-            enqueue(job, &mut interactive, &mut batch_q);
+        while let Ok(jobs) = rx.try_recv() {
+            jobs.into_iter().for_each(|job| enqueue(job, &mut interactive, &mut batch_q));
         }
         // Drop cancelled work.
         interactive.retain(|j| !j.events.is_closed());

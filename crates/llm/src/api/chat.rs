@@ -16,6 +16,7 @@ use llguidance::Matcher;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use llama_cpp_2::mtmd::MtmdInputChunks;
 
@@ -559,8 +560,7 @@ struct ChoiceResult {
     timings: Timings,
 }
 
-async fn run_choice(state: SharedState, req: GenRequest, stops: Vec<String>, want_logprobs: bool) -> ApiResult<ChoiceResult> {
-    let mut rx = state.engine.submit(req).ok_or_else(overloaded)?;
+async fn run_choice(state: SharedState, mut rx: UnboundedReceiver<GenEvent>, stops: Vec<String>, want_logprobs: bool) -> ApiResult<ChoiceResult> {
     let mut text = TextStream::new(stops);
     let mut logprobs = Vec::new();
     let mut completion_tokens = 0;
@@ -627,7 +627,9 @@ fn tool_calls_json(calls: &[grammar::ParsedCall]) -> Vec<Value> {
 pub async fn complete(state: &SharedState, p: Prepared, priority: Priority) -> ApiResult<Value> {
     let ms = matchers(state, &p).await?;
     let want_lp = p.sampling.logprobs.is_some();
-    let futs = ms.into_iter().enumerate().map(|(i, m)| run_choice(state.clone(), gen_request(&p, i, m, priority), p.stops.clone(), want_lp));
+    let reqs = ms.into_iter().enumerate().map(|(i, m)| gen_request(&p, i, m, priority)).collect();
+    let rxs = state.engine.submit_all(reqs).ok_or_else(overloaded)?;
+    let futs = rxs.into_iter().map(|rx| run_choice(state.clone(), rx, p.stops.clone(), want_lp));
     let results = join_all(futs).await;
     let mut choices = Vec::new();
     let mut completion_tokens = 0;
@@ -718,8 +720,9 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
     let prompt_tokens = p.prompt.len();
     let want_lp = p.sampling.logprobs.is_some();
     let tools_mode = p.tools.clone();
-    for (i, m) in ms.into_iter().enumerate() {
-        let req = gen_request(&p, i, m, Priority::Interactive);
+    let reqs = ms.into_iter().enumerate().map(|(i, m)| gen_request(&p, i, m, Priority::Interactive)).collect();
+    let rxs = state.engine.submit_all(reqs).ok_or_else(overloaded)?;
+    for (i, req) in rxs.into_iter().enumerate() {
         let (stops, tx, chunk, state, tools_mode) = (p.stops.clone(), tx.clone(), chunk.clone(), state.clone(), tools_mode.clone());
         tokio::spawn(async move { stream_choice(state, i, req, stops, want_lp, tools_mode, tx, chunk).await });
     }
@@ -759,7 +762,7 @@ async fn stream(state: SharedState, p: Prepared) -> ApiResult<Response> {
 async fn stream_choice(
     state: SharedState,
     index: usize,
-    req: GenRequest,
+    mut rx: UnboundedReceiver<GenEvent>,
     stops: Vec<String>,
     want_lp: bool,
     tools_mode: Option<ToolMode>,
@@ -767,10 +770,6 @@ async fn stream_choice(
     chunk: impl Fn(Value, Option<Value>) -> Value,
 ) {
     let _ = tx.send(chunk(json!([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": null}]), None)).await;
-    let Some(mut rx) = state.engine.submit(req) else {
-        let _ = tx.send(overloaded().body()).await;
-        return;
-    };
     let mut text = TextStream::new(stops);
     // With tools, text that starts like a tool call is held until the call is complete.
     let mut holding = tools_mode.is_some();
