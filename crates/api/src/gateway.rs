@@ -120,7 +120,7 @@ impl Replays {
             let (at, old) = self.order.pop_front().expect("front exists");
             if matches!(self.by_key.get(&old), Some(Replay::Done(_, done_at)) if *done_at == at) {
                 if let Some(Replay::Done(stored, _)) = self.by_key.remove(&old) {
-                    self.bytes = self.bytes.saturating_sub(stored.body.len());
+                    self.bytes = self.bytes.saturating_sub(stored.footprint(&old));
                 }
             }
         }
@@ -132,6 +132,15 @@ struct StoredResponse {
     parts: http::response::Parts,
     body: Bytes,
     trailers: Option<HeaderMap>,
+}
+
+impl StoredResponse {
+    /// Memory a recorded answer holds, about: its body, its headers and trailers, its key and
+    /// the bookkeeping around them. The replay cache's byte bound counts this.
+    fn footprint(&self, key: &str) -> usize {
+        let headers = |h: &HeaderMap| h.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum::<usize>();
+        self.body.len() + headers(&self.parts.headers) + self.trailers.as_ref().map_or(0, headers) + 2 * key.len() + 256
+    }
 }
 
 enum Replay {
@@ -235,7 +244,10 @@ where
                 }
             };
             let trailers = collected.trailers().cloned();
-            let stored = Arc::new(StoredResponse { parts, body: collected.to_bytes(), trailers });
+            // A copy of exactly the body's size: the encoder's chunk shares a buffer of several
+            // KiB, which a recorded answer would otherwise keep alive for the whole TTL.
+            let body = Bytes::copy_from_slice(&collected.to_bytes());
+            let stored = Arc::new(StoredResponse { parts, body, trailers });
             if grpc_ok(&stored) && stored.body.len() <= REPLAY_MAX_BODY {
                 state.complete(&key, stored.clone());
                 let _ = tx.send(Some(stored.clone()));
@@ -311,9 +323,9 @@ impl GatewayState {
     fn complete(&self, key: &str, stored: Arc<StoredResponse>) {
         let mut replays = self.replays.lock().unwrap();
         let now = Instant::now();
-        replays.bytes += stored.body.len();
+        replays.bytes += stored.footprint(key);
         if let Some(Replay::Done(old, _)) = replays.by_key.insert(key.to_string(), Replay::Done(stored, now)) {
-            replays.bytes = replays.bytes.saturating_sub(old.body.len());
+            replays.bytes = replays.bytes.saturating_sub(old.footprint(key));
         }
         replays.order.push_back((now, key.to_string()));
         replays.evict(now);
@@ -599,16 +611,18 @@ mod tests {
         let now = Instant::now();
         for i in 0..REPLAY_MAX_ENTRIES + 10 {
             let key = format!("k{i}");
-            r.bytes += 10;
-            r.by_key.insert(key.clone(), Replay::Done(stored(10), now));
+            let answer = stored(10);
+            r.bytes += answer.footprint(&key);
+            r.by_key.insert(key.clone(), Replay::Done(answer, now));
             r.order.push_back((now, key));
             r.evict(now);
         }
         assert_eq!(r.by_key.len(), REPLAY_MAX_ENTRIES);
         assert!(!r.by_key.contains_key("k0") && r.by_key.contains_key(&format!("k{}", REPLAY_MAX_ENTRIES + 9)));
         // One large answer pushes older ones out by bytes.
-        r.bytes += REPLAY_MAX_BYTES;
-        r.by_key.insert("big".into(), Replay::Done(stored(REPLAY_MAX_BYTES), now));
+        let big = stored(REPLAY_MAX_BYTES);
+        r.bytes += big.footprint("big");
+        r.by_key.insert("big".into(), Replay::Done(big, now));
         r.order.push_back((now, "big".into()));
         r.evict(now);
         assert!(r.bytes <= REPLAY_MAX_BYTES);
