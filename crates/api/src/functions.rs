@@ -195,7 +195,11 @@ fn to_item(o: Output) -> Result<api::FunctionGetOutputsItem, Status> {
         input_id: o.input_id,
         data_format: o.data_format,
         task_id: o.task_id,
-        retry_count: o.retry_count,
+        // The caller's attempt number, which its map compares with its own and drops outputs
+        // that differ as stale. Ferry retries on the server (`sync_client_retries_enabled` is
+        // false), so the caller never starts another attempt and its count stays 0, whatever
+        // attempt the answer came from (the container saw that one in `FunctionGetInputs`).
+        retry_count: 0,
         ..Default::default()
     })
 }

@@ -51,6 +51,11 @@ def always_fails():
     raise RuntimeError("never works")
 
 
+@app.function(image=image, retries=1)
+def fails_in_a_map(x):
+    raise RuntimeError(f"never works {x}")
+
+
 @app.function(image=image, timeout=2)
 def sleeper(seconds):
     time.sleep(seconds)
@@ -71,6 +76,11 @@ def main():
     print(f"gather {modal.FunctionCall.gather(*calls)}")
     key = f"k{time.time_ns()}"
     print(f"flaky {flaky.remote(key)}")
+    # A map whose inputs are retried on the server: each answer reaches the caller's map.
+    keys = [f"{key}-{i}" for i in range(3)]
+    print(f"flaky map {list(flaky.map(keys))}")
+    failed = sorted(str(e) for e in fails_in_a_map.map([1, 2], return_exceptions=True))
+    print(f"failed map {failed}")
     try:
         always_fails.remote()
     except RuntimeError as e:
