@@ -76,6 +76,8 @@ def test_classes_spawn_retries_timeouts(runner):
         "spawned 42",
         "gather [0, 2, 4]",
         "flaky 3",
+        "flaky map [3, 3, 3]",
+        "failed map ['never works 1', 'never works 2']",
         "gave up never works",
         "quick 0.1",
         "timeout Function timed out after 2 seconds",
@@ -83,6 +85,9 @@ def test_classes_spawn_retries_timeouts(runner):
         assert expected in text, f"missing {expected!r} in:\n{text}"
     # @modal.exit runs when the app stops (the container is sent kill_switch first).
     assert "EXIT ran for 0" in text
+    # Standby containers run the modal runtime as `python -m` would, without runpy's warning
+    # about a module imported before it ran.
+    assert "RuntimeWarning" not in text, text
 
 
 def test_deploy_then_call_from_other_processes(runner):

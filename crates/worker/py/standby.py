@@ -32,6 +32,10 @@ def _apply(order):
 def _run_entrypoint():
     import runpy
 
+    # As `python -m` runs it: a fresh `__main__` from the module's code (its imports are all
+    # loaded already). The copy imported ahead of time leaves `sys.modules` first, or runpy
+    # warns in the user's logs that the module was imported before it ran.
+    sys.modules.pop("modal._container_entrypoint", None)
     runpy.run_module("modal._container_entrypoint", run_name="__main__", alter_sys=True)
 
 
