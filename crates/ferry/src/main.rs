@@ -215,21 +215,6 @@ enum TokenCommand {
     Revoke { token_id: String },
 }
 
-/// The async runtime: half the machine's CPUs as workers (at least one), or
-/// `TOKIO_WORKER_THREADS` when set. The server shares its host with the containers it runs, and
-/// most of its work is short RPCs: with a worker per CPU, each new request task wakes an idle
-/// worker (a futex wake and a context switch) that mostly finds nothing to do. On a 2-CPU host
-/// one worker spends ~10% less server CPU per warm call and per map input (bench/README.md).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder.worker_threads((cpus / 2).max(1));
-    }
-    builder.build()
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     DATABASE.set(cli.database.clone()).expect("set once");
@@ -239,7 +224,7 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = runtime()?;
+    let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.command {
             Command::Serve { data_dir, args } => serve::run(&data_dir.resolve(), args).await,
