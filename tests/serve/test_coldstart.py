@@ -9,11 +9,10 @@
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
-from conftest import unique
+from conftest import unique, wait_for
 
 APPS = Path(__file__).parent / "apps"
 DATA = Path(os.environ.get("FERRY_TEST_DATA_DIR", "/var/tmp/ferry-test"))
@@ -59,15 +58,6 @@ def standby_drivers(server) -> int:
 def user_namespaces(server) -> bool:
     """Whether the server's containers get user namespaces (its isolation line says `full`)."""
     return "container isolation: full" in Path(server.log.name).read_text()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
