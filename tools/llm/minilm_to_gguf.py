@@ -9,6 +9,7 @@ Usage: .venv/bin/python tools/llm/minilm_to_gguf.py OUT.gguf [MODEL_DIR]
 MODEL_DIR defaults to the package's model, extracted to a temporary directory.
 """
 import json
+import shutil
 import sys
 import tempfile
 import zipfile
@@ -49,7 +50,17 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def main():
     out_path = Path(sys.argv[1])
-    src = Path(sys.argv[2]) if len(sys.argv) > 2 else model_dir_from_package()
+    if len(sys.argv) > 2:
+        convert(Path(sys.argv[2]), out_path)
+        return
+    src = model_dir_from_package()
+    try:
+        convert(src, out_path)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def convert(src: Path, out_path: Path):
     cfg = json.loads((src / "config.json").read_text())
     pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
     assert pooling.get("pooling_mode_mean_tokens"), "only mean pooling is converted"

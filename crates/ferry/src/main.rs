@@ -444,8 +444,12 @@ fn images_gc(data_dir: &std::path::Path, budget: &str, dry_run: bool) -> anyhow:
     for l in &removed {
         println!("{} {} ({})", if dry_run { "would remove" } else { "removed" }, l.record.id, human(l.bytes));
     }
-    let left: u64 = store.usage()?.iter().map(|l| l.bytes).sum();
-    println!("{} {} layers, {}; the store now holds {} (budget {})", if dry_run { "would remove" } else { "removed" }, removed.len(), human(freed), human(left), human(budget));
+    let held: u64 = store.usage()?.iter().map(|l| l.bytes).sum();
+    if dry_run {
+        println!("would remove {} layers, {}; the store would hold {} (budget {})", removed.len(), human(freed), human(held.saturating_sub(freed)), human(budget));
+    } else {
+        println!("removed {} layers, {}; the store now holds {} (budget {})", removed.len(), human(freed), human(held), human(budget));
+    }
     Ok(())
 }
 
