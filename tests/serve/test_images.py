@@ -304,16 +304,63 @@ def test_image_from_id(kit):
     assert rc != 0 and "not found" in text.lower(), text
 
 
-def test_unsupported_python_lists_what_is_available(kit):
+def test_a_python_ferry_does_not_make_runs_on_the_nearest_series(kit, tmp_path):
+    """`python_version="3.12"`, which neither Ferry's Debian bases nor the test's registry have:
+    the image builds on the 3.11 base, the build log says so, and functions run on it.
+    `add_python="3.12"` gets the 3.11 standalone Python. `ferry serve --exact-python` refuses
+    both, naming the series it makes."""
     rc, text = run_client(kit, """
     import modal
     app = modal.App("ferry-py312")
-    image = modal.Image.debian_slim(python_version="3.12")
-    with app.run():
-        image.build(app)
+
+    def version():
+        import sys
+        return "%d.%d" % sys.version_info[:2]
+
+    slim = app.function(image=modal.Image.debian_slim(python_version="3.12"), name="slim", serialized=True)(version)
+    # Built again each run, so that its build log is shown.
+    plain = app.function(image=modal.Image.from_registry("python:3.12-slim-bookworm", force_build=True), name="plain", serialized=True)(version)
+
+    with modal.enable_output():
+        with app.run():
+            print("VERSIONS", slim.remote(), plain.remote())
     """)
-    assert rc != 0
-    assert "3.12" in text and "3.11 (Debian bookworm)" in text and "3.13 (Debian trixie)" in text, text
+    assert rc == 0, text[-4000:]
+    assert "VERSIONS 3.11 3.11" in text, text[-4000:]
+    assert "Python 3.12 is not one this Ferry host makes (it makes 3.11 and 3.13)" in text, text[-4000:]
+    assert "runs on Ferry's Debian bookworm base with Python 3.11" in text and "--exact-python" in text, text[-4000:]
+
+    rc, text = run_client(kit, f"""
+    import modal
+    app = modal.App("ferry-registry-add-python-stand-in")
+    image = modal.Image.from_registry("ferrytest/busybox:1", add_python="3.12").run_commands(
+        "echo {time.time_ns()}", "/usr/local/bin/python -c 'import sys; print(\\"ADDED %d.%d\\" % sys.version_info[:2])'"
+    )
+    with modal.enable_output():
+        with app.run():
+            image.build(app)
+    """)
+    assert rc == 0, text[-4000:]
+    assert "ADDED 3.11" in text, text[-4000:]
+
+    # The strict server: a data dir of its own, as refusing needs no image.
+    strict = Ferry(tmp_path / "strict", "--no-modal-profile", "--exact-python", "--registry-mirror", f"default={kit['registry'].url}").start()
+    try:
+        for code in [
+            'modal.Image.debian_slim(python_version="3.12")',
+            'modal.Image.from_registry("ferrytest/busybox:1", add_python="3.12")',
+        ]:
+            out = strict.python(textwrap.dedent(f"""
+            import modal
+            app = modal.App("ferry-py312-strict")
+            with app.run():
+                {code}.build(app)
+            """), timeout=300)
+            text = out.stdout + out.stderr
+            assert out.returncode != 0, text[-3000:]
+            assert "3.12" in text and "3.11 (Debian bookworm)" in text and "3.13 (Debian trixie)" in text, text[-3000:]
+    finally:
+        strict.stop()
 
 
 def test_registry_image_layers_whiteouts_and_arch(kit):
@@ -343,14 +390,6 @@ def test_registry_image_layers_whiteouts_and_arch(kit):
     """)
     assert rc != 0
     assert "--registry-mirror unconfigured.invalid=URL" in text, text
-    # add_python= of a series Ferry has no base for: a clear refusal listing what it has.
-    rc, text = run_client(kit, """
-    import modal
-    app = modal.App("ferry-registry-add-python")
-    with app.run():
-        modal.Image.from_registry("ferrytest/busybox:1", add_python="3.12").build(app)
-    """)
-    assert rc != 0 and "add_python=" in text and "3.11 (Debian bookworm)" in text, text
     # A tag the registry does not have.
     rc, text = run_client(kit, """
     import modal

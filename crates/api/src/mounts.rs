@@ -150,7 +150,16 @@ async fn standalone_mount(s: &ModalService, name: &str, namespace: i32) -> Resul
     let version = version
         .strip_suffix("-gnu")
         .ok_or_else(|| Status::unimplemented(format!("Ferry provides `add_python=` for glibc only, not {name}")))?;
-    let series: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let requested: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    // A series Ferry does not make is stood in for by the nearest one it does, as for
+    // `python_version=` (the image's own build log says which Python it got).
+    let series = match ferry_runtime::stand_in_python(&requested) {
+        Some(stand_in) if !s.config.images.exact_python => {
+            tracing::info!(target: "ferry::add_python", "`add_python=\"{requested}\"` gets Python {stand_in}: Ferry does not make {requested}");
+            stand_in.to_string()
+        }
+        _ => requested.clone(),
+    };
     let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<ferry_runtime::LogLine>();
     let relay = tokio::spawn(async move {
         while let Some(line) = lines.recv().await {
@@ -162,7 +171,7 @@ async fn standalone_mount(s: &ModalService, name: &str, namespace: i32) -> Resul
     drop(log);
     let _ = relay.await;
     let dir = made.map_err(|e| match e {
-        ferry_runtime::Error::UnsupportedPython { .. } => Status::failed_precondition(format!("`add_python=\"{series}\"`: {e}")),
+        ferry_runtime::Error::UnsupportedPython { .. } => Status::failed_precondition(format!("`add_python=\"{requested}\"`: {e}")),
         e => Status::failed_precondition(e.to_string()),
     })?;
     let files = tokio::task::spawn_blocking(move || {

@@ -143,6 +143,11 @@ pub struct ImageArgs {
     /// Do not pass the host's package-index settings (pip, uv, CA bundle, proxies, apt) to build steps.
     #[arg(long)]
     no_host_package_access: bool,
+    /// Refuse images that ask for a Python series Ferry does not make (3.11 and 3.13, from
+    /// Debian) and no registry mirror has, instead of building them on the nearest series it
+    /// makes (3.12 and 3.10 on 3.11, 3.14 on 3.13) with a line saying so in the build log.
+    #[arg(long, env = "FERRY_EXACT_PYTHON")]
+    exact_python: bool,
 }
 
 impl ImageArgs {
@@ -156,7 +161,7 @@ impl ImageArgs {
             registries.add_mirror(m).map_err(|e| anyhow::anyhow!("--registry-mirror: {e}"))?;
         }
         let packages = if self.no_host_package_access { ferry_runtime::PackageAccess::none() } else { ferry_runtime::PackageAccess::from_host() };
-        Ok(ferry_runtime::BuildSettings { packages, registries })
+        Ok(ferry_runtime::BuildSettings { packages, registries, exact_python: self.exact_python })
     }
 }
 

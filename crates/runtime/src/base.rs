@@ -57,6 +57,25 @@ pub fn suite_for_python(python_version: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::UnsupportedPython { requested: python_version.to_string(), available: available() })
 }
 
+/// The series Ferry makes that stands in for one it cannot (`3.12`, `3.10`): the nearest by
+/// minor version, the older one on a tie. The app's own module was imported by the client's
+/// Python before it was deployed, and a package pinned for the requested series more often has
+/// wheels for the older neighbour than for the newer one. `None` for a series Ferry makes, or a
+/// version that is not CPython 3 (`3.14t`'s free-threading suffix is dropped).
+pub fn stand_in_python(python_version: &str) -> Option<&'static str> {
+    if suite_for_python(python_version).is_ok() {
+        return None;
+    }
+    let mut parts = python_version.split('.');
+    let (major, minor) = (parts.next()?, parts.next()?.trim_end_matches('t'));
+    if major != "3" {
+        return None;
+    }
+    let minor: i64 = minor.parse().ok()?;
+    let minor_of = |py: &str| py.split('.').nth(1).and_then(|m| m.parse::<i64>().ok()).unwrap_or(i64::MAX);
+    PYTHON_SUITES.iter().map(|(py, _)| *py).min_by_key(|py| ((minor_of(py) - minor).abs(), minor_of(py)))
+}
+
 /// The layer id of the base for a Python series. Stable across machines and runs.
 pub fn base_layer_id(python_version: &str) -> Result<LayerId> {
     let suite = suite_for_python(python_version)?;
@@ -374,6 +393,15 @@ mod tests {
     fn python_versions_map_to_suites() {
         assert_eq!(suite_for_python("3.11.12").unwrap(), "bookworm");
         assert_eq!(suite_for_python("3.13").unwrap(), "trixie");
+        assert_eq!(stand_in_python("3.12"), Some("3.11"));
+        assert_eq!(stand_in_python("3.12.8"), Some("3.11"));
+        assert_eq!(stand_in_python("3.10"), Some("3.11"));
+        assert_eq!(stand_in_python("3.9"), Some("3.11"));
+        assert_eq!(stand_in_python("3.14"), Some("3.13"));
+        assert_eq!(stand_in_python("3.15t"), Some("3.13"));
+        assert_eq!(stand_in_python("3.11"), None);
+        assert_eq!(stand_in_python("2.7"), None);
+        assert_eq!(stand_in_python("3.x"), None);
         let err = suite_for_python("3.12").unwrap_err().to_string();
         assert!(err.contains("3.11 (Debian bookworm)") && err.contains("3.12"), "{err}");
         assert_eq!(base_layer_id("3.11").unwrap(), base_layer_id("3.11.12").unwrap());

@@ -112,11 +112,15 @@ pub struct ImageBuilder {
     in_flight: Arc<Mutex<HashMap<LayerId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-/// What the operator sets once for every build: package access and registry mirrors.
+/// What the operator sets once for every build: package access, registry mirrors, and whether
+/// a Python series Ferry cannot provide is refused rather than stood in for.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildSettings {
     pub packages: PackageAccess,
     pub registries: RegistryConfig,
+    /// Refuse `python_version`s Ferry does not make (and no registry has) instead of building
+    /// them on the nearest series it makes (`base::stand_in_python`).
+    pub exact_python: bool,
 }
 
 /// Where a build's context files are visible during COPY steps.
@@ -133,7 +137,9 @@ esac; fi"#;
 
 enum Parent {
     Layer(LayerId),
-    Base { python: String },
+    /// Ferry's own Debian base; `stands_in_for` is the series the image asked for when Ferry
+    /// cannot make it and the nearest one it makes is used instead.
+    Base { python: String, stands_in_for: Option<String> },
     Scratch,
     /// A registry image, pulled when the layer is not cached.
     Registry { reference: String },
@@ -180,7 +186,7 @@ impl ImageBuilder {
         let parent = self.resolve_from(&from, spec)?;
         let parent_id = match &parent {
             Parent::Layer(id) => Some(id.clone()),
-            Parent::Base { python } => Some(base::base_layer_id(python)?),
+            Parent::Base { python, .. } => Some(base::base_layer_id(python)?),
             Parent::Scratch => None,
             Parent::Registry { reference } => Some(registry::reference_key(reference)),
         };
@@ -211,22 +217,38 @@ impl ImageBuilder {
             self.store.touch(&id);
             return Ok(BuiltLayer { id, cached: true, config: record.config });
         }
+        let mut parent = parent;
         if let Parent::Registry { reference } = &parent {
             let pulled = registry::pull(&self.store, &self.settings.registries, reference, spec.registry_credentials.as_ref(), log).await;
-            let pulled = match (pulled, base::parse_base_reference(reference)) {
+            match (pulled, base::parse_base_reference(reference)) {
                 // A Python series Ferry cannot make, and the registry does not have it either.
                 (Err(e), Ok(python)) => {
                     let Err(Error::UnsupportedPython { requested, available }) = base::suite_for_python(&python) else { return Err(e) };
-                    return Err(Error::UnsupportedPython { requested, available: format!("{available} (`{reference}` is not in the configured registries either: {e})") });
+                    match self.stand_in(&python) {
+                        Some(stand_in) => {
+                            let _ = log.send(LogLine::system(format!("ferry: `{reference}` is not in the configured registries: {e}")));
+                            parent = stand_in;
+                        }
+                        None => {
+                            return Err(Error::UnsupportedPython { requested, available: format!("{available} (`{reference}` is not in the configured registries either: {e})") })
+                        }
+                    }
                 }
-                (pulled, _) => pulled?,
-            };
-            parent_id = Some(pulled);
+                (pulled, _) => parent_id = Some(pulled?),
+            }
         }
-        if let Parent::Base { python } = &parent {
+        if let Parent::Base { python, stands_in_for } = &parent {
             let base = base::prepare_in(&self.store, python, log).await?;
+            parent_id = Some(base.layer.clone());
             let series: String = python.split('.').take(2).collect::<Vec<_>>().join(".");
-            if !base.python_version.starts_with(&series) || from.rsplit('-').next() != Some(base.suite.as_str()) {
+            if let Some(requested) = stands_in_for {
+                let _ = log.send(LogLine::system(format!(
+                    "ferry: Python {requested} is not one this Ferry host makes (it makes {}); `{from}` runs on Ferry's Debian {} base with Python {} instead. Ask for python_version=\"{series}\" to match it, or start `ferry serve --exact-python` to refuse such images",
+                    base::available_pythons().join(" and "),
+                    base.suite,
+                    base.python_version
+                )));
+            } else if !base.python_version.starts_with(&series) || from.rsplit('-').next() != Some(base.suite.as_str()) {
                 let _ = log.send(LogLine::system(format!(
                     "ferry: `{from}` is provided by Ferry's Debian {} base with Python {}",
                     base.suite, base.python_version
@@ -270,9 +292,10 @@ impl ImageBuilder {
         }
         match base::parse_base_reference(reference) {
             Ok(python) => match base::suite_for_python(&python) {
-                Ok(_) => Ok(Parent::Base { python }),
-                // A Python Ferry cannot make itself may still come from a configured registry.
-                Err(e) if self.settings.registries.is_empty() => Err(e),
+                Ok(_) => Ok(Parent::Base { python, stands_in_for: None }),
+                // A Python Ferry cannot make itself may still come from a configured registry,
+                // and failing that the nearest series Ferry makes stands in for it.
+                Err(e) if self.settings.registries.is_empty() => self.stand_in(&python).ok_or(e),
                 Err(_) => Ok(Parent::Registry { reference: reference.to_string() }),
             },
             Err(_) => {
@@ -280,6 +303,16 @@ impl ImageBuilder {
                 Ok(Parent::Registry { reference: reference.to_string() })
             }
         }
+    }
+
+    /// Ferry's base of the nearest series it makes, for a requested one it does not, unless the
+    /// operator asked for exact versions.
+    fn stand_in(&self, python: &str) -> Option<Parent> {
+        if self.settings.exact_python {
+            return None;
+        }
+        let series = base::stand_in_python(python)?;
+        Some(Parent::Base { python: series.to_string(), stands_in_for: Some(python.to_string()) })
     }
 
     async fn run_steps(&self, job: BuildJob<'_>, log: &LogSink) -> Result<LayerRecord> {

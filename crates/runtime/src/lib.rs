@@ -32,7 +32,7 @@ mod standalone;
 mod replica;
 mod store;
 
-pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, suite_for_python, BaseImage, PYTHON_SUITES};
+pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, stand_in_python, suite_for_python, BaseImage, PYTHON_SUITES};
 pub use builder::{BuildOptions, BuildSettings, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};
 pub use cgroup::Limits;
 pub use container::{BindMount, Container, ContainerRuntime, ContainerSpec, ExecSpec, ExitStatus, Network, Process, RawOutput, Scratch, Signal};

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{argv, base, run};
-use ferry_runtime::{BuildOptions, ContainerRuntime, ContainerSpec, ContextFile, Error, HostContextFile, ImageBuilder, LayerSpec, LogLine, Stream};
+use ferry_runtime::{BuildOptions, BuildSettings, ContainerRuntime, ContainerSpec, ContextFile, Error, HostContextFile, ImageBuilder, LayerSpec, LogLine, Stream};
 
 fn sink() -> (ferry_runtime::LogSink, tokio::sync::mpsc::UnboundedReceiver<LogLine>) {
     tokio::sync::mpsc::unbounded_channel()
@@ -175,10 +175,23 @@ async fn env_workdir_cmd_and_copy_accumulate_across_layers() {
 #[tokio::test]
 async fn unsupported_inputs_fail_clearly() {
     let Some((store, base)) = base().await else { return };
-    let builder = ImageBuilder::new(store);
-    let (tx, _rx) = sink();
-    let err = builder.build(&LayerSpec { commands: vec!["FROM python:3.12-slim-bookworm".into()], ..Default::default() }, &tx).await.unwrap_err();
+    let base_python = store.layer(&base).unwrap().config.python_version;
+    let strict = ImageBuilder::with_settings(store.clone(), BuildSettings { exact_python: true, ..Default::default() });
+    let (tx, mut rx) = sink();
+    let python312 = LayerSpec { commands: vec!["FROM python:3.12-slim-bookworm".into()], ..Default::default() };
+    let err = strict.build(&python312, &tx).await.unwrap_err();
     assert!(err.to_string().contains("3.11 (Debian bookworm)"), "{err}");
+    // Without `exact_python`, the nearest series Ferry makes stands in, and the log says so.
+    let builder = ImageBuilder::new(store);
+    // Forced, so that a layer an earlier run left is built again and says so again.
+    let built = builder.build_with(&python312, BuildOptions { force: true, ..Default::default() }, &tx).await.unwrap();
+    assert!(base_python.as_deref().is_some_and(|v| v.starts_with("3.11.")), "{base_python:?}");
+    assert_eq!(built.config.python_version, base_python);
+    let mut said = String::new();
+    while let Ok(line) = rx.try_recv() {
+        said.push_str(&line.text);
+    }
+    assert!(said.contains("Python 3.12 is not one this Ferry host makes"), "{said}");
     let err = builder.build(&LayerSpec { commands: vec!["FROM ubuntu:24.04".into()], ..Default::default() }, &tx).await.unwrap_err();
     // Not a Ferry base: a registry image, and no registry is configured.
     assert!(matches!(err, Error::RegistryNotConfigured { .. }) && err.to_string().contains("--registry-mirror default=URL"), "{err}");
