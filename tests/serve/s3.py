@@ -67,7 +67,8 @@ class SeaweedS3:
         self.port = free_port()
         ports = {name: free_port() for name in ("master", "volume", "filer")}
         args = [
-            weed, "mini", f"-dir={self.dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
+            # Its own log files go with the rest of its directory.
+            weed, f"-logdir={self.dir}", "mini", f"-dir={self.dir / 'data'}", f"-ip={self.ip}", f"-ip.bind={self.ip}",
             f"-s3.port={self.port}", f"-s3.config={config}",
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             f"-master.port.grpc={free_port()}", f"-volume.port.grpc={free_port()}", f"-filer.port.grpc={free_port()}",

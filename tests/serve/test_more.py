@@ -102,10 +102,18 @@ with app.run() as running:
     assert "warm before call True" in out.stdout and "call warm" in out.stdout
 
 
-def test_detached_run_outlives_the_client(runner):
+def detached_apps(runner) -> dict[str, str]:
+    out = runner.modal("app", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    return {a["app_id"]: a["state"] for a in json.loads(out.stdout) if a["description"] == "ferry-detached"}
+
+
+def test_detached_run_outlives_the_client_and_stops_when_done(runner):
+    before = detached_apps(runner)
     key = f"k{time.time_ns()}"
     out = runner.modal("run", "--detach", str(APPS / "detached.py"), "--key", key, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
+    [app_id] = [a for a in detached_apps(runner) if a not in before]
     code = f"""
 import time, modal
 d = modal.Dict.from_name("ferry-detached-results", create_if_missing=True)
@@ -114,10 +122,22 @@ while time.time() < deadline and d.get({key!r}) is None:
     time.sleep(0.5)
 print("value " + str(d.get({key!r})))
 """
+    # The spawned call finishes although the client left right after spawning it.
     check = runner.python(code, timeout=180)
     assert check.returncode == 0, check.stderr
     assert "value done" in check.stdout
-    apps = json.loads(runner.modal("app", "list", "--json").stdout)
-    row = next(a for a in apps if a["description"] == "ferry-detached" and a["state"] != "stopped")
-    assert row["state"] == "ephemeral (detached)"
-    assert runner.modal("app", "stop", row["app_id"], "--yes").returncode == 0
+    # Its last call done, the app stops by itself.
+    deadline = time.time() + 60
+    while time.time() < deadline and detached_apps(runner)[app_id] != "stopped":
+        time.sleep(0.5)
+    assert detached_apps(runner)[app_id] == "stopped"
+
+    # An entrypoint that waited for its work: the app stops as the client leaves, and the
+    # client gets the app's last logs instead of timing out on them.
+    key = f"w{time.time_ns()}"
+    before = detached_apps(runner)
+    out = runner.modal("run", "--detach", str(APPS / "detached.py"), "--key", key, "--wait", timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "finished" in out.stdout and "Timed out waiting for final app logs" not in out.stdout + out.stderr, out.stdout + out.stderr
+    [app_id] = [a for a in detached_apps(runner) if a not in before]
+    assert detached_apps(runner)[app_id] == "stopped"

@@ -198,7 +198,8 @@ pub(crate) async fn stop(s: &ModalService, r: Request<api::AppStopRequest>) -> R
     Ok(Response::new(()))
 }
 
-/// The client is going away: an ephemeral run ends with it; a detached one keeps running.
+/// The client is going away: an ephemeral run ends with it; a detached one keeps running until
+/// its work is done (`stop_finished_detached_apps`), at once if there is none.
 pub(crate) async fn client_disconnect(s: &ModalService, r: Request<api::AppClientDisconnectRequest>) -> Rpc<()> {
     let app = s.store.app(id(&r.get_ref().app_id)?).await.or_status()?;
     let next = match app.state {
@@ -210,9 +211,51 @@ pub(crate) async fn client_disconnect(s: &ModalService, r: Request<api::AppClien
         s.store.set_app_state(&app.id, state).await.or_status()?;
         if state == AppState::Stopped {
             crate::launch::stop_app(s, &app.id);
+        } else if detached_work_done(s, &app.id).await.or_status()? {
+            stop_detached(s, &app.id).await.or_status()?;
         }
     }
     Ok(Response::new(()))
+}
+
+/// Whether a detached app whose client has left has nothing more to do: no call of its
+/// functions waiting or running, no sandbox running, and nothing that serves on its own (a web
+/// endpoint or a schedule keeps it up until `modal app stop`).
+async fn detached_work_done(s: &ModalService, app_id: &str) -> Result<bool, ferry_store::StoreError> {
+    // The store answers for every replica; this replica's scheduler also for inputs it has
+    // not written yet.
+    if s.store.app_has_unfinished_inputs(app_id).await? {
+        return Ok(false);
+    }
+    for f in s.store.functions_of_app(app_id).await? {
+        if !s.scheduler.calls_in_flight(&f.id).is_empty() {
+            return Ok(false);
+        }
+        let def = api::Function::decode(f.definition.as_deref().unwrap_or_default()).unwrap_or_default();
+        if def.schedule.is_some() || def.webhook_config.as_ref().is_some_and(|w| w.r#type != 0) {
+            return Ok(false);
+        }
+    }
+    let filter = ferry_store::SandboxFilter { app_id: Some(app_id.to_string()), limit: 1, ..Default::default() };
+    Ok(s.store.list_sandboxes(&filter).await?.is_empty())
+}
+
+async fn stop_detached(s: &ModalService, app_id: &str) -> Result<(), ferry_store::StoreError> {
+    tracing::info!(app_id, "stopping detached app: its client left and its work is done");
+    s.store.set_app_state(app_id, AppState::Stopped).await?;
+    crate::launch::stop_app(s, app_id);
+    Ok(())
+}
+
+/// Stops the detached apps whose client has left once their last call and sandbox finished
+/// (the reaper's tick; the state is in the store, so a restart picks them up again).
+pub(crate) async fn stop_finished_detached_apps(s: &ModalService) -> Result<(), ferry_store::StoreError> {
+    for app_id in s.store.apps_in_state(AppState::DetachedDisconnected).await? {
+        if detached_work_done(s, &app_id).await? {
+            stop_detached(s, &app_id).await?;
+        }
+    }
+    Ok(())
 }
 
 fn batches(entries: &[LogEntry]) -> Vec<api::TaskLogsBatch> {

@@ -371,6 +371,17 @@ fn restore_deployments(modal: ModalService) {
 
 /// Reclaims expired ephemeral objects and apps, and expired queue partitions, in the background.
 fn spawn_reaper(modal: ModalService) {
+    // Detached apps whose client left stop soon after their last call ends.
+    let detached = modal.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            if let Err(e) = apps::stop_finished_detached_apps(&detached).await {
+                tracing::warn!("stopping finished detached apps failed: {e}");
+            }
+        }
+    });
     let (store, config) = (modal.store.clone(), modal.config.clone());
     tokio::spawn(async move {
         let period = (config.ephemeral_ttl / 4).clamp(Duration::from_millis(500), Duration::from_secs(30));

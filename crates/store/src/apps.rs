@@ -188,6 +188,11 @@ impl Store {
     }
 
     /// Stops ephemeral apps whose client stopped sending heartbeats `ttl_secs` ago.
+    /// The ids of the apps in `state`.
+    pub async fn apps_in_state(&self, state: AppState) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM apps WHERE state = $1").bind(state as i32).fetch_all(&self.pool).await?)
+    }
+
     pub async fn reap_apps(&self, ttl_secs: f64) -> Result<Vec<String>> {
         let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM apps WHERE state IN (1, 6) AND last_heartbeat < $1")
             .bind(now() - ttl_secs)

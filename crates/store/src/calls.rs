@@ -347,6 +347,17 @@ impl Store {
     }
 
     /// A stored call with its input counts, or None.
+    /// Whether any function of `app_id` has an input not answered yet (queued or running).
+    pub async fn app_has_unfinished_inputs(&self, app_id: &str) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(1 AS BIGINT) FROM function_inputs i JOIN functions f ON f.id = i.function_id WHERE i.state = 'queued' AND f.app_id = $1 LIMIT 1",
+        )
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     pub async fn call(&self, call_id: &str) -> Result<Option<CallRecord>> {
         let Some(row) = sqlx::query("SELECT id, function_id, invocation_type, created_at, cancelled_at FROM function_calls WHERE id = $1")
             .bind(call_id)

@@ -1,4 +1,5 @@
-"""`modal run --detach`: work spawned by the entrypoint outlives the client."""
+"""`modal run --detach`: work spawned by the entrypoint outlives the client, and the app stops
+once that work is done (at once when the entrypoint waited for it)."""
 
 import time
 
@@ -15,6 +16,10 @@ def finish_later(key):
 
 
 @app.local_entrypoint()
-def main(key: str):
-    finish_later.spawn(key)
-    print("spawned", flush=True)
+def main(key: str, wait: bool = False):
+    if wait:
+        finish_later.remote(key)
+        print("finished", flush=True)
+    else:
+        finish_later.spawn(key)
+        print("spawned", flush=True)
