@@ -78,7 +78,9 @@ class SeaweedS3:
             f"-bucket={self.bucket}",
         ]
         self.log = open(self.dir / "weed.log", "w+")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
+        # Its unix sockets go to TMPDIR: its own directory too.
+        env = dict(os.environ, TMPDIR=str(self.dir))
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir, env=env, start_new_session=True)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
