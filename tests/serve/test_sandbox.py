@@ -228,6 +228,53 @@ def test_tunnel_reaches_a_web_server_from_the_host(runner):
     assert r["unverified"] == "URLError", "the certificate is not one a default trust store accepts"
 
 
+def test_tunnel_url_works_from_other_containers(runner):
+    """A tunnel's URL names the server's loopback; it works from inside a sandbox that was
+    already running when the tunnel opened and from a function container started after, not
+    from a sandbox without network, and no longer once the tunnel's sandbox is gone."""
+    r = run(runner, """
+        FETCH = ("import sys, urllib.request\\n"
+                 "try:\\n"
+                 "    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())\\n"
+                 "except Exception as e:\\n"
+                 "    print('failed', type(e).__name__)\\n")
+        def fetch_in(sb, url):
+            p = sb.exec("python", "-c", FETCH, url)
+            text = p.stdout.read().strip()
+            p.wait()
+            return text
+        before = modal.Sandbox.create("sleep", "600", app=app, image=image)
+        offline = modal.Sandbox.create("sleep", "600", app=app, image=image, block_network=True)
+        server = modal.Sandbox.create("python", "-m", "http.server", "8000", app=app, image=image,
+                                      unencrypted_ports=[8000], readiness_probe=modal.Probe.with_tcp(8000))
+        server.wait_until_ready(timeout=60)
+        server.exec("sh", "-c", "echo shared > /index.html").wait()
+        host, port = server.tunnels()[8000].tcp_socket
+        url = f"http://{host}:{port}/index.html"
+        from_sandbox = fetch_in(before, url)
+        from_offline = fetch_in(offline, url)
+
+        fapp = modal.App(APP_NAME + "-fn")
+
+        @fapp.function(image=image, serialized=True)
+        def fetch(url):
+            import urllib.request
+            return urllib.request.urlopen(url, timeout=5).read().decode().strip()
+
+        with fapp.run():
+            from_function = fetch.remote(url)
+        server.terminate()
+        server.wait(raise_on_termination=False)
+        after = fetch_in(before, url)
+        before.terminate(); offline.terminate()
+        out(host=host, from_sandbox=from_sandbox, from_offline=from_offline, from_function=from_function, after=after)
+    """)
+    assert r["host"] == "127.0.0.1", r
+    assert r["from_sandbox"] == "shared" and r["from_function"] == "shared", r
+    assert r["from_offline"].startswith("failed"), r
+    assert r["after"].startswith("failed"), r
+
+
 def test_filesystem_round_trip_of_a_large_file(runner, tmp_path):
     src = tmp_path / "big.bin"
     with open(src, "wb") as f:

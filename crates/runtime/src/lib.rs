@@ -42,7 +42,7 @@ pub use export::{ExportedImage, ExportedLayer, OCI_ZSTD_LAYER};
 pub use gpu::{detect_gpus, Gpu, GpuDevice, DRIVER_LIB_DIR};
 pub use inject::{replace_mount, ReplaceMountError};
 pub use logs::{LogLine, LogSink, Stream};
-pub use net::{serve_forwards_in_process, PortForward};
+pub use net::{serve_forwards_in_process, share_loopback_port, PortForward, SharedLoopbackPort};
 pub use packages::{redact, PackageAccess};
 pub use probe::{isolation, Isolation};
 pub use standalone::standalone_python;

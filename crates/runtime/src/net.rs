@@ -48,6 +48,111 @@ fn hand_over(target: SocketAddr, stream: tokio::net::TcpStream) -> Option<tokio:
     }
 }
 
+/// Ports of the host's loopback that every container with full network access also reaches at
+/// the same address on its own loopback: sandbox tunnels, whose URLs name `127.0.0.1` when
+/// Ferry serves on loopback. A container's loopback is its own, so without this a URL that
+/// works for the client would not work from a function or another sandbox.
+#[derive(Default)]
+struct Shared {
+    forwards: Vec<PortForward>,
+    nets: Vec<std::sync::Weak<SharedNet>>,
+}
+
+static SHARED: std::sync::Mutex<Shared> = std::sync::Mutex::new(Shared { forwards: Vec::new(), nets: Vec::new() });
+
+/// One container's namespace, and the shared ports served into it (by port).
+#[derive(Debug)]
+struct SharedNet {
+    netns: std::fs::File,
+    tasks: std::sync::Mutex<std::collections::HashMap<u16, tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for SharedNet {
+    fn drop(&mut self) {
+        for (_, t) in self.tasks.lock().unwrap().drain() {
+            t.abort();
+        }
+    }
+}
+
+impl SharedNet {
+    /// Serves `listener` (made inside this namespace) for the shared port `forward`, unless
+    /// the port was withdrawn meanwhile.
+    fn serve(&self, listener: std::net::TcpListener, forward: PortForward) {
+        if !SHARED.lock().unwrap().forwards.contains(&forward) {
+            return;
+        }
+        if let Some(task) = serve_listener(listener, forward.target) {
+            if let Some(old) = self.tasks.lock().unwrap().insert(forward.port, task) {
+                old.abort();
+            }
+        }
+    }
+}
+
+/// A loopback port shared with containers (`share_loopback_port`); withdrawn when dropped.
+#[derive(Debug)]
+pub struct SharedLoopbackPort {
+    forward: PortForward,
+}
+
+/// Makes `127.0.0.1:port` inside every container with full network access (running now or
+/// started later) lead to `127.0.0.1:port` of the host, until the returned guard is dropped.
+/// A container whose own program already listens on that port keeps its own.
+pub fn share_loopback_port(port: u16) -> SharedLoopbackPort {
+    let forward = PortForward { port, target: SocketAddr::from(([127, 0, 0, 1], port)) };
+    let nets: Vec<std::sync::Arc<SharedNet>> = {
+        let mut shared = SHARED.lock().unwrap();
+        shared.forwards.push(forward);
+        shared.nets.retain(|n| n.strong_count() > 0);
+        shared.nets.iter().filter_map(|n| n.upgrade()).collect()
+    };
+    for net in nets {
+        let Ok(netns) = net.netns.try_clone() else { continue };
+        if let Ok(mut made) = listen_in(netns, &[forward]) {
+            if let Some((listener, _)) = made.pop() {
+                net.serve(listener, forward);
+            }
+        }
+    }
+    SharedLoopbackPort { forward }
+}
+
+impl Drop for SharedLoopbackPort {
+    fn drop(&mut self) {
+        let nets: Vec<std::sync::Arc<SharedNet>> = {
+            let mut shared = SHARED.lock().unwrap();
+            if let Some(i) = shared.forwards.iter().position(|f| *f == self.forward) {
+                shared.forwards.remove(i);
+            }
+            shared.nets.iter().filter_map(|n| n.upgrade()).collect()
+        };
+        for net in nets {
+            if let Some(task) = net.tasks.lock().unwrap().remove(&self.forward.port) {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Accepts on `listener` and carries each connection to `target` (or hands it to this
+/// process's own listener of `target`).
+fn serve_listener(listener: std::net::TcpListener, target: SocketAddr) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = listener.set_nonblocking(true).and_then(|_| tokio::net::TcpListener::from_std(listener)).ok()?;
+    Some(tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let _ = inbound.set_nodelay(true);
+            let Some(mut inbound) = hand_over(target, inbound) else { continue };
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    }))
+}
+
 /// A port of the container's loopback that Ferry serves from the host: connections to
 /// `127.0.0.1:port` inside are carried to `target` on the host. This is how a container in
 /// its own network namespace reaches the control plane, and nothing else of the host.
@@ -85,7 +190,9 @@ impl NetworkGate {
         let (ready, exit) = (pipe()?, pipe()?);
         let helper = std::thread::Builder::new()
             .name("ferry-net".into())
-            .spawn(move || bring_up(pid_read, go_write, slirp.then_some((ready, exit)), rules, forwards))
+            // Shared loopback ports only for full network access: not without a network, and
+            // not past a CIDR allow-list (whose loopback rule would let them through).
+            .spawn(move || bring_up(pid_read, go_write, slirp.then_some((ready, exit)), rules, forwards, slirp && allowed.is_none()))
             .ctx(|| "starting the network helper thread".into())?;
         Ok(NetworkGate { pid_write, go_read, helper })
     }
@@ -139,24 +246,19 @@ pub(crate) struct NetState {
     _slirp: Option<Slirp>,
     listeners: Vec<(std::net::TcpListener, SocketAddr)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// With full network access: the shared loopback ports served into this namespace.
+    shared: Option<(std::sync::Arc<SharedNet>, Vec<(std::net::TcpListener, PortForward)>)>,
 }
 
 impl NetState {
     fn serve_forwards(&mut self) {
         for (listener, target) in self.listeners.drain(..) {
-            let Ok(listener) = listener.set_nonblocking(true).and_then(|_| tokio::net::TcpListener::from_std(listener)) else { continue };
-            self.tasks.push(tokio::spawn(async move {
-                while let Ok((inbound, _)) = listener.accept().await {
-                    let _ = inbound.set_nodelay(true);
-                    let Some(mut inbound) = hand_over(target, inbound) else { continue };
-                    tokio::spawn(async move {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                            let _ = outbound.set_nodelay(true);
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
-                    });
-                }
-            }));
+            self.tasks.extend(serve_listener(listener, target));
+        }
+        if let Some((net, listeners)) = &mut self.shared {
+            for (listener, forward) in listeners.drain(..) {
+                net.serve(listener, forward);
+            }
         }
     }
 }
@@ -169,7 +271,7 @@ impl Drop for NetState {
     }
 }
 
-fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, slirp: Option<(PipePair, PipePair)>, rules: Option<String>, forwards: Vec<PortForward>) -> std::io::Result<NetState> {
+fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, slirp: Option<(PipePair, PipePair)>, rules: Option<String>, forwards: Vec<PortForward>, share: bool) -> std::io::Result<NetState> {
     let mut pid = [0u8; 4];
     std::fs::File::from(pid_read).read_exact(&mut pid)?;
     let pid = i32::from_ne_bytes(pid);
@@ -181,9 +283,28 @@ fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, slirp: Option<(PipePair, PipeP
     if let Some(rules) = rules {
         apply_rules(&netns, &rules)?;
     }
+    let shared = if share {
+        // Registered and listed under one lock: a port shared after this reaches the
+        // namespace through the registration, one shared before through the list.
+        let net = std::sync::Arc::new(SharedNet { netns: netns.try_clone()?, tasks: Default::default() });
+        let ports: Vec<PortForward> = {
+            let mut shared = SHARED.lock().unwrap();
+            shared.nets.retain(|n| n.strong_count() > 0);
+            shared.nets.push(std::sync::Arc::downgrade(&net));
+            shared.forwards.iter().filter(|f| !forwards.iter().any(|own| own.port == f.port)).copied().collect()
+        };
+        // One listener at a time: a port the container cannot have (taken) is skipped.
+        let listeners = ports
+            .iter()
+            .filter_map(|f| netns.try_clone().ok().and_then(|ns| listen_in(ns, &[*f]).ok()).and_then(|mut l| l.pop()).map(|(l, _)| (l, *f)))
+            .collect();
+        Some((net, listeners))
+    } else {
+        None
+    };
     let listeners = if forwards.is_empty() { Vec::new() } else { listen_in(netns, &forwards)? };
     std::fs::File::from(go_write).write_all(&[1])?;
-    Ok(NetState { _slirp: slirp, listeners, tasks: Vec::new() })
+    Ok(NetState { _slirp: slirp, listeners, tasks: Vec::new(), shared })
 }
 
 /// `nft -f -` inside the container's network namespace.

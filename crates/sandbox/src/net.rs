@@ -46,6 +46,9 @@ pub(crate) struct Tunnel {
     pub container_port: u16,
     pub tls: bool,
     task: JoinHandle<()>,
+    /// On a loopback address, the port is shared into other containers so that the tunnel's
+    /// URL works from them too.
+    _shared: Option<ferry_runtime::SharedLoopbackPort>,
 }
 
 impl Drop for Tunnel {
@@ -108,5 +111,6 @@ pub(crate) async fn open_tunnel(
             });
         }
     });
-    Ok(Tunnel { host_port, container_port: port, tls: is_tls, task })
+    let shared = (bind == IpAddr::from([127, 0, 0, 1])).then(|| ferry_runtime::share_loopback_port(host_port));
+    Ok(Tunnel { host_port, container_port: port, tls: is_tls, task, _shared: shared })
 }
