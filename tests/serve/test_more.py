@@ -108,6 +108,48 @@ def detached_apps(runner) -> dict[str, str]:
     return {a["app_id"]: a["state"] for a in json.loads(out.stdout) if a["description"] == "ferry-detached"}
 
 
+def test_app_tags_are_kept_set_and_checked(runner, tmp_path):
+    """`App(tags=...)` on a run and a deploy, `App.set_tags` (replacing them) and
+    `App.get_tags`, from the same client and from a later one; the server refuses a tag the
+    client's own check would, when another client sends it."""
+    name = f"ferry-tags-{time.time_ns()}"
+    app_file = tmp_path / "tagged.py"
+    app_file.write_text(f"""
+import modal
+app = modal.App({name!r}, tags={{"team": "ml", "cost-center": "a.1"}})
+
+@app.function()
+def f():
+    return 1
+""")
+    out = runner.modal("deploy", str(app_file), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = f"""
+import modal
+deployed = modal.App.lookup({name!r})
+print("DEPLOYED", sorted(deployed.get_tags().items()))
+deployed.set_tags({{"team": "infra"}})
+print("SET", sorted(modal.App.lookup({name!r}).get_tags().items()))
+app = modal.App("ferry-tags-run", tags={{"run": "1"}})
+with app.run():
+    print("RUN", sorted(app.get_tags().items()))
+    # Past the client's own check, as another client could send it.
+    import modal.app as app_module
+    app_module.check_tag_dict = lambda tags: None
+    try:
+        app.set_tags({{"bad key!": "x"}})
+        print("BAD accepted")
+    except Exception as e:
+        print("BAD", type(e).__name__, str(e)[:200])
+"""
+    out = runner.python(code, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "DEPLOYED [('cost-center', 'a.1'), ('team', 'ml')]" in out.stdout, out.stdout + out.stderr
+    assert "SET [('team', 'infra')]" in out.stdout, out.stdout
+    assert "RUN [('run', '1')]" in out.stdout, out.stdout
+    assert "BAD" in out.stdout and "BAD accepted" not in out.stdout and "invalid tag key" in out.stdout, out.stdout + out.stderr
+
+
 def test_detached_run_outlives_the_client_and_stops_when_done(runner):
     before = detached_apps(runner)
     key = f"k{time.time_ns()}"

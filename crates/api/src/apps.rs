@@ -34,13 +34,51 @@ pub(crate) async fn create(s: &ModalService, r: Request<api::AppCreateRequest>) 
     if req.description.len() > 4096 {
         return Err(invalid("app description is longer than 4096 bytes"));
     }
+    let tags = checked_tags(&req.tags)?;
     let app = s
         .store
         .create_app(&req.environment_name, None, &req.description, state, &req.client_id, &by)
         .await
         .or_status()?;
+    if !tags.is_empty() {
+        s.store.set_app_tags(&app.id, &tags).await.or_status()?;
+    }
     let url = page_url(s, &app.id);
     Ok(Response::new(api::AppCreateResponse { app_id: app.id, app_logs_url: format!("{url}/logs"), app_page_url: url }))
+}
+
+/// Tags as the client sends them, checked by the client's own rule (keys and values of 1 to 63
+/// letters, digits, `.`, `_` or `-`), at most 64 of them.
+fn checked_tags(tags: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Status> {
+    if tags.len() > 64 {
+        return Err(invalid(format!("an app has at most 64 tags, not {}", tags.len())));
+    }
+    let valid = |t: &str| (1..=63).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    for (k, v) in tags {
+        for (what, t) in [("key", k), ("value", v)] {
+            if !valid(t) {
+                let shown: String = t.chars().take(70).collect();
+                return Err(invalid(format!(
+                    "invalid tag {what} {shown:?}: tags are 1 to 63 letters, digits, periods, underscores or dashes"
+                )));
+            }
+        }
+    }
+    Ok(tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// `App.set_tags`: the app's tags become exactly these.
+pub(crate) async fn set_tags(s: &ModalService, r: Request<api::AppSetTagsRequest>) -> Rpc<()> {
+    let req = r.into_inner();
+    let tags = checked_tags(&req.tags)?;
+    s.store.set_app_tags(id(&req.app_id)?, &tags).await.or_status()?;
+    Ok(Response::new(()))
+}
+
+/// `App.get_tags`.
+pub(crate) async fn get_tags(s: &ModalService, r: Request<api::AppGetTagsRequest>) -> Rpc<api::AppGetTagsResponse> {
+    let tags = s.store.app_tags(id(&r.get_ref().app_id)?).await.or_status()?;
+    Ok(Response::new(api::AppGetTagsResponse { tags: tags.into_iter().collect() }))
 }
 
 pub(crate) async fn get_or_create(s: &ModalService, r: Request<api::AppGetOrCreateRequest>) -> Rpc<api::AppGetOrCreateResponse> {
@@ -372,6 +410,8 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
     if state == AppState::Deployed && req.name.is_empty() {
         return Err(invalid("a deployment needs a name"));
     }
+    // The constructor's tags; none leaves those `App.set_tags` gave.
+    let tags = checked_tags(&req.tags)?;
     if req.deployment_tag.len() > 50 {
         return Err(invalid("a deployment tag is at most 50 characters"));
     }
@@ -403,6 +443,9 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         req.definition_ids.keys().cloned().collect()
     };
     s.store.retain_web_routes(&app.id, &published).await.or_status()?;
+    if !tags.is_empty() {
+        s.store.set_app_tags(&app.id, &tags).await.or_status()?;
+    }
     s.store.set_app_state(&app.id, state).await.or_status()?;
     let mut deployed_at = ferry_store::now();
     if state == AppState::Deployed {

@@ -134,6 +134,8 @@ modal_client_impl! {
         app_heartbeat(api::AppHeartbeatRequest) -> () => crate::apps::heartbeat;
         app_list(api::AppListRequest) -> api::AppListResponse => crate::apps::list;
         app_stop(api::AppStopRequest) -> () => crate::apps::stop;
+        app_set_tags(api::AppSetTagsRequest) -> () => crate::apps::set_tags;
+        app_get_tags(api::AppGetTagsRequest) -> api::AppGetTagsResponse => crate::apps::get_tags;
         app_client_disconnect(api::AppClientDisconnectRequest) -> () => crate::apps::client_disconnect;
         app_fetch_logs(api::AppFetchLogsRequest) -> api::AppFetchLogsResponse => crate::apps::fetch_logs;
         app_count_logs(api::AppCountLogsRequest) -> api::AppCountLogsResponse => crate::apps::count_logs;

@@ -1,5 +1,6 @@
 //! Apps and their log streams.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sqlx::Row;
@@ -188,6 +189,23 @@ impl Store {
     }
 
     /// Stops ephemeral apps whose client stopped sending heartbeats `ttl_secs` ago.
+    /// An app's tags (`App(tags=...)`, `App.set_tags`).
+    pub async fn app_tags(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        let text: Option<String> = sqlx::query_scalar("SELECT tags FROM apps WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let text = text.ok_or_else(|| StoreError::NotFound(format!("App {id} not found")))?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Io(format!("corrupt tags of app {id}: {e}")))
+    }
+
+    /// Replaces an app's tags.
+    pub async fn set_app_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        let text = serde_json::to_string(tags).map_err(|e| StoreError::Io(e.to_string()))?;
+        let done = sqlx::query("UPDATE apps SET tags = $2 WHERE id = $1").bind(id).bind(text).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("App {id} not found")));
+        }
+        Ok(())
+    }
+
     /// The ids of the apps in `state`.
     pub async fn apps_in_state(&self, state: AppState) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT id FROM apps WHERE state = $1").bind(state as i32).fetch_all(&self.pool).await?)
