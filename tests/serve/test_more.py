@@ -150,6 +150,41 @@ with app.run():
     assert "BAD" in out.stdout and "BAD accepted" not in out.stdout and "invalid tag key" in out.stdout, out.stdout + out.stderr
 
 
+def test_function_from_id_and_info(runner, tmp_path):
+    """`modal.Function.from_id` in a later client calls the deployed function, `.info()` reads
+    its settings, and an id that names nothing is a NotFoundError."""
+    name = f"ferry-from-id-{time.time_ns()}"
+    app_file = tmp_path / "by_id.py"
+    app_file.write_text(f"""
+import modal
+app = modal.App({name!r})
+
+@app.function(cpu=0.5, memory=256, schedule=modal.Period(days=1))
+def double(x=0):
+    return 2 * x
+""")
+    out = runner.modal("deploy", str(app_file), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = runner.python(f"""
+import modal
+fid = modal.Function.from_name({name!r}, "double").hydrate().object_id
+f = modal.Function.from_id(fid)
+print("CALL", f.remote(21))
+info = f.info()
+print("INFO", info.cpu, info.memory_mib, info.schedule is not None)
+try:
+    modal.Function.from_id("fu-" + "x" * 22).remote(1)
+    print("MISSING found")
+except modal.exception.NotFoundError as e:
+    print("MISSING", type(e).__name__)
+""", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "CALL 42" in out.stdout, out.stdout + out.stderr
+    assert "INFO 0.5 256 True" in out.stdout, out.stdout + out.stderr
+    assert "MISSING NotFoundError" in out.stdout, out.stdout + out.stderr
+    assert runner.modal("app", "stop", name, "--yes").returncode == 0
+
+
 def test_detached_run_outlives_the_client_and_stops_when_done(runner):
     before = detached_apps(runner)
     key = f"k{time.time_ns()}"

@@ -159,6 +159,7 @@ modal_client_impl! {
         function_precreate(api::FunctionPrecreateRequest) -> api::FunctionPrecreateResponse => crate::functions::precreate;
         function_create(api::FunctionCreateRequest) -> api::FunctionCreateResponse => crate::functions::create;
         function_get(api::FunctionGetRequest) -> api::FunctionGetResponse => crate::functions::get;
+        function_get_by_id(api::FunctionGetByIdRequest) -> api::FunctionGetByIdResponse => crate::functions::get_by_id;
         function_map(api::FunctionMapRequest) -> api::FunctionMapResponse => crate::functions::map;
         function_put_inputs(api::FunctionPutInputsRequest) -> api::FunctionPutInputsResponse => crate::functions::put_inputs;
         function_get_outputs(api::FunctionGetOutputsRequest) -> api::FunctionGetOutputsResponse => crate::functions::get_outputs;
