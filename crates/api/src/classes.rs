@@ -49,8 +49,7 @@ pub(crate) async fn bind_params(s: &ModalService, r: Request<api::FunctionBindPa
         Some(b) => s.store.function(b).await.or_status()?,
         None => base,
     };
-    let mut def = api::Function::decode(base.definition.clone().unwrap_or_default().as_slice())
-        .map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", base.id)))?;
+    let mut def = crate::functions::stored_definition(&base)?.unwrap_or_default();
     let base_def = def.clone();
     if let Some(o) = req.function_options {
         if o.replace_secret_ids {

@@ -64,40 +64,40 @@ fn function_data(function: &api::Function) -> api::FunctionData {
     api::FunctionData {
         module_name: function.module_name.clone(),
         function_name: function.function_name.clone(),
-        function_type: function.function_type.clone(),
-        warm_pool_size: function.warm_pool_size.clone(),
-        concurrency_limit: function.concurrency_limit.clone(),
-        task_idle_timeout_secs: function.task_idle_timeout_secs.clone(),
-        experimental_group_size: function.experimental_group_size.clone(),
-        experimental_fabric_size: function.experimental_fabric_size.clone(),
-        experimental_buffer_containers: function.experimental_buffer_containers.clone(),
-        experimental_custom_scaling: function.experimental_custom_scaling.clone(),
-        experimental_enable_gpu_snapshot: function.experimental_enable_gpu_snapshot.clone(),
+        function_type: function.function_type,
+        warm_pool_size: function.warm_pool_size,
+        concurrency_limit: function.concurrency_limit,
+        task_idle_timeout_secs: function.task_idle_timeout_secs,
+        experimental_group_size: function.experimental_group_size,
+        experimental_fabric_size: function.experimental_fabric_size,
+        experimental_buffer_containers: function.experimental_buffer_containers,
+        experimental_custom_scaling: function.experimental_custom_scaling,
+        experimental_enable_gpu_snapshot: function.experimental_enable_gpu_snapshot,
         worker_id: function.worker_id.clone(),
-        timeout_secs: function.timeout_secs.clone(),
+        timeout_secs: function.timeout_secs,
         web_url: function.web_url.clone(),
-        web_url_info: function.web_url_info.clone(),
+        web_url_info: function.web_url_info,
         webhook_config: function.webhook_config.clone(),
         custom_domain_info: function.custom_domain_info.clone(),
-        method_definitions_set: function.method_definitions_set.clone(),
+        method_definitions_set: function.method_definitions_set,
         method_definitions: function.method_definitions.clone(),
-        is_class: function.is_class.clone(),
+        is_class: function.is_class,
         class_parameter_info: function.class_parameter_info.clone(),
-        is_method: function.is_method.clone(),
+        is_method: function.is_method,
         schedule: function.schedule.clone(),
-        untrusted: function.untrusted.clone(),
-        snapshot_debug: function.snapshot_debug.clone(),
-        runtime_perf_record: function.runtime_perf_record.clone(),
-        autoscaler_settings: function.autoscaler_settings.clone(),
+        untrusted: function.untrusted,
+        snapshot_debug: function.snapshot_debug,
+        runtime_perf_record: function.runtime_perf_record,
+        autoscaler_settings: function.autoscaler_settings,
         function_schema: function.function_schema.clone(),
         flash_service_urls: function.flash_service_urls.clone(),
         flash_service_label: function.flash_service_label.clone(),
-        startup_timeout_secs: function.startup_timeout_secs.clone(),
+        startup_timeout_secs: function.startup_timeout_secs,
         supported_input_formats: function.supported_input_formats.clone(),
         supported_output_formats: function.supported_output_formats.clone(),
         http_config: function.http_config.clone(),
         implementation_name: function.implementation_name.clone(),
-        is_server: function.is_server.clone(),
+        is_server: function.is_server,
         routing_region: function.routing_region.clone(),
         is_sessioned: function.is_sessioned,
         experimental_options: function.experimental_options.clone(),
@@ -165,8 +165,7 @@ pub(crate) async fn get(s: &ModalService, r: Request<api::FunctionGetRequest>) -
     let record = s.store.function_by_tag(&app.id, &req.object_tag).await.or_status()?.ok_or_else(|| {
         Status::not_found(format!("Function '{}' not found in app '{}'", req.object_tag, req.app_name))
     })?;
-    let function = api::Function::decode(record.definition.unwrap_or_default().as_slice())
-        .map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", record.id)))?;
+    let function = stored_definition(&record)?.unwrap_or_default();
     let data = function_data(&function);
     Ok(Response::new(api::FunctionGetResponse {
         handle_metadata: Some(handle_metadata(&function, &record.id, &app.id)),
@@ -176,16 +175,22 @@ pub(crate) async fn get(s: &ModalService, r: Request<api::FunctionGetRequest>) -
     }))
 }
 
+/// A function record's stored definition (`None` before the client sent one).
+pub(crate) fn stored_definition(record: &ferry_store::FunctionRecord) -> Result<Option<api::Function>, Status> {
+    record
+        .definition
+        .as_deref()
+        .map(|bytes| api::Function::decode(bytes).map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", record.id))))
+        .transpose()
+}
+
 /// `modal.Function.from_id(...)` and `Function.info()`: a function by its id.
 pub(crate) async fn get_by_id(s: &ModalService, r: Request<api::FunctionGetByIdRequest>) -> Rpc<api::FunctionGetByIdResponse> {
     let function_id = r.into_inner().function_id;
     check_id(&function_id, "fu", "Function")?;
     let record = s.store.function(&function_id).await.or_status()?;
-    let function = api::Function::decode(record.definition.clone().unwrap_or_default().as_slice())
-        .map_err(|e| Status::internal(format!("stored definition of {} is unreadable: {e}", record.id)))?;
-    if record.definition.is_none() {
-        return Err(Status::not_found(format!("Function {function_id} has no definition yet (its app is still being created)")));
-    }
+    let function = stored_definition(&record)?
+        .ok_or_else(|| Status::not_found(format!("Function {function_id} has no definition yet (its app is still being created)")))?;
     Ok(Response::new(api::FunctionGetByIdResponse {
         handle_metadata: Some(handle_metadata(&function, &record.id, &record.app_id)),
         function: Some(function_data(&function)),

@@ -211,13 +211,12 @@ impl ImageBuilder {
     }
 
     async fn build_locked(&self, target: Target<'_>, spec: &LayerSpec, options: BuildOptions, log: &LogSink) -> Result<BuiltLayer> {
-        let Target { id, parent, mut parent_id, from, instructions, lines } = target;
+        let Target { id, mut parent, mut parent_id, from, instructions, lines } = target;
         if self.store.contains(&id) && !options.force {
             let record = self.store.layer(&id)?;
             self.store.touch(&id);
             return Ok(BuiltLayer { id, cached: true, config: record.config });
         }
-        let mut parent = parent;
         if let Parent::Registry { reference } = &parent {
             let pulled = registry::pull(&self.store, &self.settings.registries, reference, spec.registry_credentials.as_ref(), log).await;
             match (pulled, base::parse_base_reference(reference)) {

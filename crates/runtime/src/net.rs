@@ -108,11 +108,8 @@ pub fn share_loopback_port(port: u16) -> SharedLoopbackPort {
         shared.nets.iter().filter_map(|n| n.upgrade()).collect()
     };
     for net in nets {
-        let Ok(netns) = net.netns.try_clone() else { continue };
-        if let Ok(mut made) = listen_in(netns, &[forward]) {
-            if let Some((listener, _)) = made.pop() {
-                net.serve(listener, forward);
-            }
+        if let Some(listener) = listen_one(&net.netns, forward) {
+            net.serve(listener, forward);
         }
     }
     SharedLoopbackPort { forward }
@@ -294,10 +291,7 @@ fn bring_up(pid_read: OwnedFd, go_write: OwnedFd, slirp: Option<(PipePair, PipeP
             shared.forwards.iter().filter(|f| !forwards.iter().any(|own| own.port == f.port)).copied().collect()
         };
         // One listener at a time: a port the container cannot have (taken) is skipped.
-        let listeners = ports
-            .iter()
-            .filter_map(|f| netns.try_clone().ok().and_then(|ns| listen_in(ns, &[*f]).ok()).and_then(|mut l| l.pop()).map(|(l, _)| (l, *f)))
-            .collect();
+        let listeners = ports.into_iter().filter_map(|f| listen_one(&netns, f).map(|l| (l, f))).collect();
         Some((net, listeners))
     } else {
         None
@@ -341,6 +335,12 @@ fn listen_in(netns: std::fs::File, forwards: &[PortForward]) -> std::io::Result<
     })
     .join()
     .map_err(|_| std::io::Error::other("the listening thread panicked"))?
+}
+
+/// One shared port's listener in a namespace, or none when it cannot be had there.
+fn listen_one(netns: &std::fs::File, forward: PortForward) -> Option<std::net::TcpListener> {
+    let mut made = listen_in(netns.try_clone().ok()?, &[forward]).ok()?;
+    made.pop().map(|(listener, _)| listener)
 }
 
 fn start_slirp(pid: i32, ready: PipePair, exit: PipePair) -> std::io::Result<Slirp> {

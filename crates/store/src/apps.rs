@@ -198,12 +198,7 @@ impl Store {
 
     /// Replaces an app's tags.
     pub async fn set_app_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
-        let text = serde_json::to_string(tags).map_err(|e| StoreError::Io(e.to_string()))?;
-        let done = sqlx::query("UPDATE apps SET tags = $2 WHERE id = $1").bind(id).bind(text).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("App {id} not found")));
-        }
-        Ok(())
+        self.replace_tags("apps", "App", id, tags).await
     }
 
     /// The ids of the apps in `state`.

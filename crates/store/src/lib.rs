@@ -111,6 +111,17 @@ pub struct Store {
 const SQLITE_MMAP_BYTES: u64 = 1 << 30;
 
 impl Store {
+    /// Replaces the JSON `tags` column of row `id` in `table` (apps, sandboxes); `kind` names
+    /// the object when there is no such row.
+    pub(crate) async fn replace_tags(&self, table: &'static str, kind: &str, id: &str, tags: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        let json = serde_json::to_string(tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let done = sqlx::query(&format!("UPDATE {table} SET tags = $1 WHERE id = $2")).bind(json).bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("{kind} {id} not found")));
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) the embedded database in `data_dir`.
     ///
     /// ```no_run

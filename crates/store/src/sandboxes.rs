@@ -181,12 +181,7 @@ impl Store {
     }
 
     pub async fn set_sandbox_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
-        let json = serde_json::to_string(tags).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let done = sqlx::query("UPDATE sandboxes SET tags = $1 WHERE id = $2").bind(json).bind(id).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("Sandbox {id} not found")));
-        }
-        Ok(())
+        self.replace_tags("sandboxes", "Sandbox", id, tags).await
     }
 
     /// Records that the sandbox's container is running.
