@@ -218,3 +218,66 @@ print("value " + str(d.get({key!r})))
     assert "finished" in out.stdout and "Timed out waiting for final app logs" not in out.stdout + out.stderr, out.stdout + out.stderr
     [app_id] = [a for a in detached_apps(runner) if a not in before]
     assert detached_apps(runner)[app_id] == "stopped"
+
+
+def test_logs_of_a_call_a_function_and_a_sandbox(runner, tmp_path):
+    """The logs API of the client: `FunctionCall.logs` holds only that call's lines (fetch, and a
+    stream that ends when the call is over, through FunctionCallGetInfo), `Function.logs` and
+    `App.logs` all of them with their call and input, filters by source and text, and
+    `Sandbox.logs` the output of a sandbox's command."""
+    app_file = tmp_path / "logged.py"
+    app_file.write_text("""
+import sys, time
+import modal
+app = modal.App("ferry-logs")
+
+@app.function()
+def shout(tag: str):
+    print(f"hello from {tag}")
+    print(f"warning from {tag}", file=sys.stderr)
+    time.sleep(0.3)
+    print(f"bye from {tag}")
+    return tag
+""")
+    code = """
+import sys, time
+from datetime import datetime, timezone, timedelta
+import modal
+from logged import app, shout
+
+def lines(entries):
+    return [(e.message.strip(), e.source) for e in entries]
+
+since = datetime.now(timezone.utc) - timedelta(seconds=5)
+with app.run():
+    a, b = shout.spawn("A"), shout.spawn("B")
+    assert (a.get(), b.get()) == ("A", "B")
+    time.sleep(1)
+    print("CALL A", sorted(lines(a.logs.fetch(since=since))))
+    print("CALL B STREAM", sorted(lines(b.logs.stream(timeout=20))))
+    entries = list(shout.logs.fetch(since=since))
+    print("FUNCTION", sorted(e.message.strip() for e in entries))
+    calls = {e.message.strip(): e.context_ids[0] for e in entries}
+    print("CALL IDS", calls["hello from A"] == a.object_id, calls["bye from B"] == b.object_id)
+    print("STDERR", sorted(lines(shout.logs.fetch(since=since, source="stderr"))))
+    print("SEARCH", sorted(lines(app.logs.fetch(since=since, search_text="bye"))))
+    sb = modal.Sandbox.create("sh", "-c", "echo sandbox out; echo sandbox err >&2; printf 'no newline'", app=app)
+    sb.wait()
+    deadline = time.time() + 20
+    while True:
+        got = sorted(lines(sb.logs.fetch(since=since)))
+        if len(got) >= 3 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    print("SANDBOX", got)
+"""
+    out = runner.python(code, PYTHONPATH=str(tmp_path), timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "CALL A [('bye from A', 'stdout'), ('hello from A', 'stdout'), ('warning from A', 'stderr')]" in text, text
+    assert "CALL B STREAM [('bye from B', 'stdout'), ('hello from B', 'stdout'), ('warning from B', 'stderr')]" in text, text
+    assert "FUNCTION ['bye from A', 'bye from B', 'hello from A', 'hello from B', 'warning from A', 'warning from B']" in text, text
+    assert "CALL IDS True True" in text, text
+    assert "STDERR [('warning from A', 'stderr'), ('warning from B', 'stderr')]" in text, text
+    assert "SEARCH [('bye from A', 'stdout'), ('bye from B', 'stdout')]" in text, text
+    assert "SANDBOX [('no newline', 'stdout'), ('sandbox err', 'stderr'), ('sandbox out', 'stdout')]" in text, text

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_proto::api;
-use ferry_store::{App, AppState, DeploymentInfo, LogEntry};
+use ferry_store::{App, AppState, DeploymentInfo, LogEntry, LogFilter};
 use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -296,6 +296,39 @@ pub(crate) async fn stop_finished_detached_apps(s: &ModalService) -> Result<(), 
     Ok(())
 }
 
+/// What a log request asks for: `sandbox_id` stands for the sandbox's container.
+struct LogQuery<'a> {
+    function_id: &'a str,
+    task_id: &'a str,
+    function_call_id: &'a str,
+    input_id: &'a str,
+    sandbox_id: &'a str,
+    fd: i32,
+    search_text: &'a str,
+}
+
+async fn log_filter(s: &ModalService, q: LogQuery<'_>) -> Result<LogFilter, Status> {
+    let mut task_id = q.task_id.to_string();
+    if !q.sandbox_id.is_empty() {
+        let sandbox = s.store.sandbox(q.sandbox_id).await.or_status()?;
+        if !task_id.is_empty() && task_id != sandbox.task_id {
+            return Err(invalid(format!("task {task_id} is not the container of Sandbox {}", q.sandbox_id)));
+        }
+        task_id = sandbox.task_id;
+    }
+    if !(0..=3).contains(&q.fd) {
+        return Err(invalid(format!("unknown log source {}", q.fd)));
+    }
+    Ok(LogFilter {
+        function_id: q.function_id.to_string(),
+        task_id,
+        function_call_id: q.function_call_id.to_string(),
+        input_id: q.input_id.to_string(),
+        fd: q.fd,
+        search_text: q.search_text.to_string(),
+    })
+}
+
 fn batches(entries: &[LogEntry]) -> Vec<api::TaskLogsBatch> {
     let mut out: Vec<api::TaskLogsBatch> = Vec::new();
     for e in entries {
@@ -303,6 +336,8 @@ fn batches(entries: &[LogEntry]) -> Vec<api::TaskLogsBatch> {
             data: e.data.clone(),
             timestamp: e.timestamp,
             file_descriptor: e.fd,
+            function_call_id: e.function_call_id.clone(),
+            input_id: e.input_id.clone(),
             ..Default::default()
         };
         match out.last_mut() {
@@ -339,7 +374,19 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
         return Err(invalid("timeout must be a non-negative number of seconds"));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f32(req.timeout.min(MAX_LOG_POLL));
-    let (filter_fn, filter_task) = (req.function_id, req.task_id);
+    let filter = log_filter(
+        s,
+        LogQuery {
+            function_id: &req.function_id,
+            task_id: &req.task_id,
+            function_call_id: &req.function_call_id,
+            input_id: &req.input_id,
+            sandbox_id: &req.sandbox_id,
+            fd: req.file_descriptor,
+            search_text: &req.search_text,
+        },
+    )
+    .await?;
     let store = s.store.clone();
     let scheduler = s.scheduler.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -356,11 +403,7 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
             if let Some(last) = entries.last() {
                 after = last.id;
             }
-            let wanted: Vec<LogEntry> = entries
-                .into_iter()
-                .filter(|e| filter_fn.is_empty() || e.function_id == filter_fn)
-                .filter(|e| filter_task.is_empty() || e.task_id == filter_task)
-                .collect();
+            let wanted: Vec<LogEntry> = entries.into_iter().filter(|e| filter.matches(e)).collect();
             for b in batches(&wanted) {
                 if tx.send(Ok(b)).await.is_err() {
                     return;
@@ -593,14 +636,21 @@ pub(crate) async fn fetch_logs(s: &ModalService, r: Request<api::AppFetchLogsReq
     let since = seconds(req.since).unwrap_or(app.created_at);
     let until = seconds(req.until).unwrap_or(f64::MAX);
     let limit = if req.limit == 0 { 1000 } else { req.limit.min(10_000) } as i64;
-    let entries = s.store.logs_in_range(&app.id, since, until, limit).await.or_status()?;
-    let wanted: Vec<LogEntry> = entries
-        .into_iter()
-        .filter(|e| req.function_id.is_empty() || e.function_id == req.function_id)
-        .filter(|e| req.task_id.is_empty() || e.task_id == req.task_id)
-        .filter(|e| req.search_text.is_empty() || e.data.contains(&req.search_text))
-        .collect();
-    Ok(Response::new(api::AppFetchLogsResponse { batches: batches(&wanted) }))
+    let filter = log_filter(
+        s,
+        LogQuery {
+            function_id: &req.function_id,
+            task_id: &req.task_id,
+            function_call_id: &req.function_call_id,
+            input_id: "",
+            sandbox_id: &req.sandbox_id,
+            fd: req.source,
+            search_text: &req.search_text,
+        },
+    )
+    .await?;
+    let entries = s.store.logs_matching(&app.id, since, until, limit, &filter).await.or_status()?;
+    Ok(Response::new(api::AppFetchLogsResponse { batches: batches(&entries) }))
 }
 
 /// Line counts of an app's past logs per time bucket, by stream: how the client plans a
@@ -614,14 +664,22 @@ pub(crate) async fn count_logs(s: &ModalService, r: Request<api::AppCountLogsReq
     let since = seconds(req.since).unwrap_or(app.created_at);
     let until = seconds(req.until).unwrap_or(f64::MAX);
     let bucket = req.bucket_secs.max(1) as i64;
-    let entries = s.store.logs_in_range(&app.id, since, until, 1_000_000).await.or_status()?;
+    let filter = log_filter(
+        s,
+        LogQuery {
+            function_id: &req.function_id,
+            task_id: &req.task_id,
+            function_call_id: &req.function_call_id,
+            input_id: "",
+            sandbox_id: &req.sandbox_id,
+            fd: req.source,
+            search_text: &req.search_text,
+        },
+    )
+    .await?;
+    let entries = s.store.logs_matching(&app.id, since, until, 1_000_000, &filter).await.or_status()?;
     let mut buckets: BTreeMap<i64, api::app_count_logs_response::LogBucket> = BTreeMap::new();
-    for e in entries
-        .iter()
-        .filter(|e| req.function_id.is_empty() || e.function_id == req.function_id)
-        .filter(|e| req.task_id.is_empty() || e.task_id == req.task_id)
-        .filter(|e| req.search_text.is_empty() || e.data.contains(&req.search_text))
-    {
+    for e in &entries {
         let start = (e.timestamp.floor() as i64).div_euclid(bucket) * bucket;
         let b = buckets.entry(start).or_insert_with(|| api::app_count_logs_response::LogBucket {
             bucket_start_at: Some(prost_types::Timestamp { seconds: start, nanos: 0 }),

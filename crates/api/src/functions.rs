@@ -297,6 +297,39 @@ pub(crate) async fn call_from_id(s: &ModalService, r: Request<api::FunctionCallF
     }))
 }
 
+/// `FunctionCallGetInfo` (`FunctionCall.logs.stream()` asks it whether the call is over): the
+/// call's inputs by outcome, from the store, so it holds across restarts while the call is kept.
+pub(crate) async fn call_get_info(s: &ModalService, r: Request<api::FunctionCallGetInfoRequest>) -> Rpc<api::FunctionCallGetInfoResponse> {
+    let req = r.into_inner();
+    check_id(&req.function_call_id, "fc", "FunctionCall")?;
+    let not_found = || Status::not_found(format!("Function call {} not found (calls are kept until their answers expire)", req.function_call_id));
+    let progress = s.store.call_progress(&req.function_call_id, 100_000).await.or_status()?.ok_or_else(not_found)?;
+    if !req.function_id.is_empty() && req.function_id != progress.function_id {
+        return Err(not_found());
+    }
+    let count = |state: &str| progress.states.iter().filter(|(st, _)| st == state).map(|(_, n)| *n as i32).sum::<i32>();
+    let timeouts = progress
+        .failed_results
+        .iter()
+        .filter(|r| api::GenericResult::decode(r.as_slice()).is_ok_and(|g| g.status == api::generic_result::GenericStatus::Timeout as i32))
+        .count() as i32;
+    let category = |total: i32| Some(api::InputCategoryInfo { total, ..Default::default() });
+    let total: i32 = progress.states.iter().map(|(_, n)| *n as i32).sum();
+    let info = api::FunctionCallInfo {
+        function_call_id: req.function_call_id.clone(),
+        created_at: progress.created_at,
+        scheduled_at: progress.created_at,
+        pending_inputs: category(count("queued")),
+        succeeded_inputs: category(count("done")),
+        failed_inputs: category(count("failed") - timeouts),
+        timeout_inputs: category(timeouts),
+        cancelled_inputs: category(count("cancelled")),
+        total_inputs: total,
+        ..Default::default()
+    };
+    Ok(Response::new(api::FunctionCallGetInfoResponse { info: Some(info) }))
+}
+
 /// `FunctionCall.cancel()`: its waiting and running inputs are answered TERMINATED at once
 /// (recorded in the store); containers running them are told at their next heartbeat, or with
 /// `terminate_containers` killed (their other inputs run again elsewhere).

@@ -21,6 +21,8 @@ const DEFAULT_MAX_CONTAINERS: usize = 8;
 pub(crate) const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
 /// After `kill_switch`, how long a container gets to run `@modal.exit` before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// Most container log lines written in one commit.
+const LOG_BATCH: usize = 512;
 /// Where the API's unix socket appears inside a container without a network.
 const CONTAINER_SOCKET: &str = "/__modal/ferry.sock";
 /// Prefix of the failure recorded when an input overran the function's timeout.
@@ -586,12 +588,32 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
             });
         }
         (Some(mut logs), None) => {
-            let store = s.store.clone();
+            let (store, scheduler) = (s.store.clone(), s.scheduler.clone());
             let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
             tokio::spawn(async move {
+                // Each line is attributed to the input the task runs when the line arrives; the
+                // lines waiting at once are written in one commit.
+                let entry = |line: ferry_runtime::LogLine| {
+                    let (input_id, function_call_id) = scheduler.current_input(&task_id).unwrap_or_default();
+                    ferry_store::NewLog {
+                        task_id: task_id.clone(),
+                        function_id: fid.clone(),
+                        function_call_id,
+                        input_id,
+                        fd: line.stream.fd() as i32,
+                        data: format!("{}\n", line.text),
+                        timestamp: Some(ferry_store::now()),
+                    }
+                };
                 while let Some(line) = logs.recv().await {
-                    let fd = line.stream.fd() as i32;
-                    let _ = store.append_log(&app_id, &task_id, &fid, fd, &format!("{}\n", line.text)).await;
+                    let mut batch = vec![entry(line)];
+                    while batch.len() < LOG_BATCH {
+                        match logs.try_recv() {
+                            Ok(line) => batch.push(entry(line)),
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = store.append_logs(&app_id, &batch).await;
                 }
             });
         }

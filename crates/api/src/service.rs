@@ -56,6 +56,10 @@ impl ModalService {
             ..ferry_scheduler::ReplicaOptions::local(&store, &config.public_url, config.replica_lease)
         };
         let (scheduler, _) = crate::scheduler::Scheduler::open_replica(store.clone(), replica).await?;
+        if let Some(fleet) = &config.fleet {
+            let scheduler = scheduler.clone();
+            fleet.set_log_context(Box::new(move |task_id| scheduler.current_input(task_id)));
+        }
         Ok(ModalService {
             volumes,
             blobs,
@@ -181,6 +185,7 @@ modal_client_impl! {
         function_bind_params(api::FunctionBindParamsRequest) -> api::FunctionBindParamsResponse => crate::classes::bind_params;
         app_get_layout(api::AppGetLayoutRequest) -> api::AppGetLayoutResponse => crate::classes::app_get_layout;
         function_call_from_id(api::FunctionCallFromIdRequest) -> api::FunctionCallFromIdResponse => crate::functions::call_from_id;
+        function_call_get_info(api::FunctionCallGetInfoRequest) -> api::FunctionCallGetInfoResponse => crate::functions::call_get_info;
         function_call_cancel(api::FunctionCallCancelRequest) -> () => crate::functions::cancel;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
         app_deployment_history(api::AppDeploymentHistoryRequest) -> api::AppDeploymentHistoryResponse => crate::apps::deployment_history;

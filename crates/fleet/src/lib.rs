@@ -45,7 +45,12 @@ impl Default for FleetConfig {
 pub struct Fleet {
     pub(crate) store: Store,
     pub(crate) config: Arc<FleetConfig>,
+    log_context: Arc<std::sync::OnceLock<Box<LogContext>>>,
 }
+
+/// Which input, and call, a task's output belongs to now (input id, call id): set by the API
+/// layer, which runs the scheduler, so that host log lines are attributed as local ones are.
+pub type LogContext = dyn Fn(&str) -> Option<(String, String)> + Send + Sync;
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,7 +91,17 @@ pub enum RemoteExit {
 
 impl Fleet {
     pub fn new(store: Store, config: FleetConfig) -> Fleet {
-        Fleet { store, config: Arc::new(config) }
+        Fleet { store, config: Arc::new(config), log_context: Arc::default() }
+    }
+
+    /// Sets how log lines from hosts find their input (once; later calls are ignored).
+    pub fn set_log_context(&self, f: Box<LogContext>) {
+        let _ = self.log_context.set(f);
+    }
+
+    /// The input (and call) a task's output belongs to, when the API layer said how to know.
+    pub(crate) fn log_context(&self, task_id: &str) -> Option<(String, String)> {
+        self.log_context.get().and_then(|f| f(task_id))
     }
 
     pub fn config(&self) -> &FleetConfig {

@@ -197,6 +197,7 @@ async fn logs(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
         Ok(r) => r,
         Err(e) => return e,
     };
+    let mut out: HashMap<String, Vec<ferry_store::NewLog>> = HashMap::new();
     for line in req.lines {
         let known = ctx.tasks.lock().unwrap().get(&line.task_id).cloned();
         let (worker, app, function) = match known {
@@ -217,7 +218,19 @@ async fn logs(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
         if worker != req.worker_id {
             continue;
         }
-        let _ = ctx.fleet.store.append_log(&app, &line.task_id, &function, line.fd, &format!("{}\n", line.text)).await;
+        let (input_id, function_call_id) = ctx.fleet.log_context(&line.task_id).unwrap_or_default();
+        out.entry(app).or_default().push(ferry_store::NewLog {
+            data: format!("{}\n", line.text),
+            task_id: line.task_id,
+            function_id: function,
+            function_call_id,
+            input_id,
+            fd: line.fd,
+            timestamp: None,
+        });
+    }
+    for (app, lines) in out {
+        let _ = ctx.fleet.store.append_logs(&app, &lines).await;
     }
     json(&serde_json::json!({}))
 }

@@ -177,12 +177,20 @@ impl Exec {
 }
 
 /// Copies a pipe into a buffer (or discards it), until EOF.
-pub(crate) async fn pump(mut pipe: impl AsyncRead + Unpin, into: Option<Arc<OutputBuffer>>) {
+pub(crate) async fn pump(pipe: impl AsyncRead + Unpin, into: Option<Arc<OutputBuffer>>) {
+    pump_logged(pipe, into, None).await
+}
+
+/// [`pump`], copying what it reads into the app's log as stream `fd` as well.
+pub(crate) async fn pump_logged(mut pipe: impl AsyncRead + Unpin, into: Option<Arc<OutputBuffer>>, log: Option<(crate::applog::AppLog, i32)>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if let Some((log, fd)) = &log {
+                    log.copy(*fd, &buf[..n]);
+                }
                 if let Some(b) = &into {
                     b.push(Bytes::copy_from_slice(&buf[..n])).await;
                 }

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod applog;
 mod error;
 mod exec;
 pub mod forward;
@@ -334,7 +335,8 @@ impl Sandboxes {
                 return Ok(Created { sandbox_id, task_id, tunnels: vec![] });
             }
         };
-        let live = LiveSandbox::new(sandbox_id.clone(), task_id.clone(), container, spec.probe.is_some(), spec.volumes.clone());
+        let app_log = applog::AppLog::start(self.inner.store.clone(), spec.app_id.clone(), task_id.clone());
+        let live = LiveSandbox::new(sandbox_id.clone(), task_id.clone(), container, spec.probe.is_some(), spec.volumes.clone(), Some(app_log));
         self.inner.volumes.task_started(&task_id, live.pid);
         self.inner.live.lock().unwrap().insert(sandbox_id.clone(), live.clone());
         self.inner.by_task.lock().unwrap().insert(task_id.clone(), sandbox_id.clone());

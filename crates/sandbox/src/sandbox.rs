@@ -53,7 +53,7 @@ pub(crate) struct LiveSandbox {
 }
 
 impl LiveSandbox {
-    pub(crate) fn new(id: String, task_id: String, mut container: Container, has_probe: bool, volumes: Vec<crate::VolumeMount>) -> Arc<LiveSandbox> {
+    pub(crate) fn new(id: String, task_id: String, mut container: Container, has_probe: bool, volumes: Vec<crate::VolumeMount>, app_log: Option<crate::applog::AppLog>) -> Arc<LiveSandbox> {
         let pid = container.pid();
         let stdout = Arc::new(OutputBuffer::new(MAIN_WINDOW, Overflow::DropOldest));
         let stderr = Arc::new(OutputBuffer::new(MAIN_WINDOW, Overflow::DropOldest));
@@ -61,9 +61,9 @@ impl LiveSandbox {
         if let Some(master) = container.pty() {
             // The terminal carries stdin and both outputs; stderr stays empty.
             if let Ok(reader) = master.try_clone() {
-                let o = stdout.clone();
+                let (o, log) = (stdout.clone(), app_log.clone());
                 tokio::spawn(async move {
-                    crate::exec::pump(tokio::fs::File::from_std(std::fs::File::from(reader)), Some(o.clone())).await;
+                    crate::exec::pump_logged(tokio::fs::File::from_std(std::fs::File::from(reader)), Some(o.clone()), log.map(|l| (l, 1))).await;
                     o.close();
                 });
             }
@@ -73,12 +73,13 @@ impl LiveSandbox {
         let stdin = Stdin::new(stdin_pipe);
         if let Some(raw) = container.output() {
             let (o, e) = (stdout.clone(), stderr.clone());
+            let (log_out, log_err) = (app_log.clone().map(|l| (l, 1)), app_log.map(|l| (l, 2)));
             tokio::spawn(async move {
-                crate::exec::pump(raw.stdout, Some(o.clone())).await;
+                crate::exec::pump_logged(raw.stdout, Some(o.clone()), log_out).await;
                 o.close();
             });
             tokio::spawn(async move {
-                crate::exec::pump(raw.stderr, Some(e.clone())).await;
+                crate::exec::pump_logged(raw.stderr, Some(e.clone()), log_err).await;
                 e.close();
             });
         }

@@ -164,6 +164,9 @@ pub struct TaskInfo {
     pub draining: bool,
     /// A failure the container reported before serving (import or `@enter` error).
     pub failure: Option<String>,
+    /// The input (and its call) the task took last, when it took one at a time: what its
+    /// output is attributed to until it takes the next.
+    pub last_input: Option<(String, String)>,
 }
 
 impl TaskInfo {
@@ -178,6 +181,7 @@ impl TaskInfo {
             stopping: false,
             draining: false,
             failure: None,
+            last_input: None,
         }
     }
 }
@@ -663,6 +667,17 @@ impl Scheduler {
         self.inner.state.lock().unwrap().tasks.get(task_id).cloned()
     }
 
+    /// The input (and its call) a task's output belongs to right now: the one it runs, or when
+    /// it runs none the one it ran last; None while it runs several at once.
+    pub fn current_input(&self, task_id: &str) -> Option<(String, String)> {
+        let st = self.inner.state.lock().unwrap();
+        match st.running.get(task_id).map(|r| r.as_slice()) {
+            Some([one]) => Some((one.input_id.clone(), one.call_id.clone())),
+            Some([_, _, ..]) => None,
+            _ => st.tasks.get(task_id).and_then(|t| t.last_input.clone()),
+        }
+    }
+
     pub fn tasks_of_app(&self, app_id: &str) -> Vec<TaskInfo> {
         self.inner.state.lock().unwrap().tasks.values().filter(|t| t.app_id == app_id).cloned().collect()
     }
@@ -763,6 +778,10 @@ impl Scheduler {
                     st.queued_payload_bytes -= freed;
                     if let Some(t) = st.tasks.get_mut(task_id) {
                         t.last_active = now;
+                        t.last_input = match taken.as_slice() {
+                            [one] => Some((one.input_id.clone(), one.call_id.clone())),
+                            _ => None,
+                        };
                     }
                     let running = st.running.entry(task_id.to_string()).or_default();
                     let start = running.len();

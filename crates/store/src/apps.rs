@@ -54,9 +54,49 @@ pub struct LogEntry {
     pub id: i64,
     pub task_id: String,
     pub function_id: String,
+    /// The call and input the line was written under; empty when not known.
+    pub function_call_id: String,
+    pub input_id: String,
     pub fd: i32,
     pub data: String,
     pub timestamp: f64,
+}
+
+/// A log line to append (see [`Store::append_logs`]).
+#[derive(Clone, Debug, Default)]
+pub struct NewLog {
+    pub task_id: String,
+    pub function_id: String,
+    pub function_call_id: String,
+    pub input_id: String,
+    pub fd: i32,
+    pub data: String,
+    /// When the line was written; None: now.
+    pub timestamp: Option<f64>,
+}
+
+/// Which lines of an app's log to read; an empty field (or `fd` 0) matches every line.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    pub function_id: String,
+    pub task_id: String,
+    pub function_call_id: String,
+    pub input_id: String,
+    pub fd: i32,
+    /// Lines containing this text (case-sensitive).
+    pub search_text: String,
+}
+
+impl LogFilter {
+    /// Whether `e` passes the filter.
+    pub fn matches(&self, e: &LogEntry) -> bool {
+        (self.function_id.is_empty() || e.function_id == self.function_id)
+            && (self.task_id.is_empty() || e.task_id == self.task_id)
+            && (self.function_call_id.is_empty() || e.function_call_id == self.function_call_id)
+            && (self.input_id.is_empty() || e.input_id == self.input_id)
+            && (self.fd == 0 || e.fd == self.fd)
+            && (self.search_text.is_empty() || e.data.contains(&self.search_text))
+    }
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> App {
@@ -77,6 +117,8 @@ fn log_from_row(r: &sqlx::any::AnyRow) -> LogEntry {
         id: r.get("id"),
         task_id: r.get("task_id"),
         function_id: r.get("function_id"),
+        function_call_id: r.get("function_call_id"),
+        input_id: r.get("input_id"),
         fd: r.get::<i64, _>("fd") as i32,
         data: r.get("data"),
         timestamp: r.get("timestamp"),
@@ -219,39 +261,82 @@ impl Store {
 
     /// The last `limit` log entries with `since <= timestamp < until`, oldest first.
     pub async fn logs_in_range(&self, app_id: &str, since: f64, until: f64, limit: i64) -> Result<Vec<LogEntry>> {
-        let rows = sqlx::query(
-            "SELECT * FROM (SELECT * FROM app_logs WHERE app_id = $1 AND timestamp >= $2 AND timestamp < $3 ORDER BY id DESC LIMIT $4) AS recent ORDER BY id",
-        )
-        .bind(app_id)
-        .bind(since)
-        .bind(until)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        self.logs_matching(app_id, since, until, limit, &LogFilter::default()).await
+    }
+
+    /// The last `limit` log entries with `since <= timestamp < until` that pass `filter`,
+    /// oldest first.
+    pub async fn logs_matching(&self, app_id: &str, since: f64, until: f64, limit: i64, filter: &LogFilter) -> Result<Vec<LogEntry>> {
+        let mut sql = String::from("SELECT * FROM (SELECT * FROM app_logs WHERE app_id = $1 AND timestamp >= $2 AND timestamp < $3");
+        let mut texts: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("function_id", &filter.function_id),
+            ("task_id", &filter.task_id),
+            ("function_call_id", &filter.function_call_id),
+            ("input_id", &filter.input_id),
+        ] {
+            if !value.is_empty() {
+                texts.push(value);
+                sql.push_str(&format!(" AND {column} = ${}", 4 + texts.len()));
+            }
+        }
+        if !filter.search_text.is_empty() {
+            texts.push(&filter.search_text);
+            let n = 4 + texts.len();
+            sql.push_str(&match self.backend {
+                Backend::Postgres => format!(" AND strpos(data, ${n}) > 0"),
+                _ => format!(" AND instr(data, ${n}) > 0"),
+            });
+        }
+        if filter.fd != 0 {
+            sql.push_str(&format!(" AND fd = {}", filter.fd));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT $4) AS recent ORDER BY id");
+        let mut q = sqlx::query(&sql).bind(app_id).bind(since).bind(until).bind(limit);
+        for t in texts {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(log_from_row).collect())
     }
 
     pub async fn append_log(&self, app_id: &str, task_id: &str, function_id: &str, fd: i32, data: &str) -> Result<i64> {
+        let line = NewLog { task_id: task_id.into(), function_id: function_id.into(), fd, data: data.into(), ..Default::default() };
+        Ok(self.append_logs(app_id, std::slice::from_ref(&line)).await?.unwrap_or(0))
+    }
+
+    /// Appends lines to an app's log in one transaction; returns the last line's id.
+    pub async fn append_logs(&self, app_id: &str, lines: &[NewLog]) -> Result<Option<i64>> {
+        if lines.is_empty() {
+            return Ok(None);
+        }
         // Followers read `id > after`: on PostgreSQL, where replicas append at once, an app's
         // lines commit in id order (one writer per app at a time), so none is skipped.
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(app_id).execute(&mut *tx).await?;
         }
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO app_logs (app_id, task_id, function_id, fd, data, timestamp) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(app_id)
-        .bind(task_id)
-        .bind(function_id)
-        .bind(fd)
-        .bind(data)
-        .bind(now())
-        .fetch_one(&mut *tx)
-        .await?;
+        let at = now();
+        let mut last = 0;
+        for l in lines {
+            last = sqlx::query_scalar(
+                "INSERT INTO app_logs (app_id, task_id, function_id, function_call_id, input_id, fd, data, timestamp) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            )
+            .bind(app_id)
+            .bind(&l.task_id)
+            .bind(&l.function_id)
+            .bind(&l.function_call_id)
+            .bind(&l.input_id)
+            .bind(l.fd)
+            .bind(&l.data)
+            .bind(l.timestamp.unwrap_or(at))
+            .fetch_one(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         self.notify.fire(&log_topic(app_id));
-        Ok(id)
+        Ok(Some(last))
     }
 
     /// Log entries after `after`; waits up to `timeout` for one when there are none and the app

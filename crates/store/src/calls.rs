@@ -53,6 +53,15 @@ pub struct AnswerRecord {
     pub seq: i64,
 }
 
+/// See [`Store::call_progress`].
+#[derive(Clone, Debug)]
+pub struct CallProgress {
+    pub function_id: String,
+    pub created_at: f64,
+    pub states: Vec<(String, i64)>,
+    pub failed_results: Vec<Vec<u8>>,
+}
+
 /// A stored call.
 #[derive(Clone, Debug)]
 pub struct CallRecord {
@@ -384,6 +393,28 @@ impl Store {
             last_seq: counts.get::<i64, _>(2),
             has_data_out: items.is_some(),
         }))
+    }
+
+    /// How a call's inputs stand, for `FunctionCallGetInfo`: the call's function and creation
+    /// time, its inputs by state ('queued', 'done', 'failed', 'cancelled'), and the stored
+    /// answers of its failed inputs (at most `max_failed`), which tell failures from timeouts.
+    pub async fn call_progress(&self, call_id: &str, max_failed: i64) -> Result<Option<CallProgress>> {
+        let Some(row) = sqlx::query("SELECT function_id, created_at FROM function_calls WHERE id = $1").bind(call_id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let states = sqlx::query("SELECT state, COUNT(*) FROM function_inputs WHERE call_id = $1 GROUP BY state")
+            .bind(call_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .collect();
+        let failed_results = sqlx::query_scalar("SELECT result FROM function_inputs WHERE call_id = $1 AND state = 'failed' AND result IS NOT NULL LIMIT $2")
+            .bind(call_id)
+            .bind(max_failed)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Some(CallProgress { function_id: row.get(0), created_at: row.get(1), states, failed_results }))
     }
 
     /// Answers of a call after sequence number `after`, oldest first, at most `limit`.

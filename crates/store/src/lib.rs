@@ -40,10 +40,10 @@ use std::time::Duration;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Connection, Executor};
 
-pub use apps::{App, AppState, LogEntry};
+pub use apps::{App, AppState, LogEntry, LogFilter, NewLog};
 pub use auth::{Principal, TokenInfo, TokenScope};
 pub use call_graph::{GraphCall, GraphInput};
-pub use calls::{AnswerRecord, CallRecord, CallWrite, QueuedRecord, WriteOutcome};
+pub use calls::{AnswerRecord, CallProgress, CallRecord, CallWrite, QueuedRecord, WriteOutcome};
 pub use deployments::{Deployment, DeploymentInfo, ScheduleRecord, VersionChange};
 pub use environments::Environment;
 pub use image_names::{ImageBuildTimes, ImageName, ImageNameRevision};
