@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 
 /// `ferry llm <command>`.
 #[derive(Debug, Subcommand)]
@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// (`usage.prompt_tokens_details.cached_tokens` is then always 0).
     #[arg(long)]
     pub no_prompt_cache: bool,
+    /// How the KV cache is laid out: `per-slot` gives each slot a stream of its own (a step
+    /// attends only over its own slot's tokens; sharing a cached prefix copies it), `unified`
+    /// keeps one stream for all slots (a prefix is shared without a copy, but every step attends
+    /// over the cells that all slots hold).
+    #[arg(long, value_enum, env = "FERRY_LLM_KV_LAYOUT", default_value_t = KvLayout::PerSlot)]
+    pub kv_layout: KvLayout,
     /// The model's multimodal projector (a `mmproj` GGUF made for this model): enables
     /// `image_url` content parts through llama.cpp's vision support.
     #[arg(long, env = "FERRY_LLM_MMPROJ")]
@@ -69,4 +75,13 @@ pub struct ServeArgs {
     /// Name the embedding model is served under; defaults to its file stem.
     #[arg(long)]
     pub embedding_model_name: Option<String>,
+}
+
+/// KV cache layout of `ferry llm serve` (`--kv-layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvLayout {
+    /// One KV stream per slot, as llama.cpp's own server.
+    PerSlot,
+    /// One KV stream shared by all slots.
+    Unified,
 }

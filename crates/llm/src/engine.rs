@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub gpu_layers: u32,
     /// Keep each slot's KV after its request and reuse the longest common token prefix.
     pub prompt_cache: bool,
+    /// One KV stream for all slots (`--kv-layout unified`) instead of one per slot.
+    pub kv_unified: bool,
     /// llama.cpp multimodal projector (`--mmproj`): the vision encoder that goes with the model.
     pub mmproj: Option<PathBuf>,
 }
@@ -244,7 +246,7 @@ impl Engine {
                     .with_n_batch(512)
                     .with_n_ubatch(512)
                     .with_n_seq_max(cfg.parallel.max(1))
-                    .with_kv_unified(true)
+                    .with_kv_unified(cfg.kv_unified)
                     // Sliding-window layers keep every position, so a cached prefix stays usable
                     // (llama.cpp otherwise drops positions older than the window).
                     .with_swa_full(cfg.prompt_cache)
@@ -253,7 +255,7 @@ impl Engine {
                 match model.new_context(backend, params) {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
-                        run_loop(model, ctx, rx, cfg.parallel.max(1) as usize, cfg.prompt_cache, engine_mtmd);
+                        run_loop(model, ctx, rx, cfg.parallel.max(1) as usize, cfg.prompt_cache, cfg.kv_unified, engine_mtmd);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow!("creating llama.cpp context: {e}")));
@@ -506,12 +508,16 @@ const BATCH_TOKENS: usize = 512;
 type Ctx<'a> = llama_cpp_2::context::LlamaContext<'a>;
 
 /// Picks a free sequence for `prompt` and prepares its KV: returns (seq, reused prefix length).
-fn place(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], free: &[usize], prompt: &[u32], use_cache: bool, clock: u64) -> (usize, usize) {
+fn place(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], free: &[usize], prompt: &[u32], use_cache: bool, unified: bool, clock: u64) -> (usize, usize) {
     // Never reuse the whole prompt: the last token must be decoded again to get its logits.
     let want = prompt.len().saturating_sub(1);
     let lcp = |i: usize| common_prefix(&kv[i].tokens, prompt).min(want);
     let lru = *free.iter().min_by_key(|&&i| (kv[i].last_used, kv[i].tokens.len())).expect("a free slot");
-    let (mut target, mut reuse) = (lru, 0);
+    // Without reuse (a seeded request, or no prompt cache) the lowest free slot: on an idle
+    // server a repeated request then lands in the same KV streams, and its steps attend over
+    // the same cells (llama.cpp sizes a step's attention by the streams it spans), so the same
+    // seed gives the same output.
+    let (mut target, mut reuse) = (if use_cache { lru } else { free[0] }, 0);
     if use_cache {
         // Best idle sequence to continue in place.
         if let Some(&best) = free.iter().max_by_key(|&&i| (lcp(i), u64::MAX - kv[i].last_used)) {
@@ -528,8 +534,15 @@ fn place(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], free: &[usize], prompt: &[u32], us
                     target = lru;
                 }
                 let _ = ctx.clear_kv_cache_seq(Some(target as u32), None, None);
-                // Unified KV: the copy shares cells, it does not duplicate them.
-                let _ = ctx.copy_kv_cache_seq(src as i32, target as i32, Some(0), Some(n as u32));
+                if unified {
+                    // One stream: the copy shares cells, it does not duplicate them.
+                    let _ = ctx.copy_kv_cache_seq(src as i32, target as i32, Some(0), Some(n as u32));
+                } else {
+                    // A stream per slot: llama.cpp copies a whole stream (before the next
+                    // decode); what follows the shared prefix is dropped again.
+                    let _ = ctx.copy_kv_cache_seq(src as i32, target as i32, None, None);
+                    let _ = ctx.clear_kv_cache_seq(Some(target as u32), Some(n as u32), None);
+                }
                 kv[target].tokens = prompt[..n].to_vec();
                 kv[target].last_used = clock;
                 return (target, n);
@@ -555,7 +568,7 @@ fn release(ctx: &mut Ctx<'_>, kv: &mut [SeqKv], seq: i32, use_cache: bool) {
     }
 }
 
-fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Vec<Job>>, parallel: usize, use_cache: bool, mtmd: Option<Arc<Mutex<MtmdContext>>>) {
+fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Vec<Job>>, parallel: usize, use_cache: bool, unified: bool, mtmd: Option<Arc<Mutex<MtmdContext>>>) {
     let mut interactive: VecDeque<Job> = VecDeque::new();
     let mut batch_q: VecDeque<Job> = VecDeque::new();
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
@@ -615,7 +628,7 @@ fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Vec<Job
             // seed must give the same output whatever the cache holds.
             // A prompt with images is computed whole (its image positions match no cached prefix).
             let reuse_ok = use_cache && job.req.sampling.seed.is_none() && job.req.media.is_none();
-            let (i, reused) = place(&mut ctx, &mut kv, &free, &job.req.prompt, reuse_ok, clock);
+            let (i, reused) = place(&mut ctx, &mut kv, &free, &job.req.prompt, reuse_ok, unified, clock);
             let mut slot = new_slot(i as i32, job);
             slot.prefilled = reused;
             slot.n_past = reused as i32;
@@ -659,7 +672,9 @@ fn run_loop(model: &LlamaModel, mut ctx: Ctx<'_>, rx: std_mpsc::Receiver<Vec<Job
             continue;
         }
 
-        // Build one batch: a token for every decoding sequence, then prompt chunks.
+        // Build one batch: a token for every decoding sequence, then prompt chunks, in slot
+        // (= sequence = KV stream) order, which llama.cpp needs to decode the sequences of a
+        // step together when each has its own stream.
         batch.clear();
         let mut used = 0usize;
         for s in slots.iter_mut().flatten() {

@@ -88,7 +88,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_id = args.model_name.clone().unwrap_or_else(|| {
         args.model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
     });
-    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers, prompt_cache: !args.no_prompt_cache, mmproj: args.mmproj.clone() };
+    let cfg = engine::EngineConfig { parallel: args.parallel.max(1), ctx_per_seq: args.ctx_size.max(256), threads: args.threads, gpu_layers: args.gpu_layers, prompt_cache: !args.no_prompt_cache, kv_unified: args.kv_layout == cli::KvLayout::Unified, mmproj: args.mmproj.clone() };
     let model_path = args.model.clone();
     let engine = tokio::task::spawn_blocking(move || engine::Engine::load(&model_path, model_id, cfg)).await??;
     let embedder = match args.embedding_model.clone() {

@@ -9,7 +9,7 @@ use ferry_llm::template::{ChatTemplate, TemplateMessage};
 fn engine() -> std::sync::Arc<Engine> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/gemma-3-270m-q4_k_m.gguf");
     assert!(path.exists(), "{} is missing: run tools/setup.d/llm.sh", path.display());
-    Engine::load(&path, "gemma".into(), EngineConfig { parallel: 1, ctx_per_seq: 512, threads: 1, gpu_layers: 0, prompt_cache: true, mmproj: None }).unwrap()
+    Engine::load(&path, "gemma".into(), EngineConfig { parallel: 1, ctx_per_seq: 512, threads: 1, gpu_layers: 0, prompt_cache: true, kv_unified: false, mmproj: None }).unwrap()
 }
 
 #[test]
