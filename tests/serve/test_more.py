@@ -281,3 +281,81 @@ with app.run():
     assert "STDERR [('warning from A', 'stderr'), ('warning from B', 'stderr')]" in text, text
     assert "SEARCH [('bye from A', 'stdout'), ('bye from B', 'stdout')]" in text, text
     assert "SANDBOX [('no newline', 'stdout'), ('sandbox err', 'stderr'), ('sandbox out', 'stdout')]" in text, text
+
+
+def test_bound_variants_are_shared_between_callers(runner, tmp_path):
+    """`FunctionBindParams` gives every caller binding the same variant the same function: a
+    parametrized class's warm container serves the next process too, and a `with_options`
+    variant's `max_containers` holds across callers."""
+    name = f"ferry-bind-{time.time_ns()}"
+    (tmp_path / "bound.py").write_text(f"""
+import os
+import modal
+app = modal.App({name!r})
+
+@app.cls(scaledown_window=120)
+class Model:
+    size: int = modal.parameter(default=1)
+
+    @modal.enter()
+    def load(self):
+        self.loaded = os.environ["MODAL_TASK_ID"]
+
+    @modal.method()
+    def task(self):
+        return self.loaded
+
+@app.function()
+def slow(i):
+    return os.environ["MODAL_TASK_ID"]
+""")
+    out = runner.modal("deploy", str(tmp_path / "bound.py"), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = f"""
+import modal
+model = modal.Cls.from_name({name!r}, "Model")(size=3)
+variant = modal.Function.from_name({name!r}, "slow").with_options(max_containers=1)
+variant.hydrate()
+print("RESULT", model.task.remote(), variant.object_id, variant.remote(0))
+"""
+    seen = []
+    for _ in range(2):
+        out = runner.python(code, timeout=300)
+        assert out.returncode == 0, out.stderr
+        seen.append(next(line.split()[1:] for line in out.stdout.splitlines() if line.startswith("RESULT")))
+    (task_a, variant_a, slow_a), (task_b, variant_b, slow_b) = seen
+    assert task_a == task_b, "the second process should reach the warm container of Model(size=3)"
+    assert variant_a == variant_b and slow_a == slow_b, seen
+    other = runner.python(f"import modal; print('OTHER', modal.Cls.from_name({name!r}, 'Model')(size=4).task.remote())", timeout=300)
+    assert other.returncode == 0, other.stderr
+    assert task_a not in other.stdout, "other parameters are another container"
+    runner.modal("app", "stop", name)
+
+
+def test_sandboxes_are_listed_as_containers(runner):
+    """`modal container list` shows a running sandbox's container, `modal app list` counts it,
+    `modal container stop` of it terminates the sandbox, and `modal container logs` shows its
+    output after it has finished."""
+    code = """
+import json, subprocess, sys, time
+import modal
+app = modal.App.lookup("ferry-sandbox-containers", create_if_missing=True)
+sb = modal.Sandbox.create("sh", "-c", "echo started; sleep 300", app=app)
+task_id = sb._get_task_id()
+assert next(iter(sb.stdout)).strip() == "started"
+listed = json.loads(subprocess.run([sys.executable, "-m", "modal", "container", "list", "--json"], capture_output=True, text=True, check=True).stdout)
+print("LISTED", any(r["container_id"] == task_id for r in listed))
+apps = json.loads(subprocess.run([sys.executable, "-m", "modal", "app", "list", "--json"], capture_output=True, text=True, check=True).stdout)
+print("COUNTED", [a["tasks"] for a in apps if a["app_id"] == app.app_id])
+subprocess.run([sys.executable, "-m", "modal", "container", "stop", "--yes", task_id], capture_output=True, text=True, check=True)
+sb.wait(raise_on_termination=False)
+print("STOPPED", sb.poll())
+logs = subprocess.run([sys.executable, "-m", "modal", "container", "logs", task_id], capture_output=True, text=True)
+print("LOGS", logs.returncode, "started" in logs.stdout, repr(logs.stdout[-300:]), logs.stderr[-300:])
+"""
+    out = runner.python(code, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "LISTED True" in out.stdout, out.stdout
+    assert "COUNTED ['1']" in out.stdout, out.stdout
+    assert "STOPPED 137" in out.stdout, out.stdout
+    assert "LOGS 0 True" in out.stdout, out.stdout

@@ -94,6 +94,18 @@ def test_fastapi_endpoint_get_and_post(web):
     assert (status, json.loads(body)) == (200, "labelled")
 
 
+def test_endpoint_urls_work_from_containers(web):
+    """`get_web_url()` names the server's loopback; a container reaches that port on its own."""
+    code = """
+import modal
+url = modal.Function.from_name("ferry-web", "hello").get_web_url()
+print("FETCHED", modal.Function.from_name("ferry-web", "fetch").remote(url + "?name=inside"))
+"""
+    out = web.python(code, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'FETCHED (200, \'{"hello":"inside"}\')' in out.stdout, out.stdout
+
+
 def test_host_based_url(web):
     url = url_of(web, "hello")
     port = urlsplit(url).port

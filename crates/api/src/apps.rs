@@ -139,7 +139,29 @@ pub(crate) async fn get_lifecycle(s: &ModalService, r: Request<api::AppGetLifecy
     Ok(Response::new(api::AppGetLifecycleResponse { lifecycle: Some(lifecycle(&app)) }))
 }
 
-/// Running containers, of one app or of an environment.
+/// A running container: a function's task or a sandbox's.
+struct RunningTask {
+    task_id: String,
+    app_id: String,
+    started_at: f64,
+}
+
+/// The containers running here: functions' tasks, then sandboxes'.
+async fn running_tasks(s: &ModalService) -> Vec<RunningTask> {
+    let mut tasks: Vec<RunningTask> =
+        s.scheduler.all_tasks().into_iter().map(|t| RunningTask { task_id: t.task_id, app_id: t.app_id, started_at: t.started_at }).collect();
+    if let Some(sandboxes) = &s.sandboxes {
+        for (sandbox_id, task_id) in sandboxes.running() {
+            if let Ok(record) = s.store.sandbox(&sandbox_id).await {
+                let started_at = record.started_at.unwrap_or(record.created_at);
+                tasks.push(RunningTask { task_id, app_id: record.app_id, started_at });
+            }
+        }
+    }
+    tasks
+}
+
+/// Running containers (functions' and sandboxes'), of one app or of an environment.
 pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>) -> Rpc<api::TaskListResponse> {
     let req = r.into_inner();
     if !req.app_id.is_empty() {
@@ -147,7 +169,7 @@ pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>
     }
     let env = s.store.environment(&req.environment_name).await.or_status()?;
     let mut tasks = Vec::new();
-    for t in s.scheduler.all_tasks() {
+    for t in running_tasks(s).await {
         if !req.app_id.is_empty() && t.app_id != req.app_id {
             continue;
         }
@@ -171,9 +193,28 @@ pub(crate) async fn task_list(s: &ModalService, r: Request<api::TaskListRequest>
 pub(crate) async fn task_get_info(s: &ModalService, r: Request<api::TaskGetInfoRequest>) -> Rpc<api::TaskGetInfoResponse> {
     let req = r.into_inner();
     check_id(&req.task_id, "ta", "Container")?;
-    let t = s.scheduler.task(&req.task_id).ok_or_else(|| {
-        Status::not_found(format!("container {} is not running on this server (see `modal container list`)", req.task_id))
-    })?;
+    let not_running = || Status::not_found(format!("container {} is not running on this server (see `modal container list`)", req.task_id));
+    let Some(t) = s.scheduler.task(&req.task_id) else {
+        // A sandbox's container.
+        if let Some(sandbox_id) = s.sandboxes.as_ref().and_then(|sb| sb.sandbox_of_task(&req.task_id)) {
+            let record = s.store.sandbox(&sandbox_id).await.or_status()?;
+            let started_at = record.started_at.unwrap_or(record.created_at);
+            return Ok(Response::new(api::TaskGetInfoResponse {
+                app_id: record.app_id,
+                info: Some(api::TaskInfo { id: req.task_id, enqueued_at: record.created_at, started_at, ..Default::default() }),
+                ..Default::default()
+            }));
+        }
+        // A container that has finished (`modal container logs`): known by its log lines.
+        let (app_id, first, last) = s.store.task_log_span(&req.task_id).await.or_status()?.ok_or_else(not_running)?;
+        return Ok(Response::new(api::TaskGetInfoResponse {
+            app_id,
+            // A millisecond of margin each side: the client's window excludes `finished_at` and
+            // rounds both ends to microseconds.
+            info: Some(api::TaskInfo { id: req.task_id, enqueued_at: first - 0.001, started_at: first - 0.001, finished_at: last + 0.001, ..Default::default() }),
+            ..Default::default()
+        }));
+    };
     let gpu = crate::gpus::held_by(s, &t.task_id);
     Ok(Response::new(api::TaskGetInfoResponse {
         app_id: t.app_id.clone(),
@@ -181,6 +222,7 @@ pub(crate) async fn task_get_info(s: &ModalService, r: Request<api::TaskGetInfoR
             gpu_type: gpu.as_ref().map(|g| g.gpu_type.clone()).unwrap_or_default(),
             gpu_config: gpu,
             id: t.task_id,
+            enqueued_at: t.started_at,
             started_at: t.started_at,
             ..Default::default()
         }),
@@ -194,6 +236,11 @@ pub(crate) async fn container_stop(s: &ModalService, r: Request<api::ContainerSt
     let req = r.into_inner();
     check_id(&req.task_id, "ta", "Container")?;
     if s.scheduler.task(&req.task_id).is_none() {
+        // A sandbox's container: stopping it terminates the sandbox.
+        if let Some((sandboxes, sandbox_id)) = s.sandboxes.as_ref().and_then(|sb| Some((sb, sb.sandbox_of_task(&req.task_id)?))) {
+            sandboxes.terminate(&sandbox_id).await.map_err(crate::sandboxes::err)?;
+            return Ok(Response::new(api::ContainerStopResponse::default()));
+        }
         return Err(Status::not_found(format!("container {} is not running", req.task_id)));
     }
     if req.graceful {
@@ -213,6 +260,10 @@ pub(crate) async fn heartbeat(s: &ModalService, r: Request<api::AppHeartbeatRequ
 
 pub(crate) async fn list(s: &ModalService, r: Request<api::AppListRequest>) -> Rpc<api::AppListResponse> {
     let apps = s.store.list_apps(&r.get_ref().environment_name).await.or_status()?;
+    let mut running: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    for t in running_tasks(s).await {
+        *running.entry(t.app_id).or_default() += 1;
+    }
     let apps = apps
         .iter()
         .map(|a: &App| api::app_list_response::AppListItem {
@@ -221,7 +272,7 @@ pub(crate) async fn list(s: &ModalService, r: Request<api::AppListRequest>) -> R
             state: a.state as i32,
             created_at: a.created_at,
             stopped_at: a.stopped_at.unwrap_or(0.0),
-            n_running_tasks: 0,
+            n_running_tasks: running.get(&a.id).copied().unwrap_or(0),
             name: a.name.clone().unwrap_or_default(),
             metadata: None,
         })

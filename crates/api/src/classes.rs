@@ -51,6 +51,19 @@ pub(crate) async fn bind_params(s: &ModalService, r: Request<api::FunctionBindPa
     };
     let mut def = crate::functions::stored_definition(&base)?.unwrap_or_default();
     let base_def = def.clone();
+    // What makes the variant: the base as stored (a redeploy with new code is a new variant),
+    // the options and the parameters, each as the client encoded them (no map fields, so the
+    // same request always has the same bytes).
+    let mut identity = Vec::new();
+    for part in [
+        base.definition.as_deref().unwrap_or_default(),
+        &req.function_options.as_ref().map(|o| o.encode_to_vec()).unwrap_or_default(),
+        &req.serialized_params,
+        req.auth_secret.as_bytes(),
+    ] {
+        identity.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        identity.extend_from_slice(part);
+    }
     if let Some(o) = req.function_options {
         if o.replace_secret_ids {
             def.secret_ids = o.secret_ids;
@@ -99,7 +112,7 @@ pub(crate) async fn bind_params(s: &ModalService, r: Request<api::FunctionBindPa
         }
     }
     let gpu_choices = crate::gpus::bind_options(s, &base.id, &base_def, &mut def).await?;
-    let bound = s.store.create_bound_function(&base, &def.encode_to_vec(), &req.serialized_params).await.or_status()?;
+    let bound = s.store.create_bound_function(&base, &def.encode_to_vec(), &req.serialized_params, &identity).await.or_status()?;
     s.store.set_function_gpu_choices(&bound.id, gpu_choices.as_deref()).await.or_status()?;
     Ok(Response::new(api::FunctionBindParamsResponse {
         handle_metadata: Some(crate::functions::handle_metadata(&def, &bound.id, &base.app_id)),

@@ -22,7 +22,7 @@ fn sandboxes(s: &ModalService) -> Result<&ferry_sandbox::Sandboxes, Status> {
     s.sandboxes.as_deref().ok_or_else(|| Status::unavailable("Sandboxes are not available on this server (the router did not start)"))
 }
 
-fn err(e: SandboxError) -> Status {
+pub(crate) fn err(e: SandboxError) -> Status {
     e.into()
 }
 

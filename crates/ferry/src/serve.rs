@@ -237,6 +237,11 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let web_port = args.web_port.unwrap_or(if port == 0 || args.port == 0 { 0 } else { port.checked_add(1).unwrap_or(0) });
     let web_listener = ferry_api::bind(SocketAddr::new(args.host, web_port)).await?;
     let web_url = url_for(args.host, web_listener.local_addr()?.port(), "http");
+    // Web endpoint URLs on the host's loopback work from containers too (a function calling
+    // another app's endpoint by its `get_web_url()`), as public URLs do on Modal: containers
+    // with network access see that one port on their own loopback.
+    let web_bound = web_listener.local_addr()?.port();
+    let _web_port_shared = args.host.is_loopback().then(|| ferry_runtime::share_loopback_port(web_bound));
     let dashboard = if args.no_dashboard {
         None
     } else {

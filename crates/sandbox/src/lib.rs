@@ -423,6 +423,16 @@ impl Sandboxes {
         self.inner.live.lock().unwrap().get(sandbox_id).cloned()
     }
 
+    /// The sandboxes running in this process, as (sandbox id, task id).
+    pub fn running(&self) -> Vec<(String, String)> {
+        self.inner.live.lock().unwrap().values().filter(|l| !l.is_finished()).map(|l| (l.id.clone(), l.task_id.clone())).collect()
+    }
+
+    /// The running sandbox whose container is `task_id`.
+    pub fn sandbox_of_task(&self, task_id: &str) -> Option<String> {
+        self.inner.by_task.lock().unwrap().get(task_id).cloned().filter(|id| self.live(id).is_some_and(|l| !l.is_finished()))
+    }
+
     fn live_by_task(&self, task_id: &str) -> Result<Arc<LiveSandbox>> {
         let id = self.inner.by_task.lock().unwrap().get(task_id).cloned();
         id.and_then(|id| self.live(&id)).ok_or_else(|| SandboxError::NotFound(format!("task {task_id} is not a running Sandbox")))

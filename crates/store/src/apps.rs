@@ -305,6 +305,15 @@ impl Store {
         Ok(self.append_logs(app_id, std::slice::from_ref(&line)).await?.unwrap_or(0))
     }
 
+    /// The app a container wrote log lines for, with its first and last line's time.
+    pub async fn task_log_span(&self, task_id: &str) -> Result<Option<(String, f64, f64)>> {
+        let row = sqlx::query("SELECT app_id, MIN(timestamp), MAX(timestamp) FROM app_logs WHERE task_id = $1 GROUP BY app_id LIMIT 1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
     /// Appends lines to an app's log in one transaction; returns the last line's id.
     pub async fn append_logs(&self, app_id: &str, lines: &[NewLog]) -> Result<Option<i64>> {
         if lines.is_empty() {

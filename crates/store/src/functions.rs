@@ -189,19 +189,28 @@ impl Store {
     }
 
     /// A variant of `base` bound to serialized class parameters, with its own definition
-    /// (the base's, with any options the caller overrides).
-    pub async fn create_bound_function(&self, base: &FunctionRecord, definition: &[u8], params: &[u8]) -> Result<FunctionRecord> {
-        let id = new_id("fu");
-        sqlx::query("INSERT INTO functions (id, app_id, tag, definition, created_at, base_id, params) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&id)
-            .bind(&base.app_id)
-            .bind(&base.tag)
-            .bind(definition)
-            .bind(now())
-            .bind(&base.id)
-            .bind(params)
-            .execute(&self.pool)
-            .await?;
+    /// (the base's, with any options the caller overrides). The variant's id follows from
+    /// `identity` (what the caller says makes the variant: base, options, parameters), so every
+    /// caller binding the same variant gets the same function, its containers and its limits.
+    pub async fn create_bound_function(&self, base: &FunctionRecord, definition: &[u8], params: &[u8], identity: &[u8]) -> Result<FunctionRecord> {
+        use sha2::{Digest, Sha256};
+        const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+        let digest = Sha256::new().chain_update(b"ferry bound function\0").chain_update(base.id.as_bytes()).chain_update([0]).chain_update(identity).finalize();
+        let suffix: String = digest.iter().take(22).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+        let id = format!("fu-{suffix}");
+        sqlx::query(
+            "INSERT INTO functions (id, app_id, tag, definition, created_at, base_id, params) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&base.app_id)
+        .bind(&base.tag)
+        .bind(definition)
+        .bind(now())
+        .bind(&base.id)
+        .bind(params)
+        .execute(&self.pool)
+        .await?;
         self.function(&id).await
     }
 

@@ -119,6 +119,15 @@ def files():
     subprocess.Popen(["python", "-m", "http.server", str(WEB_SERVER_PORT), "--bind", "0.0.0.0", "--directory", "/srv"])
 
 
+@app.function(image=image)
+def fetch(url: str):
+    """An endpoint's URL from inside a container, as a function calling another app would."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.status, r.read().decode()
+
+
 @app.cls(image=image)
 class Greeter:
     @modal.enter()
