@@ -358,6 +358,21 @@ struct LogQuery<'a> {
     search_text: &'a str,
 }
 
+/// The [`LogQuery`] of a windowed request (`AppFetchLogs`, `AppCountLogs`: the same fields).
+macro_rules! window_query {
+    ($req:expr) => {
+        LogQuery {
+            function_id: &$req.function_id,
+            task_id: &$req.task_id,
+            function_call_id: &$req.function_call_id,
+            input_id: "",
+            sandbox_id: &$req.sandbox_id,
+            fd: $req.source,
+            search_text: &$req.search_text,
+        }
+    };
+}
+
 async fn log_filter(s: &ModalService, q: LogQuery<'_>) -> Result<LogFilter, Status> {
     let mut task_id = q.task_id.to_string();
     if !q.sandbox_id.is_empty() {
@@ -687,19 +702,7 @@ pub(crate) async fn fetch_logs(s: &ModalService, r: Request<api::AppFetchLogsReq
     let since = seconds(req.since).unwrap_or(app.created_at);
     let until = seconds(req.until).unwrap_or(f64::MAX);
     let limit = if req.limit == 0 { 1000 } else { req.limit.min(10_000) } as i64;
-    let filter = log_filter(
-        s,
-        LogQuery {
-            function_id: &req.function_id,
-            task_id: &req.task_id,
-            function_call_id: &req.function_call_id,
-            input_id: "",
-            sandbox_id: &req.sandbox_id,
-            fd: req.source,
-            search_text: &req.search_text,
-        },
-    )
-    .await?;
+    let filter = log_filter(s, window_query!(req)).await?;
     let entries = s.store.logs_matching(&app.id, since, until, limit, &filter).await.or_status()?;
     Ok(Response::new(api::AppFetchLogsResponse { batches: batches(&entries) }))
 }
@@ -715,19 +718,7 @@ pub(crate) async fn count_logs(s: &ModalService, r: Request<api::AppCountLogsReq
     let since = seconds(req.since).unwrap_or(app.created_at);
     let until = seconds(req.until).unwrap_or(f64::MAX);
     let bucket = req.bucket_secs.max(1) as i64;
-    let filter = log_filter(
-        s,
-        LogQuery {
-            function_id: &req.function_id,
-            task_id: &req.task_id,
-            function_call_id: &req.function_call_id,
-            input_id: "",
-            sandbox_id: &req.sandbox_id,
-            fd: req.source,
-            search_text: &req.search_text,
-        },
-    )
-    .await?;
+    let filter = log_filter(s, window_query!(req)).await?;
     let entries = s.store.logs_matching(&app.id, since, until, 1_000_000, &filter).await.or_status()?;
     let mut buckets: BTreeMap<i64, api::app_count_logs_response::LogBucket> = BTreeMap::new();
     for e in &entries {
