@@ -283,13 +283,21 @@ def test_a_replica_killed_mid_map_the_client_carries_on(cluster):
     assert proc.returncode == 0, text + c.b.log_text()[-4000:]
     check_outputs(text, n)
     log_b = c.b.log_text()
-    adopted = re.search(r"adopted replicas \S+ whose leases ran out: (\d+) unanswered inputs .* (\d+) of their containers on worker hosts are stopped", log_b)
+    adopted = re.search(r"adopted replicas (\S+) whose leases ran out: (\d+) unanswered inputs .* (\d+) of their containers on worker hosts are stopped", log_b)
     assert adopted, log_b[-4000:]
     # A's containers on the workers (they talked to A alone) were stopped, and B's own
-    # containers ran the rest of the map.
-    assert int(adopted.group(2)) >= 1, adopted.group(0)
-    workers_log = "".join(w.text() for w in c.workers)
-    assert "the task is no longer this worker's; killing its container" in workers_log, workers_log[-3000:]
+    # containers ran the rest of the map. A container that noticed first (its server gone,
+    # it exits) is already over when B takes A's place: then nothing of A's is left running.
+    if int(adopted.group(3)) >= 1:
+        workers_log = "".join(w.text() for w in c.workers)
+        assert "the task is no longer this worker's; killing its container" in workers_log, workers_log[-3000:]
+
+    def logged(what, task_id):
+        return any(what in line and task_id in line for w in c.workers for line in w.text().splitlines())
+
+    started = {t for t in placed_by_a if logged("container started", t)}
+    assert started, f"no container of replica A started on a worker: {placed_by_a}"
+    wait_for(lambda: all(logged("container exited", t) for t in started), 60, f"the containers replica A started to exit: {sorted(started)}")
     outs = [l.split(" ", 3) for l in text.splitlines() if l.startswith("OUT")]
     assert {o[2] for o in outs} - placed_by_a, "no output came from a container of replica B"
     assert psql(c.database, "SELECT COUNT(*) FROM replicas WHERE adopted_by IS NOT NULL")[0][0] == 1
