@@ -430,7 +430,7 @@ impl Sandboxes {
 
     /// The running sandbox whose container is `task_id`.
     pub fn sandbox_of_task(&self, task_id: &str) -> Option<String> {
-        self.inner.by_task.lock().unwrap().get(task_id).cloned().filter(|id| self.live(id).is_some_and(|l| !l.is_finished()))
+        self.live_by_task(task_id).ok().filter(|l| !l.is_finished()).map(|l| l.id.clone())
     }
 
     fn live_by_task(&self, task_id: &str) -> Result<Arc<LiveSandbox>> {
