@@ -275,6 +275,51 @@ def test_tunnel_url_works_from_other_containers(runner):
     assert r["after"].startswith("failed"), r
 
 
+def test_encrypted_tunnels_are_trusted_inside_containers(runner):
+    """On a server without a certificate of its own, `encrypted_ports` tunnels are signed by the
+    data dir's authority. Code in sandboxes and function containers verifies them with its
+    default trust store (Python's `ssl`, and so urllib, aiohttp and httpx; `requests` through
+    REQUESTS_CA_BUNDLE), which still holds the image's public roots."""
+    r = run(runner, """
+        FETCH = ("import os, ssl, sys, urllib.request\\n"
+                 "try:\\n"
+                 "    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())\\n"
+                 "except Exception as e:\\n"
+                 "    print('failed', type(e).__name__, e)\\n")
+        server = modal.Sandbox.create("python", "-m", "http.server", "8443", app=app, image=image,
+                                      encrypted_ports=[8443], readiness_probe=modal.Probe.with_tcp(8443))
+        server.wait_until_ready(timeout=60)
+        server.exec("sh", "-c", "echo private-ca > /index.html").wait()
+        url = server.tunnels()[8443].url + "/index.html"
+        client = modal.Sandbox.create("sleep", "600", app=app, image=image)
+        p = client.exec("python", "-c", FETCH, url)
+        from_sandbox = p.stdout.read().strip()
+        p.wait()
+        p = client.exec("sh", "-c", "echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE; grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE")
+        trust = p.stdout.read().split()
+        p.wait()
+
+        fapp = modal.App(APP_NAME + "-fn")
+
+        @fapp.function(image=image, serialized=True)
+        def fetch(url):
+            import urllib.request
+            return urllib.request.urlopen(url, timeout=5).read().decode().strip()
+
+        with fapp.run():
+            from_function = fetch.remote(url)
+        server.terminate(); client.terminate()
+        out(url=url, from_sandbox=from_sandbox, from_function=from_function, trust=trust)
+    """)
+    assert r["url"].startswith("https://"), r
+    assert r["from_sandbox"] == "private-ca", r
+    assert r["from_function"] == "private-ca", r
+    bundle, requests_bundle, certificates = r["trust"]
+    assert bundle == requests_bundle == "/etc/ssl/certs/ca-certificates.crt", r
+    # The image's public roots (over a hundred in Debian's bundle) and Ferry's authority.
+    assert int(certificates) > 100, r
+
+
 def test_filesystem_round_trip_of_a_large_file(runner, tmp_path):
     src = tmp_path / "big.bin"
     with open(src, "wb") as f:

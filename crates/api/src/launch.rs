@@ -37,10 +37,15 @@ pub(crate) struct Launcher {
 }
 
 impl Launcher {
-    pub(crate) fn new(data_dir: &std::path::Path, images: ferry_runtime::ImageStore, pool: ferry_worker::PoolConfig) -> Self {
+    pub(crate) fn new(
+        data_dir: &std::path::Path,
+        images: ferry_runtime::ImageStore,
+        pool: ferry_worker::PoolConfig,
+        trusted_ca: Option<std::path::PathBuf>,
+    ) -> Self {
         // Finds (and logs, in one line) what isolation this host allows before any container.
         ferry_runtime::isolation(images.root());
-        let worker = ferry_worker::Worker::with_pool(data_dir, images, pool);
+        let worker = ferry_worker::Worker::with_pool(data_dir, images, pool, trusted_ca);
         let swept = worker.sweep_stale();
         if swept > 0 {
             tracing::info!("removed {swept} leftovers of containers from an earlier run");

@@ -90,6 +90,10 @@ pub struct ApiConfig {
     /// How long this replica keeps its function calls after its last heartbeat when replicas
     /// share a database; then another adopts them (docs/cluster.md).
     pub replica_lease: Duration,
+    /// A certificate authority (PEM file) containers and Sandboxes trust besides their
+    /// image's own. [`serve`] sets the data dir's own authority when the API has no
+    /// certificate: that authority then signs `encrypted_ports` tunnels.
+    pub trusted_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -109,6 +113,7 @@ impl Default for ApiConfig {
             storage: ferry_blobs::StorageConfig::Local,
             fleet: None,
             replica_lease: Duration::from_secs(15),
+            trusted_ca: None,
         }
     }
 }
@@ -133,6 +138,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let mut config = config;
     config.containers_use_socket |= tls.is_some();
+    if tls.is_none() && config.trusted_ca.is_none() {
+        config.trusted_ca = Some(crate::tls::authority(store.data_dir())?);
+    }
     let config = Arc::new(config);
     let router_tls = tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone()));
     let modal = ModalService::new(store.clone(), config.clone()).await?;
@@ -329,6 +337,7 @@ async fn start_sandboxes(
         tunnel_bind: ip,
         tunnel_host,
         tls: tunnel_tls,
+        trusted_ca: config.trusted_ca.clone(),
         ..Default::default()
     };
     let images = ferry_runtime::ImageStore::open(store.data_dir())?;

@@ -39,7 +39,7 @@ impl ModalService {
     /// Opens the service; inputs not answered before the last stop are queued again.
     pub async fn new(store: Store, config: Arc<ApiConfig>) -> anyhow::Result<Self> {
         let images = crate::images::ImageService::open(store.data_dir(), config.images.clone())?;
-        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone(), config.pool.clone());
+        let launcher = crate::launch::Launcher::new(store.data_dir(), images.store.clone(), config.pool.clone(), config.trusted_ca.clone());
         let blobs = ferry_blobs::Blobs::open(&config.storage, store.data_dir())
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the storage {}: {e}", config.storage))?;

@@ -33,9 +33,13 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(params)
 }
 
-/// Loads or makes the data dir's authority and a server certificate for `names` (DNS names and
-/// IP addresses).
-pub fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<SelfSigned> {
+/// The data dir's own authority (`DATA_DIR/tls/ca.pem`), made if missing: the certificate
+/// containers trust besides their image's own when Ferry signs `encrypted_ports` tunnels.
+pub fn authority(data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    Ok(load_or_make_authority(data_dir)?.0)
+}
+
+fn load_or_make_authority(data_dir: &Path) -> anyhow::Result<(std::path::PathBuf, String, KeyPair)> {
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     let (ca_pem_path, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
@@ -49,6 +53,14 @@ pub fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<SelfSign
             (cert.pem(), key)
         }
     };
+    Ok((ca_pem_path, ca_pem, ca_key))
+}
+
+/// Loads or makes the data dir's authority and a server certificate for `names` (DNS names and
+/// IP addresses).
+pub fn self_signed(data_dir: &Path, names: &[String]) -> anyhow::Result<SelfSigned> {
+    let dir = data_dir.join("tls");
+    let (ca_pem_path, ca_pem, ca_key) = load_or_make_authority(data_dir)?;
     // The issuer's name and key are what a signature needs; the authority's own certificate
     // on disk is what clients trust.
     let issuer = ca_params()?.self_signed(&ca_key)?;

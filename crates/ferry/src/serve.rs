@@ -288,6 +288,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pool: args.pool.config(),
         storage: args.storage.clone(),
         fleet: None,
+        trusted_ca: None,
     };
     let mut api_config = api_config;
     // Worker hosts: their endpoint and the loop that declares silent ones lost.

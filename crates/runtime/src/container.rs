@@ -187,6 +187,8 @@ impl ExitStatus {
 #[derive(Debug, Clone)]
 pub struct ContainerRuntime {
     store: ImageStore,
+    /// An extra authority containers trust ([`ContainerRuntime::trusting`]).
+    trust: Option<std::sync::Arc<crate::trust::Trust>>,
 }
 
 /// Everything a launch needs, shared by task containers and build steps.
@@ -215,7 +217,17 @@ pub(crate) struct LaunchRequest {
 
 impl ContainerRuntime {
     pub fn new(store: ImageStore) -> Self {
-        ContainerRuntime { store }
+        ContainerRuntime { store, trust: None }
+    }
+
+    /// Containers also trust the certificate authority in `ca_pem` (a PEM file, read when a
+    /// container of an image starts for the first time): the image's own CA bundle with the
+    /// authority appended is bound read-only over the bundle's path, and `SSL_CERT_FILE` and
+    /// `REQUESTS_CA_BUNDLE` point at it unless the image or the spec sets them. Images
+    /// without a CA bundle are left as they are.
+    pub fn trusting(mut self, ca_pem: Option<PathBuf>) -> Self {
+        self.trust = ca_pem.map(|p| std::sync::Arc::new(crate::trust::Trust::new(p)));
+        self
     }
 
     /// Removes what containers of dead Ferry processes left behind: their cgroups and
@@ -255,6 +267,14 @@ impl ContainerRuntime {
                 binds.extend(host_network_files().into_iter().filter(|b| b.target == "/etc/hosts"));
             }
             Network::Blocked => {}
+        }
+        if let Some(bundle) = self.trust.as_ref().and_then(|t| t.bundle(&self.store, &spec.image, &chain)) {
+            binds.push(bundle.bind());
+            for var in crate::trust::BUNDLE_VARS {
+                if !env.iter().any(|(k, _)| k == var) {
+                    env.push((var.to_string(), bundle.target.clone()));
+                }
+            }
         }
         binds.extend(spec.mounts.iter().cloned());
         for (k, v) in &spec.env {

@@ -69,7 +69,7 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-fn is_opaque(dir: &Path) -> bool {
+pub(crate) fn is_opaque(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
     let mut buf = [0u8; 2];

@@ -31,6 +31,7 @@ mod shared_mount;
 mod standalone;
 mod replica;
 mod store;
+mod trust;
 
 pub use base::{available_pythons, base_layer_id, debian_mirror, parse_base_reference, prepare_base, stand_in_python, suite_for_python, BaseImage, PYTHON_SUITES};
 pub use builder::{BuildOptions, BuildSettings, BuiltLayer, ContextFile, HostContextFile, ImageBuilder, LayerSpec};

@@ -156,6 +156,8 @@ pub struct SandboxConfig {
     pub pids_limit: u64,
     /// PEM certificate chain and key for `encrypted_ports` tunnels (the API's own).
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// A certificate authority (PEM file) sandboxes trust besides their image's own.
+    pub trusted_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -166,6 +168,7 @@ impl Default for SandboxConfig {
             tunnel_host: "127.0.0.1".into(),
             pids_limit: 4096,
             tls: None,
+            trusted_ca: None,
         }
     }
 }
@@ -236,7 +239,7 @@ impl Sandboxes {
             inner: Arc::new(Inner {
                 store,
                 volumes,
-                runtime: ContainerRuntime::new(images),
+                runtime: ContainerRuntime::new(images).trusting(config.trusted_ca.clone()),
                 config,
                 key,
                 tls,

@@ -346,15 +346,17 @@ impl Worker {
     /// A worker over `data_dir` (the same directory the image store lives in). Does no I/O;
     /// call [`Worker::sweep_stale`] once at start-up.
     pub fn new(data_dir: &Path, images: ImageStore) -> Worker {
-        Worker::with_pool(data_dir, images, PoolConfig::off())
+        Worker::with_pool(data_dir, images, PoolConfig::off(), None)
     }
 
     /// A worker that keeps standby containers ready (see [`PoolConfig`]): a task whose image
     /// and limits were asked for recently starts in a container whose Python has already
     /// imported the modal container runtime. Tasks the pool cannot serve (GPUs, no network,
-    /// volumes, a command override) start the usual way.
-    pub fn with_pool(data_dir: &Path, images: ImageStore, config: PoolConfig) -> Worker {
-        let runtime = ContainerRuntime::new(images.clone());
+    /// volumes, a command override) start the usual way. `trusted_ca`: a certificate authority
+    /// (PEM file) every container trusts besides its image's own
+    /// ([`ContainerRuntime::trusting`]).
+    pub fn with_pool(data_dir: &Path, images: ImageStore, config: PoolConfig, trusted_ca: Option<PathBuf>) -> Worker {
+        let runtime = ContainerRuntime::new(images.clone()).trusting(trusted_ca);
         let pool = pool::Pool::new(config);
         let pool = pool.enabled().then(|| Arc::new(pool));
         Worker { inner: Arc::new(Inner { data_dir: data_dir.to_path_buf(), store: images, runtime, pool, driver: Default::default(), zygotes: Default::default() }) }
