@@ -188,9 +188,14 @@ except modal.exception.NotFoundError as e:
 def test_detached_run_outlives_the_client_and_stops_when_done(runner):
     before = detached_apps(runner)
     key = f"k{time.time_ns()}"
-    out = runner.modal("run", "--detach", str(APPS / "detached.py"), "--key", key, timeout=600)
+    # The spawned call outlasts the client's wait for the app's last logs (10 s).
+    out = runner.modal("run", "--detach", str(APPS / "detached.py"), "--key", key, "--seconds", "15", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "spawned" in out.stdout, out.stdout + out.stderr
+    # The client's log stream ended as it left, not by its timeout, and the app runs on.
+    assert "Timed out waiting for final app logs" not in out.stdout + out.stderr, out.stdout + out.stderr
     [app_id] = [a for a in detached_apps(runner) if a not in before]
+    assert detached_apps(runner)[app_id] != "stopped"
     code = f"""
 import time, modal
 d = modal.Dict.from_name("ferry-detached-results", create_if_missing=True)
@@ -209,14 +214,18 @@ print("value " + str(d.get({key!r})))
         time.sleep(0.5)
     assert detached_apps(runner)[app_id] == "stopped"
 
-    # An entrypoint that waited for its work: the app stops as the client leaves, and the
-    # client gets the app's last logs instead of timing out on them.
+    # An entrypoint that waited for its work: the app stops as the client leaves (or at the
+    # next check, while the last answer commits), and the client gets the app's last logs
+    # instead of timing out on them.
     key = f"w{time.time_ns()}"
     before = detached_apps(runner)
     out = runner.modal("run", "--detach", str(APPS / "detached.py"), "--key", key, "--wait", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "finished" in out.stdout and "Timed out waiting for final app logs" not in out.stdout + out.stderr, out.stdout + out.stderr
     [app_id] = [a for a in detached_apps(runner) if a not in before]
+    deadline = time.time() + 30
+    while time.time() < deadline and detached_apps(runner)[app_id] != "stopped":
+        time.sleep(0.5)
     assert detached_apps(runner)[app_id] == "stopped"
 
 
@@ -359,3 +368,34 @@ print("LOGS", logs.returncode, "started" in logs.stdout, repr(logs.stdout[-300:]
     assert "COUNTED ['1']" in out.stdout, out.stdout
     assert "STOPPED 137" in out.stdout, out.stdout
     assert "LOGS 0 True" in out.stdout, out.stdout
+
+
+def test_experimental_spawn_map_results_by_index(runner):
+    """`Function.experimental_spawn_map` sends its inputs, then `FunctionFinishInputs`; its
+    call's results are read by index, in order, and through `FunctionCall.from_id`."""
+    code = """
+import modal
+from basic import app, square
+with app.run():
+    fc = square.experimental_spawn_map(range(20))
+    print("third", fc.get(index=3))
+    print("all", list(fc.iter()))
+    print("slice", list(fc.iter(start=5, end=8)))
+    again = modal.FunctionCall.from_id(fc.object_id)
+    print("count", again.num_inputs())
+    print("again", list(again.iter(start=18)))
+    try:
+        list(again.iter(end=21))
+        print("range accepted")
+    except ValueError as e:
+        print("range refused")
+"""
+    out = runner.python(code, PYTHONPATH=str(APPS), timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert lines["third"] == "9", out.stdout
+    assert lines["all"] == str([i * i for i in range(20)]), out.stdout
+    assert lines["slice"] == "[25, 36, 49]", out.stdout
+    assert lines["count"] == "20", out.stdout
+    assert lines["again"] == "[324, 361]", out.stdout
+    assert lines["range"] == "refused", out.stdout

@@ -13,6 +13,34 @@ use crate::service::{creator, ModalService, Rpc, RpcStream};
 use crate::status::{check_id, invalid, OrStatus};
 
 const MAX_LOG_POLL: f32 = 55.0;
+/// How long a detached app's departed client is remembered: its log stream may be between
+/// two polls when it leaves.
+const LEFT_CLIENT_MEMORY: Duration = Duration::from_secs(600);
+
+/// Clients of detached apps that have left (`AppClientDisconnect`), by app and by the address
+/// of their connection. The log stream the same client follows (`modal run --detach` waits
+/// for it to end) ends then, as the app keeps running; anyone else's stream of the same app
+/// (`modal app logs`) goes on.
+#[derive(Default)]
+pub(crate) struct LeftClients {
+    left: std::sync::Mutex<std::collections::HashMap<(String, std::net::SocketAddr), std::time::Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl LeftClients {
+    fn mark(&self, app_id: &str, peer: std::net::SocketAddr) {
+        let mut left = self.left.lock().unwrap();
+        left.retain(|_, at| at.elapsed() < LEFT_CLIENT_MEMORY);
+        left.insert((app_id.to_string(), peer), std::time::Instant::now());
+        drop(left);
+        self.changed.notify_waiters();
+    }
+
+    fn has_left(&self, app_id: &str, peer: Option<std::net::SocketAddr>) -> bool {
+        let Some(peer) = peer else { return false };
+        self.left.lock().unwrap().contains_key(&(app_id.to_string(), peer))
+    }
+}
 
 fn id(app_id: &str) -> Result<&str, Status> {
     check_id(app_id, "ap", "App").map(|_| app_id)
@@ -290,6 +318,7 @@ pub(crate) async fn stop(s: &ModalService, r: Request<api::AppStopRequest>) -> R
 /// The client is going away: an ephemeral run ends with it; a detached one keeps running until
 /// its work is done (`stop_finished_detached_apps`), at once if there is none.
 pub(crate) async fn client_disconnect(s: &ModalService, r: Request<api::AppClientDisconnectRequest>) -> Rpc<()> {
+    let peer = r.remote_addr();
     let app = s.store.app(id(&r.get_ref().app_id)?).await.or_status()?;
     let next = match app.state {
         AppState::Ephemeral | AppState::Initializing => Some(AppState::Stopped),
@@ -302,6 +331,9 @@ pub(crate) async fn client_disconnect(s: &ModalService, r: Request<api::AppClien
             crate::launch::stop_app(s, &app.id);
         } else if detached_work_done(s, &app.id).await.or_status()? {
             stop_detached(s, &app.id).await.or_status()?;
+        } else if let Some(peer) = peer {
+            // The app runs on; the log stream this client follows ends now.
+            s.left_clients.mark(&app.id, peer);
         }
     }
     Ok(Response::new(()))
@@ -426,6 +458,7 @@ fn batches(entries: &[LogEntry]) -> Vec<api::TaskLogsBatch> {
 /// Streams log batches after `last_entry_id` until `timeout`; once the app has stopped and
 /// everything was sent, a final `app_done` batch tells the client to stop following.
 pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest>) -> RpcStream<api::TaskLogsBatch> {
+    let peer = r.remote_addr();
     let req = r.into_inner();
     let app_id = id(&req.app_id)?.to_string();
     s.store.app(&app_id).await.or_status()?;
@@ -455,17 +488,28 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
     .await?;
     let store = s.store.clone();
     let scheduler = s.scheduler.clone();
+    let left_clients = s.left_clients.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (entries, app) = match store.follow_logs(&app_id, after, left).await {
+            let changed = left_clients.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // This stream's client left its detached app: what is written so far, then done.
+            let client_left = left_clients.has_left(&app_id, peer);
+            let left = if client_left { Duration::ZERO } else { deadline.saturating_duration_since(tokio::time::Instant::now()) };
+            let followed = tokio::select! {
+                followed = store.follow_logs(&app_id, after, left) => followed,
+                _ = &mut changed, if !client_left => continue,
+            };
+            let (entries, app) = match followed {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = tx.send(Err(crate::status::to_status(e))).await;
                     return;
                 }
             };
+            let read_some = !entries.is_empty();
             if let Some(last) = entries.last() {
                 after = last.id;
             }
@@ -474,6 +518,14 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
                 if tx.send(Ok(b)).await.is_err() {
                     return;
                 }
+            }
+            if client_left && !read_some {
+                let done = api::TaskLogsBatch { app_done: true, entry_id: after.to_string(), ..Default::default() };
+                let _ = tx.send(Ok(done)).await;
+                return;
+            }
+            if client_left {
+                continue;
             }
             // Done once the app stopped, its containers are gone (their `@exit` output
             // included) and every log line was sent.

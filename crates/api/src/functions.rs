@@ -297,6 +297,28 @@ pub(crate) async fn call_from_id(s: &ModalService, r: Request<api::FunctionCallF
     }))
 }
 
+/// `FunctionFinishInputs`: the client of `Function.experimental_spawn_map` has sent all of the
+/// call's inputs. Every input of a call is stored when its `FunctionPutInputs` is answered, so
+/// this only checks that the call holds as many as the client sent.
+pub(crate) async fn finish_inputs(s: &ModalService, r: Request<api::FunctionFinishInputsRequest>) -> Rpc<()> {
+    let req = r.into_inner();
+    check_id(&req.function_call_id, "fc", "FunctionCall")?;
+    let call = s.scheduler.call(&req.function_call_id).await.map_err(status)?;
+    if !req.function_id.is_empty() && req.function_id != call.function_id {
+        return Err(Status::invalid_argument(format!(
+            "function call {} belongs to function {}, not {}",
+            req.function_call_id, call.function_id, req.function_id
+        )));
+    }
+    if call.num_inputs as u64 != u64::from(req.num_inputs) {
+        return Err(Status::failed_precondition(format!(
+            "function call {} holds {} inputs but the client sent {}; spawn the map again",
+            req.function_call_id, call.num_inputs, req.num_inputs
+        )));
+    }
+    Ok(Response::new(()))
+}
+
 /// `FunctionCallGetInfo` (`FunctionCall.logs.stream()` asks it whether the call is over): the
 /// call's inputs by outcome, from the store, so it holds across restarts while the call is kept.
 pub(crate) async fn call_get_info(s: &ModalService, r: Request<api::FunctionCallGetInfoRequest>) -> Rpc<api::FunctionCallGetInfoResponse> {

@@ -33,6 +33,8 @@ pub struct ModalService {
     pub(crate) sandboxes: Option<Arc<ferry_sandbox::Sandboxes>>,
     /// The host's GPUs and which task holds each.
     pub(crate) gpus: ferry_gpu::GpuPool,
+    /// Clients of detached apps that have left, whose own log streams end.
+    pub(crate) left_clients: Arc<crate::apps::LeftClients>,
 }
 
 impl ModalService {
@@ -72,6 +74,7 @@ impl ModalService {
             web: Default::default(),
             sandboxes: None,
             gpus,
+            left_clients: Default::default(),
         })
     }
 
@@ -186,6 +189,7 @@ modal_client_impl! {
         app_get_layout(api::AppGetLayoutRequest) -> api::AppGetLayoutResponse => crate::classes::app_get_layout;
         function_call_from_id(api::FunctionCallFromIdRequest) -> api::FunctionCallFromIdResponse => crate::functions::call_from_id;
         function_call_get_info(api::FunctionCallGetInfoRequest) -> api::FunctionCallGetInfoResponse => crate::functions::call_get_info;
+        function_finish_inputs(api::FunctionFinishInputsRequest) -> () => crate::functions::finish_inputs;
         function_call_cancel(api::FunctionCallCancelRequest) -> () => crate::functions::cancel;
         app_publish(api::AppPublishRequest) -> api::AppPublishResponse => crate::apps::publish;
         app_deployment_history(api::AppDeploymentHistoryRequest) -> api::AppDeploymentHistoryResponse => crate::apps::deployment_history;
