@@ -81,6 +81,8 @@ def test_classes_spawn_retries_timeouts(runner):
         "gave up never works",
         "quick 0.1",
         "timeout Function timed out after 2 seconds",
+        "timed out status TIMEOUT",
+        "timed out stream ended",
     ]:
         assert expected in text, f"missing {expected!r} in:\n{text}"
     # @modal.exit runs when the app stops (the container is sent kill_switch first).

@@ -81,6 +81,7 @@ fn status_of(input: &ferry_store::GraphInput) -> i32 {
     match input.state.as_deref() {
         Some("done") => G::Success as i32,
         Some("failed") => G::Failure as i32,
+        Some("timeout") => G::Timeout as i32,
         Some("cancelled") => G::Terminated as i32,
         _ => 0,
     }

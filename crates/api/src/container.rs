@@ -78,7 +78,7 @@ pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOut
         let result = out.result.unwrap_or_default();
         crate::call_graph::input_finished(s, &out.input_id, result.status);
         let outcome = outcome_of(&result);
-        if outcome == Outcome::Failed {
+        if matches!(outcome, Outcome::Failed | Outcome::TimedOut) {
             // A failed attempt is retried while the function's retry policy allows.
             if let Some(input) = s.scheduler.take_back(&task_id, &out.input_id) {
                 crate::launch::fail_or_retry_output(s, &function_id, &task_id, input, result.encode_to_vec(), out.data_format).await;

@@ -325,16 +325,11 @@ pub(crate) async fn call_get_info(s: &ModalService, r: Request<api::FunctionCall
     let req = r.into_inner();
     check_id(&req.function_call_id, "fc", "FunctionCall")?;
     let not_found = || Status::not_found(format!("Function call {} not found (calls are kept until their answers expire)", req.function_call_id));
-    let progress = s.store.call_progress(&req.function_call_id, 100_000).await.or_status()?.ok_or_else(not_found)?;
+    let progress = s.store.call_progress(&req.function_call_id).await.or_status()?.ok_or_else(not_found)?;
     if !req.function_id.is_empty() && req.function_id != progress.function_id {
         return Err(not_found());
     }
     let count = |state: &str| progress.states.iter().filter(|(st, _)| st == state).map(|(_, n)| *n as i32).sum::<i32>();
-    let timeouts = progress
-        .failed_results
-        .iter()
-        .filter(|r| api::GenericResult::decode(r.as_slice()).is_ok_and(|g| g.status == api::generic_result::GenericStatus::Timeout as i32))
-        .count() as i32;
     let category = |total: i32| Some(api::InputCategoryInfo { total, ..Default::default() });
     let total: i32 = progress.states.iter().map(|(_, n)| *n as i32).sum();
     let info = api::FunctionCallInfo {
@@ -343,8 +338,8 @@ pub(crate) async fn call_get_info(s: &ModalService, r: Request<api::FunctionCall
         scheduled_at: progress.created_at,
         pending_inputs: category(count("queued")),
         succeeded_inputs: category(count("done")),
-        failed_inputs: category(count("failed") - timeouts),
-        timeout_inputs: category(timeouts),
+        failed_inputs: category(count("failed")),
+        timeout_inputs: category(count("timeout")),
         cancelled_inputs: category(count("cancelled")),
         total_inputs: total,
         ..Default::default()

@@ -126,7 +126,10 @@ pub(crate) async fn fail_or_retry_output(s: &ModalService, function_id: &str, ta
     let def = definition(s, function_id).await.ok().map(|(_, d)| d);
     match def.as_ref().and_then(|d| retry_delay(d, input.retry_count)) {
         Some(delay) => schedule_retry(s, function_id, input, delay),
-        None => s.scheduler.finish(function_id, input, task_id, result, data_format, Outcome::Failed).await,
+        None => {
+            let outcome = crate::scheduler::failure_outcome(&result);
+            s.scheduler.finish(function_id, input, task_id, result, data_format, outcome).await
+        }
     }
 }
 
@@ -156,7 +159,8 @@ pub(crate) async fn fail_or_retry(s: &ModalService, function_id: &str, task_id: 
             None => final_failures.push(input),
         }
     }
-    s.scheduler.fail(function_id, final_failures, task_id, result).await;
+    let outcome = crate::scheduler::failure_outcome(&result);
+    s.scheduler.fail(function_id, final_failures, task_id, result, outcome).await;
 }
 
 /// A function's record and decoded definition. Every submitted batch and every container poll
@@ -352,7 +356,7 @@ fn start_task(s: ModalService, function_id: String, task_id: String) {
             if s.scheduler.tasks_of_function(&function_id) == 0 {
                 inputs.extend(s.scheduler.drain_pending(&function_id));
             }
-            s.scheduler.fail(&function_id, inputs, &task_id, failure(message)).await;
+            s.scheduler.fail(&function_id, inputs, &task_id, failure(message), Outcome::Failed).await;
         }
     });
 }
@@ -711,7 +715,7 @@ pub(crate) async fn after_exit(s: &ModalService, function_id: &str, task_id: &st
     if reported.is_some() && s.scheduler.tasks_of_function(function_id) == 0 {
         // The function cannot start: the queued inputs would wait forever.
         lost.extend(s.scheduler.drain_pending(function_id));
-        s.scheduler.fail(function_id, lost, task_id, failure(message)).await;
+        s.scheduler.fail(function_id, lost, task_id, failure(message), Outcome::Failed).await;
     } else {
         fail_or_retry(s, function_id, task_id, lost, failure(message)).await;
     }

@@ -35,6 +35,15 @@ pub(crate) fn outcome_of(result: &api::GenericResult) -> Outcome {
     match GenericStatus::try_from(result.status) {
         Ok(GenericStatus::Success) => Outcome::Done,
         Ok(GenericStatus::Terminated) => Outcome::Cancelled,
+        Ok(GenericStatus::Timeout) => Outcome::TimedOut,
+        _ => Outcome::Failed,
+    }
+}
+
+/// What the server records for a failed attempt's encoded result: a timeout, or a failure.
+pub(crate) fn failure_outcome(result: &[u8]) -> Outcome {
+    match api::GenericResult::decode(result) {
+        Ok(r) if r.status == api::generic_result::GenericStatus::Timeout as i32 => Outcome::TimedOut,
         _ => Outcome::Failed,
     }
 }

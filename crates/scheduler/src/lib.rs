@@ -105,6 +105,8 @@ pub struct NewInput {
 pub enum Outcome {
     Done,
     Failed,
+    /// Failed by running past the function's timeout (counted apart from other failures).
+    TimedOut,
     Cancelled,
 }
 
@@ -113,6 +115,7 @@ impl Outcome {
         match self {
             Outcome::Done => "done",
             Outcome::Failed => "failed",
+            Outcome::TimedOut => "timeout",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -1041,13 +1044,14 @@ impl Scheduler {
         st.running.get(task_id)?.iter().filter_map(|i| i.taken_at).map(|t| t.elapsed()).max()
     }
 
-    /// Answers inputs no task holds any more (their container died, no retries left).
-    pub async fn fail(&self, function_id: &str, inputs: Vec<Input>, task_id: &str, result: Vec<u8>) {
+    /// Answers inputs no task holds any more (their container died, no retries left) with
+    /// `outcome` ([`Outcome::Failed`] or [`Outcome::TimedOut`]).
+    pub async fn fail(&self, function_id: &str, inputs: Vec<Input>, task_id: &str, result: Vec<u8>, outcome: Outcome) {
         let answers = inputs
             .into_iter()
             .map(|i| {
                 let retry_count = i.retry_count;
-                (self.pending_of(function_id, i, retry_count), task_id.to_string(), result.clone(), 0, Outcome::Failed)
+                (self.pending_of(function_id, i, retry_count), task_id.to_string(), result.clone(), 0, outcome)
             })
             .collect();
         if let Err(e) = self.answer(answers).await {

@@ -170,7 +170,7 @@ async fn retries_and_failures() {
     let retried = take(&s, "ta-1", 1).await;
     assert_eq!(retried[0].retry_count, 1);
     let (_, held) = s.remove_task("ta-1");
-    s.fail("fu-1", held, "ta-1", b"boom".to_vec()).await;
+    s.fail("fu-1", held, "ta-1", b"boom".to_vec(), Outcome::Failed).await;
     let out = s.outputs(&call, 0, Some((0, 0)), SHORT, false).await.unwrap();
     assert_eq!(out.outputs[0].result, b"boom");
     assert_eq!(out.outputs[0].retry_count, 1);

@@ -59,7 +59,6 @@ pub struct CallProgress {
     pub function_id: String,
     pub created_at: f64,
     pub states: Vec<(String, i64)>,
-    pub failed_results: Vec<Vec<u8>>,
 }
 
 /// A stored call.
@@ -396,9 +395,8 @@ impl Store {
     }
 
     /// How a call's inputs stand, for `FunctionCallGetInfo`: the call's function and creation
-    /// time, its inputs by state ('queued', 'done', 'failed', 'cancelled'), and the stored
-    /// answers of its failed inputs (at most `max_failed`), which tell failures from timeouts.
-    pub async fn call_progress(&self, call_id: &str, max_failed: i64) -> Result<Option<CallProgress>> {
+    /// time, and its inputs by state ('queued', 'done', 'failed', 'timeout', 'cancelled').
+    pub async fn call_progress(&self, call_id: &str) -> Result<Option<CallProgress>> {
         let Some(row) = sqlx::query("SELECT function_id, created_at FROM function_calls WHERE id = $1").bind(call_id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
@@ -409,12 +407,7 @@ impl Store {
             .iter()
             .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
             .collect();
-        let failed_results = sqlx::query_scalar("SELECT result FROM function_inputs WHERE call_id = $1 AND state = 'failed' AND result IS NOT NULL LIMIT $2")
-            .bind(call_id)
-            .bind(max_failed)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Some(CallProgress { function_id: row.get(0), created_at: row.get(1), states, failed_results }))
+        Ok(Some(CallProgress { function_id: row.get(0), created_at: row.get(1), states }))
     }
 
     /// Answers of a call after sequence number `after`, oldest first, at most `limit`.

@@ -90,3 +90,13 @@ def main():
         sleeper.remote(30)
     except modal.exception.FunctionTimeoutError as e:
         print(f"timeout {e}")
+    # A spawned call that times out: recorded as a timeout, apart from failures.
+    late = sleeper.spawn(30)
+    try:
+        late.get()
+    except modal.exception.FunctionTimeoutError:
+        pass
+    print(f"timed out status {late.get_call_graph()[0].status.name}")
+    # Its log stream ends, the call being over (FunctionCallGetInfo counts the timeout).
+    list(late.logs.stream())
+    print("timed out stream ended")
