@@ -376,3 +376,39 @@ print("RESULT " + json.dumps(dict(url=url, statuses=sorted(set(statuses)), body=
     assert r["posted"] == "POST /echo payload"
     assert len(r["containers"]) == 1 and r["body"].endswith(r["containers"][0][0])
     runner.modal("app", "stop", "ferry-flash", "--yes")
+
+
+def test_http_server_sessions_stick_to_one_container(runner):
+    """Requests with the same `Modal-Session-Id` go to one container of an http_server class
+    (rendezvous hashing over the live containers); without it they spread over all of them."""
+    out = runner.modal("deploy", str(APPS / "flash_sticky.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    code = """
+import json, time, urllib.error, urllib.request
+import modal
+url = modal.Cls.from_name("ferry-flash-sticky", "Server")._experimental_get_flash_urls()[0]
+def get(session=None):
+    headers = {"Modal-Session-Id": session} if session else {}
+    return urllib.request.urlopen(urllib.request.Request(url + "/", headers=headers), timeout=30).read().decode()
+seen = set()
+deadline = time.time() + 300
+while len(seen) < 2 and time.time() < deadline:
+    try:
+        seen.add(get())
+    except urllib.error.HTTPError:
+        time.sleep(0.5)
+sessions = {s: sorted({get(s) for _ in range(8)}) for s in ["alice", "bob", "carol", "dave", "erin", "frank"]}
+spread = sorted({get() for _ in range(8)})
+print("RESULT " + json.dumps(dict(seen=sorted(seen), sessions=sessions, spread=spread)))
+"""
+    try:
+        res = runner.python(code, timeout=600)
+        assert res.returncode == 0, res.stdout + res.stderr
+        r = json.loads(res.stdout.split("RESULT ", 1)[1])
+        assert len(r["seen"]) == 2, r
+        for session, tasks in r["sessions"].items():
+            assert len(tasks) == 1, f"session {session} reached {tasks}"
+        # Round robin without a session reaches both containers.
+        assert r["spread"] == r["seen"], r
+    finally:
+        runner.modal("app", "stop", "ferry-flash-sticky", "--yes")

@@ -104,8 +104,11 @@ pub(crate) fn requested_within(function_id: &str, window: Duration) -> bool {
     REGISTRY.lock().unwrap().last_request.get(function_id).is_some_and(|t| t.elapsed() < window)
 }
 
-/// Picks a registered container (round robin), dropping expired or stopped ones.
-fn pick(s: &ModalService, function_id: &str) -> Option<(String, u16)> {
+/// Picks a registered container, dropping expired or stopped ones: for a request with a
+/// `Modal-Session-Id`, the one that session's rendezvous hash ranks first (the same container
+/// for every request of the session while it lives, and only that session's share moves when
+/// containers come or go); otherwise round robin.
+fn pick(s: &ModalService, function_id: &str, session: Option<&[u8]>) -> Option<(String, u16)> {
     let mut guard = REGISTRY.lock().unwrap();
     let reg = &mut *guard;
     reg.last_request.insert(function_id.to_string(), Instant::now());
@@ -116,10 +119,24 @@ fn pick(s: &ModalService, function_id: &str) -> Option<(String, u16)> {
         return None;
     }
     live.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(session) = session.filter(|v| !v.is_empty()) {
+        let (task_id, r) = live.iter().max_by_key(|(task_id, _)| rendezvous(session, task_id))?;
+        return Some(((*task_id).clone(), r.container_port));
+    }
     let next = reg.next.entry(function_id.to_string()).or_default();
     let (task_id, r) = live[*next % live.len()];
     *next = next.wrapping_add(1);
     Some((task_id.clone(), r.container_port))
+}
+
+/// The rendezvous weight of a session on a container: stable across requests and replicas.
+fn rendezvous(session: &[u8], task_id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((session.len() as u64).to_le_bytes());
+    h.update(session);
+    h.update(task_id.as_bytes());
+    h.finalize().into()
 }
 
 /// Starts a proxied request to one of the function's containers.
@@ -127,7 +144,8 @@ pub(crate) async fn start(s: &ModalService, function_id: &str, head: RequestHead
     if head.kind != RequestKind::Http {
         return Err(BackendError::new(501, "Ferry does not proxy WebSocket connections to http_server containers yet"));
     }
-    let Some((task_id, port)) = pick(s, function_id) else {
+    let session = head.headers.iter().find(|(k, _)| k.as_slice() == b"modal-session-id").map(|(_, v)| v.as_slice());
+    let Some((task_id, port)) = pick(s, function_id, session) else {
         // Scale up from zero; the caller retries, as with Modal's Flash.
         crate::launch::ensure_one(s, function_id).await.map_err(|e| BackendError::new(503, e.message().to_string()))?;
         return Err(BackendError::new(503, "no container of this http_server is ready yet; one is starting, retry shortly"));
