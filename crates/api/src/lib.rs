@@ -91,8 +91,9 @@ pub struct ApiConfig {
     /// share a database; then another adopts them (docs/cluster.md).
     pub replica_lease: Duration,
     /// A certificate authority (PEM file) containers and Sandboxes trust besides their
-    /// image's own. [`serve`] sets the data dir's own authority when the API has no
-    /// certificate: that authority then signs `encrypted_ports` tunnels.
+    /// image's own: the data dir's own authority when it signs the API's certificate, and so
+    /// the `encrypted_ports` tunnels. [`serve`] sets it when the API has no certificate, since
+    /// that authority then signs the tunnels' certificate alone.
     pub trusted_ca: Option<std::path::PathBuf>,
 }
 

@@ -211,6 +211,9 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let listener = ferry_api::bind(SocketAddr::new(args.host, args.port)).await?;
     let port = listener.local_addr()?.port();
     let mut tls_note = String::new();
+    // The data dir's authority, when it signs the API's certificate (and so `encrypted_ports`
+    // tunnels): containers trust it too.
+    let mut own_authority = None;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(ferry_api::TlsFiles {
             cert_pem: std::fs::read(c).map_err(|e| anyhow::anyhow!("cannot read --tls-cert {}: {e}", c.display()))?,
@@ -228,6 +231,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 fp = own.ca_fingerprint,
                 names = names.join(", "),
             );
+            own_authority = Some(own.ca_path.clone());
             Some(own.files)
         }
         _ => None,
@@ -288,7 +292,7 @@ pub async fn run(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         pool: args.pool.config(),
         storage: args.storage.clone(),
         fleet: None,
-        trusted_ca: None,
+        trusted_ca: own_authority,
     };
     let mut api_config = api_config;
     // Worker hosts: their endpoint and the loop that declares silent ones lost.

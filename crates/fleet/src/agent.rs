@@ -80,7 +80,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::warn!("no --storage: this worker can only run images whose layers it has (bases); give it the control plane's bucket");
     }
     let files = ferry_blobs::ContentFiles::new(blobs.clone(), &config.data_dir);
-    let worker = ferry_worker::Worker::with_pool(&config.data_dir, images.clone(), config.pool.clone(), None);
+    let worker = ferry_worker::Worker::with_pool(&config.data_dir, images.clone(), config.pool.clone(), config.ca_cert.clone());
     let swept = worker.sweep_stale();
     if swept > 0 {
         tracing::info!("removed {swept} leftovers of containers from an earlier run");
