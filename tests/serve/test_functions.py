@@ -28,6 +28,8 @@ def test_modal_run_functions(runner):
     assert "secret s3cr3t" in text
     # Container output is streamed to `modal run`, stdout and stderr alike.
     assert "squaring 7" in text and "to stderr" in text
+    # A line the container printed while running an input shows before the input's answer.
+    assert out.stdout.index("squaring 7") < out.stdout.index("remote 49"), out.stdout
 
 
 def test_host_files_are_invisible(runner, tmp_path):

@@ -17,6 +17,60 @@ const MAX_LOG_POLL: f32 = 55.0;
 /// two polls when it leaves.
 const LEFT_CLIENT_MEMORY: Duration = Duration::from_secs(600);
 
+/// The log streams following each app, with how far each has sent: an answer waits (briefly)
+/// until they have sent the lines its container printed before it.
+#[derive(Default)]
+pub(crate) struct LogFollowers {
+    by_app: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Arc<tokio::sync::watch::Sender<i64>>>>>,
+}
+
+/// A log stream's place among its app's followers; removed when dropped.
+pub(crate) struct Following {
+    followers: std::sync::Arc<LogFollowers>,
+    app_id: String,
+    sent: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+}
+
+impl Following {
+    fn sent(&self, id: i64) {
+        self.sent.send_replace(id);
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut by_app = self.followers.by_app.lock().unwrap();
+        if let Some(list) = by_app.get_mut(&self.app_id) {
+            list.retain(|s| !std::sync::Arc::ptr_eq(s, &self.sent));
+            if list.is_empty() {
+                by_app.remove(&self.app_id);
+            }
+        }
+    }
+}
+
+impl LogFollowers {
+    fn follow(self: &std::sync::Arc<Self>, app_id: &str, after: i64) -> Following {
+        let sent = std::sync::Arc::new(tokio::sync::watch::Sender::new(after));
+        self.by_app.lock().unwrap().entry(app_id.to_string()).or_default().push(sent.clone());
+        Following { followers: self.clone(), app_id: app_id.to_string(), sent }
+    }
+
+    /// Whether a stream following `app_id` has not yet sent its lines up to `id`.
+    pub(crate) fn behind(&self, app_id: &str, id: i64) -> bool {
+        self.by_app.lock().unwrap().get(app_id).is_some_and(|l| l.iter().any(|s| *s.borrow() < id))
+    }
+
+    /// Waits until every stream following `app_id` has sent its lines up to `id`.
+    pub(crate) async fn caught_up(&self, app_id: &str, id: i64) {
+        let cursors: Vec<tokio::sync::watch::Receiver<i64>> =
+            self.by_app.lock().unwrap().get(app_id).map(|l| l.iter().map(|s| s.subscribe()).collect()).unwrap_or_default();
+        for mut c in cursors {
+            let _ = c.wait_for(|sent| *sent >= id).await;
+        }
+    }
+}
+
 /// Clients of detached apps that have left (`AppClientDisconnect`), by app and by the address
 /// of their connection. The log stream the same client follows (`modal run --detach` waits
 /// for it to end) ends then, as the app keeps running; anyone else's stream of the same app
@@ -489,6 +543,7 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
     let store = s.store.clone();
     let scheduler = s.scheduler.clone();
     let left_clients = s.left_clients.clone();
+    let following = (req.timeout > 0.0).then(|| s.log_followers.follow(&app_id, after));
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -518,6 +573,9 @@ pub(crate) async fn get_logs(s: &ModalService, r: Request<api::AppGetLogsRequest
                 if tx.send(Ok(b)).await.is_err() {
                     return;
                 }
+            }
+            if let Some(f) = &following {
+                f.sent(after);
             }
             if client_left && !read_some {
                 let done = api::TaskLogsBatch { app_done: true, entry_id: after.to_string(), ..Default::default() };

@@ -73,7 +73,12 @@ pub(crate) async fn get_inputs(s: &ModalService, r: Request<api::FunctionGetInpu
 
 pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOutputsRequest>) -> Rpc<()> {
     let task_id = task_of(&r)?;
-    let function_id = s.scheduler.task(&task_id).map(|t| t.function_id).unwrap_or_default();
+    let task = s.scheduler.task(&task_id);
+    let function_id = task.as_ref().map(|t| t.function_id.clone()).unwrap_or_default();
+    // The lines the container printed while running these inputs go first.
+    if let Some(t) = &task {
+        s.launcher.logs_before_answer(s, &task_id, &t.app_id).await;
+    }
     for out in r.into_inner().outputs {
         let result = out.result.unwrap_or_default();
         crate::call_graph::input_finished(s, &out.input_id, result.status);

@@ -23,6 +23,8 @@ pub(crate) const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// Most container log lines written in one commit.
 const LOG_BATCH: usize = 512;
+/// Longest an answer waits for the log lines its container wrote before it.
+const LOG_BARRIER: Duration = Duration::from_millis(200);
 /// Where the API's unix socket appears inside a container without a network.
 const CONTAINER_SOCKET: &str = "/__modal/ferry.sock";
 /// Prefix of the failure recorded when an input overran the function's timeout.
@@ -33,6 +35,8 @@ pub(crate) struct Launcher {
     pub(crate) worker: ferry_worker::Worker,
     client: OnceCell<ferry_worker::ClientRuntime>,
     killers: std::sync::Mutex<std::collections::HashMap<String, Killer>>,
+    /// Each local container's log pump: how many lines it has read and written.
+    log_pumps: std::sync::Mutex<std::collections::HashMap<String, Arc<LogProgress>>>,
     definitions: std::sync::Mutex<std::collections::HashMap<String, Arc<(ferry_store::FunctionRecord, api::Function)>>>,
 }
 
@@ -50,7 +54,7 @@ impl Launcher {
         if swept > 0 {
             tracing::info!("removed {swept} leftovers of containers from an earlier run");
         }
-        Launcher { worker, client: OnceCell::new(), killers: Default::default(), definitions: Default::default() }
+        Launcher { worker, client: OnceCell::new(), killers: Default::default(), log_pumps: Default::default(), definitions: Default::default() }
     }
 
     /// Drops a cached definition after `FunctionCreate` stored a new one.
@@ -75,10 +79,43 @@ impl Launcher {
         self.killers.lock().unwrap().remove(task_id);
     }
 
+    /// Waits (at most [`LOG_BARRIER`]) until the log lines the task's container printed so far
+    /// (those this server has read) are in the store and sent to every client following the
+    /// app's logs, so that `modal run` shows an input's output lines before its answer, in the
+    /// order the container made them. Returns at once when there is nothing to wait for.
+    pub(crate) async fn logs_before_answer(&self, s: &ModalService, task_id: &str, app_id: &str) {
+        let Some(progress) = self.log_pumps.lock().unwrap().get(task_id).cloned() else { return };
+        let read = progress.read.load(std::sync::atomic::Ordering::Acquire);
+        if read == 0 {
+            return;
+        }
+        let (count, last) = *progress.written.borrow();
+        if count >= read && !s.log_followers.behind(app_id, last) {
+            return;
+        }
+        let _ = tokio::time::timeout(LOG_BARRIER, async {
+            let mut written = progress.written.subscribe();
+            let last = match written.wait_for(|(count, _)| *count >= read).await {
+                Ok(w) => w.1,
+                Err(_) => return,
+            };
+            s.log_followers.caught_up(app_id, last).await;
+        })
+        .await;
+    }
+
     /// Containers running on this host now.
     pub(crate) fn local_tasks(&self) -> usize {
         self.killers.lock().unwrap().values().filter(|k| matches!(k, Killer::Local(_))).count()
     }
+}
+
+/// A container's log pump: lines read from the container, and lines written to the store.
+#[derive(Default)]
+pub(crate) struct LogProgress {
+    read: std::sync::atomic::AtomicU64,
+    /// Lines written, and the id of the last one.
+    written: tokio::sync::watch::Sender<(u64, i64)>,
 }
 
 /// Stops a container: on this host, or through the worker host that runs it.
@@ -599,6 +636,8 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
         (Some(mut logs), None) => {
             let (store, scheduler) = (s.store.clone(), s.scheduler.clone());
             let (app_id, task_id, fid) = (app.id.clone(), task_id.to_string(), function_id.to_string());
+            let progress = Arc::new(LogProgress::default());
+            launcher.log_pumps.lock().unwrap().insert(task_id.clone(), progress.clone());
             tokio::spawn(async move {
                 // Each line is attributed to the input the task runs when the line arrives; the
                 // lines waiting at once are written in one commit.
@@ -614,6 +653,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
                         timestamp: Some(ferry_store::now()),
                     }
                 };
+                let mut count: u64 = 0;
                 while let Some(line) = logs.recv().await {
                     let mut batch = vec![entry(line)];
                     while batch.len() < LOG_BATCH {
@@ -622,7 +662,10 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
                             Err(_) => break,
                         }
                     }
-                    let _ = store.append_logs(&app_id, &batch).await;
+                    count += batch.len() as u64;
+                    progress.read.store(count, std::sync::atomic::Ordering::Release);
+                    let last = store.append_logs(&app_id, &batch).await.ok().flatten().unwrap_or(0);
+                    progress.written.send_replace((count, last));
                 }
             });
         }
@@ -645,6 +688,7 @@ async fn run_task_as(s: &ModalService, function_id: &str, task_id: &str, build_l
     watcher.abort();
     s.volumes.release_task(task_id).await;
     launcher.unfollow(task_id);
+    launcher.log_pumps.lock().unwrap().remove(task_id);
     let _ = s.store.revoke_task_credential(task_id).await;
     after_exit(s, function_id, task_id, &def, exit.map_err(|e| e.to_string())).await;
     Ok(layer)

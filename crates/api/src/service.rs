@@ -35,6 +35,8 @@ pub struct ModalService {
     pub(crate) gpus: ferry_gpu::GpuPool,
     /// Clients of detached apps that have left, whose own log streams end.
     pub(crate) left_clients: Arc<crate::apps::LeftClients>,
+    /// The log streams following each app, and how far each has sent.
+    pub(crate) log_followers: Arc<crate::apps::LogFollowers>,
 }
 
 impl ModalService {
@@ -75,6 +77,7 @@ impl ModalService {
             sandboxes: None,
             gpus,
             left_clients: Default::default(),
+            log_followers: Default::default(),
         })
     }
 
