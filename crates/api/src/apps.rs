@@ -18,22 +18,35 @@ const MAX_LOG_POLL: f32 = 55.0;
 const LEFT_CLIENT_MEMORY: Duration = Duration::from_secs(600);
 
 /// The log streams following each app, with how far each has sent: an answer waits (briefly)
-/// until they have sent the lines its container printed before it.
+/// until they have sent the lines its container printed before it. A stream that did not keep
+/// up within that time (its client stopped reading) is not waited for again until it sends.
 #[derive(Default)]
 pub(crate) struct LogFollowers {
-    by_app: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Arc<tokio::sync::watch::Sender<i64>>>>>,
+    by_app: std::sync::Mutex<std::collections::HashMap<String, Vec<std::sync::Arc<Cursor>>>>,
+}
+
+struct Cursor {
+    sent: tokio::sync::watch::Sender<i64>,
+    lagging: std::sync::atomic::AtomicBool,
+}
+
+impl Cursor {
+    fn waited_for(&self, id: i64) -> bool {
+        !self.lagging.load(std::sync::atomic::Ordering::Relaxed) && *self.sent.borrow() < id
+    }
 }
 
 /// A log stream's place among its app's followers; removed when dropped.
 pub(crate) struct Following {
     followers: std::sync::Arc<LogFollowers>,
     app_id: String,
-    sent: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+    cursor: std::sync::Arc<Cursor>,
 }
 
 impl Following {
     fn sent(&self, id: i64) {
-        self.sent.send_replace(id);
+        self.cursor.sent.send_replace(id);
+        self.cursor.lagging.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -41,7 +54,7 @@ impl Drop for Following {
     fn drop(&mut self) {
         let mut by_app = self.followers.by_app.lock().unwrap();
         if let Some(list) = by_app.get_mut(&self.app_id) {
-            list.retain(|s| !std::sync::Arc::ptr_eq(s, &self.sent));
+            list.retain(|c| !std::sync::Arc::ptr_eq(c, &self.cursor));
             if list.is_empty() {
                 by_app.remove(&self.app_id);
             }
@@ -51,22 +64,27 @@ impl Drop for Following {
 
 impl LogFollowers {
     fn follow(self: &std::sync::Arc<Self>, app_id: &str, after: i64) -> Following {
-        let sent = std::sync::Arc::new(tokio::sync::watch::Sender::new(after));
-        self.by_app.lock().unwrap().entry(app_id.to_string()).or_default().push(sent.clone());
-        Following { followers: self.clone(), app_id: app_id.to_string(), sent }
+        let cursor = std::sync::Arc::new(Cursor { sent: tokio::sync::watch::Sender::new(after), lagging: Default::default() });
+        self.by_app.lock().unwrap().entry(app_id.to_string()).or_default().push(cursor.clone());
+        Following { followers: self.clone(), app_id: app_id.to_string(), cursor }
     }
 
-    /// Whether a stream following `app_id` has not yet sent its lines up to `id`.
+    /// Whether a stream following `app_id` (one that keeps up) has not yet sent its lines up
+    /// to `id`.
     pub(crate) fn behind(&self, app_id: &str, id: i64) -> bool {
-        self.by_app.lock().unwrap().get(app_id).is_some_and(|l| l.iter().any(|s| *s.borrow() < id))
+        self.by_app.lock().unwrap().get(app_id).is_some_and(|l| l.iter().any(|c| c.waited_for(id)))
     }
 
-    /// Waits until every stream following `app_id` has sent its lines up to `id`.
-    pub(crate) async fn caught_up(&self, app_id: &str, id: i64) {
-        let cursors: Vec<tokio::sync::watch::Receiver<i64>> =
-            self.by_app.lock().unwrap().get(app_id).map(|l| l.iter().map(|s| s.subscribe()).collect()).unwrap_or_default();
-        for mut c in cursors {
-            let _ = c.wait_for(|sent| *sent >= id).await;
+    /// Waits until every stream following `app_id` that keeps up has sent its lines up to
+    /// `id`, or `deadline`; a stream still behind then counts as lagging.
+    pub(crate) async fn caught_up(&self, app_id: &str, id: i64, deadline: tokio::time::Instant) {
+        let cursors: Vec<std::sync::Arc<Cursor>> =
+            self.by_app.lock().unwrap().get(app_id).map(|l| l.iter().filter(|c| c.waited_for(id)).cloned().collect()).unwrap_or_default();
+        for c in cursors {
+            let mut rx = c.sent.subscribe();
+            if tokio::time::timeout_at(deadline, rx.wait_for(|sent| *sent >= id)).await.is_err() {
+                c.lagging.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

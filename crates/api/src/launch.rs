@@ -93,15 +93,13 @@ impl Launcher {
         if count >= read && !s.log_followers.behind(app_id, last) {
             return;
         }
-        let _ = tokio::time::timeout(LOG_BARRIER, async {
-            let mut written = progress.written.subscribe();
-            let last = match written.wait_for(|(count, _)| *count >= read).await {
-                Ok(w) => w.1,
-                Err(_) => return,
-            };
-            s.log_followers.caught_up(app_id, last).await;
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + LOG_BARRIER;
+        let mut written = progress.written.subscribe();
+        let last = match tokio::time::timeout_at(deadline, written.wait_for(|(count, _)| *count >= read)).await {
+            Ok(Ok(w)) => w.1,
+            _ => return,
+        };
+        s.log_followers.caught_up(app_id, last, deadline).await;
     }
 
     /// Containers running on this host now.
