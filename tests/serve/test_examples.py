@@ -55,6 +55,21 @@ def test_app_urls_and_redirects_stay_under_the_endpoint(examples):
     assert status == 200 and json.loads(body)["n"] == 42
     status, headers, _ = get(base + "/bounce")
     assert (status, headers["location"]) == (307, f"{label_path}/result?n=7")
+    # A root-relative form target on a page of the endpoint goes back under it (307 keeps the
+    # POST and its body); without the page as Referer it names no endpoint.
+    parts = urlsplit(base)
+    def post(path, headers):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        conn.request("POST", path, body=b"a=1", headers=headers)
+        resp = conn.getresponse()
+        out = resp.status, resp.getheader("location"), resp.read()
+        conn.close()
+        return out
+    status, location, _ = post("/process?x=2", {"Referer": base + "/"})
+    assert (status, location) == (307, f"{label_path}/process?x=2")
+    status, _, body = post(location, {"Referer": base + "/"})
+    assert status == 200 and json.loads(body)["got"] == "a=1", body
+    assert post("/process", {})[0] == 404
     # The WebSocket URL the page hands out works.
     code = f"""
 import asyncio, aiohttp

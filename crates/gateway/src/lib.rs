@@ -220,6 +220,16 @@ async fn handle(State(gw): State<Arc<Gateway>>, ConnectInfo(client): ConnectInfo
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()));
     let Some(route) = route::route(host.as_deref(), req.uri().path(), gw.config.host_suffix.as_deref()) else {
+        // A root-relative link, form or fetch on a page served under a path-based URL (an
+        // app written for its own host name): back under the page's endpoint.
+        let referer = req.headers().get(http::header::REFERER).and_then(|v| v.to_str().ok());
+        if let Some(location) = referer.and_then(|r| route::referred_location(r, host.as_deref(), req.uri())) {
+            let mut response = text(307, &format!("This path belongs to the web endpoint of the page that linked it: {location}\n"));
+            if let Ok(value) = http::HeaderValue::from_str(&location) {
+                response.headers_mut().insert(http::header::LOCATION, value);
+            }
+            return response;
+        }
         return text(404, "No web endpoint here: a web endpoint's URL is http://HOST:PORT/<label>/ or http://<label>.<suffix>/\n");
     };
     let endpoint = match gw.backend.endpoint(&route.label).await {

@@ -103,6 +103,38 @@ pub fn mount_location(location: &str, root: &str, host: Option<&str>) -> Option<
     Some(format!("{scheme}://{authority}{root}{path}"))
 }
 
+/// Where a request that names no endpoint belongs when its `Referer` is a page of a
+/// path-based endpoint on the same gateway (`host`): the same path and query under that
+/// endpoint's prefix. Pages written for an endpoint of their own host name link to `/path`;
+/// behind a path-based URL that leaves the endpoint.
+///
+/// ```
+/// use ferry_gateway::route::referred_location;
+/// let uri: http::Uri = "/process?x=1".parse().unwrap();
+/// let page = "http://127.0.0.1:8080/ferry--shop-api/form";
+/// assert_eq!(referred_location(page, Some("127.0.0.1:8080"), &uri).as_deref(), Some("/ferry--shop-api/process?x=1"));
+/// assert_eq!(referred_location(page, Some("10.0.0.9:8080"), &uri), None);
+/// assert_eq!(referred_location("http://127.0.0.1:8080/plain", Some("127.0.0.1:8080"), &uri), None);
+/// ```
+pub fn referred_location(referer: &str, host: Option<&str>, uri: &http::Uri) -> Option<String> {
+    let host = host?;
+    let (scheme, rest) = referer.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if !authority.eq_ignore_ascii_case(host) {
+        return None;
+    }
+    let page = route(Some(authority), path.split(['?', '#']).next().unwrap_or("/"), None)?;
+    if page.style != RouteStyle::Path {
+        return None;
+    }
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    Some(format!("{}{}{query}", page.root_path, uri.path()))
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);

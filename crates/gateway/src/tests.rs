@@ -100,6 +100,21 @@ async fn streams_a_body_through_and_back() {
 }
 
 #[tokio::test]
+async fn root_relative_links_of_an_endpoint_page_are_sent_back_under_it() {
+    let addr = start_gateway().await;
+    let page = format!("http://{addr}/ferry--t-echo/form");
+    let (status, headers, _) = request(addr, "POST", "/process?n=2", &[("referer", &page)], Bytes::from_static(b"a=1")).await;
+    assert_eq!(status, 307);
+    assert_eq!(headers["location"], "/ferry--t-echo/process?n=2");
+    let (status, headers, body) = request(addr, "POST", "/ferry--t-echo/process?n=2", &[], Bytes::from_static(b"a=1")).await;
+    assert_eq!((status, &headers["x-path"], &body[..]), (201, &http::HeaderValue::from_static("/process"), &b"a=1"[..]));
+    // A page elsewhere, or no page at all: nothing here.
+    let (status, _, _) = request(addr, "GET", "/process", &[("referer", "http://elsewhere.example/ferry--t-echo/")], Bytes::new()).await;
+    assert_eq!(status, 404);
+    assert_eq!(request(addr, "GET", "/process", &[], Bytes::new()).await.0, 404);
+}
+
+#[tokio::test]
 async fn unknown_labels_are_not_found() {
     let addr = start_gateway().await;
     let (status, _, body) = request(addr, "GET", "/ferry--nope-x/", &[], Bytes::new()).await;

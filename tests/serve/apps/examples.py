@@ -41,6 +41,11 @@ def site():
     async def result(request: Request, n: int):
         return {"n": n, "url": str(request.url)}
 
+    @web_app.post("/process")
+    async def process(request: Request):
+        # The target of a page's `<form action="/process">`, a root-relative path.
+        return {"got": (await request.body()).decode(), "url": str(request.url)}
+
     @web_app.websocket("/ws")
     async def ws(websocket: WebSocket):
         await websocket.accept()
