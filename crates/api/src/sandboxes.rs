@@ -264,15 +264,31 @@ pub(crate) async fn router_access_v2(s: &ModalService, r: Request<api::SandboxGe
     let sb = sandboxes(s)?;
     let access = match r.into_inner().target {
         Some(Target::SandboxId(id)) => sb.router_access(&id).await,
-        Some(Target::TaskId(id)) => sb.router_access_by_task(&id).await,
+        Some(Target::TaskId(id)) => {
+            function_container_exec(s, &id)?;
+            sb.router_access_by_task(&id).await
+        }
         None => return Err(invalid("a sandbox_id or task_id is required")),
     }
     .map_err(err)?;
     Ok(Response::new(api::SandboxGetCommandRouterAccessResponse { jwt: access.jwt, url: access.url, worker_ipv4_address: String::new() }))
 }
 
+/// `modal container exec` and `modal shell <task>` name a function's container: not served yet.
+fn function_container_exec(s: &ModalService, task_id: &str) -> Result<(), Status> {
+    match s.scheduler.task(task_id) {
+        Some(_) => Err(Status::unimplemented(format!(
+            "Ferry does not implement exec into a function's container yet ({task_id} runs a function); \
+             exec works into Sandboxes (`modal container exec` with a Sandbox's container id)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) async fn router_access_v1(s: &ModalService, r: Request<api::TaskGetCommandRouterAccessRequest>) -> Rpc<api::TaskGetCommandRouterAccessResponse> {
-    let access = sandboxes(s)?.router_access_by_task(&r.into_inner().task_id).await.map_err(err)?;
+    let task_id = r.into_inner().task_id;
+    function_container_exec(s, &task_id)?;
+    let access = sandboxes(s)?.router_access_by_task(&task_id).await.map_err(err)?;
     Ok(Response::new(api::TaskGetCommandRouterAccessResponse { jwt: access.jwt, url: access.url }))
 }
 
