@@ -112,8 +112,24 @@ print("predict " + str(Model().predict.remote(4)))
     assert out.returncode == 0, out.stdout + out.stderr
     out = runner.python(code, timeout=600)
     assert out.returncode == 0 and "double 42" in out.stdout, out.stderr
-    stop = runner.modal("app", "stop", "ferry-deployed", "--yes")
-    assert stop.returncode == 0, stop.stderr
+    # A handle taken before `modal app stop` starts nothing afterwards.
+    held = """
+import subprocess, sys
+import modal
+f = modal.Function.from_name("ferry-deployed", "double")
+print("before " + str(f.remote(1)), flush=True)
+subprocess.run([sys.executable, "-m", "modal", "app", "stop", "ferry-deployed", "--yes"], check=True)
+for call in (lambda: f.remote(2), lambda: f.spawn(3).get()):
+    try:
+        call()
+        print("after ran")
+    except modal.exception.NotFoundError as e:
+        print("after refused: " + str(e))
+"""
+    out = runner.python(held, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "before 2" in out.stdout and "after ran" not in out.stdout, out.stdout
+    assert out.stdout.count("after refused: ") == 2 and "has stopped" in out.stdout, out.stdout
     out = runner.python(code, timeout=120)
     assert out.returncode != 0 and "not found" in out.stderr
 

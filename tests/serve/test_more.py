@@ -58,11 +58,13 @@ def test_ctrl_c_stops_the_app_and_its_containers(runner):
 
 
 def test_container_stop_reruns_its_input(runner):
+    """`modal container stop` interrupts the container (SIGINT, as on Modal): its `@exit` runs,
+    and the input it ran runs again in another container."""
     code = """
 import modal
-from sleeper import app, long_sleep
+from sleeper import app, Napper
 with app.run():
-    call = long_sleep.spawn(8)
+    call = Napper().nap.spawn(8)
     print("result " + call.get(timeout=300), flush=True)
 """
     env = runner.env(PYTHONPATH=str(APPS))
@@ -74,11 +76,16 @@ with app.run():
         rows = [r for r in running_containers(runner) if r["app_name"] == "ferry-sleeper"]
         first = rows[0]["container_id"] if rows else None
     assert first, "no container started"
+    # Exec into a function's container is not served; the answer says so (not "not found").
+    out = runner.modal("container", "exec", "--no-pty", first, "--", "echo", "hi")
+    assert out.returncode != 0 and "exec works into Sandboxes" in out.stdout + out.stderr, out.stdout + out.stderr
     out = runner.modal("container", "stop", first, "--yes")
     assert out.returncode == 0, out.stderr
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    assert "result slept" in stdout
+    assert "result napped" in stdout
+    logs = runner.modal("container", "logs", first)
+    assert "EXIT ran on stop" in logs.stdout + logs.stderr, logs.stdout + logs.stderr
 
 
 def test_min_containers_are_started_with_the_app(runner):

@@ -346,9 +346,10 @@ pub(crate) async fn container_stop(s: &ModalService, r: Request<api::ContainerSt
     if req.graceful {
         s.scheduler.stop_task(&req.task_id);
     } else {
+        // SIGINT, as on Modal: the runtime unwinds and runs `@exit`; killed after a grace.
         s.scheduler.preempt(&req.task_id);
         s.scheduler.stop_task(&req.task_id);
-        s.launcher.kill(&req.task_id);
+        s.launcher.interrupt(&req.task_id);
     }
     Ok(Response::new(api::ContainerStopResponse::default()))
 }
@@ -684,6 +685,7 @@ pub(crate) async fn publish(s: &ModalService, r: Request<api::AppPublishRequest>
         s.store.set_app_tags(&app.id, &tags).await.or_status()?;
     }
     s.store.set_app_state(&app.id, state).await.or_status()?;
+    s.launcher.forget_app_state(&app.id);
     let mut deployed_at = ferry_store::now();
     if state == AppState::Deployed {
         let info = DeploymentInfo {

@@ -21,6 +21,8 @@ const DEFAULT_MAX_CONTAINERS: usize = 8;
 pub(crate) const DEFAULT_SCALEDOWN: Duration = Duration::from_secs(60);
 /// After `kill_switch`, how long a container gets to run `@modal.exit` before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// How long an app's state read from the store answers for it (another replica may stop it).
+const APP_STATE_TTL: Duration = Duration::from_secs(1);
 /// Most container log lines written in one commit.
 const LOG_BATCH: usize = 512;
 /// Longest an answer waits for the log lines its container wrote before it.
@@ -35,6 +37,8 @@ pub(crate) struct Launcher {
     pub(crate) worker: ferry_worker::Worker,
     client: OnceCell<ferry_worker::ClientRuntime>,
     killers: std::sync::Mutex<std::collections::HashMap<String, Killer>>,
+    /// Whether each app recently asked about is live, and when that was read.
+    app_states: std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
     /// Each local container's log pump: how many lines it has read and written.
     log_pumps: std::sync::Mutex<std::collections::HashMap<String, Arc<LogProgress>>>,
     definitions: std::sync::Mutex<std::collections::HashMap<String, Arc<(ferry_store::FunctionRecord, api::Function)>>>,
@@ -54,7 +58,30 @@ impl Launcher {
         if swept > 0 {
             tracing::info!("removed {swept} leftovers of containers from an earlier run");
         }
-        Launcher { worker, client: OnceCell::new(), killers: Default::default(), log_pumps: Default::default(), definitions: Default::default() }
+        Launcher {
+            worker,
+            client: OnceCell::new(),
+            killers: Default::default(),
+            app_states: Default::default(),
+            log_pumps: Default::default(),
+            definitions: Default::default(),
+        }
+    }
+
+    /// Whether the app is live, as last read from the store (at most [`APP_STATE_TTL`] ago).
+    fn app_live(&self, app_id: &str) -> Option<bool> {
+        self.app_states.lock().unwrap().get(app_id).filter(|(_, at)| at.elapsed() < APP_STATE_TTL).map(|(live, _)| *live)
+    }
+
+    fn set_app_live(&self, app_id: &str, live: bool) {
+        let mut states = self.app_states.lock().unwrap();
+        states.retain(|_, (_, at)| at.elapsed() < APP_STATE_TTL);
+        states.insert(app_id.to_string(), (live, std::time::Instant::now()));
+    }
+
+    /// Forgets what is known of an app's state (it was published again).
+    pub(crate) fn forget_app_state(&self, app_id: &str) {
+        self.app_states.lock().unwrap().remove(app_id);
     }
 
     /// Drops a cached definition after `FunctionCreate` stored a new one.
@@ -69,6 +96,22 @@ impl Launcher {
             Some(k) => k.kill(ferry_worker::Signal::Kill),
             None => false,
         }
+    }
+
+    /// Interrupts a running container (SIGINT: the modal runtime unwinds, running `@exit`
+    /// methods and committing volumes), and kills it if it is still there after
+    /// [`EXIT_GRACE`]; returns false when this server does not follow it.
+    pub(crate) fn interrupt(&self, task_id: &str) -> bool {
+        let Some(killer) = self.killers.lock().unwrap().get(task_id).cloned() else { return false };
+        if !killer.kill(ferry_worker::Signal::Interrupt) {
+            return false;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(EXIT_GRACE).await;
+            // Harmless once the container has exited.
+            killer.kill(ferry_worker::Signal::Kill);
+        });
+        true
     }
 
     pub(crate) fn follow(&self, task_id: &str, killer: Killer) {
@@ -258,9 +301,35 @@ pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration 
     }
 }
 
+/// Refuses new inputs for a function whose app has stopped: a caller may still hold a handle
+/// from before `modal app stop`. The app's state is read from the store at most once per
+/// [`APP_STATE_TTL`]; `stop_app` marks it at once.
+pub(crate) async fn check_app_live(s: &ModalService, function_id: &str) -> Result<(), Status> {
+    let found = shared_definition(s, function_id).await.map_err(Status::not_found)?;
+    let app_id = &found.0.app_id;
+    let live = match s.launcher.app_live(app_id) {
+        Some(live) => live,
+        None => {
+            let app = s.store.app(app_id).await.map_err(crate::status::to_status)?;
+            let live = app.state.is_live();
+            s.launcher.set_app_live(app_id, live);
+            live
+        }
+    };
+    if live {
+        return Ok(());
+    }
+    let name = s.store.app(app_id).await.ok().and_then(|a| a.name.or(Some(a.description)).filter(|n| !n.is_empty()));
+    let name = name.map(|n| format!("'{n}' ")).unwrap_or_default();
+    Err(Status::not_found(format!(
+        "the app {name}({app_id}) of function {function_id} has stopped and takes no new inputs; deploy or run it again"
+    )))
+}
+
 /// Creates a call with its first inputs (durable once this returns) and starts a container if
 /// none is free to take them. Returns each input's id by index.
 pub(crate) async fn submit(s: &ModalService, call_id: &str, function_id: &str, invocation_type: i32, inputs: Vec<NewInput>) -> Result<Vec<(i32, String)>, Status> {
+    check_app_live(s, function_id).await?;
     let ids = s.scheduler.create_call(call_id, function_id, invocation_type, inputs).await.map_err(status)?;
     if !ids.is_empty() {
         ensure_capacity(s, function_id).await?;
@@ -355,6 +424,7 @@ pub(crate) async fn warm_up(s: &ModalService, app_id: &str) {
 /// Asks every container of an app to exit; kills those still running after the grace period.
 /// Its calls still in flight are cancelled (recorded as such), as on Modal when an app stops.
 pub(crate) fn stop_app(s: &ModalService, app_id: &str) {
+    s.launcher.set_app_live(app_id, false);
     for t in s.scheduler.tasks_of_app(app_id) {
         s.scheduler.stop_task(&t.task_id);
     }

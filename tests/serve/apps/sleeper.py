@@ -14,6 +14,18 @@ def long_sleep(seconds):
     return "slept"
 
 
+@app.cls(image=image, timeout=600)
+class Napper:
+    @modal.method()
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return "napped"
+
+    @modal.exit()
+    def bye(self):
+        print("EXIT ran on stop", flush=True)
+
+
 @app.local_entrypoint()
 def main():
     print("started", flush=True)
