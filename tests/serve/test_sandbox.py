@@ -17,6 +17,15 @@ app = modal.App.lookup(APP_NAME, create_if_missing=True)
 image = modal.Image.debian_slim()
 def out(**kw):
     print("RESULT " + json.dumps(kw), flush=True)
+def fetch_in_function(url):
+    # A function container started now fetches `url` with Python's default trust store.
+    fapp = modal.App(APP_NAME + "-fn")
+    @fapp.function(image=image, serialized=True)
+    def fetch(url):
+        import urllib.request
+        return urllib.request.urlopen(url, timeout=5).read().decode().strip()
+    with fapp.run():
+        return fetch.remote(url)
 """
 
 
@@ -253,16 +262,7 @@ def test_tunnel_url_works_from_other_containers(runner):
         url = f"http://{host}:{port}/index.html"
         from_sandbox = fetch_in(before, url)
         from_offline = fetch_in(offline, url)
-
-        fapp = modal.App(APP_NAME + "-fn")
-
-        @fapp.function(image=image, serialized=True)
-        def fetch(url):
-            import urllib.request
-            return urllib.request.urlopen(url, timeout=5).read().decode().strip()
-
-        with fapp.run():
-            from_function = fetch.remote(url)
+        from_function = fetch_in_function(url)
         server.terminate()
         server.wait(raise_on_termination=False)
         after = fetch_in(before, url)
@@ -298,16 +298,7 @@ def test_encrypted_tunnels_are_trusted_inside_containers(runner):
         p = client.exec("sh", "-c", "echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE; grep -c 'BEGIN CERTIFICATE' $SSL_CERT_FILE")
         trust = p.stdout.read().split()
         p.wait()
-
-        fapp = modal.App(APP_NAME + "-fn")
-
-        @fapp.function(image=image, serialized=True)
-        def fetch(url):
-            import urllib.request
-            return urllib.request.urlopen(url, timeout=5).read().decode().strip()
-
-        with fapp.run():
-            from_function = fetch.remote(url)
+        from_function = fetch_in_function(url)
         server.terminate(); client.terminate()
         out(url=url, from_sandbox=from_sandbox, from_function=from_function, trust=trust)
     """)
