@@ -346,7 +346,8 @@ pub(crate) async fn container_stop(s: &ModalService, r: Request<api::ContainerSt
     if req.graceful {
         s.scheduler.stop_task(&req.task_id);
     } else {
-        // SIGINT, as on Modal: the runtime unwinds and runs `@exit`; killed after a grace.
+        // SIGINT, as on Modal: the runtime unwinds and runs `@exit`; `watch` kills a
+        // stopping container that outlives the grace.
         s.scheduler.preempt(&req.task_id);
         s.scheduler.stop_task(&req.task_id);
         s.launcher.interrupt(&req.task_id);

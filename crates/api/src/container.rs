@@ -86,7 +86,7 @@ pub(crate) async fn put_outputs(s: &ModalService, r: Request<api::FunctionPutOut
         if matches!(outcome, Outcome::Failed | Outcome::TimedOut) {
             // A failed attempt is retried while the function's retry policy allows.
             if let Some(input) = s.scheduler.take_back(&task_id, &out.input_id) {
-                crate::launch::fail_or_retry_output(s, &function_id, &task_id, input, result.encode_to_vec(), out.data_format).await;
+                crate::launch::fail_or_retry_output(s, &function_id, &task_id, input, result.encode_to_vec(), out.data_format, outcome).await;
             }
             continue;
         }

@@ -98,20 +98,14 @@ impl Launcher {
         }
     }
 
-    /// Interrupts a running container (SIGINT: the modal runtime unwinds, running `@exit`
-    /// methods and committing volumes), and kills it if it is still there after
-    /// [`EXIT_GRACE`]; returns false when this server does not follow it.
+    /// Interrupts a running container now (SIGINT: the modal runtime unwinds, running `@exit`
+    /// methods and committing volumes); returns false when this server does not follow it.
+    /// A container marked stopping is killed by its [`watch`] if it outlives the grace.
     pub(crate) fn interrupt(&self, task_id: &str) -> bool {
-        let Some(killer) = self.killers.lock().unwrap().get(task_id).cloned() else { return false };
-        if !killer.kill(ferry_worker::Signal::Interrupt) {
-            return false;
+        match self.killers.lock().unwrap().get(task_id) {
+            Some(k) => k.kill(ferry_worker::Signal::Interrupt),
+            None => false,
         }
-        tokio::spawn(async move {
-            tokio::time::sleep(EXIT_GRACE).await;
-            // Harmless once the container has exited.
-            killer.kill(ferry_worker::Signal::Kill);
-        });
-        true
     }
 
     pub(crate) fn follow(&self, task_id: &str, killer: Killer) {
@@ -199,15 +193,13 @@ fn retry_delay(def: &api::Function, retry_count: u32) -> Option<Duration> {
 }
 
 /// A failed attempt the container reported: retried while the policy allows, else answered
-/// with the container's own result (which carries the user's exception).
-pub(crate) async fn fail_or_retry_output(s: &ModalService, function_id: &str, task_id: &str, input: Input, result: Vec<u8>, data_format: i32) {
+/// with the container's own result (which carries the user's exception) as `outcome`
+/// ([`Outcome::Failed`] or [`Outcome::TimedOut`], from [`crate::scheduler::outcome_of`]).
+pub(crate) async fn fail_or_retry_output(s: &ModalService, function_id: &str, task_id: &str, input: Input, result: Vec<u8>, data_format: i32, outcome: Outcome) {
     let def = definition(s, function_id).await.ok().map(|(_, d)| d);
     match def.as_ref().and_then(|d| retry_delay(d, input.retry_count)) {
         Some(delay) => schedule_retry(s, function_id, input, delay),
-        None => {
-            let outcome = crate::scheduler::failure_outcome(&result);
-            s.scheduler.finish(function_id, input, task_id, result, data_format, outcome).await
-        }
+        None => s.scheduler.finish(function_id, input, task_id, result, data_format, outcome).await,
     }
 }
 
@@ -307,19 +299,16 @@ pub(crate) async fn idle_limit(s: &ModalService, function_id: &str) -> Duration 
 pub(crate) async fn check_app_live(s: &ModalService, function_id: &str) -> Result<(), Status> {
     let found = shared_definition(s, function_id).await.map_err(Status::not_found)?;
     let app_id = &found.0.app_id;
-    let live = match s.launcher.app_live(app_id) {
-        Some(live) => live,
-        None => {
-            let app = s.store.app(app_id).await.map_err(crate::status::to_status)?;
-            let live = app.state.is_live();
-            s.launcher.set_app_live(app_id, live);
-            live
-        }
-    };
-    if live {
+    if s.launcher.app_live(app_id) == Some(true) {
         return Ok(());
     }
-    let name = s.store.app(app_id).await.ok().and_then(|a| a.name.or(Some(a.description)).filter(|n| !n.is_empty()));
+    // Unknown or stopped: the store says which, and names a stopped app.
+    let app = s.store.app(app_id).await.map_err(crate::status::to_status)?;
+    s.launcher.set_app_live(app_id, app.state.is_live());
+    if app.state.is_live() {
+        return Ok(());
+    }
+    let name = app.name.filter(|n| !n.is_empty()).or(Some(app.description).filter(|n| !n.is_empty()));
     let name = name.map(|n| format!("'{n}' ")).unwrap_or_default();
     Err(Status::not_found(format!(
         "the app {name}({app_id}) of function {function_id} has stopped and takes no new inputs; deploy or run it again"

@@ -42,8 +42,8 @@ pub(crate) fn outcome_of(result: &api::GenericResult) -> Outcome {
 
 /// What the server records for a failed attempt's encoded result: a timeout, or a failure.
 pub(crate) fn failure_outcome(result: &[u8]) -> Outcome {
-    match api::GenericResult::decode(result) {
-        Ok(r) if r.status == api::generic_result::GenericStatus::Timeout as i32 => Outcome::TimedOut,
+    match api::GenericResult::decode(result).map(|r| outcome_of(&r)) {
+        Ok(Outcome::TimedOut) => Outcome::TimedOut,
         _ => Outcome::Failed,
     }
 }

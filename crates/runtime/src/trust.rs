@@ -83,7 +83,7 @@ impl Trust {
         }
         text.extend_from_slice(&ca);
         let digest = sha2::Sha256::digest(&text);
-        let name: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let name = hex::encode(&digest[..16]);
         let dir = store.root().join("ca-bundles");
         std::fs::create_dir_all(&dir)?;
         let host = dir.join(format!("{name}.pem"));
